@@ -1,0 +1,198 @@
+"""Streaming data pipeline: clean -> filter -> exact dedup -> near dedup, with a report.
+
+Documents flow through one at a time, so a corpus larger than memory only costs the dedup indexes
+(16 bytes per kept document for exact dedup, one MinHash signature plus LSH entries for near dedup).
+
+Example:
+    >>> pipe = DataPipeline(filters=[], near_dedup=False)
+    >>> kept = list(pipe.process(["<b>Hello</b> world", "hello world!", ""]))
+    >>> kept, pipe.report.docs_out, sorted(pipe.report.removed.items())
+    (['Hello world'], 1, [('clean:empty', 1), ('exact_dup', 1)])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from kit.dedup import ExactDeduplicator, MinHashDeduplicator
+from kit.filters import DocFilter, FilterChain, default_filters
+
+__all__ = ["DataPipeline", "PipelineReport"]
+
+Document = str | dict[str, Any]
+
+
+@dataclass
+class PipelineReport:
+    """What a pipeline run did: documents and bytes in and out, and what each step removed.
+
+    ``removed`` maps a reason (``"clean:empty"``, ``"length:min_chars"``, ``"gopher_quality:stop_words"``,
+    ``"exact_dup"``, ``"near_dup"``, ...) to a document count; ``examples`` keeps up to ``keep_examples``
+    removed texts per reason (truncated to 300 characters).
+    """
+
+    docs_in: int = 0
+    docs_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    removed: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    minhash: dict[str, float | int] = field(default_factory=dict)
+
+    def removed_pct(self, reason: str) -> float:
+        """Share of input documents removed for ``reason``, in percent."""
+        return 100.0 * self.removed.get(reason, 0) / max(self.docs_in, 1)
+
+    def by_step(self) -> dict[str, int]:
+        """Removed counts summed per step (the part of each reason before ``:``)."""
+        out: dict[str, int] = {}
+        for reason, n in self.removed.items():
+            out[reason.split(":")[0]] = out.get(reason.split(":")[0], 0) + n
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "docs_in": self.docs_in,
+            "docs_out": self.docs_out,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "removed": {
+                r: {"docs": n, "pct": round(self.removed_pct(r), 3)} for r, n in self.removed.items()
+            },
+            "examples": self.examples,
+            "minhash": self.minhash,
+        }
+
+    def format(self) -> str:
+        """A plain-text table for terminals and logs."""
+        keep = 100.0 * self.docs_out / max(self.docs_in, 1)
+        lines = [
+            f"documents: {self.docs_in:,} in -> {self.docs_out:,} out ({keep:.1f}% kept)",
+            f"bytes:     {self.bytes_in:,} in -> {self.bytes_out:,} out",
+            f"{'removed by':<40} {'docs':>10} {'%':>7}",
+        ]
+        for reason, n in sorted(self.removed.items(), key=lambda kv: -kv[1]):
+            lines.append(f"{reason:<40} {n:>10,} {self.removed_pct(reason):>6.2f}%")
+        if self.minhash:
+            lines.append(
+                f"near dedup: {self.minhash['num_perm']} perms = {self.minhash['bands']} bands x "
+                f"{self.minhash['rows']} rows, word {self.minhash['ngram']}-grams, "
+                f"LSH threshold ~{self.minhash['lsh_threshold']:.3f}"
+            )
+        return "\n".join(lines)
+
+
+class DataPipeline:
+    """Clean, filter and deduplicate a stream of documents.
+
+    Args:
+        filters: a ``FilterChain``, a list of filters / ``keep(text)`` callables, or ``None`` for
+            ``default_filters()`` (length, Gopher quality, Gopher repetition). ``[]`` disables filtering.
+        clean: ``True`` for ``kit.text.clean_text``, ``False`` to skip, or any ``str -> str`` callable.
+        lowercase: passed to ``clean_text`` when ``clean=True``.
+        exact_dedup: drop documents whose normalised text was seen before.
+        near_dedup: drop MinHash near-duplicates of earlier documents.
+        minhash: keyword arguments for ``MinHashDeduplicator`` (ngram, bands, rows, seed, verify, ...).
+        keep_examples: removed texts to keep per reason in the report.
+        text_key: the field holding the text when documents are dicts (jsonl records).
+
+    Example:
+        >>> docs, report = DataPipeline(filters=[]).run(["a b c d e f", "a b c d e f"])
+        >>> len(docs), report.removed
+        (1, {'exact_dup': 1})
+    """
+
+    def __init__(
+        self,
+        filters: DocFilter | Iterable[DocFilter | Callable[[str], bool]] | None = None,
+        clean: bool | Callable[[str], str] = True,
+        lowercase: bool = False,
+        exact_dedup: bool = True,
+        near_dedup: bool = True,
+        minhash: dict[str, Any] | None = None,
+        keep_examples: int = 0,
+        text_key: str = "text",
+    ) -> None:
+        if filters is None:
+            self.filter: DocFilter = default_filters()
+        elif isinstance(filters, DocFilter):
+            self.filter = filters
+        else:
+            self.filter = FilterChain(filters)
+        if clean is True:
+            from kit.text import clean_text
+
+            self._clean: Callable[[str], str] | None = lambda t: clean_text(t, lowercase=lowercase)
+        elif clean is False:
+            self._clean = None
+        else:
+            self._clean = clean
+        self._exact = ExactDeduplicator() if exact_dedup else None
+        self._near = MinHashDeduplicator(**(minhash or {})) if near_dedup else None
+        if keep_examples < 0:
+            raise ValueError(f"keep_examples={keep_examples} must be >= 0")
+        self.keep_examples = keep_examples
+        self.text_key = text_key
+        self.report = PipelineReport(minhash=self._near.describe() if self._near else {})
+
+    def _remove(self, reason: str, text: str) -> None:
+        self.report.removed[reason] = self.report.removed.get(reason, 0) + 1
+        if self.keep_examples:
+            bucket = self.report.examples.setdefault(reason, [])
+            if len(bucket) < self.keep_examples:
+                bucket.append(text[:300])
+
+    def check(self, text: str) -> tuple[str, str | None]:
+        """Run one text through every step, updating the report and dedup indexes.
+
+        Returns:
+            ``(cleaned_text, None)`` if kept, else ``(cleaned_text, reason)``.
+        """
+        rep = self.report
+        rep.docs_in += 1
+        rep.bytes_in += len(text.encode("utf-8"))
+        raw = text
+        if self._clean is not None:
+            text = self._clean(text)
+        reason: str | None = None
+        if not text.strip():
+            reason = "clean:empty"
+        if reason is None:
+            reason = self.filter.reason(text)
+        if reason is None and self._exact is not None and not self._exact.add(text):
+            reason = "exact_dup"
+        if reason is None and self._near is not None and self._near.add(rep.docs_in, text) is not None:
+            reason = "near_dup"
+        if reason is not None:
+            self._remove(reason, raw)
+            return text, reason
+        rep.docs_out += 1
+        rep.bytes_out += len(text.encode("utf-8"))
+        return text, None
+
+    def process(self, docs: Iterable[Document]) -> Iterator[Document]:
+        """Yield the kept documents (same type as the input; dicts get their text field replaced).
+
+        Raises:
+            KeyError: a dict document lacks ``text_key``.
+        """
+        for doc in docs:
+            if isinstance(doc, dict):
+                if self.text_key not in doc:
+                    raise KeyError(
+                        f"document has no {self.text_key!r} field (keys: {sorted(doc)}); set text_key"
+                    )
+                text, reason = self.check(str(doc[self.text_key]))
+                if reason is None:
+                    yield {**doc, self.text_key: text}
+            else:
+                text, reason = self.check(doc)
+                if reason is None:
+                    yield text
+
+    def run(self, docs: Iterable[Document]) -> tuple[list[Document], PipelineReport]:
+        """Process everything into a list; convenient for corpora that fit in memory."""
+        kept = list(self.process(docs))
+        return kept, self.report

@@ -1,0 +1,299 @@
+"""Temperature-scaled resampling of long-tailed sources or classes.
+
+``temperature_weights`` turns group sizes into sampling probabilities ``p_i ∝ n_i ** (1/T)``: ``T=1`` samples
+in proportion to size, ``T -> inf`` uniformly over groups (the multilingual-BERT/XLM/T5 recipe, with T around
+2-5 in practice). ``TemperatureSampler`` applies that to a map-style dataset (distributed-aware, seeded,
+resumable mid-epoch); ``TemperatureMixer`` mixes several iterable streams with the same weights.
+
+Example:
+    >>> [round(p, 3) for p in temperature_weights([900, 90, 10], temperature=1.0)]
+    [0.9, 0.09, 0.01]
+    >>> [round(p, 3) for p in temperature_weights([900, 90, 10], temperature=3.0)]
+    [0.593, 0.275, 0.132]
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import IterableDataset, Sampler
+
+__all__ = ["TemperatureMixer", "TemperatureSampler", "temperature_weights"]
+
+
+def temperature_weights(counts: Sequence[float], temperature: float = 1.0) -> list[float]:
+    """Sampling probabilities ``p_i = n_i^(1/T) / sum_j n_j^(1/T)``.
+
+    Groups with count 0 get probability 0. ``temperature=math.inf`` gives the uniform distribution over the
+    non-empty groups.
+
+    Args:
+        counts: group sizes (documents, tokens, bytes: anything proportional to size), each >= 0.
+        temperature: T > 0.
+
+    Returns:
+        Probabilities summing to 1, in the order of ``counts``.
+
+    Raises:
+        ValueError: ``temperature <= 0``, a negative count, or all counts zero.
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature={temperature} must be > 0 (1 = proportional, larger = flatter)")
+    counts = [float(c) for c in counts]
+    if any(c < 0 or math.isnan(c) for c in counts):
+        raise ValueError(f"counts must be >= 0, got {counts}")
+    top = max(counts, default=0.0)
+    if top <= 0:
+        raise ValueError(f"all counts are zero ({counts}); there is nothing to sample")
+    # Scale by the largest count first so n^(1/T) cannot overflow for huge token counts.
+    alpha = 0.0 if math.isinf(temperature) else 1.0 / temperature
+    raw = [(c / top) ** alpha if c > 0 else 0.0 for c in counts]
+    total = sum(raw)
+    return [r / total for r in raw]
+
+
+def _dist_defaults(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
+    dist = torch.distributed
+    ready = dist.is_available() and dist.is_initialized()
+    if num_replicas is None:
+        num_replicas = dist.get_world_size() if ready else 1
+    if rank is None:
+        rank = dist.get_rank() if ready else 0
+    if num_replicas < 1 or not 0 <= rank < num_replicas:
+        raise ValueError(f"rank={rank} must lie in [0, num_replicas={num_replicas})")
+    return num_replicas, rank
+
+
+class TemperatureSampler(Sampler[int]):
+    """Map-style sampler drawing samples with probability ``p_group / n_group`` (with replacement).
+
+    Each epoch draws one global sequence of ``num_replicas * len(self)`` indices from a generator seeded
+    with ``seed + epoch``: first a group from ``temperature_weights(group sizes, T)``, then a uniform member
+    of that group. Rank ``r`` takes positions ``r, r + R, r + 2R, ...`` of that sequence, so the ranks'
+    shares are disjoint, together cover the whole draw, and have equal length. Small groups are upsampled
+    (their members repeat within an epoch), large groups downsampled.
+
+    The position advances as indices are yielded; ``state_dict()`` taken mid-epoch and loaded into a fresh
+    sampler resumes with the very next index (``torchdata``'s ``StatefulDataLoader`` calls these methods
+    itself). Note that a plain ``DataLoader`` prefetches, so the sampler runs slightly ahead of training.
+
+    Args:
+        group_ids: ``group_ids[i]`` is the source or class of sample ``i`` (any hashable values).
+        temperature: T > 0; 1 keeps natural proportions, larger flattens toward uniform over groups.
+        num_samples: samples per epoch over all ranks; default ``len(group_ids)``. Rounded up to a
+            multiple of ``num_replicas``.
+        seed: base seed; every rank must use the same one.
+        num_replicas: world size; default from ``torch.distributed`` if initialised, else 1.
+        rank: this process's rank; default from ``torch.distributed`` if initialised, else 0.
+
+    Raises:
+        ValueError: empty ``group_ids``, bad temperature, bad ``num_samples`` or rank.
+
+    Example:
+        >>> s = TemperatureSampler([0] * 90 + [1] * 10, temperature=2.0, seed=0)
+        >>> {g: round(p, 3) for g, p in s.proportions.items()}
+        {0: 0.75, 1: 0.25}
+        >>> len(list(s))
+        100
+    """
+
+    def __init__(
+        self,
+        group_ids: Sequence[Any],
+        temperature: float = 1.0,
+        num_samples: int | None = None,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
+        if len(group_ids) == 0:
+            raise ValueError("group_ids is empty; pass one group id per dataset sample")
+        self.num_replicas, self.rank = _dist_defaults(num_replicas, rank)
+        total = len(group_ids) if num_samples is None else num_samples
+        if total < 1:
+            raise ValueError(f"num_samples={num_samples} must be >= 1")
+        self.temperature = float(temperature)
+        self.seed = int(seed)
+        self.epoch = 0
+        self._position = 0
+        self.groups: list[Any] = list(dict.fromkeys(group_ids))
+        code = {g: i for i, g in enumerate(self.groups)}
+        codes = torch.tensor([code[g] for g in group_ids], dtype=torch.long)
+        self.counts: list[int] = torch.bincount(codes, minlength=len(self.groups)).tolist()
+        self._weights = torch.tensor(temperature_weights(self.counts, self.temperature), dtype=torch.double)
+        self._order = torch.argsort(codes, stable=True)  # sample indices grouped by group code
+        self._sizes = torch.tensor(self.counts, dtype=torch.long)
+        self._starts = torch.cumsum(self._sizes, 0) - self._sizes
+        self.num_samples = math.ceil(total / self.num_replicas)  # per rank
+        self.total_size = self.num_samples * self.num_replicas
+
+    @property
+    def proportions(self) -> dict[Any, float]:
+        """Effective share of each group in the draws: ``{group: p}`` (the expected per-epoch mix)."""
+        return {g: float(p) for g, p in zip(self.groups, self._weights.tolist())}
+
+    @property
+    def natural_proportions(self) -> dict[Any, float]:
+        """Each group's share of the dataset itself, for comparison with ``proportions``."""
+        n = sum(self.counts)
+        return {g: c / n for g, c in zip(self.groups, self.counts)}
+
+    def global_indices(self, epoch: int | None = None) -> torch.Tensor:
+        """The whole epoch's draw over all ranks (``total_size`` indices); rank r owns ``[r::R]``."""
+        g = torch.Generator().manual_seed(self.seed + (self.epoch if epoch is None else epoch))
+        group = torch.multinomial(self._weights, self.total_size, replacement=True, generator=g)
+        offset = (torch.rand(self.total_size, generator=g, dtype=torch.double) * self._sizes[group]).long()
+        offset = torch.minimum(offset, self._sizes[group] - 1)  # guards the rare rand()*n rounding to n
+        return self._order[self._starts[group] + offset]
+
+    def __iter__(self) -> Iterator[int]:
+        mine = self.global_indices()[self.rank :: self.num_replicas].tolist()
+        start = self._position
+        for i in range(start, len(mine)):
+            self._position = i + 1
+            yield mine[i]
+        # A finished epoch leaves position 0, so the next __iter__ (next epoch) starts at the beginning.
+        self._position = 0
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle: the draw depends on ``seed + epoch``. Resets the position unless the epoch is unchanged."""
+        if epoch != self.epoch:
+            self._position = 0
+        self.epoch = int(epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"epoch", "position", "seed", "num_samples", "num_replicas", "temperature"}``."""
+        return {
+            "epoch": self.epoch,
+            "position": self._position,
+            "seed": self.seed,
+            "num_samples": self.num_samples,
+            "num_replicas": self.num_replicas,
+            "temperature": self.temperature,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume at ``state``'s epoch and position.
+
+        Raises:
+            ValueError: the state came from a sampler with a different seed, size, world size or temperature,
+                so its position would point into a different sequence.
+        """
+        for key in ("seed", "num_samples", "num_replicas", "temperature"):
+            if key in state and state[key] != getattr(self, key):
+                raise ValueError(
+                    f"state {key}={state[key]} differs from this sampler's {key}={getattr(self, key)}; "
+                    "build the sampler with the same arguments before loading its state"
+                )
+        self.epoch = int(state["epoch"])
+        self._position = int(state["position"])
+
+
+class TemperatureMixer(IterableDataset):
+    """Interleave several iterable sources, picking the next source with temperature weights.
+
+    Args:
+        sources: ``{name: iterable}``; each is re-iterated (``iter()``) when the mixer starts or cycles.
+        sizes: ``{name: size}`` used for the weights (documents, tokens, bytes); streams rarely know their
+            length, so it is passed in. Missing names raise.
+        temperature: T > 0 as in ``temperature_weights``.
+        seed: seed of the source choice; the same seed gives the same interleaving.
+        exhausted: what happens when a source runs out: ``"drop"`` (renormalise over the rest; the stream ends
+            when all are empty), ``"stop"`` (end the stream), or ``"cycle"`` (restart it; the stream is
+            infinite).
+
+    ``state_dict()`` records the choice RNG state, the epoch and how many items each source gave, and
+    ``load_state_dict`` fast-forwards each source by that count, so a resumed stream continues exactly.
+
+    Example:
+        >>> mix = TemperatureMixer({"a": range(3), "b": "xy"}, sizes={"a": 3, "b": 2}, seed=0)
+        >>> sorted(map(str, mix))
+        ['0', '1', '2', 'x', 'y']
+    """
+
+    _MODES = ("drop", "stop", "cycle")
+
+    def __init__(
+        self,
+        sources: Mapping[str, Iterable[Any]],
+        sizes: Mapping[str, float],
+        temperature: float = 1.0,
+        seed: int = 0,
+        exhausted: str = "drop",
+    ) -> None:
+        super().__init__()
+        if not sources:
+            raise ValueError("sources is empty; pass {name: iterable}")
+        missing = [n for n in sources if n not in sizes]
+        if missing:
+            raise ValueError(f"sizes lacks {missing}; give a size for every source")
+        if exhausted not in self._MODES:
+            raise ValueError(f"exhausted={exhausted!r}; choose one of {self._MODES}")
+        self.sources = dict(sources)
+        self.names = list(self.sources)
+        self.weights = dict(zip(self.names, temperature_weights([sizes[n] for n in self.names], temperature)))
+        self.seed, self.exhausted = seed, exhausted
+        self.counts: dict[str, int] = {n: 0 for n in self.names}
+        self._rng = random.Random(seed)
+        self._resume: dict[str, int] | None = None
+
+    @property
+    def proportions(self) -> dict[str, float]:
+        """Target share of each source: ``{name: p}``."""
+        return dict(self.weights)
+
+    def _open(self, name: str, skip: int = 0) -> Iterator[Any]:
+        it = iter(self.sources[name])
+        for _ in range(skip):
+            try:
+                next(it)
+            except StopIteration:
+                if self.exhausted != "cycle":
+                    break
+                it = iter(self.sources[name])
+                next(it, None)
+        return it
+
+    def __iter__(self) -> Iterator[Any]:
+        skips = self._resume or {}
+        self._resume = None
+        if not skips:
+            self.counts = {n: 0 for n in self.names}
+            self._rng = random.Random(self.seed)
+        iters = {n: self._open(n, skips.get(n, 0)) for n in self.names}
+        active = [n for n in self.names if self.weights[n] > 0]
+        while active:
+            name = self._rng.choices(active, weights=[self.weights[n] for n in active])[0]
+            try:
+                item = next(iters[name])
+            except StopIteration:
+                if self.exhausted == "stop":
+                    return
+                if self.exhausted == "drop":
+                    active.remove(name)
+                    continue
+                iters[name] = self._open(name)
+                try:
+                    item = next(iters[name])
+                except StopIteration:  # an empty source cannot be cycled
+                    active.remove(name)
+                    continue
+            self.counts[name] += 1
+            yield item
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"counts": dict(self.counts), "rng": self._rng.getstate(), "seed": self.seed}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume after the items already counted in ``state`` (sources are fast-forwarded on next ``iter``)."""
+        self.counts = dict(state["counts"])
+        version, internal, gauss = state["rng"]  # lists after a JSON round trip; setstate wants tuples
+        self._rng.setstate((version, tuple(internal), gauss))
+        self._resume = dict(self.counts)
