@@ -1,0 +1,161 @@
+"""GradientClipping: clip gradients in ``on_before_optimizer_step``, also with fused optimizers.
+
+Lightning refuses ``Trainer(gradient_clip_val=...)`` when the optimizer unscales inside its own step
+(``AdamW(fused=True)``), even under bf16 where there is no scaler, which forces the slower foreach AdamW.
+This callback clips itself: under fp16 it first unscales through the Trainer's ``GradScaler`` (once; if
+Lightning already unscaled, it does not unscale again), then clips with :mod:`kit.clipping`. The
+GradScaler's ``step`` then sees the optimizer as already unscaled and does not divide again.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.amp.grad_scaler import OptState
+
+from kit.clipping import AutoClip, adaptive_clip_, clip_by_norm, clip_by_value
+
+__all__ = ["GradientClipping", "unscale_once"]
+
+MODES = ("norm", "value", "autoclip", "agc")
+
+
+def unscale_once(scaler: Any, optimizer: torch.optim.Optimizer) -> bool:
+    """Unscale ``optimizer``'s gradients through ``scaler`` unless that already happened this step.
+
+    Args:
+        scaler: a ``torch.amp.GradScaler`` (or None / a disabled scaler: nothing happens).
+        optimizer: the optimizer about to step.
+
+    Returns:
+        True if this call unscaled, False if there was nothing to do.
+    """
+    if scaler is None or not scaler.is_enabled():
+        return False
+    state = scaler._per_optimizer_states[id(optimizer)]
+    if state["stage"] is OptState.UNSCALED:
+        return False
+    scaler.unscale_(optimizer)
+    if getattr(optimizer, "_step_supports_amp_scaling", False) and hasattr(optimizer, "grad_scale"):
+        # A fused optimizer divides by ``optimizer.grad_scale`` inside step(); GradScaler leaves a stale
+        # value there when an earlier step was not unscaled by us. The gradients are unscaled now.
+        optimizer.grad_scale = None
+    return True
+
+
+class GradientClipping(Callback):
+    """Clip gradients before every optimizer step; works with fused optimizers and fp16 loss scaling.
+
+    Args:
+        mode: ``"norm"`` (global norm, like ``clip_grad_norm_``), ``"value"`` (element-wise clamp),
+            ``"autoclip"`` (clip to the ``percentile``-th percentile of recent norms) or ``"agc"``
+            (adaptive unit-wise clipping relative to the weight norm).
+        max_norm: the norm bound in ``"norm"`` mode (seed recipe: 1.0-5.0).
+        clip_value: the element bound in ``"value"`` mode.
+        percentile: AutoClip's percentile in (0, 100].
+        history_size: AutoClip's bounded history length.
+        clip_factor: AGC's lambda (0.01 in NFNets).
+        agc_eps: AGC's floor on weight norms.
+        agc_exclude: parameter-name substrings AGC leaves alone (NFNets skip the final classifier).
+        norm_type: p of the norms.
+        log_norms: log ``grad_norm/pre_clip`` and ``grad_norm/post_clip`` (and ``grad_norm/threshold``).
+
+    Raises:
+        ValueError: if ``mode`` or a bound is invalid.
+
+    Example:
+        >>> trainer = pl.Trainer(callbacks=[GradientClipping(mode="norm", max_norm=1.0)])  # doctest: +SKIP
+        >>> # with: torch.optim.AdamW(model.parameters(), fused=True) in configure_optimizers
+    """
+
+    def __init__(
+        self,
+        mode: Literal["norm", "value", "autoclip", "agc"] = "norm",
+        max_norm: float = 1.0,
+        clip_value: float = 1.0,
+        percentile: float = 10.0,
+        history_size: int = 1000,
+        clip_factor: float = 0.01,
+        agc_eps: float = 1e-3,
+        agc_exclude: tuple[str, ...] = (),
+        norm_type: float = 2.0,
+        log_norms: bool = True,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r} is not supported; choose one of {', '.join(MODES)}")
+        if max_norm <= 0:
+            raise ValueError(f"max_norm={max_norm} must be > 0; the seed recipe uses 1.0")
+        if clip_value <= 0:
+            raise ValueError(f"clip_value={clip_value} must be > 0; try clip_value=1.0")
+        if clip_factor <= 0 or agc_eps <= 0:
+            raise ValueError(
+                f"clip_factor={clip_factor} and agc_eps={agc_eps} must be > 0; NFNets use 0.01 and 1e-3"
+            )
+        self.mode = mode
+        self.max_norm = max_norm
+        self.clip_value = clip_value
+        self.clip_factor = clip_factor
+        self.agc_eps = agc_eps
+        self.agc_exclude = tuple(agc_exclude)
+        self.norm_type = norm_type
+        self.log_norms = log_norms
+        self.autoclip = AutoClip(percentile, history_size, norm_type)  # validates its own arguments
+        self.last: dict[str, torch.Tensor] = {}
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        name = type(trainer.strategy).__name__
+        if "DeepSpeed" in name:
+            raise RuntimeError(
+                "GradientClipping cannot clip under DeepSpeed, which owns the optimizer step; "
+                "set DeepSpeed's 'gradient_clipping' in its config instead"
+            )
+        if "FSDP" in name and self.mode != "norm":
+            raise RuntimeError(
+                f"GradientClipping(mode={self.mode!r}) needs whole gradients but FSDP shards them; "
+                "use mode='norm' under FSDP"
+            )
+        if trainer.gradient_clip_val:
+            rank_zero_warn(
+                f"Trainer(gradient_clip_val={trainer.gradient_clip_val}) and GradientClipping both clip; "
+                "remove gradient_clip_val"
+            )
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        unscale_once(getattr(trainer.precision_plugin, "scaler", None), optimizer)
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        logs: dict[str, torch.Tensor] = {}
+        if self.mode == "norm":
+            fsdp_model = trainer.strategy.model if "FSDP" in type(trainer.strategy).__name__ else None
+            if fsdp_model is not None and hasattr(fsdp_model, "clip_grad_norm_"):
+                pre = fsdp_model.clip_grad_norm_(self.max_norm, self.norm_type)
+                post = pre * torch.clamp(self.max_norm / (pre + 1e-6), max=1.0)
+            else:
+                pre, post = clip_by_norm(params, self.max_norm, self.norm_type)
+        elif self.mode == "value":
+            pre, post = clip_by_value(params, self.clip_value, self.norm_type)
+        elif self.mode == "autoclip":
+            pre, post, logs["grad_norm/threshold"] = self.autoclip(params)
+        else:
+            names = {id(p): n for n, p in pl_module.named_parameters()}
+            chosen = [p for p in params if not any(x in names.get(id(p), "") for x in self.agc_exclude)]
+            pre, post = adaptive_clip_(chosen, self.clip_factor, self.agc_eps, self.norm_type)
+        logs["grad_norm/pre_clip"], logs["grad_norm/post_clip"] = pre, post
+        self.last = {k: v.detach() for k, v in logs.items()}
+        if self.log_norms:
+            for key, value in logs.items():
+                pl_module.log(key, value.detach().float(), on_step=True, on_epoch=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"autoclip": self.autoclip.state_dict()} if self.mode == "autoclip" else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "autoclip" in state_dict:
+            self.autoclip.load_state_dict(state_dict["autoclip"])
