@@ -1,0 +1,157 @@
+"""MixUp and CutMix on a batch, with soft targets.
+
+Both functions pair sample ``i`` with sample ``perm[i]`` and mix the targets with the same weight as the
+inputs, so every target row still sums to 1. Random draws (``lam``, ``perm``, the CutMix box) can be passed
+in so tests and distributed runs can pin them; otherwise they come from ``generator``.
+
+Example:
+    >>> x, y = torch.zeros(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
+    >>> xm, ym, lam, perm = mixup_batch(x, y, num_classes=4, lam=0.7, perm=torch.tensor([1, 0, 3, 2]))
+    >>> ym[0].tolist()
+    [0.699999988079071, 0.30000001192092896, 0.0, 0.0]
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["cutmix_batch", "cutmix_box", "mixup_batch", "one_hot_targets", "sample_lambda"]
+
+
+def one_hot_targets(y: Tensor, num_classes: int | None = None, label_smoothing: float = 0.0) -> Tensor:
+    """Class indices ``(B,)`` or soft targets ``(B, C)`` -> float targets ``(B, C)``, optionally smoothed.
+
+    Raises:
+        ValueError: integer labels without ``num_classes``, or smoothing outside [0, 1).
+    """
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing={label_smoothing} must lie in [0, 1); DeiT uses 0.1")
+    if y.dim() == 1:
+        if num_classes is None:
+            raise ValueError("integer labels need num_classes=C to build one-hot targets")
+        y = torch.nn.functional.one_hot(y.long(), num_classes).float()
+    else:
+        y = y.float()
+    if label_smoothing:
+        y = y * (1.0 - label_smoothing) + label_smoothing / y.shape[-1]
+    return y
+
+
+def sample_lambda(alpha: float, generator: torch.Generator | None = None) -> float:
+    """One draw from Beta(alpha, alpha); reproducible when ``generator`` is given.
+
+    Raises:
+        ValueError: ``alpha <= 0``.
+    """
+    if not alpha > 0:
+        raise ValueError(f"alpha={alpha} must be > 0 (MixUp typically 0.2-0.8, CutMix 1.0)")
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+    return float(np.random.default_rng(seed).beta(alpha, alpha))
+
+
+def _perm(batch: int, perm: Tensor | None, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    if perm is None:
+        perm = torch.randperm(batch, generator=generator)
+    if perm.shape != (batch,):
+        raise ValueError(f"perm has shape {tuple(perm.shape)}; expected ({batch},)")
+    return perm.to(device)
+
+
+def mixup_batch(
+    x: Tensor,
+    y: Tensor,
+    alpha: float = 0.2,
+    num_classes: int | None = None,
+    lam: float | None = None,
+    perm: Tensor | None = None,
+    label_smoothing: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor, float, Tensor]:
+    """MixUp (Zhang et al. 2018): ``x' = lam x + (1 - lam) x[perm]``, same for the targets.
+
+    Args:
+        x: inputs ``(B, ...)``.
+        y: class indices ``(B,)`` or soft targets ``(B, C)``.
+        alpha: Beta(alpha, alpha) parameter used when ``lam`` is not given.
+        num_classes: needed with class indices.
+        lam: the mixing weight; drawn if ``None``.
+        perm: pairing permutation ``(B,)``; drawn if ``None``.
+        label_smoothing: applied to the targets before mixing.
+        generator: source of the draws (CPU generator).
+
+    Returns:
+        ``(mixed_x, soft_targets (B, C), lam, perm)``.
+    """
+    lam = sample_lambda(alpha, generator) if lam is None else float(lam)
+    perm = _perm(x.shape[0], perm, generator, x.device)
+    t = one_hot_targets(y, num_classes, label_smoothing)
+    x_mixed = x * lam + x[perm] * (1.0 - lam)
+    return x_mixed, t * lam + t[perm] * (1.0 - lam), lam, perm
+
+
+def cutmix_box(
+    height: int, width: int, lam: float, generator: torch.Generator | None = None
+) -> tuple[int, int, int, int]:
+    """A box covering about ``1 - lam`` of the image: side ratio ``sqrt(1 - lam)``, uniform centre, clipped.
+
+    Returns:
+        ``(y0, y1, x0, x1)`` with half-open ranges.
+    """
+    ratio = math.sqrt(max(0.0, 1.0 - lam))
+    cut_h, cut_w = int(height * ratio), int(width * ratio)
+    cy = int(torch.randint(0, height, (1,), generator=generator).item())
+    cx = int(torch.randint(0, width, (1,), generator=generator).item())
+    y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, height)
+    x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, width)
+    return y0, y1, x0, x1
+
+
+def cutmix_batch(
+    x: Tensor,
+    y: Tensor,
+    alpha: float = 1.0,
+    num_classes: int | None = None,
+    lam: float | None = None,
+    perm: Tensor | None = None,
+    box: tuple[int, int, int, int] | None = None,
+    label_smoothing: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor, float, Tensor]:
+    """CutMix (Yun et al. 2019): paste a box from ``x[perm]`` into ``x``; targets weighted by area.
+
+    The returned ``lam`` is corrected to the pasted area after clipping at the border:
+    ``lam = 1 - box_area / (H * W)``, so target weights always match the pixels.
+
+    Args:
+        x: images ``(B, C, H, W)`` (any ``(B, ..., H, W)``).
+        y: class indices ``(B,)`` or soft targets ``(B, C)``.
+        alpha: Beta(alpha, alpha) parameter for the requested area when ``lam`` and ``box`` are not given.
+        num_classes: needed with class indices.
+        lam: requested share of the original image kept; drawn if ``None``.
+        perm: pairing permutation; drawn if ``None``.
+        box: ``(y0, y1, x0, x1)`` to paste; drawn from ``lam`` if ``None``.
+        label_smoothing: applied to the targets before mixing.
+        generator: source of the draws.
+
+    Returns:
+        ``(mixed_x, soft_targets, corrected_lam, perm)``.
+    """
+    if x.dim() < 3:
+        raise ValueError(f"cutmix needs images (B, ..., H, W); got shape {tuple(x.shape)}")
+    height, width = x.shape[-2], x.shape[-1]
+    if box is None:
+        lam = sample_lambda(alpha, generator) if lam is None else float(lam)
+        box = cutmix_box(height, width, lam, generator)
+    y0, y1, x0, x1 = box
+    if not (0 <= y0 <= y1 <= height and 0 <= x0 <= x1 <= width):
+        raise ValueError(f"box={box} lies outside the {height}x{width} image")
+    perm = _perm(x.shape[0], perm, generator, x.device)
+    lam = 1.0 - (y1 - y0) * (x1 - x0) / (height * width)
+    t = one_hot_targets(y, num_classes, label_smoothing)
+    x_mixed = x.clone()
+    x_mixed[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
+    return x_mixed, t * lam + t[perm] * (1.0 - lam), lam, perm
