@@ -1,0 +1,231 @@
+"""GradientHealth: gradient norms in a healthy band, cosine between steps and micro-batches, update/weight ratio.
+
+Reads gradients in ``on_before_optimizer_step``, where Lightning has already unscaled them under
+fp16 AMP; for optimizers that unscale inside ``step()`` (fused Adam), the gradients are still scaled
+there, so the callback divides by the scaler's current scale itself (see :func:`current_grad_scale`).
+All math stays on device; the only host syncs happen on logging steps.
+
+Example:
+    >>> import lightning.pytorch as pl
+    >>> trainer = pl.Trainer(callbacks=[GradientHealth()])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+
+from kit.health import BandTracker, GradientSketch, cosine_similarity, grad_norms, group_by_layer, update_to_weight_ratios
+
+__all__ = ["GradientHealth", "current_grad_scale", "log_metrics"]
+
+
+def current_grad_scale(trainer: pl.Trainer, optimizer: Any) -> Tensor | None:
+    """The loss scale if the gradients are still scaled right now, else ``None``.
+
+    Under ``precision="16-mixed"`` Lightning unscales before ``on_before_optimizer_step`` unless the
+    optimizer handles unscaling in its own ``step`` (``fused=True`` Adam/AdamW); then the gradients in
+    the hook are still multiplied by the scale.
+    """
+    scaler = getattr(trainer.precision_plugin, "scaler", None)
+    if scaler is None or not scaler.is_enabled() or getattr(scaler, "_scale", None) is None:
+        return None
+    opt = getattr(optimizer, "optimizer", optimizer)  # unwrap LightningOptimizer
+    state = scaler._per_optimizer_states.get(id(opt), {})
+    from torch.amp.grad_scaler import OptState
+
+    if state.get("stage") == OptState.UNSCALED:
+        return None
+    return scaler._scale
+
+
+def log_metrics(trainer: pl.Trainer, metrics: Mapping[str, Tensor | float], step: int | None = None) -> dict[str, float]:
+    """Send metrics to every logger on rank zero with a single device sync; returns them as floats."""
+    if not metrics:
+        return {}
+    keys = list(metrics)
+    tensors = [v for v in metrics.values() if isinstance(v, Tensor)]
+    if tensors:
+        flat = torch.stack([t.detach().float().reshape(()).to(tensors[0].device) for t in tensors]).tolist()
+        it = iter(flat)
+        values = [next(it) if isinstance(metrics[k], Tensor) else float(metrics[k]) for k in keys]
+    else:
+        values = [float(metrics[k]) for k in keys]
+    out = dict(zip(keys, values))
+    if trainer.is_global_zero:
+        for logger in trainer.loggers:
+            logger.log_metrics(out, step=trainer.global_step if step is None else step)
+    return out
+
+
+class GradientHealth(Callback):
+    """Gradient norms, healthy band, step-to-step and micro-batch cosine, update/weight ratio.
+
+    Args:
+        log_every_n_steps: logging cadence in optimizer steps (``None``: the Trainer's).
+        band: healthy global grad-norm band ``(low, high)``; (0.5, 2.0) by default.
+        patience: warn when the norm stays outside the band this many consecutive steps.
+        per_layer: log per-layer norms.
+        layer_depth: name components that make a layer (``None``: owning module).
+        cosine: cosine similarity between consecutive steps' gradients (bar: > 0.8 in the seed).
+        microbatch_cosine: mean cosine between consecutive micro-batches under accumulation.
+        update_ratio: per-layer ``|dw| / |w|`` (target ~1e-3).
+        update_ratio_budget: parameters copied per logging step for the ratio; layers rotate when
+            the model is larger, so the extra memory is bounded.
+        projection_dim: size of the random projection that stores the previous gradient.
+        prefix: metric name prefix.
+
+    Raises:
+        ValueError: on a non-positive cadence/patience or a bad band.
+
+    Example:
+        >>> cb = GradientHealth(log_every_n_steps=10, band=(0.1, 5.0))
+    """
+
+    def __init__(
+        self,
+        log_every_n_steps: int | None = None,
+        band: tuple[float, float] = (0.5, 2.0),
+        patience: int = 10,
+        per_layer: bool = True,
+        layer_depth: int | None = None,
+        cosine: bool = True,
+        microbatch_cosine: bool = True,
+        update_ratio: bool = True,
+        update_ratio_budget: int = 1 << 26,
+        projection_dim: int = 8192,
+        prefix: str = "grad_health/",
+    ) -> None:
+        if log_every_n_steps is not None and log_every_n_steps < 1:
+            raise ValueError(f"log_every_n_steps={log_every_n_steps} must be >= 1 or None (use the Trainer's)")
+        if patience < 1:
+            raise ValueError(f"patience={patience} must be >= 1; e.g. patience=10")
+        self.band = BandTracker(*band)
+        self.log_every_n_steps, self.patience = log_every_n_steps, patience
+        self.per_layer, self.layer_depth = per_layer, layer_depth
+        self.cosine, self.microbatch_cosine, self.update_ratio = cosine, microbatch_cosine, update_ratio
+        self.update_ratio_budget, self.prefix = update_ratio_budget, prefix
+        self.sketch = GradientSketch(projection_dim)
+        self.last_metrics: dict[str, float] = {}
+        self.warnings: list[str] = []
+        self._prev_sketch: Tensor | None = None
+        self._prev_sketch_step = -1
+        self._snapshot: dict[str, Tensor] = {}
+        self._ratio_offset = 0
+        self._micro: dict[str, Any] = {}
+        self._pending: dict[str, Tensor] = {}
+
+    # -- cadence ----------------------------------------------------------------------------------
+    def _every(self, trainer: pl.Trainer) -> int:
+        return self.log_every_n_steps or max(1, trainer.log_every_n_steps)
+
+    def _is_log_step(self, trainer: pl.Trainer, step: int | None = None) -> bool:
+        step = trainer.global_step if step is None else step
+        return step % self._every(trainer) == 0
+
+    # -- hooks -------------------------------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        names = [n for n, p in pl_module.named_parameters() if p.requires_grad]
+        self._groups = group_by_layer(names, self.layer_depth)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        acc = trainer.accumulate_grad_batches
+        if self.microbatch_cosine and acc > 1 and self._is_log_step(trainer):
+            if batch_idx % acc == 0:
+                self._micro = {"cum": None, "prev": None, "cos": []}
+        else:
+            self._micro = {}
+
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._micro:
+            return
+        params = [p for p in pl_module.parameters() if p.requires_grad]
+        cum = self.sketch.project([p.grad for p in params], like=params)
+        micro = cum if self._micro["cum"] is None else cum - self._micro["cum"]
+        if self._micro["prev"] is not None:
+            self._micro["cos"].append(cosine_similarity(micro, self._micro["prev"]))
+        self._micro.update(cum=cum, prev=micro)
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        params = {n: p for n, p in pl_module.named_parameters() if p.requires_grad}
+        scale = current_grad_scale(trainer, optimizer)
+        total, per = grad_norms(params, self._groups if self.per_layer else {}, scale=scale)
+        self.band.update(total)
+        step = trainer.global_step
+        every = self._every(trainer)
+        log_now = step % every == 0
+        if self.cosine and (log_now or (step + 1) % every == 0):
+            plist = list(params.values())
+            sk = self.sketch.project([p.grad for p in plist], like=plist)
+            if log_now and self._prev_sketch is not None and self._prev_sketch_step == step - 1:
+                self._pending[self.prefix + "cosine_prev_step"] = cosine_similarity(sk, self._prev_sketch)
+            self._prev_sketch, self._prev_sketch_step = sk, step
+        if not log_now:
+            return
+        m = self._pending
+        m[self.prefix + "grad_norm"] = total
+        m[self.prefix + "out_of_band_run"] = self.band.worst_run()
+        if self.per_layer:
+            m.update({f"{self.prefix}layer_norm/{k}": v for k, v in per.items()})
+        if self._micro.get("cos"):
+            m[self.prefix + "cosine_microbatch"] = torch.stack(self._micro["cos"]).mean()
+        if self.update_ratio:
+            self._snapshot = self._take_snapshot(params)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not self._pending:
+            return
+        if self._snapshot:
+            params = dict(pl_module.named_parameters())
+            after = {n: params[n] for n in self._snapshot}
+            groups = {k: [n for n in v if n in self._snapshot] for k, v in self._groups.items()}
+            ratios = update_to_weight_ratios(self._snapshot, after, {k: v for k, v in groups.items() if v})
+            self._pending.update({f"{self.prefix}update_ratio/{k}": v for k, v in ratios.items()})
+            self._snapshot = {}
+        step = trainer.global_step - 1  # the optimizer step that just ran
+        self.last_metrics = log_metrics(trainer, self._pending, step=step)
+        self._pending = {}
+        run = self.last_metrics.get(self.prefix + "out_of_band_run", 0.0)
+        if run >= self.patience:
+            side = "above" if float(self.band.last_side or 0) > 0 else "below"
+            msg = (
+                f"GradientHealth: global grad norm stayed outside the band ({self.band.low}, {self.band.high}) for "
+                f"{int(run)} consecutive steps (last {self.last_metrics[self.prefix + 'grad_norm']:.3g}, {side}); "
+                "check the learning rate, warmup and clipping"
+            )
+            self.warnings.append(msg)
+            if len(self.warnings) <= 5:
+                rank_zero_warn(msg + ("" if len(self.warnings) < 5 else " (further warnings only logged)"))
+        self.band.reset_worst()
+
+    def _take_snapshot(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
+        layers = list(self._groups.items())
+        if not layers:
+            return {}
+        chosen: dict[str, Tensor] = {}
+        used = 0
+        for i in range(len(layers)):
+            _, names = layers[(self._ratio_offset + i) % len(layers)]
+            size = sum(params[n].numel() for n in names if n in params)
+            if chosen and used + size > self.update_ratio_budget:
+                self._ratio_offset = (self._ratio_offset + i) % len(layers)
+                break
+            chosen.update({n: params[n].detach().clone() for n in names if n in params})
+            used += size
+        return chosen
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"band": self.band.state_dict(), "warnings": list(self.warnings), "ratio_offset": self._ratio_offset}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.band.load_state_dict(state_dict.get("band", {}))
+        self.warnings = list(state_dict.get("warnings", []))
+        self._ratio_offset = int(state_dict.get("ratio_offset", 0))

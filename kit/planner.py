@@ -1,0 +1,285 @@
+"""Compute planner: training FLOPs, GPU-time, and memory per GPU under DDP and ZeRO-1/2/3.
+
+Formulas (all documented in docs/monitoring.md):
+
+- FLOPs per token = ``6 N`` (forward 2N, backward 4N) ``+ 12 L d T`` for attention scores and the
+  weighted sum (QK^T and AV, forward + backward; the count PaLM uses for MFU).
+- Memory (mixed precision + Adam, the ZeRO paper's accounting): bf16 weights ``2N``, bf16 gradients
+  ``2N``, fp32 master weights + Adam m + v ``12N``. DDP keeps all of it on every GPU; ZeRO-1 shards
+  the optimizer state over G GPUs, ZeRO-2 also the gradients, ZeRO-3 (= FSDP full shard) also the
+  weights (plus a gathered layer as working buffer).
+- Activations per layer (Korthikanti et al. 2022, no tensor parallel): ``s b h (34 + 5 a s / h)``
+  bytes; the ``5 a s / h`` term (attention matrix) vanishes with flash attention. With full
+  activation checkpointing only each layer's input (``2 s b h``) is kept, plus one layer's full
+  activations during recomputation.
+
+Example:
+    >>> plan = TrainingPlan(params=7e9, tokens=1e12, gpu="h100-80gb", mfu=0.4, n_gpus=64)
+    >>> round(plan.total_flops / 1e22, 1)
+    4.5
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+__all__ = [
+    "GPUS",
+    "STRATEGIES",
+    "GPUSpec",
+    "MemoryBreakdown",
+    "TrainingPlan",
+    "gpus_for_days",
+    "memory_per_gpu",
+    "min_gpus_that_fit",
+    "model_shape",
+    "training_flops",
+]
+
+
+@dataclass(frozen=True)
+class GPUSpec:
+    """Peak dense bf16 (fp16 where no bf16) tensor FLOP/s and memory of one accelerator."""
+
+    name: str
+    peak_flops: float
+    memory_gb: float
+    note: str = ""
+
+
+# Vendor datasheet peaks, dense (no 2:4 sparsity).
+GPUS: dict[str, GPUSpec] = {
+    g.name: g
+    for g in [
+        GPUSpec("v100-16gb", 125e12, 16, "fp16 tensor cores; no bf16"),
+        GPUSpec("v100-32gb", 125e12, 32, "fp16 tensor cores; no bf16"),
+        GPUSpec("t4", 65e12, 16, "fp16"),
+        GPUSpec("a10", 125e12, 24),
+        GPUSpec("l4", 121e12, 24),
+        GPUSpec("a100-40gb", 312e12, 40),
+        GPUSpec("a100-80gb", 312e12, 80),
+        GPUSpec("l40s", 362e12, 48),
+        GPUSpec("h100-pcie", 756e12, 80),
+        GPUSpec("h100-80gb", 989e12, 80, "SXM"),
+        GPUSpec("h200", 989e12, 141),
+        GPUSpec("b200", 2250e12, 180),
+        GPUSpec("mi250x", 383e12, 128),
+        GPUSpec("mi300x", 1307e12, 192),
+    ]
+}
+
+STRATEGIES = ("ddp", "zero1", "zero2", "zero3")
+
+
+def get_gpu(name: str) -> GPUSpec:
+    """Look up a GPU by table name (case-insensitive).
+
+    Raises:
+        ValueError: listing the known names.
+    """
+    key = name.lower()
+    if key not in GPUS:
+        raise ValueError(f"gpu={name!r} is not in the table; choose one of: {', '.join(GPUS)}")
+    return GPUS[key]
+
+
+def model_shape(params: float, aspect: float = 128.0) -> tuple[int, int]:
+    """Guess ``(n_layer, d_model)`` for a decoder with ``params ~ 12 L d^2`` and ``d / L = aspect``.
+
+    GPT-3 175B (d=12288, L=96) and Llama-7B (4096, 32) both have d/L = 128.
+    """
+    d = (params * aspect / 12.0) ** (1.0 / 3.0)
+    d = max(64, int(round(d / 64.0)) * 64)
+    layers = max(1, int(round(params / (12.0 * d * d))))
+    return layers, d
+
+
+def training_flops(params: float, tokens: float, n_layer: int, d_model: int, seq_len: int) -> float:
+    """``6 N D + 12 L d T D``: dense matmuls plus attention (forward + backward)."""
+    return 6.0 * params * tokens + 12.0 * n_layer * d_model * seq_len * tokens
+
+
+@dataclass(frozen=True)
+class MemoryBreakdown:
+    """Bytes per GPU by kind."""
+
+    weights: float
+    gradients: float
+    optimizer: float
+    activations: float
+    buffers: float = 0.0
+
+    @property
+    def total(self) -> float:
+        """Sum of all parts."""
+        return self.weights + self.gradients + self.optimizer + self.activations + self.buffers
+
+
+def memory_per_gpu(
+    params: float,
+    n_gpus: int,
+    strategy: str = "zero3",
+    checkpointing: bool = False,
+    n_layer: int | None = None,
+    d_model: int | None = None,
+    n_head: int | None = None,
+    seq_len: int = 2048,
+    micro_batch: int = 1,
+    flash_attention: bool = True,
+) -> MemoryBreakdown:
+    """Memory per GPU for mixed-precision Adam training.
+
+    Args:
+        params: parameter count N.
+        n_gpus: data-parallel world size G.
+        strategy: ``"ddp"``, ``"zero1"``, ``"zero2"`` or ``"zero3"`` (FSDP full shard).
+        checkpointing: full activation checkpointing per layer.
+        n_layer: layers (guessed from N when ``None``).
+        d_model: width (guessed from N when ``None``).
+        n_head: heads (``d_model / 128`` when ``None``).
+        seq_len: sequence length s.
+        micro_batch: sequences per GPU per micro-step b.
+        flash_attention: no materialised attention matrix.
+
+    Returns:
+        A :class:`MemoryBreakdown` in bytes.
+
+    Raises:
+        ValueError: on an unknown strategy or ``n_gpus < 1``.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy={strategy!r} is not one of {STRATEGIES}")
+    if n_gpus < 1:
+        raise ValueError(f"n_gpus={n_gpus} must be >= 1")
+    if n_layer is None or d_model is None:
+        n_layer, d_model = model_shape(params)
+    n_head = n_head or max(1, d_model // 128)
+    g = float(n_gpus)
+    weights, grads, optim = 2.0 * params, 2.0 * params, 12.0 * params
+    buffers = 0.0
+    if strategy in ("zero1", "zero2", "zero3"):
+        optim /= g
+    if strategy in ("zero2", "zero3"):
+        grads /= g
+    if strategy == "zero3":
+        weights /= g
+        buffers = 2 * 2.0 * params / n_layer  # two gathered layers in bf16 (current + prefetch)
+    s, b, h, a = seq_len, micro_batch, d_model, n_head
+    per_layer = s * b * h * (34.0 + (0.0 if flash_attention else 5.0 * a * s / h))
+    if checkpointing:
+        acts = n_layer * 2.0 * s * b * h + per_layer
+    else:
+        acts = n_layer * per_layer
+    return MemoryBreakdown(weights, grads, optim, acts, buffers)
+
+
+def min_gpus_that_fit(
+    params: float, gpu: str, strategy: str, checkpointing: bool, headroom: float = 0.9, max_gpus: int = 1 << 16, **kw
+) -> int | None:
+    """Smallest G whose per-GPU memory fits ``headroom * memory``; ``None`` if none up to ``max_gpus``.
+
+    The 10% headroom covers the CUDA context, allocator fragmentation and temporary buffers.
+    """
+    cap = get_gpu(gpu).memory_gb * 1e9 * headroom
+    if memory_per_gpu(params, 1, strategy, checkpointing, **kw).total <= cap:
+        return 1
+    if memory_per_gpu(params, max_gpus, strategy, checkpointing, **kw).total > cap:
+        return None
+    lo, hi = 1, max_gpus  # memory is non-increasing in G: bisect
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if memory_per_gpu(params, mid, strategy, checkpointing, **kw).total <= cap:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def gpus_for_days(total_flops: float, gpu: str, mfu: float, days: float) -> int:
+    """GPUs needed to do ``total_flops`` in ``days`` at utilisation ``mfu``."""
+    return math.ceil(total_flops / (get_gpu(gpu).peak_flops * mfu * days * 86400.0))
+
+
+@dataclass
+class TrainingPlan:
+    """A full plan: FLOPs, time and memory for one model/data/GPU choice.
+
+    Args:
+        params: parameter count N.
+        tokens: training tokens D.
+        gpu: GPU table name.
+        mfu: model FLOPs utilisation (0.3-0.5 is typical for large runs).
+        n_gpus: GPUs for the time estimate (``None``: the smallest ZeRO-3 + checkpointing count that fits).
+        seq_len: sequence length.
+        micro_batch: sequences per GPU per micro-step.
+        n_layer: layers (guessed from N when ``None``).
+        d_model: width (guessed from N when ``None``).
+        flash_attention: attention matrix not materialised.
+
+    Raises:
+        ValueError: on non-positive sizes or ``mfu`` outside (0, 1].
+    """
+
+    params: float
+    tokens: float
+    gpu: str = "h100-80gb"
+    mfu: float = 0.4
+    n_gpus: int | None = None
+    seq_len: int = 2048
+    micro_batch: int = 1
+    n_layer: int | None = None
+    d_model: int | None = None
+    flash_attention: bool = True
+    fits: dict[str, int | None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.params <= 0 or self.tokens <= 0:
+            raise ValueError(f"params={self.params} and tokens={self.tokens} must be > 0, e.g. --params 7e9")
+        if not 0 < self.mfu <= 1:
+            raise ValueError(f"mfu={self.mfu} must be in (0, 1]; 0.4 is a typical large-run value")
+        self.spec = get_gpu(self.gpu)
+        if self.n_layer is None or self.d_model is None:
+            self.n_layer, self.d_model = model_shape(self.params)
+        self.fits = {
+            f"{s}{'+ckpt' if c else ''}": min_gpus_that_fit(
+                self.params, self.gpu, s, c, **self._shape_kw()
+            )
+            for s in STRATEGIES
+            for c in (False, True)
+        }
+        if self.n_gpus is None:
+            self.n_gpus = self.fits["zero3+ckpt"] or 1
+
+    def _shape_kw(self) -> dict:
+        return {
+            "n_layer": self.n_layer,
+            "d_model": self.d_model,
+            "seq_len": self.seq_len,
+            "micro_batch": self.micro_batch,
+            "flash_attention": self.flash_attention,
+        }
+
+    @property
+    def total_flops(self) -> float:
+        """Training FLOPs (6ND + attention)."""
+        return training_flops(self.params, self.tokens, self.n_layer, self.d_model, self.seq_len)
+
+    @property
+    def attention_share(self) -> float:
+        """Fraction of the FLOPs spent in attention scores."""
+        return 1.0 - 6.0 * self.params * self.tokens / self.total_flops
+
+    @property
+    def gpu_hours(self) -> float:
+        """GPU-hours at the given MFU (independent of the GPU count)."""
+        return self.total_flops / (self.spec.peak_flops * self.mfu) / 3600.0
+
+    @property
+    def days(self) -> float:
+        """Wall-clock days on ``n_gpus`` GPUs (perfect data-parallel scaling assumed)."""
+        return self.gpu_hours / self.n_gpus / 24.0
+
+    def memory(self, strategy: str, checkpointing: bool, n_gpus: int | None = None) -> MemoryBreakdown:
+        """Per-GPU memory for a strategy at ``n_gpus`` (default: the plan's)."""
+        return memory_per_gpu(self.params, n_gpus or self.n_gpus, strategy, checkpointing, **self._shape_kw())
