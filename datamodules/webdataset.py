@@ -1,0 +1,193 @@
+"""Streaming DataModule over webdataset shards (local paths or any URL webdataset opens).
+
+Example:
+    >>> dm = WebDataModule("data/train-{000000..000009}.tar", batch_size=16, decode="lm")  # doctest: +SKIP
+    >>> trainer.fit(model, datamodule=dm)  # doctest: +SKIP
+
+``kit data shards`` writes shards this module reads: with ``--tokenizer`` each sample holds one packed
+token block ``input_ids.npy`` (``block_size + 1`` ids), which ``decode="lm"`` turns into ``(input_ids,
+targets)`` batches of shape ``(B, block_size)``, the format of ``kit.models.gpt.CausalLM``.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import webdataset as wds
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DataLoader
+
+from kit.shards import ShardErrorHandler, expand_urls
+
+__all__ = ["WebDataModule"]
+
+_DECODERS = ("lm", "text", "raw")
+
+
+class _EpochShuffle:
+    """Buffer shuffle seeded by ``seed + epoch``: deterministic for a seed, different every epoch."""
+
+    def __init__(self, bufsize: int, seed: int) -> None:
+        self.bufsize, self.seed, self.epoch = bufsize, seed, -1
+
+    def __call__(self, src: Iterator[Any]) -> Iterator[Any]:
+        self.epoch += 1
+        rng = random.Random(self.seed + self.epoch)
+        buf: list[Any] = []
+        for item in src:
+            if len(buf) < self.bufsize:
+                buf.append(item)
+                continue
+            k = rng.randrange(len(buf))
+            buf[k], item = item, buf[k]
+            yield item
+        rng.shuffle(buf)
+        yield from buf
+
+
+def _decode_lm(sample: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    if "input_ids.npy" not in sample:
+        raise KeyError(
+            f"sample {sample.get('__key__')} has no 'input_ids.npy' (keys: {sorted(sample)}); use decode='raw'"
+        )
+    ids = np.load(io.BytesIO(sample["input_ids.npy"]))
+    ids = torch.from_numpy(ids.astype(np.int64))
+    return ids[:-1], ids[1:]
+
+
+def _decode_text(sample: dict[str, Any]) -> str:
+    return sample["txt"].decode("utf-8")
+
+
+def _collate_list(batch: list[Any]) -> list[Any]:
+    return batch
+
+
+class WebDataModule(pl.LightningDataModule):
+    """Stream training (and validation) samples from tar shards.
+
+    Shards are split across nodes (``split_by_node``) and DataLoader workers (``split_by_worker``), shuffled
+    per epoch with ``seed + epoch`` (shard order, then a sample buffer), so the order is deterministic for a
+    given seed, world size and worker count. In ``resampled`` mode every rank/worker draws shards with
+    replacement forever (the multi-node recipe: no rank runs out early); ``epoch_length`` then sets the
+    batches per epoch.
+
+    Args:
+        train_urls: shard paths, globs, brace patterns (``train-{000000..000099}.tar``) or URLs.
+        val_urls: the same for validation (read in order, not resampled); ``None`` for no validation.
+        batch_size: samples per batch.
+        num_workers: DataLoader workers (kept alive across epochs so the per-epoch shuffle advances).
+        shuffle_buffer: samples in the shuffle buffer; 0 disables sample shuffling.
+        shard_shuffle: shuffle the shard order each epoch.
+        seed: base seed of every shuffle.
+        resampled: sample shards with replacement (infinite stream); needs ``epoch_length``.
+        epoch_length: batches per epoch per rank (required when ``resampled``; optional otherwise).
+        decode: ``"lm"`` (``input_ids.npy`` -> ``(input_ids, targets)``), ``"text"`` (``txt`` -> ``str``),
+            ``"raw"`` (the sample dict), or a callable ``sample -> item``.
+        on_error: corrupt/truncated shard policy: ``"warn"`` (skip, warn, count), ``"skip"`` or ``"raise"``.
+
+    Raises:
+        ValueError: no shards, an unknown ``decode`` or ``on_error``, or ``resampled`` without
+            ``epoch_length``.
+    """
+
+    def __init__(
+        self,
+        train_urls: str | list[str],
+        val_urls: str | list[str] | None = None,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        shuffle_buffer: int = 1000,
+        shard_shuffle: bool = True,
+        seed: int = 0,
+        resampled: bool = False,
+        epoch_length: int | None = None,
+        decode: str | Callable[[dict[str, Any]], Any] = "lm",
+        on_error: str = "warn",
+    ) -> None:
+        super().__init__()
+        self.train_shards = expand_urls(train_urls)
+        self.val_shards = expand_urls(val_urls) if val_urls is not None else None
+        if isinstance(decode, str) and decode not in _DECODERS:
+            raise ValueError(f"decode={decode!r}; choose one of {_DECODERS} or pass a callable")
+        if resampled and not epoch_length:
+            raise ValueError("resampled=True streams forever; set epoch_length=<batches per epoch per rank>")
+        if batch_size < 1 or shuffle_buffer < 0:
+            raise ValueError(f"batch_size={batch_size} must be >= 1 and shuffle_buffer={shuffle_buffer} >= 0")
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.shuffle_buffer, self.shard_shuffle, self.seed = shuffle_buffer, shard_shuffle, seed
+        self.resampled, self.epoch_length, self.decode = resampled, epoch_length, decode
+        self.error_handler = ShardErrorHandler(on_error)
+
+    @property
+    def shard_errors(self) -> int:
+        """Corrupt-shard errors skipped in this process (workers count their own and warn)."""
+        return self.error_handler.errors
+
+    def _decoder(self) -> Callable[[dict[str, Any]], Any]:
+        if callable(self.decode):
+            return self.decode
+        return {"lm": _decode_lm, "text": _decode_text, "raw": lambda s: s}[self.decode]
+
+    def make_dataset(self, shards: list[str], train: bool) -> wds.DataPipeline:
+        """The webdataset pipeline for ``shards`` (public so users can iterate it without a Trainer)."""
+        handler = self.error_handler
+        if train and self.resampled:
+            stages: list[Any] = [wds.ResampledShards(shards, seed=self.seed, deterministic=True)]
+        else:
+            stages = [wds.SimpleShardList(shards)]
+            if train:
+                self._check_split(len(shards))
+            stages += [wds.split_by_node, wds.split_by_worker]
+            if train and self.shard_shuffle:
+                stages.append(_EpochShuffle(len(shards), self.seed))
+        stages.append(wds.tarfile_to_samples(handler=handler))
+        if train and self.shuffle_buffer:
+            stages.append(_EpochShuffle(self.shuffle_buffer, self.seed + 1))
+        stages.append(wds.map(self._decoder(), handler=handler))
+        pipeline = wds.DataPipeline(*stages)
+        if train and self.epoch_length:
+            pipeline = pipeline.with_epoch(self.epoch_length * self.batch_size // max(self.num_workers, 1))
+        return pipeline
+
+    def _check_split(self, n_shards: int) -> None:
+        world = self.trainer.world_size if self.trainer is not None else 1
+        parts = world * max(self.num_workers, 1)
+        if n_shards < parts:
+            rank_zero_warn(
+                f"{n_shards} shard(s) for {world} rank(s) x {max(self.num_workers, 1)} worker(s): some get no data; "
+                "write more shards or use resampled=True"
+            )
+        elif world > 1 and n_shards % world:
+            rank_zero_warn(
+                f"{n_shards} shards do not split evenly over {world} ranks, so ranks see different batch counts "
+                "and DDP can hang at the epoch end; use resampled=True with epoch_length, or a multiple of the ranks"
+            )
+
+    def _loader(self, shards: list[str], train: bool) -> DataLoader:
+        collate = _collate_list if self.decode in ("text", "raw") else None
+        return DataLoader(
+            self.make_dataset(shards, train),
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=collate,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_shards, train=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader(self.val_shards, train=False) if self.val_shards else []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"shard_errors": self.error_handler.errors}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.error_handler.errors = int(state_dict.get("shard_errors", 0))
