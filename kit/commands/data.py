@@ -1,0 +1,271 @@
+"""``kit data``: clean a corpus, compare BPE vocabulary sizes, write webdataset shards.
+
+Usage::
+
+    kit data clean 'raw/**/*.jsonl' notes.txt -o clean.jsonl --report report.json --examples 3
+    kit data tokenizer clean.jsonl --vocab-sizes 1000,4000,16000 --d-model 768 --save tok.json
+    kit data shards clean.jsonl -o shards/ --tokenizer tok.json --block-size 256 --max-count 10000
+
+Every command streams its input (a corpus larger than memory is fine; ``tokenizer`` is the exception, as BPE
+training holds the texts), shows a progress bar, and prints a summary at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
+
+__all__ = ["iter_documents", "main"]
+
+
+def iter_documents(paths: Sequence[str], text_key: str = "text") -> Iterator[tuple[str, str, int]]:
+    """Stream ``(name, text, raw_bytes)``: ``.jsonl`` files give one document per line (``text_key`` field),
+    other files one document each. ``paths`` are files, folders or globs (``kit.text.resolve_paths``).
+
+    Raises:
+        FileNotFoundError: a path matches nothing.
+    """
+    from kit.text import resolve_paths
+
+    for path in resolve_paths(list(paths)):
+        if path.suffix == ".jsonl":
+            with open(path, encoding="utf-8", errors="replace") as f:
+                for lineno, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue
+                    text = record.get(text_key) if isinstance(record, dict) else None
+                    if isinstance(text, str):
+                        yield f"{path}:{lineno}", text, len(line.encode("utf-8"))
+        else:
+            raw = path.read_bytes()
+            yield str(path), raw.decode("utf-8", errors="replace"), len(raw)
+
+
+def _total_bytes(paths: Sequence[str]) -> int:
+    from kit.text import resolve_paths
+
+    return sum(p.stat().st_size for p in resolve_paths(list(paths)))
+
+
+def _progress(console: Console, bytes_mode: bool = True) -> Progress:
+    cols = [TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn()]
+    if bytes_mode:
+        cols.append(TransferSpeedColumn())
+    return Progress(*cols, console=console, transient=False, disable=not console.is_terminal)
+
+
+def _clean(args: argparse.Namespace, console: Console) -> int:
+    from kit.filters import FilterChain, GopherQualityFilter, GopherRepetitionFilter, LengthFilter
+    from kit.pipeline import DataPipeline
+
+    filters: list = [] if args.no_filters else [LengthFilter(args.min_chars, args.max_chars)]
+    if not args.no_filters:
+        filters.append(GopherQualityFilter(min_words=args.min_words))
+        filters.append(GopherRepetitionFilter())
+    pipe = DataPipeline(
+        filters=FilterChain(filters),
+        lowercase=args.lowercase,
+        exact_dedup=not args.no_exact_dedup,
+        near_dedup=not args.no_near_dedup,
+        minhash={"bands": args.bands, "rows": args.rows, "ngram": args.ngram},
+        keep_examples=args.examples,
+    )
+    total = _total_bytes(args.inputs)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _progress(console) as progress, open(out, "w", encoding="utf-8") as sink:
+        task = progress.add_task("cleaning", total=total)
+        for name, text, nbytes in iter_documents(args.inputs, args.text_key):
+            cleaned, reason = pipe.check(text)
+            if reason is None:
+                sink.write(json.dumps({"id": name, args.text_key: cleaned}, ensure_ascii=False) + "\n")
+            progress.advance(task, nbytes)
+    report = pipe.report
+    console.print(report.format())
+    console.print(f"wrote {report.docs_out:,} documents to {out}")
+    if args.report:
+        Path(args.report).write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
+        console.print(f"report: {args.report}")
+    if args.examples and report.examples:
+        for reason, texts in report.examples.items():
+            console.print(f"[bold]{reason}[/bold]: " + " | ".join(repr(t[:80]) for t in texts))
+    return 0
+
+
+def _tokenizer(args: argparse.Namespace, console: Console) -> int:
+    from kit.bpe_report import bpe_tradeoff, format_table
+    from kit.tokenizer import train_bpe
+
+    if args.inputs:
+        texts = [text for _, text, _ in iter_documents(args.inputs, args.text_key)]
+    else:
+        from kit.text import embedded_corpus
+
+        texts = list(embedded_corpus().values())
+        console.print("no inputs: using the embedded pydoc corpus")
+    if len(texts) < 2:
+        console.print(f"[red]need at least 2 documents to hold some out; got {len(texts)}[/red]")
+        return 2
+    rng = random.Random(args.seed)
+    order = list(range(len(texts)))
+    rng.shuffle(order)
+    n_held = max(1, round(len(texts) * args.heldout))
+    held = [texts[i] for i in order[:n_held]]
+    train = [texts[i] for i in order[n_held:]]
+    try:
+        sizes = [int(s) for s in args.vocab_sizes.split(",") if s.strip()]
+    except ValueError:
+        console.print(
+            f"[red]--vocab-sizes {args.vocab_sizes!r} must be comma-separated integers, e.g. 1000,4000[/red]"
+        )
+        return 2
+    rows = []
+    with _progress(console, bytes_mode=False) as progress:
+        task = progress.add_task("training BPE", total=len(sizes))
+        for size in sizes:
+            rows += bpe_tradeoff(train, held, [size], d_model=args.d_model, min_frequency=args.min_frequency)
+            progress.advance(task)
+    console.print(
+        f"{len(train):,} training / {len(held):,} held-out documents; embedding params at d_model={args.d_model}"
+    )
+    console.print(format_table(rows))
+    if args.report:
+        Path(args.report).write_text(json.dumps(rows, indent=2) + "\n")
+    if args.save:
+        size = sizes[-1]
+        train_bpe(train + held, vocab_size=size, min_frequency=args.min_frequency).save(args.save)
+        console.print(f"saved the {size}-token tokenizer (trained on all documents) to {args.save}")
+    return 0
+
+
+def _shards(args: argparse.Namespace, console: Console) -> int:
+    import numpy as np
+
+    from kit.shards import write_shards
+
+    tokenizer = None
+    if args.tokenizer:
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(args.tokenizer)
+        eos = tokenizer.token_to_id("<|endoftext|>")
+    total = _total_bytes(args.inputs)
+    stats = {"docs": 0, "samples": 0}
+
+    def samples(progress: Progress, task: int) -> Iterator[dict]:
+        buffer: list[int] = []
+        block = args.block_size + 1
+        for name, text, nbytes in iter_documents(args.inputs, args.text_key):
+            stats["docs"] += 1
+            progress.advance(task, nbytes)
+            if tokenizer is None:
+                stats["samples"] += 1
+                yield {"__key__": f"{stats['samples']:010d}", "txt": text, "json": {"source": name}}
+                continue
+            buffer += tokenizer.encode(text).ids
+            if eos is not None:
+                buffer.append(eos)
+            while len(buffer) >= block:
+                stats["samples"] += 1
+                chunk, buffer = (
+                    buffer[:block],
+                    buffer[args.block_size :],
+                )  # blocks overlap by one target token
+                yield {
+                    "__key__": f"{stats['samples']:010d}",
+                    "input_ids.npy": np.asarray(chunk, dtype=np.int32),
+                }
+
+    os.makedirs(args.output, exist_ok=True)
+    pattern = os.path.join(args.output, f"{args.prefix}-%06d.tar")
+    with _progress(console) as progress:
+        task = progress.add_task("writing shards", total=total)
+        paths = write_shards(samples(progress, task), pattern, args.max_count, args.max_size_mb * 1e6)
+    size = sum(os.path.getsize(p) for p in paths)
+    kind = f"token blocks of {args.block_size}" if tokenizer else "text documents"
+    console.print(
+        f"{stats['docs']:,} documents -> {stats['samples']:,} samples ({kind}) in {len(paths)} shard(s), "
+        f"{size / 1e6:.1f} MB: {pattern % 0} ..."
+    )
+    if not paths:
+        console.print("[yellow]no samples written: inputs too short for one block?[/yellow]")
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kit data", description="data tools: clean, tokenizer, shards")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("clean", help="clean, filter and deduplicate documents into a jsonl file")
+    p.add_argument("inputs", nargs="+", help="files, folders or globs (.jsonl: one document per line)")
+    p.add_argument("-o", "--output", required=True, help="output .jsonl")
+    p.add_argument("--report", help="write the report as JSON here")
+    p.add_argument("--examples", type=int, default=0, help="removed examples to keep per reason")
+    p.add_argument("--text-key", default="text", help="jsonl field holding the text")
+    p.add_argument("--lowercase", action="store_true")
+    p.add_argument("--min-chars", type=int, default=100)
+    p.add_argument("--max-chars", type=int, default=1_000_000)
+    p.add_argument("--min-words", type=int, default=50, help="Gopher minimum word count")
+    p.add_argument("--no-filters", action="store_true", help="skip length/quality/repetition filters")
+    p.add_argument("--no-exact-dedup", action="store_true")
+    p.add_argument("--no-near-dedup", action="store_true")
+    p.add_argument("--bands", type=int, default=14)
+    p.add_argument("--rows", type=int, default=8)
+    p.add_argument("--ngram", type=int, default=5)
+
+    p = sub.add_parser("tokenizer", help="train byte-level BPE at several vocab sizes and compare them")
+    p.add_argument("inputs", nargs="*", help="files, folders or globs; none = the embedded pydoc corpus")
+    p.add_argument("--vocab-sizes", default="1000,4000,16000")
+    p.add_argument("--heldout", type=float, default=0.1, help="share of documents held out for measuring")
+    p.add_argument("--d-model", type=int, default=768, help="model width for the embedding-parameter column")
+    p.add_argument("--min-frequency", type=int, default=2)
+    p.add_argument("--text-key", default="text")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--report", help="write the table as JSON here")
+    p.add_argument("--save", help="save a tokenizer at the last vocab size (trained on all documents) here")
+
+    p = sub.add_parser("shards", help="write webdataset tar shards (text, or packed token blocks)")
+    p.add_argument("inputs", nargs="+")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--prefix", default="train")
+    p.add_argument("--max-count", type=int, default=10_000, help="samples per shard at most")
+    p.add_argument("--max-size-mb", type=float, default=1000.0, help="MB per shard at most")
+    p.add_argument("--tokenizer", help="tokenizer.json: write packed token blocks instead of text")
+    p.add_argument("--block-size", type=int, default=256)
+    p.add_argument("--text-key", default="text")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``kit data``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    console = Console(soft_wrap=True)
+    try:
+        return {"clean": _clean, "tokenizer": _tokenizer, "shards": _shards}[args.command](args, console)
+    except (FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]kit data {args.command}: {exc}[/red]")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
