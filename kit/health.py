@@ -112,7 +112,9 @@ def grad_norms(
 def flat_grads(params: Iterable[Tensor]) -> Tensor:
     """Concatenate all gradients into one float32 vector (zeros where ``.grad`` is ``None``)."""
     parts = [
-        (p.grad.detach().float() if p.grad is not None else torch.zeros_like(p, dtype=torch.float32)).reshape(-1)
+        (p.grad.detach().float() if p.grad is not None else torch.zeros_like(p, dtype=torch.float32)).reshape(
+            -1
+        )
         for p in params
     ]
     return torch.cat(parts) if parts else torch.zeros(0)
@@ -139,7 +141,8 @@ class GradientSketch:
     Args:
         dim: sketch size; error of a cosine is about ``1 / sqrt(dim)``.
         seed: fixes the projection; the same seed gives the same buckets and signs.
-        chunk: coordinates hashed at a time, bounding the transient memory.
+        chunk: coordinates hashed at a time, bounding the transient memory (part of the
+            projection's definition: keep it fixed between the two gradients compared).
 
     Raises:
         ValueError: if ``dim`` < 16.
@@ -178,7 +181,7 @@ class GradientSketch:
                 offset += n
             return out
         out = torch.zeros(self.dim, device=device)
-        for i, (t, s) in enumerate(zip(tensors, shapes)):
+        for i, t in enumerate(tensors):
             if t is None:
                 continue
             flat = t.detach().reshape(-1)

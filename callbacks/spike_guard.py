@@ -1,0 +1,238 @@
+"""SpikeGuard: catch loss / grad-norm spikes and NaN/Inf, then skip, rewind (PaLM) or stop.
+
+The loss is read in ``on_before_backward`` (divided by the fp16 loss scale when one is active) and
+the gradient norm in ``on_before_optimizer_step``; the decision is taken there, before the update:
+
+- ``"skip"``: the update is dropped by setting every ``.grad`` to ``None``, which makes
+  torch optimizers (fused and foreach included) leave those parameters and their state untouched.
+- ``"rewind"``: reload model and optimizer state from the last checkpoint written by a
+  ``ModelCheckpoint`` and drop the updates of the next ``skip_batches`` batches (PaLM restarted
+  ~100 steps before a spike and skipped 200-500 batches). Without a checkpoint it falls back to skip.
+- ``"stop"``: drop the update, write a Markdown report and stop the Trainer.
+
+Deciding per step needs the loss on the host: one sync per step (two floats). Under DDP the verdict
+is OR-reduced over ranks so every rank takes the same action.
+
+Example:
+    >>> import lightning.pytorch as pl
+    >>> trainer = pl.Trainer(callbacks=[SpikeGuard(action="skip")])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+
+from kit.callbacks.gradient_health import current_grad_scale, log_metrics
+from kit.health import grad_norms
+from kit.spikes import SpikeDetector
+
+__all__ = ["SpikeGuard"]
+
+ACTIONS = ("skip", "rewind", "stop")
+
+
+class SpikeGuard(Callback):
+    """Rolling z-score guard on loss and global gradient norm.
+
+    Args:
+        action: ``"skip"``, ``"rewind"`` or ``"stop"``.
+        window: rolling window length (128).
+        threshold: z-score threshold in sigmas (6).
+        min_fill: fraction of the window needed before z-scores count (0.5).
+        monitor: which signals to watch, from ``("loss", "grad_norm")``.
+        skip_batches: batches whose updates are dropped after a rewind (PaLM: 200-500).
+        ckpt_path: checkpoint to rewind to (``None``: the newest file saved by any ModelCheckpoint).
+        report_path: where ``"stop"`` writes its report (``None``: ``<log_dir>/spike_report.md``).
+
+    Raises:
+        ValueError: on an unknown action/monitor or bad window settings.
+
+    Example:
+        >>> guard = SpikeGuard(action="rewind", skip_batches=200)
+    """
+
+    def __init__(
+        self,
+        action: str = "skip",
+        window: int = 128,
+        threshold: float = 6.0,
+        min_fill: float = 0.5,
+        monitor: tuple[str, ...] = ("loss", "grad_norm"),
+        skip_batches: int = 200,
+        ckpt_path: str | None = None,
+        report_path: str | None = None,
+    ) -> None:
+        if action not in ACTIONS:
+            raise ValueError(f"action={action!r} is not one of {ACTIONS}")
+        bad = [m for m in monitor if m not in ("loss", "grad_norm")]
+        if bad or not monitor:
+            raise ValueError(f"monitor={monitor!r}: choose from ('loss', 'grad_norm')")
+        if skip_batches < 0:
+            raise ValueError(f"skip_batches={skip_batches} must be >= 0; PaLM used 200-500")
+        self.action, self.monitor, self.skip_batches = action, tuple(monitor), skip_batches
+        self.ckpt_path, self.report_path = ckpt_path, report_path
+        self.detectors = {m: SpikeDetector(window, threshold, min_fill) for m in self.monitor}
+        self.events: list[dict[str, Any]] = []
+        self.skipped: list[dict[str, int]] = []
+        self.pending_skips = 0
+        self.rewinds = 0
+        self._loss: Tensor | None = None
+        self._batch: tuple[int, int] = (0, 0)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._batch = (trainer.current_epoch, batch_idx)
+        if batch_idx % max(1, trainer.accumulate_grad_batches) == 0:
+            self._loss = None
+
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
+        loss = loss.detach().float()
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        if scaler is not None and scaler.is_enabled() and getattr(scaler, "_scale", None) is not None:
+            loss = loss / scaler._scale  # Lightning hands the hook the scaled loss under fp16
+        self._loss = (
+            loss if self._loss is None else self._loss + loss
+        )  # accumulation: sum of 1/k-scaled losses
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
+    ) -> None:
+        params = {n: p for n, p in pl_module.named_parameters() if p.requires_grad}
+        epoch, batch_idx = self._batch
+        scale = current_grad_scale(trainer, optimizer)
+        if self.pending_skips > 0:
+            self.pending_skips -= 1
+            self._drop_update(params, scale is not None)
+            self.skipped.append(
+                {"step": trainer.global_step, "epoch": epoch, "batch_idx": batch_idx, "rewind": 1}
+            )
+            return
+        signals: list[Tensor] = []
+        if "loss" in self.monitor:
+            signals.append(self._loss if self._loss is not None else torch.tensor(float("nan")))
+        if "grad_norm" in self.monitor:
+            signals.append(grad_norms(params, {}, scale=scale)[0])
+        device = signals[0].device
+        values = torch.stack([s.reshape(()).to(device) for s in signals]).tolist()  # the one sync per step
+        verdicts = {m: self.detectors[m].update(v) for m, v in zip(self.monitor, values)}
+        if (
+            "loss" in self.monitor and self._loss is None
+        ):  # e.g. training_step returned None: nothing to judge
+            verdicts.pop("loss")
+        flagged = {m: v for m, v in verdicts.items() if v.is_spike}
+        spike = trainer.strategy.reduce_boolean_decision(bool(flagged), all=False)
+        if not spike:
+            return
+        event = {
+            "step": trainer.global_step,
+            "epoch": epoch,
+            "batch_idx": batch_idx,
+            "action": self.action,
+            **{f"{m}": v.value for m, v in verdicts.items()},
+            **{f"{m}_z": v.zscore for m, v in verdicts.items()},
+            "reason": ",".join(f"{m}:{v.reason}" for m, v in flagged.items()) or "other rank",
+        }
+        self._drop_update(params, scale is not None)
+        self.skipped.append(
+            {"step": trainer.global_step, "epoch": epoch, "batch_idx": batch_idx, "rewind": 0}
+        )
+        if self.action == "rewind":
+            event["rewound_to"] = self._rewind(trainer, pl_module)
+        self.events.append(event)
+        log_metrics(trainer, {"spike_guard/spikes": float(len(self.events))}, step=trainer.global_step)
+        rank_zero_warn(f"SpikeGuard: spike at step {event['step']} ({event['reason']}); action={self.action}")
+        if self.action == "stop":
+            self.write_report(trainer)
+            trainer.should_stop = True
+
+    @staticmethod
+    def _drop_update(params: dict[str, Tensor], scaled: bool = False) -> None:
+        # grad=None makes optimizers skip the parameter. Under fp16 with an optimizer that unscales
+        # inside step() (fused Adam) GradScaler needs gradients to check, so fill them with inf
+        # instead: the scaler then skips the step itself (and halves its scale once).
+        for p in params.values():
+            if scaled and p.grad is not None:
+                p.grad.fill_(float("inf"))
+            else:
+                p.grad = None
+
+    def _last_checkpoint(self, trainer: pl.Trainer) -> str | None:
+        if self.ckpt_path:
+            return self.ckpt_path
+        paths = []
+        for cb in trainer.checkpoint_callbacks:
+            if isinstance(cb, ModelCheckpoint):
+                paths += [p for p in (cb.last_model_path, cb.best_model_path, cb._last_checkpoint_saved) if p]
+        paths = [p for p in paths if Path(p).is_file()]
+        return max(paths, key=lambda p: Path(p).stat().st_mtime) if paths else None
+
+    def _rewind(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> str | None:
+        path = self._last_checkpoint(trainer)
+        if path is None:
+            rank_zero_warn(
+                "SpikeGuard: no checkpoint to rewind to yet (add a ModelCheckpoint); skipped the update only"
+            )
+            return None
+        ckpt = torch.load(path, map_location=pl_module.device, weights_only=False)
+        pl_module.load_state_dict(ckpt["state_dict"])
+        for opt, state in zip(trainer.optimizers, ckpt.get("optimizer_states", [])):
+            opt.load_state_dict(state)
+        self.pending_skips = self.skip_batches
+        self.rewinds += 1
+        return str(path)
+
+    def write_report(self, trainer: pl.Trainer | None = None) -> str:
+        """Write the events and skipped batches as Markdown; returns the path."""
+        path = self.report_path
+        if path is None:
+            root = (trainer.log_dir if trainer is not None else None) or (
+                trainer.default_root_dir if trainer else "."
+            )
+            path = str(Path(root) / "spike_report.md")
+        lines = ["# SpikeGuard report", "", f"action: {self.action}; rewinds: {self.rewinds}", ""]
+        lines += [
+            "| step | epoch | batch | reason | " + " | ".join(self.monitor) + " |",
+            "|---|---|---|---|" + "---|" * len(self.monitor),
+        ]
+        for e in self.events:
+            lines.append(
+                f"| {e['step']} | {e['epoch']} | {e['batch_idx']} | {e['reason']} | "
+                + " | ".join(
+                    f"{e.get(m, float('nan')):.4g} (z={e.get(m + '_z', float('nan')):.3g})"
+                    for m in self.monitor
+                )
+                + " |"
+            )
+        lines += [
+            "",
+            f"{len(self.skipped)} updates dropped: " + ", ".join(str(s["step"]) for s in self.skipped[:200]),
+        ]
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text("\n".join(lines) + "\n")
+        return path
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "detectors": {m: d.state_dict() for m, d in self.detectors.items()},
+            "events": list(self.events),
+            "skipped": list(self.skipped),
+            "pending_skips": self.pending_skips,
+            "rewinds": self.rewinds,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        for m, s in state_dict.get("detectors", {}).items():
+            if m in self.detectors:
+                self.detectors[m].load_state_dict(s)
+        self.events = list(state_dict.get("events", []))
+        self.skipped = list(state_dict.get("skipped", []))
+        self.pending_skips = int(state_dict.get("pending_skips", 0))
+        self.rewinds = int(state_dict.get("rewinds", 0))
