@@ -135,7 +135,7 @@ class DataPipeline:
             raise ValueError(f"keep_examples={keep_examples} must be >= 0")
         self.keep_examples = keep_examples
         self.text_key = text_key
-        self.report = PipelineReport(minhash=self._near.describe() if self._near else {})
+        self.report = PipelineReport(minhash=self._near.describe() if self._near is not None else {})
 
     def _remove(self, reason: str, text: str) -> None:
         self.report.removed[reason] = self.report.removed.get(reason, 0) + 1
