@@ -215,5 +215,6 @@ def test_pipeline_dict_documents_and_streaming():
 def test_pipeline_on_embedded_corpus_removes_known_junk():
     docs = list(embedded_corpus().values())
     kept, report = DataPipeline().run(docs)
+    assert len(kept) == report.docs_out
     assert 0 < report.docs_out < report.docs_in == 79
     assert sum(report.removed.values()) == report.docs_in - report.docs_out
