@@ -1,0 +1,176 @@
+"""temperature_weights, TemperatureSampler, TemperatureMixer."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.utils.data import DataLoader, TensorDataset
+
+from kit.sampling import TemperatureMixer, TemperatureSampler, temperature_weights
+
+counts_st = st.lists(st.integers(0, 10_000), min_size=1, max_size=20).filter(lambda c: sum(c) > 0)
+temps_st = st.floats(0.1, 20.0)
+
+
+@given(counts_st, temps_st)
+@settings(max_examples=200, deadline=None)
+def test_weights_sum_to_one_and_are_monotone(counts, t):
+    p = temperature_weights(counts, t)
+    assert math.isclose(sum(p), 1.0, rel_tol=1e-9)
+    for i in range(len(counts)):
+        for j in range(len(counts)):
+            if counts[i] > counts[j]:
+                assert p[i] > p[j]
+            elif counts[i] == counts[j]:
+                assert p[i] == pytest.approx(p[j])
+        if counts[i] == 0:
+            assert p[i] == 0
+
+
+@given(counts_st)
+@settings(max_examples=100, deadline=None)
+def test_t1_gives_proportions_and_large_t_flattens(counts):
+    total = sum(counts)
+    assert temperature_weights(counts, 1.0) == pytest.approx([c / total for c in counts])
+    nonzero = sum(c > 0 for c in counts)
+    assert temperature_weights(counts, math.inf) == pytest.approx([1 / nonzero if c else 0 for c in counts])
+    # flatter: the largest group's share never grows with T
+    assert max(temperature_weights(counts, 5.0)) <= max(temperature_weights(counts, 1.0)) + 1e-12
+
+
+def test_weights_errors():
+    with pytest.raises(ValueError, match="temperature=0"):
+        temperature_weights([1, 2], 0)
+    with pytest.raises(ValueError, match="all counts are zero"):
+        temperature_weights([0, 0])
+    with pytest.raises(ValueError, match=">= 0"):
+        temperature_weights([1, -1])
+    # huge counts do not overflow
+    assert sum(temperature_weights([1e300, 1e299], 0.1)) == pytest.approx(1.0)
+
+
+@given(
+    st.lists(st.integers(0, 4), min_size=1, max_size=60),
+    st.integers(1, 5),
+    st.floats(0.5, 5.0),
+    st.integers(0, 3),
+    st.integers(0, 100),
+)
+@settings(max_examples=80, deadline=None)
+def test_sampler_ranks_disjoint_covering_equal(groups, world, t, epoch, seed):
+    samplers = [TemperatureSampler(groups, t, seed=seed, num_replicas=world, rank=r) for r in range(world)]
+    for s in samplers:
+        s.set_epoch(epoch)
+    per_rank = [list(s) for s in samplers]
+    assert len({len(p) for p in per_rank}) == 1 and len(per_rank[0]) == len(samplers[0])
+    draw = samplers[0].global_indices(epoch).tolist()
+    # positions of the global draw are split disjointly and cover it exactly
+    interleaved = [per_rank[r][i] for i in range(len(per_rank[0])) for r in range(world)]
+    assert interleaved == draw
+    assert len(draw) == world * math.ceil(len(groups) / world)
+    assert all(0 <= i < len(groups) for i in draw)
+
+
+def test_sampler_matches_target_proportions():
+    groups = [0] * 9000 + [1] * 900 + [2] * 100
+    s = TemperatureSampler(groups, temperature=2.0, num_samples=60_000, seed=3)
+    observed = Counter(groups[i] for i in s)
+    target = temperature_weights([9000, 900, 100], 2.0)
+    for g in range(3):
+        assert observed[g] / 60_000 == pytest.approx(target[g], abs=0.01)
+    assert s.proportions == pytest.approx(dict(enumerate(target)))
+    assert s.natural_proportions[2] == pytest.approx(0.01)
+    # within a group, members are drawn uniformly: every one of the 100 small-group samples shows up
+    assert len({i for i in s if groups[i] == 2}) == 100
+
+
+def test_sampler_epochs_seed_and_resume():
+    groups = [i % 3 for i in range(50)]
+    a, b = TemperatureSampler(groups, 2.0, seed=1), TemperatureSampler(groups, 2.0, seed=1)
+    assert list(a) == list(b)
+    e0 = list(a)
+    a.set_epoch(1)
+    assert list(a) != e0
+    assert list(TemperatureSampler(groups, 2.0, seed=2)) != e0
+
+    full = list(TemperatureSampler(groups, 2.0, seed=1))
+    s = TemperatureSampler(groups, 2.0, seed=1)
+    it = iter(s)
+    head = [next(it) for _ in range(17)]
+    state = s.state_dict()
+    assert state["position"] == 17
+    fresh = TemperatureSampler(groups, 2.0, seed=1)
+    fresh.load_state_dict(state)
+    assert head + list(fresh) == full
+    assert fresh.state_dict()["position"] == 0  # a finished epoch rewinds
+    with pytest.raises(ValueError, match="seed"):
+        TemperatureSampler(groups, 2.0, seed=9).load_state_dict(state)
+
+
+def test_sampler_validation():
+    with pytest.raises(ValueError, match="empty"):
+        TemperatureSampler([])
+    with pytest.raises(ValueError, match="rank=2"):
+        TemperatureSampler([0, 1], num_replicas=2, rank=2)
+    with pytest.raises(ValueError, match="num_samples=0"):
+        TemperatureSampler([0, 1], num_samples=0)
+
+
+def test_sampler_in_dataloader_and_stateful_dataloader_resume():
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    groups = [0] * 40 + [1] * 8
+    ds = TensorDataset(torch.arange(48))
+    batches = [
+        b[0].tolist() for b in DataLoader(ds, batch_size=4, sampler=TemperatureSampler(groups, 3.0, seed=5))
+    ]
+    assert sum(len(b) for b in batches) == 48
+
+    loader = StatefulDataLoader(ds, batch_size=4, sampler=TemperatureSampler(groups, 3.0, seed=5))
+    it = iter(loader)
+    first = [next(it)[0].tolist() for _ in range(5)]
+    state = loader.state_dict()
+    loader2 = StatefulDataLoader(ds, batch_size=4, sampler=TemperatureSampler(groups, 3.0, seed=5))
+    loader2.load_state_dict(state)
+    rest = [b[0].tolist() for b in loader2]
+    assert first + rest == batches
+
+
+def test_mixer_proportions_exhaustion_and_resume():
+    a, b = list(range(1000)), [f"b{i}" for i in range(100)]
+    mix = TemperatureMixer(
+        {"a": a, "b": b}, sizes={"a": 1000, "b": 100}, temperature=5.0, seed=0, exhausted="cycle"
+    )
+    it = iter(mix)
+    head = [next(it) for _ in range(2000)]
+    share_b = sum(isinstance(x, str) for x in head) / 2000
+    assert share_b == pytest.approx(mix.proportions["b"], abs=0.03)
+    assert mix.proportions["b"] == pytest.approx(temperature_weights([1000, 100], 5.0)[1])
+
+    drop = TemperatureMixer({"a": a[:10], "b": b[:3]}, sizes={"a": 10, "b": 3}, seed=1)
+    items = list(drop)
+    assert sorted(map(str, items)) == sorted(map(str, a[:10] + b[:3]))
+    stop = TemperatureMixer({"a": a[:100], "b": b[:3]}, sizes={"a": 10, "b": 10}, seed=1, exhausted="stop")
+    out = list(stop)
+    assert sum(isinstance(x, str) for x in out) == 3 and len(out) < 50  # ends when "b" runs dry
+
+    ref = list(TemperatureMixer({"a": a[:50], "b": b[:20]}, sizes={"a": 50, "b": 20}, seed=4))
+    m = TemperatureMixer({"a": a[:50], "b": b[:20]}, sizes={"a": 50, "b": 20}, seed=4)
+    it = iter(m)
+    head = [next(it) for _ in range(30)]
+    state = m.state_dict()
+    m2 = TemperatureMixer({"a": a[:50], "b": b[:20]}, sizes={"a": 50, "b": 20}, seed=4)
+    m2.load_state_dict(state)
+    assert head + list(m2) == ref
+
+
+def test_mixer_validation():
+    with pytest.raises(ValueError, match="sizes lacks"):
+        TemperatureMixer({"a": [1]}, sizes={})
+    with pytest.raises(ValueError, match="exhausted"):
+        TemperatureMixer({"a": [1]}, sizes={"a": 1}, exhausted="loop")
