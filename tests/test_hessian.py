@@ -1,0 +1,201 @@
+"""Hessian probes: power iteration vs the exact full Hessian, Hutchinson trace, FD fallback, the callback."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from kit.callbacks.hessian import HessianMonitor
+from kit.hessian import hessian_top_eigenvalue, hutchinson_trace, make_hvp, preserved_state
+
+
+def small_problem(seed: int, act: type[nn.Module] = nn.Tanh, dtype: torch.dtype = torch.float64):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(4, 6), act(), nn.Linear(6, 2)).to(dtype)
+    x = torch.randn(32, 4, dtype=dtype)
+    y = torch.randint(0, 2, (32,))
+
+    def loss_fn() -> torch.Tensor:
+        return nn.functional.cross_entropy(model(x), y)
+
+    return model, x, y, loss_fn
+
+
+def exact_spectrum(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def f(theta: torch.Tensor) -> torch.Tensor:
+        params, i = {}, 0
+        for n, s in zip(names, shapes):
+            k = s.numel()
+            params[n] = theta[i : i + k].view(s)
+            i += k
+        return nn.functional.cross_entropy(functional_call(model, params, (x,)), y)
+
+    H = torch.autograd.functional.hessian(f, flat)
+    return torch.linalg.eigvalsh(H)
+
+
+def top_abs(eigs: torch.Tensor) -> float:
+    return float(eigs[eigs.abs().argmax()])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("method", ["autograd", "finite_difference"])
+def test_top_eigenvalue_matches_full_hessian(seed: int, method: str) -> None:
+    model, x, y, loss_fn = small_problem(seed)
+    exact = top_abs(exact_spectrum(model, x, y))
+    res = hessian_top_eigenvalue(loss_fn, list(model.parameters()), method=method, generator=torch.Generator().manual_seed(0))
+    assert res.method == method
+    assert res.iterations <= 100
+    assert res.eigenvalue == pytest.approx(exact, rel=0.01), (res, exact)
+
+
+def test_quadratic_closed_form_and_float32() -> None:
+    w = nn.Parameter(torch.randn(5))
+    A = torch.diag(torch.tensor([10.0, 3.0, 2.0, 1.0, 0.5]))
+    res = hessian_top_eigenvalue(lambda: 0.5 * w @ A @ w, [w], tol=1e-6)
+    assert res.converged and res.eigenvalue == pytest.approx(10.0, rel=1e-3)
+    fd = hessian_top_eigenvalue(lambda: 0.5 * w @ A @ w, [w], tol=1e-6, method="finite_difference")
+    assert fd.eigenvalue == pytest.approx(10.0, rel=1e-3)
+
+
+def test_hutchinson_trace_close_to_exact() -> None:
+    model, x, y, loss_fn = small_problem(3)
+    exact = float(exact_spectrum(model, x, y).sum())
+    est = hutchinson_trace(loss_fn, list(model.parameters()), n_samples=300, generator=torch.Generator().manual_seed(0))
+    assert est == pytest.approx(exact, rel=0.15)
+    with pytest.raises(ValueError, match="n_samples=0"):
+        hutchinson_trace(loss_fn, list(model.parameters()), n_samples=0)
+
+
+class _TanhBackward(torch.autograd.Function):
+    """The backward of tanh as an op without a derivative, like fused attention kernels' backward."""
+
+    @staticmethod
+    def forward(ctx, g, y):
+        return g * (1 - y * y)
+
+    @staticmethod
+    def backward(ctx, gg):
+        raise RuntimeError("derivative for fused_tanh_backward is not implemented")
+
+
+class NoDoubleBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.tanh(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return _TanhBackward.apply(g, y)
+
+
+class FusedTanh(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return NoDoubleBackward.apply(x)
+
+
+def test_auto_falls_back_to_finite_difference() -> None:
+    model, x, y, loss_fn = small_problem(0, act=FusedTanh)
+    _, used = make_hvp(loss_fn, list(model.parameters()), "auto")
+    assert used == "finite_difference"
+    with pytest.raises(RuntimeError):
+        make_hvp(loss_fn, list(model.parameters()), "autograd")[0]([torch.ones_like(p) for p in model.parameters()])
+    ref_model, *_ = small_problem(0)  # same weights with the normal tanh
+    exact = top_abs(exact_spectrum(ref_model, x, y))
+    res = hessian_top_eigenvalue(loss_fn, list(model.parameters()))
+    assert res.method == "finite_difference" and res.eigenvalue == pytest.approx(exact, rel=0.01)
+
+
+def test_preserved_state_restores_mode_rng_and_grads() -> None:
+    model = nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.5))
+    model.train()
+    model[1].eval()  # a mixed state must come back as it was
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    with preserved_state(model):
+        assert not model.training
+        torch.rand(100)
+    assert model.training and not model[1].training
+    assert torch.equal(torch.rand(3), expected)
+    w = nn.Parameter(torch.randn(4))
+    hessian_top_eigenvalue(lambda: (w**4).sum(), [w], max_iter=5)
+    assert w.grad is None  # uses autograd.grad, never .grad
+
+
+def test_validation() -> None:
+    w = nn.Parameter(torch.randn(2))
+    with pytest.raises(ValueError, match="max_iter"):
+        hessian_top_eigenvalue(lambda: (w**2).sum(), [w], max_iter=0)
+    with pytest.raises(ValueError, match="method='bogus'"):
+        make_hvp(lambda: (w**2).sum(), [w], "bogus")
+    with pytest.raises(ValueError, match="every_n_steps=0"):
+        HessianMonitor(every_n_steps=0)
+
+
+# -- the callback ----------------------------------------------------------------------------------------
+
+
+class PlainClassifier(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Dropout(0.2), nn.Linear(8, 2))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.cross_entropy(self.net(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _data() -> torch.utils.data.DataLoader:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(160, 4, generator=g)
+    y = (x[:, 0] > 0).long()
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+
+
+def _train(callbacks: list) -> PlainClassifier:
+    torch.manual_seed(0)
+    module = PlainClassifier()
+    trainer = pl.Trainer(
+        max_steps=10, callbacks=callbacks, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, accelerator="cpu",
+    )
+    trainer.fit(module, _data())
+    return module
+
+
+def test_callback_probes_without_disturbing_training() -> None:
+    cb = HessianMonitor(every_n_steps=5, trace=True, trace_samples=4)
+    with_probe = _train([cb])
+    without = _train([])
+    # dropout RNG, train mode and grads were all restored: training is bit-identical
+    for a, b in zip(with_probe.parameters(), without.parameters()):
+        assert torch.equal(a, b)
+    assert [h["step"] for h in cb.history] == [5, 10]
+    last = cb.history[-1]
+    assert last["hessian/top_eigenvalue"] > 0 and "hessian/trace" in last
+    # the logged value is the held batch's top eigenvalue at the final weights (eval mode)
+    x, y = cb.held_batch
+    with_probe.eval()
+    direct = hessian_top_eigenvalue(
+        lambda: nn.functional.cross_entropy(with_probe.net(x), y),
+        list(with_probe.parameters()),
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert last["hessian/top_eigenvalue"] == pytest.approx(direct.eigenvalue, rel=1e-3)
+    assert HessianMonitor().load_state_dict(cb.state_dict()) is None
