@@ -90,8 +90,8 @@ def model_shape(params: float, aspect: float = 128.0) -> tuple[int, int]:
     GPT-3 175B (d=12288, L=96) and Llama-7B (4096, 32) both have d/L = 128.
     """
     d = (params * aspect / 12.0) ** (1.0 / 3.0)
-    d = max(64, int(round(d / 64.0)) * 64)
-    layers = max(1, int(round(params / (12.0 * d * d))))
+    d = max(64, round(d / 64.0) * 64)
+    layers = max(1, round(params / (12.0 * d * d)))
     return layers, d
 
 
@@ -164,7 +164,8 @@ def memory_per_gpu(
         grads /= g
     if strategy == "zero3":
         weights /= g
-        buffers = 2 * 2.0 * params / n_layer  # two gathered layers in bf16 (current + prefetch)
+        if n_gpus > 1:  # two gathered layers in bf16 (current + prefetch); nothing to gather on one GPU
+            buffers = 2 * 2.0 * params / n_layer
     s, b, h, a = seq_len, micro_batch, d_model, n_head
     per_layer = s * b * h * (34.0 + (0.0 if flash_attention else 5.0 * a * s / h))
     if checkpointing:
@@ -175,7 +176,13 @@ def memory_per_gpu(
 
 
 def min_gpus_that_fit(
-    params: float, gpu: str, strategy: str, checkpointing: bool, headroom: float = 0.9, max_gpus: int = 1 << 16, **kw
+    params: float,
+    gpu: str,
+    strategy: str,
+    checkpointing: bool,
+    headroom: float = 0.9,
+    max_gpus: int = 1 << 16,
+    **kw,
 ) -> int | None:
     """Smallest G whose per-GPU memory fits ``headroom * memory``; ``None`` if none up to ``max_gpus``.
 
@@ -242,9 +249,7 @@ class TrainingPlan:
         if self.n_layer is None or self.d_model is None:
             self.n_layer, self.d_model = model_shape(self.params)
         self.fits = {
-            f"{s}{'+ckpt' if c else ''}": min_gpus_that_fit(
-                self.params, self.gpu, s, c, **self._shape_kw()
-            )
+            f"{s}{'+ckpt' if c else ''}": min_gpus_that_fit(self.params, self.gpu, s, c, **self._shape_kw())
             for s in STRATEGIES
             for c in (False, True)
         }
