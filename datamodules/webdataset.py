@@ -51,6 +51,19 @@ class _EpochShuffle:
         yield from buf
 
 
+def _tar_samples(
+    src: Iterator[dict[str, Any]], handler: Callable[[Exception], bool]
+) -> Iterator[dict[str, Any]]:
+    """``wds.tarfile_to_samples`` that closes each shard's stream even when a shard fails mid-way."""
+    from webdataset import tariterators as tars
+
+    for source in tars.url_opener(src, handler=handler):
+        try:
+            yield from tars.group_by_keys(tars.tar_file_expander([source], handler=handler), handler=handler)
+        finally:
+            source["stream"].close()
+
+
 def _decode_lm(sample: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     if "input_ids.npy" not in sample:
         raise KeyError(
@@ -147,7 +160,7 @@ class WebDataModule(pl.LightningDataModule):
             stages += [wds.split_by_node, wds.split_by_worker]
             if train and self.shard_shuffle:
                 stages.append(_EpochShuffle(len(shards), self.seed))
-        stages.append(wds.tarfile_to_samples(handler=handler))
+        stages.append(wds.pipelinefilter(_tar_samples)(handler))
         if train and self.shuffle_buffer:
             stages.append(_EpochShuffle(self.shuffle_buffer, self.seed + 1))
         stages.append(wds.map(self._decoder(), handler=handler))
