@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suffix", default="", help="appended to the result file names, e.g. -h200")
     parser.add_argument("-h", "--help", action="store_true")
     args, rest = parser.parse_known_args(argv)
-    if args.help and not args.name or not args.name:
+    if (args.help and not args.name) or not args.name:
         print("usage: python -m benchmarks <name> [--out DIR] [--suffix S] [benchmark args]\n")
         print("benchmarks: " + ", ".join(available()))
         return 0

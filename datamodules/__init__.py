@@ -1,1 +1,5 @@
-"""placeholder"""
+"""LightningDataModules (installed as ``kit.datamodules``)."""
+
+from kit.datamodules.text import BlockDataset, TextDataModule
+
+__all__ = ["BlockDataset", "TextDataModule"]

@@ -1,0 +1,207 @@
+"""``TextDataModule``: text files (or the embedded corpus) -> cleaned documents -> BPE -> packed blocks."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+from collections.abc import Sequence
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.utils.data import DataLoader, Dataset
+
+from kit.packing import pack_blocks, split_documents
+from kit.text import LoadReport, load_texts
+from kit.tokenizer import EOS, load_or_train_bpe
+
+try:  # resumable mid-epoch; Lightning saves and restores its state in checkpoints
+    from torchdata.stateful_dataloader import StatefulDataLoader as _Loader
+except ImportError:  # pragma: no cover - torchdata is a core dependency, this keeps the module importable
+    _Loader = DataLoader
+
+__all__ = ["BlockDataset", "TextDataModule", "unigram_cross_entropy"]
+
+
+class BlockDataset(Dataset):
+    """Rows of ``block_size + 1`` tokens served as ``(input_ids, targets)`` pairs, each of shape (T,)."""
+
+    def __init__(self, blocks: torch.Tensor) -> None:
+        self.blocks = blocks
+
+    def __len__(self) -> int:
+        return self.blocks.size(0)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        row = self.blocks[i]
+        return row[:-1], row[1:]
+
+
+def unigram_cross_entropy(train_ids: Sequence[int], eval_ids: Sequence[int], vocab_size: int) -> float:
+    """Cross-entropy (nats/token) of ``eval_ids`` under the add-one-smoothed unigram distribution of ``train_ids``.
+
+    The loss a model reaches by learning token frequencies alone; a language model must beat it by a margin.
+    """
+    counts = Counter(train_ids)
+    total = len(train_ids) + vocab_size
+    return -sum(math.log((counts.get(t, 0) + 1) / total) for t in eval_ids) / max(1, len(eval_ids))
+
+
+class TextDataModule(pl.LightningDataModule):
+    """Language-modelling data from text files, folders, globs or JSONL, or the embedded corpus by default.
+
+    Setup reads and cleans the documents (``kit.text.clean_text``), splits them train/val by document,
+    trains (or loads from cache) a byte-level BPE tokenizer on the training documents only, and packs each
+    split into blocks of ``block_size + 1`` tokens with ``<|endoftext|>`` between documents.
+
+    Args:
+        paths: files, folders or globs; None uses the embedded ``pydoc_data`` corpus (79 topics, ~465 KB).
+        vocab_size: BPE vocabulary size.
+        block_size: context length T of each example.
+        batch_size: examples per batch.
+        val_fraction: share of documents held out for validation.
+        seed: split and shuffle seed.
+        num_workers: DataLoader worker processes.
+        lowercase: lower-case during cleaning.
+        min_frequency: BPE merge threshold.
+        tokenizer_dir: tokenizer cache folder (default ``$KIT_CACHE/tokenizers``).
+
+    Example:
+        >>> dm = TextDataModule(vocab_size=512, block_size=32)
+        >>> dm.setup("fit"); x, y = next(iter(dm.train_dataloader())); x.shape
+        torch.Size([16, 32])
+    """
+
+    def __init__(
+        self,
+        paths: str | list[str] | None = None,
+        vocab_size: int = 4096,
+        block_size: int = 128,
+        batch_size: int = 16,
+        val_fraction: float = 0.1,
+        seed: int = 1234,
+        num_workers: int = 0,
+        lowercase: bool = False,
+        min_frequency: int = 2,
+        tokenizer_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1")
+        if block_size < 1:
+            raise ValueError(f"block_size={block_size} must be >= 1")
+        if num_workers < 0:
+            raise ValueError(f"num_workers={num_workers} must be >= 0")
+        split_documents(["a", "b"], val_fraction)  # validates val_fraction with its own message
+        self.save_hyperparameters()
+        self.paths = paths
+        self.block_size = block_size
+        self.batch_size = batch_size
+        self.tokenizer = None
+        self.tokenizer_path: str | None = None
+        self.train_texts: list[str] = []
+        self.val_texts: list[str] = []
+        self.report: LoadReport | None = None
+        self.unigram_loss: float | None = None
+        self.train_set: BlockDataset | None = None
+        self.val_set: BlockDataset | None = None
+
+    @property
+    def vocab_size(self) -> int | None:
+        """The trained tokenizer's size (may be below the requested size on a small corpus)."""
+        return self.tokenizer.get_vocab_size() if self.tokenizer is not None else None
+
+    def prepare_data(self) -> None:
+        # Rank 0 trains and caches the tokenizer once; other ranks then load it from disk in setup().
+        self._load_and_tokenize(log=False)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            self._load_and_tokenize(log=True)
+
+    def _load_and_tokenize(self, log: bool) -> None:
+        hp = self.hparams
+        docs, report = load_texts(hp.paths, lowercase=hp.lowercase)
+        train_names, val_names = split_documents(list(docs), hp.val_fraction, hp.seed)
+        self.train_texts = [docs[n] for n in train_names]
+        self.val_texts = [docs[n] for n in val_names]
+        tok, path, cached = load_or_train_bpe(
+            self.train_texts, hp.vocab_size, hp.min_frequency, hp.tokenizer_dir
+        )
+        self.tokenizer, self.tokenizer_path, self.report = tok, str(path), report
+        eos = tok.token_to_id(EOS)
+        train_ids = [e.ids for e in tok.encode_batch(self.train_texts)]
+        val_ids = [e.ids for e in tok.encode_batch(self.val_texts)]
+        n_train, n_val = sum(map(len, train_ids)), sum(map(len, val_ids))
+        try:
+            self.train_set = BlockDataset(pack_blocks(train_ids, hp.block_size, eos))
+            self.val_set = BlockDataset(pack_blocks(val_ids, hp.block_size, eos))
+        except ValueError as err:
+            raise ValueError(
+                f"{err} (train split {n_train:,} tokens in {len(train_ids)} docs, val split {n_val:,} tokens "
+                f"in {len(val_ids)} docs; raising data.val_fraction also grows the val split)"
+            ) from None
+        flat_train = [t for ids in train_ids for t in ids]
+        flat_val = [t for ids in val_ids for t in ids]
+        self.unigram_loss = unigram_cross_entropy(flat_train, flat_val, tok.get_vocab_size())
+        if not log:
+            return
+        source = "embedded pydoc_data corpus" if hp.paths is None else f"{report.files} file(s)"
+        rank_zero_info(
+            f"TextDataModule: {source}, {report.documents} documents ({len(train_ids)} train / {len(val_ids)} val); "
+            f"tokenizer {'loaded from' if cached else 'trained and cached at'} {path} "
+            f"(vocab {tok.get_vocab_size()}); {n_train:,} train / {n_val:,} val tokens -> "
+            f"{len(self.train_set)} / {len(self.val_set)} blocks of {hp.block_size}; "
+            f"unigram baseline val loss {self.unigram_loss:.3f}"
+        )
+        if report.replaced_bytes:
+            rank_zero_warn(
+                f"TextDataModule: {report.replaced_bytes} undecodable byte sequence(s) replaced with U+FFFD"
+            )
+        if report.empty_skipped or report.skipped_files:
+            rank_zero_warn(
+                f"TextDataModule: skipped {report.empty_skipped} empty document(s) and "
+                f"{len(report.skipped_files)} bad record(s): {report.skipped_files[:5]}"
+            )
+        if len(self.train_set) < self.batch_size:
+            rank_zero_warn(
+                f"only {len(self.train_set)} training blocks for batch_size={self.batch_size}: one short batch per epoch"
+            )
+
+    def _loader(self, dataset: BlockDataset, shuffle: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.hparams.seed)
+        return _Loader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=generator if shuffle else None,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def state_dict(self) -> dict:
+        return {"tokenizer_path": self.tokenizer_path}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        # The tokenizer is rebuilt from the corpus (cache hit); a mismatch means the data changed under the run.
+        saved = state_dict.get("tokenizer_path")
+        if saved and self.tokenizer_path and os.path.basename(saved) != os.path.basename(self.tokenizer_path):
+            rank_zero_warn(
+                f"resuming with a different tokenizer ({self.tokenizer_path}) than the checkpoint's ({saved}): "
+                "the corpus or data settings changed"
+            )

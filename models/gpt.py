@@ -1,0 +1,438 @@
+"""A GPT-style Transformer and the ``CausalLM`` LightningModule that trains it.
+
+The backbone follows nanoGPT's shape: pre-LayerNorm blocks, fused QKV projection, SDPA attention (causal
+or bidirectional), GELU MLP, tied input/output embeddings. Variants are data (``GPTConfig.from_name``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from torchmetrics import MeanMetric
+
+from kit.optim import SCHEDULES, fused_available, lr_lambda, param_groups
+
+__all__ = ["GPT", "Block", "CausalLM", "GPTConfig"]
+
+
+@dataclass
+class GPTConfig:
+    """Shape and regularisation of the Transformer. Every field is a plain value so YAML can set it.
+
+    Example:
+        >>> GPTConfig.from_name("tiny", n_layer=2).n_layer
+        2
+    """
+
+    vocab_size: int | None = None  # None: taken from the datamodule (its tokenizer) at setup
+    block_size: int = 128  # maximum context length T
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128  # model width d; must divide by n_head
+    dropout: float = 0.1  # residual dropout (after attention and MLP projections)
+    attn_dropout: float = 0.1  # dropout on attention probabilities
+    embd_dropout: float = 0.1  # dropout on token + position embeddings
+    bias: bool = True  # biases in Linear and LayerNorm
+    causal: bool = True  # False gives bidirectional attention (MLM encoders)
+    mlp_ratio: int = 4  # hidden width of the MLP as a multiple of n_embd
+    tie_embeddings: bool = True  # share the token embedding with the output head
+    activation_checkpointing: bool = False  # recompute each block in backward to save memory
+
+    def __post_init__(self) -> None:
+        if self.n_embd % self.n_head:
+            raise ValueError(
+                f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
+                f"pick n_head from {[h for h in range(1, 33) if self.n_embd % h == 0]}"
+            )
+        for name in ("block_size", "n_layer", "n_head", "n_embd", "mlp_ratio"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.vocab_size is not None and self.vocab_size < 2:
+            raise ValueError(
+                f"vocab_size={self.vocab_size} must be >= 2, or None to take it from the datamodule"
+            )
+        for name in ("dropout", "attn_dropout", "embd_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(
+                    f"{name}={getattr(self, name)} must be in [0, 1); the seed recipe uses 0.1-0.3"
+                )
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: object) -> GPTConfig:
+        """A named variant with any field overridden: ``GPTConfig.from_name("gpt2", dropout=0.0)``."""
+        if name not in _NAMED:
+            raise ValueError(f"unknown config name {name!r}; choose one of {sorted(_NAMED)}")
+        return replace(_NAMED[name], **overrides)
+
+
+_NAMED: dict[str, GPTConfig] = {
+    # a few-KB model for unit tests
+    "debug": GPTConfig(
+        vocab_size=64,
+        block_size=16,
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        dropout=0.0,
+        attn_dropout=0.0,
+        embd_dropout=0.0,
+    ),
+    # trains in minutes on 2 CPU cores (the `gpt-tiny` recipe)
+    "tiny": GPTConfig(block_size=128, n_layer=4, n_head=4, n_embd=128),
+    "gpt2": GPTConfig(
+        vocab_size=50304,
+        block_size=1024,
+        n_layer=12,
+        n_head=12,
+        n_embd=768,
+        dropout=0.0,
+        attn_dropout=0.0,
+        embd_dropout=0.0,
+    ),
+    "gpt2-medium": GPTConfig(
+        vocab_size=50304,
+        block_size=1024,
+        n_layer=24,
+        n_head=16,
+        n_embd=1024,
+        dropout=0.0,
+        attn_dropout=0.0,
+        embd_dropout=0.0,
+    ),
+}
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.causal = config.causal
+        self.attn_dropout = config.attn_dropout
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (
+            t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v)
+        )  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.attn_dropout if self.training else 0.0, is_causal=self.causal
+        )
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        hidden = config.mlp_ratio * config.n_embd
+        self.fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
+        self.proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm Transformer block: ``x + attn(ln(x))`` then ``x + mlp(ln(x))``."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = SelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    """Token + position embeddings, ``n_layer`` blocks, final LayerNorm, and a (tied) vocabulary head.
+
+    Args:
+        config: a ``GPTConfig`` with ``vocab_size`` set.
+
+    Example:
+        >>> model = GPT(GPTConfig.from_name("debug"))
+        >>> model(torch.zeros(2, 8, dtype=torch.long)).shape
+        torch.Size([2, 8, 64])
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        if config.vocab_size is None:
+            raise ValueError(
+                "GPTConfig.vocab_size is None; set it or let CausalLM take it from the datamodule"
+            )
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.embd_dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+        self.apply(self._init_weights)
+        # GPT-2: scale residual projections by 1/sqrt(2 * n_layer) so the residual stream's variance stays flat.
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, exclude_positions: bool = True) -> int:
+        """Parameter count (tied weights once); position embeddings excluded by default, as in FLOP counts."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.wpe.weight.numel() if exclude_positions else n
+
+    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
+        """Final-norm hidden states, shape (B, T, n_embd)."""
+        T = idx.size(1)
+        if self.config.block_size < T:
+            raise ValueError(
+                f"sequence length {T} exceeds block_size={self.config.block_size}; crop the input"
+            )
+        pos = torch.arange(T, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        for block in self.blocks:
+            if self.config.activation_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return self.ln_f(x)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Logits of shape (B, T, vocab_size) for token ids of shape (B, T)."""
+        return self.lm_head(self.hidden_states(idx))
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token (forward + backward): 6N + 12 * n_layer * n_embd * T (PaLM, appendix B)."""
+        T = seq_len or self.config.block_size
+        return 6 * self.num_params() + 12 * self.config.n_layer * self.config.n_embd * T
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Sample ``max_new_tokens`` continuations of ``idx`` (B, T); temperature 0 means greedy."""
+        for _ in range(max_new_tokens):
+            context = idx[:, -self.config.block_size :]
+            logits = self(context)[:, -1, :]
+            if temperature <= 0:
+                next_id = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                probs = F.softmax(logits.float(), dim=-1)
+                next_id = torch.multinomial(probs, num_samples=1, generator=generator)
+            idx = torch.cat((idx, next_id), dim=1)
+        return idx
+
+
+class CausalLM(pl.LightningModule):
+    """Next-token language modelling with AdamW, warmup + decay, and perplexity logging.
+
+    Batches are ``(input_ids, targets)`` of shape (B, T). The network is built in ``configure_model`` so
+    ``config.vocab_size=None`` can be filled from the datamodule's tokenizer.
+
+    Args:
+        config: model shape; ``GPTConfig.from_name("tiny")`` if omitted.
+        lr: peak learning rate.
+        weight_decay: AdamW decay on matrices (never on biases, norms, embeddings).
+        betas: AdamW betas.
+        warmup_steps: linear warmup steps.
+        max_steps: step at which decay ends; None takes the Trainer's estimated total steps.
+        schedule: "cosine", "linear" or "constant" after warmup.
+        min_lr_ratio: final LR as a fraction of ``lr``.
+        label_smoothing: cross-entropy smoothing for training (validation reports the true NLL).
+        compile: ``torch.compile`` the network.
+        fused: fused AdamW; None means on for CUDA.
+
+    Example:
+        >>> lm = CausalLM(GPTConfig.from_name("debug"))
+        >>> lm.configure_model(); lm.model.config.n_layer
+        2
+    """
+
+    def __init__(
+        self,
+        config: GPTConfig | dict | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 100,
+        max_steps: int | None = None,
+        schedule: str = "cosine",
+        min_lr_ratio: float = 0.1,
+        label_smoothing: float = 0.0,
+        compile: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        super().__init__()
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule={schedule!r} is not one of {SCHEDULES}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(
+                f"label_smoothing={label_smoothing} must be in [0, 1); the seed recipe uses 0.05-0.2"
+            )
+        if lr <= 0:
+            raise ValueError(f"lr={lr} must be > 0")
+        if isinstance(config, dict):  # load_from_checkpoint passes the saved hyperparameters back as a dict
+            config = GPTConfig(**config)
+        self.config = config if config is not None else GPTConfig.from_name("tiny")
+        self.save_hyperparameters(ignore=["config"])
+        self.hparams["config"] = asdict(self.config)
+        self.model: GPT | None = None
+        self.train_loss = MeanMetric()
+        self.val_loss = MeanMetric()
+        if self.config.vocab_size is not None:
+            self.configure_model()
+
+    # -- model construction -------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        if self.config.vocab_size is None:
+            dm = self._trainer.datamodule if self._trainer is not None else None
+            vocab = getattr(dm, "vocab_size", None)
+            if vocab is None:
+                raise ValueError(
+                    "config.vocab_size is None and the datamodule has no vocab_size; set model.config.vocab_size"
+                )
+            self.config = replace(self.config, vocab_size=int(vocab))
+            self.hparams["config"] = asdict(self.config)  # so checkpoints rebuild the same shape
+        dm = self._trainer.datamodule if self._trainer is not None else None
+        dm_block = getattr(dm, "block_size", None)
+        if dm_block is not None and dm_block > self.config.block_size:
+            raise ValueError(
+                f"data.block_size={dm_block} exceeds model.config.block_size={self.config.block_size}; "
+                "raise the model's block_size or lower the data's"
+            )
+        self.model = GPT(self.config)
+        if self.hparams.compile:
+            self.model.compile()
+
+    @property
+    def flops_per_batch(self) -> float | None:
+        """Training FLOPs of the last seen batch shape, read by Lightning's ``ThroughputMonitor`` for MFU."""
+        return getattr(self, "_flops_per_batch", None)
+
+    # -- steps ----------------------------------------------------------------------------------------------
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.model(idx)
+
+    def _loss(self, batch: tuple[torch.Tensor, torch.Tensor], smoothing: float) -> torch.Tensor:
+        idx, targets = batch
+        logits = self.model(idx)
+        return F.cross_entropy(
+            logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), label_smoothing=smoothing
+        )
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self._loss(batch, self.hparams.label_smoothing)
+        B, T = batch[0].shape
+        self._flops_per_batch = self.model.flops_per_token(T) * B * T
+        self.train_loss(loss.detach())
+        self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train/loss_epoch", self.train_loss.compute())
+        self.train_loss.reset()
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self.val_loss.update(self._loss(batch, 0.0), weight=batch[0].numel())
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()
+        self.val_loss.reset()
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+        self.log("val/ppl", torch.exp(loss), prog_bar=True, sync_dist=True)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        loss = self.val_loss.compute()
+        self.val_loss.reset()
+        self.log("test/loss", loss, sync_dist=True)
+        self.log("test/ppl", torch.exp(loss), sync_dist=True)
+
+    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self.model(batch[0]).argmax(dim=-1)
+
+    # -- optimisation ---------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        groups = [
+            {k: v for k, v in g.items() if k != "names"} for g in param_groups(self.model, hp.weight_decay)
+        ]
+        fused = hp.fused if hp.fused is not None else fused_available(self.device)
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), fused=fused or None)
+        total = hp.max_steps
+        if total is None:
+            total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 10_000
+        if hp.warmup_steps >= total:
+            rank_zero_warn(
+                f"warmup_steps={hp.warmup_steps} >= total steps {total}: the LR never decays; lower model.warmup_steps"
+            )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_lambda(hp.warmup_steps, max(1, total), hp.schedule, hp.min_lr_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- generation -----------------------------------------------------------------------------------------
+    def generate_text(
+        self,
+        tokenizer,
+        prompt: str,
+        max_new_tokens: int = 60,
+        temperature: float = 0.8,
+        top_k: int | None = 40,
+        seed: int = 0,
+    ) -> str:
+        """Decode a sample continuing ``prompt`` with a ``tokenizers.Tokenizer``."""
+        ids = tokenizer.encode(prompt).ids or [0]
+        idx = torch.tensor([ids], dtype=torch.long, device=self.device)
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        was_training = self.training
+        self.eval()
+        try:
+            out = self.model.generate(
+                idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=gen
+            )
+        finally:
+            self.train(was_training)
+        return tokenizer.decode(out[0].tolist())

@@ -1,0 +1,125 @@
+"""The `kit` command end to end: recipes, fit, validate on the checkpoint, resume, wandb offline."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kit.cli import _rewrite_args, list_recipes, main, resolve_recipe
+
+# tiny, fast overrides of the default recipe for subprocess runs
+FAST = [
+    "--trainer.max_steps=6",
+    "--trainer.val_check_interval=3",
+    "--trainer.limit_val_batches=2",
+    "--trainer.log_every_n_steps=1",
+    "--model.init_args.config.n_layer=1",
+    "--model.init_args.config.n_embd=32",
+    "--model.init_args.config.n_head=2",
+    "--model.init_args.config.block_size=32",
+    "--model.init_args.warmup_steps=2",
+    "--data.init_args.vocab_size=300",
+    "--data.init_args.block_size=32",
+    "--data.init_args.batch_size=4",
+]
+
+
+def kit(
+    args: list[str], cwd: Path, env_extra: dict | None = None, timeout: int = 240
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    proc = subprocess.run(
+        [sys.executable, "-m", "kit.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, f"kit {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def test_recipes_are_listed_and_resolved_by_name(capsys) -> None:
+    recipes = list_recipes()
+    assert {"gpt-tiny", "seed-recipe"} <= set(recipes)
+    assert all(recipes.values()), "every recipe needs a '# description:' line"
+    assert resolve_recipe("gpt-tiny").endswith("kit/recipes/gpt-tiny.yaml")
+    assert main(["recipes"]) == 0
+    assert "gpt-tiny" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="neither a file nor a packaged recipe; recipes: "):
+        resolve_recipe("no-such-recipe")
+
+
+def test_fit_without_config_gets_the_default_recipe() -> None:
+    assert _rewrite_args(["fit"])[:3] == ["fit", "--config", resolve_recipe("gpt-tiny")]
+    assert _rewrite_args(["fit", "-c", "seed-recipe"]) == ["fit", "-c", resolve_recipe("seed-recipe")]
+    assert "--config" not in _rewrite_args(["fit", "--model=MyModel"])
+
+
+def test_print_config_shows_every_knob(tmp_path) -> None:
+    out = kit(["fit", "--config", "seed-recipe", "--print_config"], tmp_path).stdout
+    for knob in (
+        "label_smoothing: 0.1",
+        "lr: 3.0e-05",
+        "gradient_clip_val: 1.0",
+        "activation_checkpointing: false",
+        "vocab_size: 2048",
+        "warmup_steps: 60",
+    ):
+        assert knob in out, knob
+
+
+def _metrics(log_dir: Path) -> list[dict]:
+    rows = []
+    for path in sorted(log_dir.rglob("metrics.csv")):
+        with path.open() as f:
+            rows += list(csv.DictReader(f))
+    return rows
+
+
+def test_fit_then_validate_then_resume_from_last(tmp_path) -> None:
+    out = kit(["fit", *FAST], tmp_path).stdout
+    assert "kit fit finished" in out and "unigram baseline val loss" in out and "sample:" in out
+    last = tmp_path / "runs/gpt-tiny/checkpoints/last.ckpt"
+    assert last.exists()
+    assert torch.load(last, weights_only=False)["global_step"] == 6
+    assert any(r.get("val/loss") for r in _metrics(tmp_path / "runs"))
+
+    out = kit(["validate", *FAST, "--ckpt_path", str(last)], tmp_path).stdout
+    assert "val/loss" in out
+
+    kit(["fit", *FAST, "--trainer.max_steps=10", "--ckpt_path", "last"], tmp_path)
+    assert torch.load(last, weights_only=False)["global_step"] == 10
+    steps = [int(r["step"]) for r in _metrics(tmp_path / "runs") if r.get("train/loss")]
+    assert max(steps) >= 9 and min(s for s in steps if s >= 6) >= 6
+
+
+def test_wandb_logger_runs_offline_and_writes_its_run_dir(tmp_path) -> None:
+    env = {"WANDB_API_KEY": "", "WANDB_MODE": "", "HOME": str(tmp_path), "WANDB_DIR": str(tmp_path)}
+    env = {k: v for k, v in env.items() if v} | {"WANDB_SILENT": "true"}
+    for key in ("WANDB_API_KEY", "WANDB_MODE"):
+        os.environ.pop(key, None)
+    kit(
+        [
+            "fit",
+            *FAST,
+            "--trainer.max_steps=2",
+            "--trainer.val_check_interval=2",
+            "--trainer.logger=lightning.pytorch.loggers.WandbLogger",
+            "--trainer.logger.save_dir",
+            str(tmp_path),
+            "--trainer.logger.project=kit-test",
+        ],
+        tmp_path,
+        env,
+    )
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert runs, f"no offline run dir in {list(tmp_path.rglob('*'))[:20]}"
+    assert any(p.suffix == ".wandb" for p in runs[0].iterdir())

@@ -1,0 +1,109 @@
+import pytest
+import torch
+
+from kit.datamodules.text import TextDataModule, unigram_cross_entropy
+from kit.tokenizer import EOS, load_or_train_bpe, train_bpe
+
+WORDS = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "epsilon",
+    "zeta",
+    "eta",
+    "theta",
+    "iota",
+    "kappa",
+    "lambda",
+    "mu",
+]
+
+
+def _write_corpus(folder, n_docs=12, words=200):
+    for d in range(n_docs):
+        text = " ".join(WORDS[(d * 7 + i * 3) % len(WORDS)] for i in range(words))
+        (folder / f"doc{d:02d}.txt").write_text(f"<p>Document {d}</p>\n{text}\n")
+
+
+def test_user_files_are_cleaned_split_tokenized_and_packed(tmp_path) -> None:
+    _write_corpus(tmp_path)
+    dm = TextDataModule(
+        paths=str(tmp_path / "*.txt"), vocab_size=300, block_size=16, batch_size=4, val_fraction=0.25
+    )
+    dm.setup("fit")
+    assert len(dm.train_texts) == 9 and len(dm.val_texts) == 3
+    assert not any("<p>" in t for t in dm.train_texts)
+    assert set(dm.train_texts).isdisjoint(dm.val_texts)
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (4, 16) and y.shape == (4, 16)
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    assert dm.vocab_size <= 300
+    assert dm.tokenizer.token_to_id(EOS) is not None
+
+
+def test_setup_is_reproducible_and_the_tokenizer_is_cached(tmp_path) -> None:
+    _write_corpus(tmp_path)
+    kwargs = dict(
+        paths=str(tmp_path), vocab_size=300, block_size=16, batch_size=4, tokenizer_dir=str(tmp_path / "tok")
+    )
+    a, b = TextDataModule(**kwargs), TextDataModule(**kwargs)
+    a.setup("fit")
+    b.setup("fit")
+    assert a.tokenizer_path == b.tokenizer_path
+    assert len(list((tmp_path / "tok").glob("*.json"))) == 1
+    assert torch.equal(next(iter(a.train_dataloader()))[0], next(iter(b.train_dataloader()))[0])
+    c = TextDataModule(**{**kwargs, "seed": 7})
+    c.setup("fit")
+    assert a.val_texts != c.val_texts or not torch.equal(a.train_set.blocks, c.train_set.blocks)
+
+
+def test_tokenizer_cache_key_changes_with_the_corpus(tmp_path) -> None:
+    texts = ["hello world " * 20, "another doc " * 20]
+    _, p1, cached1 = load_or_train_bpe(texts, 300, directory=tmp_path)
+    _, p2, cached2 = load_or_train_bpe(texts, 300, directory=tmp_path)
+    _, p3, _ = load_or_train_bpe([*texts, "new"], 300, directory=tmp_path)
+    assert p1 == p2 and not cached1 and cached2
+    assert p3 != p1
+
+
+def test_bpe_round_trips_bytes() -> None:
+    tok = train_bpe(["naïve café — 東京 " * 5], vocab_size=300)
+    text = "naïve café — 東京 and unseen ☃"
+    assert tok.decode(tok.encode(text).ids) == text
+    with pytest.raises(ValueError, match="vocab_size=100"):
+        train_bpe(["x"], vocab_size=100)
+
+
+def test_block_size_larger_than_the_corpus_is_a_clear_error(tmp_path) -> None:
+    (tmp_path / "a.txt").write_text("short text one")
+    (tmp_path / "b.txt").write_text("short text two")
+    dm = TextDataModule(paths=str(tmp_path), vocab_size=300, block_size=512, val_fraction=0.5)
+    with pytest.raises(
+        ValueError, match=r"block_size=512 exceeds the corpus \(\d+ tokens\); lower data.block_size"
+    ):
+        dm.setup("fit")
+
+
+def test_bad_arguments_and_missing_paths(tmp_path) -> None:
+    with pytest.raises(ValueError, match="batch_size=0"):
+        TextDataModule(batch_size=0)
+    with pytest.raises(ValueError, match="val_fraction=0.0"):
+        TextDataModule(val_fraction=0.0)
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        TextDataModule(paths=str(tmp_path / "missing.txt")).setup("fit")
+
+
+def test_embedded_corpus_default_and_unigram_baseline() -> None:
+    dm = TextDataModule(vocab_size=512, block_size=64)
+    dm.setup("fit")
+    assert len(dm.train_texts) + len(dm.val_texts) == 79
+    assert 4.0 < dm.unigram_loss < 7.0  # log(512) = 6.24 is the uniform bound; frequencies beat it
+
+
+def test_unigram_cross_entropy_matches_hand_computation() -> None:
+    # train counts {0: 3, 1: 1}, vocab 2, add-one: p0 = 4/6, p1 = 2/6
+    import math
+
+    value = unigram_cross_entropy([0, 0, 0, 1], [0, 1], vocab_size=2)
+    assert value == pytest.approx(-(math.log(4 / 6) + math.log(2 / 6)) / 2)
