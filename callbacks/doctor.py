@@ -86,11 +86,12 @@ class TrainingDoctor(Callback):
         self.range_test_steps = range_test_steps
         self.history = TrainingHistory()
         self._held_batch: Any = None
+        self.range_test_lr: float | None = None
         self.reports: list[str] = []
         self.last_diagnosis: Diagnosis | None = None
         self._buffer: list[tuple[int, Tensor, float, Tensor, dict[str, Tensor]]] = []
         self._grad: tuple[Tensor, dict[str, Tensor]] | None = None
-        self._reported_at = -1
+        self._streak_reported = False
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._groups = group_by_layer(
@@ -121,7 +122,7 @@ class TrainingDoctor(Callback):
             for p, g in zip(params, grads):
                 p.grad = g
             opt.step()
-            return float(loss)
+            return float(loss.detach())
 
         try:
             with preserved_state(pl_module, eval_mode=False), torch.enable_grad():
@@ -184,12 +185,14 @@ class TrainingDoctor(Callback):
         if val is None:
             return
         self.history.record_val(trainer.global_step, val)
-        if (
-            val_loss_rising(self.history.val_loss, self.patience)
-            and self._reported_at != len(self.history.val_loss) - 1
-        ):
-            self._reported_at = len(self.history.val_loss) - 1
-            self.run(trainer, reason=f"validation loss rose {self.patience} evaluations in a row")
+        rising = val_loss_rising(self.history.val_loss, self.patience)
+        if rising and not self._streak_reported:  # one report per streak of rises
+            self._streak_reported = True
+            self.run(
+                trainer, reason=f"validation loss rose {self.patience} evaluations in a row (or diverged)"
+            )
+        elif not rising:
+            self._streak_reported = False
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.report_on_fit_end:
@@ -206,7 +209,7 @@ class TrainingDoctor(Callback):
             val_texts = getattr(dm, "val_texts", None)
         suggested = None
         if self.range_test_steps and trainer is not None and trainer.lightning_module is not None:
-            suggested = self._range_test(trainer, trainer.lightning_module)
+            suggested = self.range_test_lr = self._range_test(trainer, trainer.lightning_module)
         diag = diagnose(
             self.history, train_texts, val_texts, self.warmup_steps, self.patience, self.ngram, suggested
         )

@@ -21,7 +21,14 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from kit.health import BandTracker, GradientSketch, cosine_similarity, grad_norms, group_by_layer, update_to_weight_ratios
+from kit.health import (
+    BandTracker,
+    GradientSketch,
+    cosine_similarity,
+    grad_norms,
+    group_by_layer,
+    update_to_weight_ratios,
+)
 
 __all__ = ["GradientHealth", "current_grad_scale", "log_metrics"]
 
@@ -45,7 +52,9 @@ def current_grad_scale(trainer: pl.Trainer, optimizer: Any) -> Tensor | None:
     return scaler._scale
 
 
-def log_metrics(trainer: pl.Trainer, metrics: Mapping[str, Tensor | float], step: int | None = None) -> dict[str, float]:
+def log_metrics(
+    trainer: pl.Trainer, metrics: Mapping[str, Tensor | float], step: int | None = None
+) -> dict[str, float]:
     """Send metrics to every logger on rank zero with a single device sync; returns them as floats."""
     if not metrics:
         return {}
@@ -103,7 +112,9 @@ class GradientHealth(Callback):
         prefix: str = "grad_health/",
     ) -> None:
         if log_every_n_steps is not None and log_every_n_steps < 1:
-            raise ValueError(f"log_every_n_steps={log_every_n_steps} must be >= 1 or None (use the Trainer's)")
+            raise ValueError(
+                f"log_every_n_steps={log_every_n_steps} must be >= 1 or None (use the Trainer's)"
+            )
         if patience < 1:
             raise ValueError(f"patience={patience} must be >= 1; e.g. patience=10")
         self.band = BandTracker(*band)
@@ -134,7 +145,9 @@ class GradientHealth(Callback):
         names = [n for n, p in pl_module.named_parameters() if p.requires_grad]
         self._groups = group_by_layer(names, self.layer_depth)
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         acc = trainer.accumulate_grad_batches
         if self.microbatch_cosine and acc > 1 and self._is_log_step(trainer):
             if batch_idx % acc == 0:
@@ -152,7 +165,9 @@ class GradientHealth(Callback):
             self._micro["cos"].append(cosine_similarity(micro, self._micro["prev"]))
         self._micro.update(cum=cum, prev=micro)
 
-    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
+    ) -> None:
         params = {n: p for n, p in pl_module.named_parameters() if p.requires_grad}
         scale = current_grad_scale(trainer, optimizer)
         total, per = grad_norms(params, self._groups if self.per_layer else {}, scale=scale)
@@ -223,7 +238,11 @@ class GradientHealth(Callback):
         return chosen
 
     def state_dict(self) -> dict[str, Any]:
-        return {"band": self.band.state_dict(), "warnings": list(self.warnings), "ratio_offset": self._ratio_offset}
+        return {
+            "band": self.band.state_dict(),
+            "warnings": list(self.warnings),
+            "ratio_offset": self._ratio_offset,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.band.load_state_dict(state_dict.get("band", {}))

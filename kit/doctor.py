@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -76,7 +77,9 @@ class TrainingHistory:
     val_loss: list[float] = field(default_factory=list)
     layer_grad_norms: dict[str, list[float]] = field(default_factory=dict)
 
-    def record_train(self, step: int, loss: float, lr: float = float("nan"), grad_norm: float = float("nan")) -> None:
+    def record_train(
+        self, step: int, loss: float, lr: float = float("nan"), grad_norm: float = float("nan")
+    ) -> None:
         """Append one training step."""
         self.steps.append(int(step))
         self.train_loss.append(float(loss))
@@ -114,15 +117,25 @@ def _slope(y: Sequence[float]) -> float:
     return num / den / max(abs(ym), 1e-12)
 
 
+def _median(v: Sequence[float]) -> float:
+    f = sorted(x for x in v if math.isfinite(x))
+    return f[len(f) // 2] if f else float("inf")
+
+
 def val_loss_rising(val_loss: Sequence[float], patience: int = 3) -> bool:
-    """True when each of the last ``patience`` evaluations was higher than the one before."""
+    """True when each of the last ``patience`` evaluations was higher than the one before, or the
+    latest one is non-finite (a diverged run)."""
+    if val_loss and not math.isfinite(val_loss[-1]):
+        return True
     if len(val_loss) < patience + 1:
         return False
     tail = list(val_loss)[-(patience + 1) :]
-    return all(b > a for a, b in zip(tail, tail[1:]))
+    return all(b > a for a, b in itertools.pairwise(tail))
 
 
-def check_learning_rate(h: TrainingHistory, warmup_steps: int = 0, range_test_lr: float | None = None) -> Finding:
+def check_learning_rate(
+    h: TrainingHistory, warmup_steps: int = 0, range_test_lr: float | None = None
+) -> Finding:
     """Learning rate too high: non-finite loss, loss trending up after warmup, or a bounce off its minimum.
 
     Args:
@@ -130,7 +143,9 @@ def check_learning_rate(h: TrainingHistory, warmup_steps: int = 0, range_test_lr
         warmup_steps: steps to ignore at the start.
         range_test_lr: LR suggested by :func:`lr_range_test`, compared with the LR in use.
     """
-    pairs = [(s, v, g, lr) for s, v, g, lr in zip(h.steps, h.train_loss, h.grad_norm, h.lr) if s >= warmup_steps]
+    pairs = [
+        (s, v, g, lr) for s, v, g, lr in zip(h.steps, h.train_loss, h.grad_norm, h.lr) if s >= warmup_steps
+    ]
     if not pairs:
         return Finding("learning_rate", "ok", "no training steps after warmup recorded yet")
     losses = [v for _, v, _, _ in pairs]
@@ -204,13 +219,16 @@ def ngram_overlap(train_texts: Iterable[str], val_texts: Sequence[str], n: int =
     hits = []
     for i, t in enumerate(val_texts):
         w = _words(t)
-        if (len(w) >= n and not train.isdisjoint(_ngram_hashes(w, n))) or (w and len(w) < n and " ".join(w) in short):
+        if (len(w) >= n and not train.isdisjoint(_ngram_hashes(w, n))) or (
+            w and len(w) < n and " ".join(w) in short
+        ):
             hits.append(i)
     return {"contaminated": hits, "fraction": len(hits) / max(len(val_texts), 1), "n": n}
 
 
 def exact_duplicates(train_texts: Iterable[str], val_texts: Sequence[str]) -> list[int]:
     """Indices of validation documents identical (after whitespace/case normalisation) to a training one."""
+
     def key(t: str) -> bytes:
         return hashlib.blake2b(" ".join(t.lower().split()).encode(), digest_size=16).digest()
 
@@ -223,7 +241,9 @@ def check_leakage(
 ) -> Finding:
     """Train/val leakage by exact duplicates and ``n``-gram overlap."""
     if not train_texts or not val_texts:
-        return Finding("leakage", "ok", "skipped: no training/validation text available (pass the texts to check)")
+        return Finding(
+            "leakage", "ok", "skipped: no training/validation text available (pass the texts to check)"
+        )
     dups = exact_duplicates(train_texts, val_texts)
     ov = ngram_overlap(train_texts, val_texts, n)
     saw = (
@@ -245,7 +265,7 @@ def check_leakage(
 def check_gradients(
     layer_norms: dict[str, list[float]], explode: float = 100.0, vanish: float = 1e-7, spread: float = 1e4
 ) -> Finding:
-    """Exploding (a layer's recent norm > ``explode`` or growing 10x) or vanishing (< ``vanish``, or
+    """Exploding (a layer's latest norm > ``explode`` or > 10x its median so far) or vanishing (< ``vanish``, or
     ``spread`` times smaller than the largest layer) gradients per layer."""
     if not layer_norms:
         return Finding("gradients", "ok", "skipped: no per-layer gradient norms recorded")
@@ -255,19 +275,29 @@ def check_gradients(
     top = max(finite.values(), default=0.0)
     exploding = nonfinite + [k for k, v in finite.items() if v > explode]
     exploding += [
-        k for k, v in layer_norms.items()
-        if len(v) >= 4 and k not in exploding and math.isfinite(v[-1]) and v[0] > 0 and v[-1] > 10 * v[0]
+        k
+        for k, v in layer_norms.items()
+        if len(v) >= 4 and k not in exploding and math.isfinite(v[-1]) and v[-1] > 10 * _median(v)
     ]
     vanishing = [k for k, v in finite.items() if v < vanish or (top > 0 and v < top / spread)]
-    saw = f"latest per-layer grad norms span {min(finite.values(), default=0):.3g} .. {top:.3g} over {len(recent)} layers"
+    saw = (
+        f"latest per-layer grad norms span {min(finite.values(), default=0):.3g} .. {top:.3g} "
+        f"over {len(finite)} finite layers"
+    )
+    if nonfinite:
+        saw += f"; non-finite in {len(nonfinite)} layers"
     if exploding:
         return Finding(
-            "gradients", "problem", saw + f"; exploding in {exploding[:5]}",
+            "gradients",
+            "problem",
+            saw + f"; exploding in {exploding[:5]}",
             "clip gradients (norm 1.0), lower the LR, check normalisation layers and init scale of those layers",
         )
     if vanishing:
         return Finding(
-            "gradients", "problem", saw + f"; vanishing in {vanishing[:5]}",
+            "gradients",
+            "problem",
+            saw + f"; vanishing in {vanishing[:5]}",
             "use residual connections / pre-LayerNorm, check for saturated activations or dead ReLUs, and "
             "initialise those layers with a larger scale",
         )
@@ -292,7 +322,9 @@ def check_overfitting(h: TrainingHistory, patience: int = 3) -> Finding:
     )
     if val_loss_rising(h.val_loss, patience) and train_now < train_then and gap > 0:
         return Finding(
-            "overfitting", "problem", saw,
+            "overfitting",
+            "problem",
+            saw,
             "stop at the best checkpoint (EarlyStopping), add dropout (0.1-0.3), weight decay or label smoothing, "
             "or get more / more varied data",
         )
@@ -349,7 +381,9 @@ class Diagnosis:
     def to_markdown(self) -> str:
         """The report as Markdown."""
         lines = [f"# {self.title}", ""]
-        lines.append(f"**{len(self.problems)} problem(s) found.**" if self.problems else "**No problems found.**")
+        lines.append(
+            f"**{len(self.problems)} problem(s) found.**" if self.problems else "**No problems found.**"
+        )
         lines += ["", "| check | verdict | what we saw | what to try |", "|---|---|---|---|"]
         for f in self.findings:
             lines.append(f"| {f.check} | {f.severity} | {f.saw} | {f.try_ or '-'} |")
@@ -388,9 +422,12 @@ def plot_history(h: TrainingHistory, out_dir: str | Path) -> list[str]:
     panels = [
         ("loss", [("train", h.steps, h.train_loss), ("val", h.val_steps, h.val_loss)], False),
         ("lr", [("lr", h.steps, h.lr)], False),
-        ("grad_norm", [("global", h.steps, h.grad_norm)] + [
-            (k, list(range(len(v))), v) for k, v in list(h.layer_grad_norms.items())[:8]
-        ], True),
+        (
+            "grad_norm",
+            [("global", h.steps, h.grad_norm)]
+            + [(k, list(range(len(v))), v) for k, v in list(h.layer_grad_norms.items())[:8]],
+            True,
+        ),
     ]
     paths = []
     for name, series, logy in panels:

@@ -64,7 +64,9 @@ def preserved_state(module: nn.Module | None = None, eval_mode: bool = True) -> 
         eval_mode: switch to eval inside the block (no dropout, so the Hessian is deterministic).
     """
     cpu_rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    cuda_rng = (
+        torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    )
     modes = [(m, m.training) for m in module.modules()] if module is not None else []
     try:
         if module is not None and eval_mode:
@@ -124,7 +126,9 @@ def hvp_finite_difference(loss_fn: LossFn, params: Sequence[Tensor], eps: float 
     return hvp
 
 
-def make_hvp(loss_fn: LossFn, params: Sequence[Tensor], method: str = "auto", eps: float = 1e-3) -> tuple[HVP, str]:
+def make_hvp(
+    loss_fn: LossFn, params: Sequence[Tensor], method: str = "auto", eps: float = 1e-3
+) -> tuple[HVP, str]:
     """Build an HVP closure.
 
     Args:
@@ -200,7 +204,7 @@ def hessian_top_eigenvalue(
         v0 = [torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device) for p in params]
     v = _normalise([t.to(p.dtype) for t, p in zip(v0, params)])
     eig, converged, it = 0.0, False, 0
-    for it in range(1, max_iter + 1):  # noqa: B007
+    for it in range(1, max_iter + 1):
         hv = hvp(v)
         new = float(_dot(v, hv))  # Rayleigh quotient, v has unit norm
         if it > 1 and abs(new - eig) <= tol * max(abs(eig), 1e-12):

@@ -85,8 +85,13 @@ class SlowData(torch.utils.data.Dataset):
 
 def fit(cb: HardwareMonitor, module: Plain, delay: float, n: int = 4 * 30) -> None:
     trainer = pl.Trainer(
-        max_epochs=1, callbacks=[cb], logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, accelerator="cpu",
+        max_epochs=1,
+        callbacks=[cb],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
     )
     trainer.fit(module, torch.utils.data.DataLoader(SlowData(n, delay), batch_size=4))
 

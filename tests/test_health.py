@@ -27,7 +27,9 @@ from kit.health import (
 class Plain(pl.LightningModule):
     """A plain module that is not the kit's; it records what it sees itself, for comparison."""
 
-    def __init__(self, lr: float = 0.05, loss_scale: float = 1.0, fused: bool = False, adam: bool = False) -> None:
+    def __init__(
+        self, lr: float = 0.05, loss_scale: float = 1.0, fused: bool = False, adam: bool = False
+    ) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
         self.lr, self.loss_scale, self.fused, self.adam = lr, loss_scale, fused, adam
@@ -39,7 +41,9 @@ class Plain(pl.LightningModule):
 
     def on_before_optimizer_step(self, optimizer) -> None:
         grads = [p.grad for p in self.parameters() if p.grad is not None]
-        self.seen_norms[self.trainer.global_step] = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+        self.seen_norms[self.trainer.global_step] = float(
+            torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
+        )
 
     def configure_optimizers(self):
         if self.adam:
@@ -190,7 +194,9 @@ def test_reads_unscaled_gradients_under_fp16(fused: bool) -> None:
     """Lightning unscales before on_before_optimizer_step, except for fused optimizers (they unscale
     in step()): then the module sees scaled grads and the callback must divide by the scale itself."""
     scale = 1024.0
-    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=scale, growth_interval=10**6))
+    plugin = MixedPrecision(
+        "16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=scale, growth_interval=10**6)
+    )
     module = Plain(adam=True, lr=1e-3, fused=fused)
     cb = GradientHealth(log_every_n_steps=3)
     fit(module, [cb], steps=4, plugins=[plugin])

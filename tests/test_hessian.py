@@ -50,7 +50,9 @@ def top_abs(eigs: torch.Tensor) -> float:
 def test_top_eigenvalue_matches_full_hessian(seed: int, method: str) -> None:
     model, x, y, loss_fn = small_problem(seed)
     exact = top_abs(exact_spectrum(model, x, y))
-    res = hessian_top_eigenvalue(loss_fn, list(model.parameters()), method=method, generator=torch.Generator().manual_seed(0))
+    res = hessian_top_eigenvalue(
+        loss_fn, list(model.parameters()), method=method, generator=torch.Generator().manual_seed(0)
+    )
     assert res.method == method
     assert res.iterations <= 100
     assert res.eigenvalue == pytest.approx(exact, rel=0.01), (res, exact)
@@ -68,7 +70,9 @@ def test_quadratic_closed_form_and_float32() -> None:
 def test_hutchinson_trace_close_to_exact() -> None:
     model, x, y, loss_fn = small_problem(3)
     exact = float(exact_spectrum(model, x, y).sum())
-    est = hutchinson_trace(loss_fn, list(model.parameters()), n_samples=300, generator=torch.Generator().manual_seed(0))
+    est = hutchinson_trace(
+        loss_fn, list(model.parameters()), n_samples=300, generator=torch.Generator().manual_seed(0)
+    )
     assert est == pytest.approx(exact, rel=0.15)
     with pytest.raises(ValueError, match="n_samples=0"):
         hutchinson_trace(loss_fn, list(model.parameters()), n_samples=0)
@@ -109,7 +113,9 @@ def test_auto_falls_back_to_finite_difference() -> None:
     _, used = make_hvp(loss_fn, list(model.parameters()), "auto")
     assert used == "finite_difference"
     with pytest.raises(RuntimeError):
-        make_hvp(loss_fn, list(model.parameters()), "autograd")[0]([torch.ones_like(p) for p in model.parameters()])
+        make_hvp(loss_fn, list(model.parameters()), "autograd")[0](
+            [torch.ones_like(p) for p in model.parameters()]
+        )
     ref_model, *_ = small_problem(0)  # same weights with the normal tanh
     exact = top_abs(exact_spectrum(ref_model, x, y))
     res = hessian_top_eigenvalue(loss_fn, list(model.parameters()))
@@ -172,8 +178,13 @@ def _train(callbacks: list) -> PlainClassifier:
     torch.manual_seed(0)
     module = PlainClassifier()
     trainer = pl.Trainer(
-        max_steps=10, callbacks=callbacks, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, accelerator="cpu",
+        max_steps=10,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
     )
     trainer.fit(module, _data())
     return module

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 
@@ -39,9 +40,12 @@ def test_model_shape_matches_known_models() -> None:
 @given(st.floats(1e8, 1e12), st.integers(1, 4096), st.booleans())
 def test_sharding_never_increases_memory(params: float, gpus: int, ckpt: bool) -> None:
     totals = [memory_per_gpu(params, gpus, s, ckpt).total for s in ("ddp", "zero1", "zero2", "zero3")]
-    assert all(a >= b - 1e-6 for a, b in zip(totals, totals[1:]))
+    assert all(a >= b - 1e-6 for a, b in itertools.pairwise(totals))
     # checkpointing only ever lowers activations
-    assert memory_per_gpu(params, gpus, "zero3", True).activations <= memory_per_gpu(params, gpus, "zero3", False).activations
+    assert (
+        memory_per_gpu(params, gpus, "zero3", True).activations
+        <= memory_per_gpu(params, gpus, "zero3", False).activations
+    )
     # ZeRO-3 states scale as 1/G
     z = memory_per_gpu(params, gpus, "zero3", ckpt)
     assert z.weights + z.gradients + z.optimizer == pytest.approx(16 * params / gpus)
@@ -55,7 +59,9 @@ def test_ddp_memory_is_16_bytes_per_param() -> None:
 def test_min_gpus_fits_and_is_minimal() -> None:
     g = min_gpus_that_fit(70e9, "a100-80gb", "zero3", True)
     cap = 80e9 * 0.9
-    assert memory_per_gpu(70e9, g, "zero3", True).total <= cap < memory_per_gpu(70e9, g - 1, "zero3", True).total
+    assert (
+        memory_per_gpu(70e9, g, "zero3", True).total <= cap < memory_per_gpu(70e9, g - 1, "zero3", True).total
+    )
     assert min_gpus_that_fit(1e8, "a100-80gb", "ddp", False) == 1
     assert min_gpus_that_fit(7e9, "a100-80gb", "ddp", False) is None  # 112 GB of states on every GPU
 
@@ -87,7 +93,25 @@ def test_gpu_table_and_errors() -> None:
 
 
 def test_cli_main(capsys) -> None:
-    assert main(["--params", "7e9", "--tokens", "1e12", "--gpu", "h100-80gb", "--mfu", "0.4", "--gpus", "64", "--days", "30"]) == 0
+    assert (
+        main(
+            [
+                "--params",
+                "7e9",
+                "--tokens",
+                "1e12",
+                "--gpu",
+                "h100-80gb",
+                "--mfu",
+                "0.4",
+                "--gpus",
+                "64",
+                "--days",
+                "30",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "training FLOPs: 4.54" in out and "on 64 GPUs" in out and "GPUs to finish in 30 days" in out
     assert "zero3" in out and "smallest GPU count that fits" in out
@@ -97,8 +121,22 @@ def test_cli_main(capsys) -> None:
 
 def test_cli_subprocess() -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "kit.commands.plan", "--params", "1e11", "--tokens", "3e11", "--gpu", "a100-80gb", "--gpus", "512"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "kit.commands.plan",
+            "--params",
+            "1e11",
+            "--tokens",
+            "3e11",
+            "--gpu",
+            "a100-80gb",
+            "--gpus",
+            "512",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert r.returncode == 0, r.stderr
     assert "on 512 GPUs" in r.stdout and "never" in r.stdout

@@ -118,19 +118,31 @@ class WeightLog(Callback):
         self.after: dict[int, torch.Tensor] = {}
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        self.before[trainer.global_step] = torch.cat([p.detach().reshape(-1) for p in pl_module.parameters()]).clone()
+        self.before[trainer.global_step] = torch.cat(
+            [p.detach().reshape(-1) for p in pl_module.parameters()]
+        ).clone()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.after[trainer.global_step - 1] = torch.cat([p.detach().reshape(-1) for p in pl_module.parameters()]).clone()
+        self.after[trainer.global_step - 1] = torch.cat(
+            [p.detach().reshape(-1) for p in pl_module.parameters()]
+        ).clone()
 
 
-def run(guard: SpikeGuard, n_batches: int, spikes: dict[int, str] | None = None, extra: list | None = None, **kw):
+def run(
+    guard: SpikeGuard, n_batches: int, spikes: dict[int, str] | None = None, extra: list | None = None, **kw
+):
     torch.manual_seed(0)
     module = Plain()
     log = WeightLog()
     trainer = pl.Trainer(
-        max_epochs=1, callbacks=[guard, log, *(extra or [])], logger=False, enable_progress_bar=False,
-        enable_model_summary=False, accelerator="cpu", enable_checkpointing=bool(extra), **kw,
+        max_epochs=1,
+        callbacks=[guard, log, *(extra or [])],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        enable_checkpointing=bool(extra),
+        **kw,
     )
     dl = torch.utils.data.DataLoader(SpikyData(n_batches, spikes=spikes), batch_size=8)
     trainer.fit(module, dl)
@@ -146,7 +158,7 @@ def test_clean_run_has_no_false_alarms() -> None:
 @pytest.mark.parametrize("kind", ["big", "nan"])
 def test_skip_drops_the_spiking_update(kind: str) -> None:
     guard = SpikeGuard(window=32)
-    trainer, module, log = run(guard, 60, spikes={40: kind})
+    _trainer, module, log = run(guard, 60, spikes={40: kind})
     assert [e["step"] for e in guard.events] == [40]
     assert guard.events[0]["reason"].startswith("loss:" + ("nonfinite" if kind == "nan" else "zscore"))
     assert guard.skipped == [{"step": 40, "epoch": 0, "batch_idx": 40, "rewind": 0}]
@@ -164,7 +176,7 @@ def test_grad_norm_spike_alone_is_caught() -> None:
 def test_rewind_reloads_last_checkpoint_and_skips_next_batches(tmp_path) -> None:
     ckpt = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=10, save_top_k=-1)
     guard = SpikeGuard(action="rewind", window=32, skip_batches=5)
-    trainer, module, log = run(guard, 60, spikes={45: "big"}, extra=[ckpt])
+    _trainer, module, log = run(guard, 60, spikes={45: "big"}, extra=[ckpt])
     event = guard.events[0]
     assert event["step"] == 45 and event["rewound_to"].endswith("step=40.ckpt")
     saved = torch.load(event["rewound_to"], weights_only=False)["state_dict"]
@@ -200,10 +212,19 @@ def test_state_survives_resume(tmp_path) -> None:
     resumed = SpikeGuard(window=32)
     torch.manual_seed(0)
     trainer = pl.Trainer(
-        max_epochs=2, callbacks=[resumed], logger=False, enable_progress_bar=False, enable_model_summary=False,
-        accelerator="cpu", enable_checkpointing=False,
+        max_epochs=2,
+        callbacks=[resumed],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        enable_checkpointing=False,
     )
-    trainer.fit(Plain(), torch.utils.data.DataLoader(SpikyData(50), batch_size=8), ckpt_path=str(tmp_path / "last.ckpt"))
+    trainer.fit(
+        Plain(),
+        torch.utils.data.DataLoader(SpikyData(50), batch_size=8),
+        ckpt_path=str(tmp_path / "last.ckpt"),
+    )
     assert resumed.events[:1] == guard.events and resumed.skipped[:1] == guard.skipped
     assert len(resumed.detectors["loss"].values) == 32  # the window came back full: active at once
     assert not math.isnan(resumed.detectors["loss"].stats()[0])

@@ -102,7 +102,9 @@ def _measure_now(model: Any, dm: Any, batches: int, history: TrainingHistory, pr
     gap = va - tr
     saw = f"with the checkpoint's weights: train loss {tr:.4g}, val loss {va:.4g} (gap {gap:+.4g}) on {batches} batches"
     if tr > 0 and gap > 0.2 * tr:
-        return Finding("generalisation_gap", "warn", saw, "regularise (dropout, weight decay) or stop earlier")
+        return Finding(
+            "generalisation_gap", "warn", saw, "regularise (dropout, weight decay) or stop earlier"
+        )
     return Finding("generalisation_gap", "ok", saw)
 
 
@@ -111,8 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kit doctor", description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt", required=True, help="Lightning checkpoint (.ckpt)")
     p.add_argument("--config", default=None, help="LightningCLI YAML with data/model class_path + init_args")
-    p.add_argument("--datamodule", default=None, help="datamodule class path (default: from config or checkpoint)")
-    p.add_argument("--model", default=None, help="LightningModule class path to measure gradients and the loss gap")
+    p.add_argument(
+        "--datamodule", default=None, help="datamodule class path (default: from config or checkpoint)"
+    )
+    p.add_argument(
+        "--model", default=None, help="LightningModule class path to measure gradients and the loss gap"
+    )
     p.add_argument("--train-text", nargs="*", default=None, help="training text files or folders")
     p.add_argument("--val-text", nargs="*", default=None, help="validation text files or folders")
     p.add_argument("--batches", type=int, default=4, help="batches per split for --model measurements")
@@ -129,12 +135,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     ckpt_path = Path(args.ckpt)
     if not ckpt_path.is_file():
-        print(f"kit doctor: --ckpt {ckpt_path} does not exist; pass a .ckpt written by ModelCheckpoint", file=sys.stderr)
+        print(
+            f"kit doctor: --ckpt {ckpt_path} does not exist; pass a .ckpt written by ModelCheckpoint",
+            file=sys.stderr,
+        )
         return 2
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     history, warmup = _find_history(ckpt)
     config = _load_config(args.config)
-    notes = [] if history.steps else ["no TrainingDoctor history in the checkpoint: LR/overfitting checks have no curves"]
+    notes = (
+        []
+        if history.steps
+        else ["no TrainingDoctor history in the checkpoint: LR/overfitting checks have no curves"]
+    )
     train_texts = _read_texts(args.train_text) if args.train_text else None
     val_texts = _read_texts(args.val_text) if args.val_text else None
     extra: list[Finding] = []
@@ -152,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
             model = _import(model_path).load_from_checkpoint(ckpt_path, map_location="cpu")
             extra.append(_measure_now(model, dm, args.batches, history, progress))
         elif model_path:
-            notes.append("--model given but no datamodule to draw batches from; pass --config or --datamodule")
+            notes.append(
+                "--model given but no datamodule to draw batches from; pass --config or --datamodule"
+            )
         t = progress.add_task("checking", total=None)
         diag = diagnose(history, train_texts, val_texts, warmup, args.patience, args.ngram)
         diag.findings += extra

@@ -21,11 +21,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=float, help="training tokens, e.g. 1e12")
     p.add_argument("--gpu", default="h100-80gb", help=f"one of: {', '.join(GPUS)}")
     p.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation (default 0.4)")
-    p.add_argument("--gpus", type=int, default=None, help="GPU count for the time estimate (default: smallest that fits)")
-    p.add_argument("--days", type=float, default=None, help="also report the GPUs needed to finish in this many days")
+    p.add_argument(
+        "--gpus", type=int, default=None, help="GPU count for the time estimate (default: smallest that fits)"
+    )
+    p.add_argument(
+        "--days", type=float, default=None, help="also report the GPUs needed to finish in this many days"
+    )
     p.add_argument("--seq-len", type=int, default=2048)
     p.add_argument("--micro-batch", type=int, default=1, help="sequences per GPU per micro-step")
-    p.add_argument("--n-layer", type=int, default=None, help="layers (default: guessed from --params, d/L = 128)")
+    p.add_argument(
+        "--n-layer", type=int, default=None, help="layers (default: guessed from --params, d/L = 128)"
+    )
     p.add_argument("--d-model", type=int, default=None, help="width (default: guessed from --params)")
     p.add_argument("--no-flash", action="store_true", help="attention matrix is materialised")
     p.add_argument("--list-gpus", action="store_true", help="print the GPU table and exit")
@@ -49,7 +55,9 @@ def render(plan: TrainingPlan, days: float | None = None) -> str:
         f"GPU-hours: {plan.gpu_hours:,.0f};  on {plan.n_gpus} GPUs: {plan.days:,.1f} days",
     ]
     if days:
-        lines.append(f"GPUs to finish in {days:g} days: {gpus_for_days(plan.total_flops, plan.gpu, plan.mfu, days):,}")
+        lines.append(
+            f"GPUs to finish in {days:g} days: {gpus_for_days(plan.total_flops, plan.gpu, plan.mfu, days):,}"
+        )
     lines += [
         "",
         f"memory per GPU (GB) at {plan.n_gpus} GPUs; usable = 90% of {plan.spec.memory_gb:g} GB",
