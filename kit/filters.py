@@ -18,6 +18,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 __all__ = [
     "GOPHER_STOP_WORDS",
@@ -180,22 +181,29 @@ def _duplicates(items: Sequence[str]) -> tuple[int, int]:
     return dup_items, dup_chars
 
 
+def _ngrams(words: Sequence[str], n: int) -> list[tuple[str, ...]]:
+    return list(zip(*(words[k:] for k in range(n))))  # built in C: the hot loop of the repetition rules
+
+
 def _top_ngram_chars(words: Sequence[str], n: int) -> int:
-    counts = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+    counts = Counter(_ngrams(words, n))
     if not counts:
         return 0
     gram, count = counts.most_common(1)[0]
     return sum(len(w) for w in gram) * count
 
 
-def _duplicate_ngram_chars(words: Sequence[str], n: int) -> int:
+def _duplicate_ngram_chars(words: Sequence[str], n: int, prefix: Sequence[int]) -> int:
     # Non-overlapping: once an n-gram repeats, skip past it so no character is counted twice.
+    grams = _ngrams(words, n)
+    if len(set(grams)) == len(grams):  # fast path: nothing repeats
+        return 0
     seen: set[tuple[str, ...]] = set()
-    chars, i = 0, 0
-    while i <= len(words) - n:
-        gram = tuple(words[i : i + n])
+    chars, i, m = 0, 0, len(grams)
+    while i < m:
+        gram = grams[i]
         if gram in seen:
-            chars += sum(len(w) for w in gram)
+            chars += prefix[i + n] - prefix[i]
             i += n
         else:
             seen.add(gram)
@@ -249,13 +257,17 @@ class GopherRepetitionFilter(DocFilter):
             if self.dup_line_char_frac is not None and chars / total > self.dup_line_char_frac:
                 return tag + "dup_line_char_frac"
         words = text.split()
-        word_chars = max(sum(len(w) for w in words), 1)
+        prefix = [0, *accumulate(len(w) for w in words)]  # prefix[i] = characters in words[:i]
+        word_chars = max(prefix[-1], 1)
         for n, limit in self.top_ngrams:
             if _top_ngram_chars(words, n) / word_chars > limit:
                 return tag + f"top_{n}gram"
-        for n, limit in self.dup_ngrams:
-            if _duplicate_ngram_chars(words, n) / word_chars > limit:
+        for n, limit in sorted(self.dup_ngrams):
+            chars = _duplicate_ngram_chars(words, n, prefix)
+            if chars / word_chars > limit:
                 return tag + f"dup_{n}gram"
+            if chars == 0:  # no repeated n-gram means no repeated longer one either
+                break
         return None
 
 

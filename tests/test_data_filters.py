@@ -218,3 +218,30 @@ def test_pipeline_on_embedded_corpus_removes_known_junk():
     assert len(kept) == report.docs_out
     assert 0 < report.docs_out < report.docs_in == 79
     assert sum(report.removed.values()) == report.docs_in - report.docs_out
+
+
+def _reference_dup_chars(words, n):
+    """datatrove's find_all_duplicate, verbatim logic."""
+    unique, repeated, idx = set(), 0, 0
+    while idx < len(words) - n + 1:
+        gram = "".join(words[idx : idx + n])
+        if gram in unique:
+            repeated += len(gram)
+            idx += n
+        else:
+            unique.add(gram)
+            idx += 1
+    return repeated
+
+
+@given(st.lists(st.sampled_from(["a", "bb", "ccc", "the", "x1"]), max_size=80))
+@settings(max_examples=150, deadline=None)
+def test_repetition_fast_path_matches_reference(words):
+    from itertools import accumulate
+
+    from kit.filters import _duplicate_ngram_chars
+
+    prefix = [0, *accumulate(len(w) for w in words)]
+    for n in range(5, 11):
+        # tuples vs joined strings differ only when joins collide ("a"+"bb" == "ab"+"b"); these words never do
+        assert _duplicate_ngram_chars(words, n, prefix) == _reference_dup_chars(words, n)
