@@ -1,0 +1,96 @@
+"""GradientCompression: attach a compression comm hook to a DDP run and log the bytes it saves."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.nn.parallel import DistributedDataParallel
+
+from kit.comm_hooks import HOOKS, CommStats, make_comm_hook
+from kit.compression import topk_count
+
+__all__ = ["GradientCompression"]
+
+
+class GradientCompression(Callback):
+    """Register a :mod:`kit.comm_hooks` hook on the DDP model and log ``compression/*`` metrics.
+
+    Works with Lightning's plain ``DDPStrategy`` (``strategy="ddp"``) in any project: the hook is registered
+    in ``on_fit_start``, after DDP wrapped the model and before the first backward. With a
+    :class:`kit.strategies.CompressedDDPStrategy` (``strategy="ddp-topk"``...) the strategy already owns the
+    hook and the callback only logs its counters. Without DDP it warns once and does nothing.
+
+    Logged per optimizer step: ``compression/bytes_sent`` and ``compression/bytes_dense`` (payload bytes of
+    this worker vs a dense fp32 all-reduce), ``compression/ratio`` (dense / sent) and
+    ``compression/ratio_total`` (over the run so far).
+
+    Args:
+        hook: ``allreduce``, ``fp16``, ``bf16``, ``powersgd``, ``topk`` or ``1bit``.
+        ratio: top-k's fraction of entries sent.
+        rank: PowerSGD's rank.
+        start_iter: PowerSGD's first compressed step (>= 2).
+
+    Raises:
+        ValueError: for an unknown hook or invalid setting.
+
+    Example:
+        >>> trainer = pl.Trainer(strategy="ddp", devices=4,  # doctest: +SKIP
+        ...                      callbacks=[GradientCompression(hook="powersgd", rank=4)])
+    """
+
+    def __init__(
+        self,
+        hook: Literal["allreduce", "fp16", "bf16", "powersgd", "topk", "1bit"] = "powersgd",
+        ratio: float = 0.01,
+        rank: int = 4,
+        start_iter: int = 10,
+    ) -> None:
+        if hook not in HOOKS:
+            raise ValueError(f"hook={hook!r} is not supported; choose one of {', '.join(HOOKS)}")
+        topk_count(1, ratio)
+        if rank < 1 or start_iter < 2:
+            raise ValueError(f"rank={rank} must be >= 1 and start_iter={start_iter} >= 2")
+        self.hook, self.ratio, self.rank, self.start_iter = hook, ratio, rank, start_iter
+        self.stats: CommStats | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        owned = getattr(trainer.strategy, "comm_stats", None)
+        if isinstance(owned, CommStats):
+            self.stats = owned
+            return
+        model = trainer.strategy.model
+        if not isinstance(model, DistributedDataParallel):
+            rank_zero_warn(
+                f"GradientCompression: strategy {type(trainer.strategy).__name__} is not DDP, so there is no "
+                "gradient all-reduce to compress; use strategy='ddp' with several devices"
+            )
+            return
+        state, fn = make_comm_hook(self.hook, ratio=self.ratio, rank=self.rank, start_iter=self.start_iter)
+        try:
+            model.register_comm_hook(state, fn)
+        except RuntimeError as err:
+            raise RuntimeError(
+                f"GradientCompression could not register its {self.hook!r} hook ({err}); the strategy already "
+                "has one: remove ddp_comm_hook from the strategy or drop this callback"
+            ) from err
+        self.stats = state.stats
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self.stats is None:
+            return
+        sent, dense = self.stats.pop_step()
+        if not dense:
+            return  # no all-reduce this batch (gradient accumulation)
+        log = {
+            "compression/bytes_sent": float(sent),
+            "compression/bytes_dense": float(dense),
+            "compression/ratio": dense / max(sent, 1),
+            "compression/ratio_total": self.stats.ratio,
+        }
+        for key, value in log.items():
+            pl_module.log(key, value, on_step=True, on_epoch=False)

@@ -1,0 +1,284 @@
+"""DDP communication hooks with byte accounting: fp16/bf16, PowerSGD, top-k and 1-bit sign with error feedback.
+
+A hook is ``hook(state, bucket) -> Future[Tensor]`` as ``DistributedDataParallel.register_comm_hook``
+expects. Every state here carries a :class:`CommStats` that counts the payload bytes this worker sent and
+the bytes a dense fp32 all-reduce of the same bucket would have sent, so the compression ratio can be
+logged. fp16/bf16 and PowerSGD delegate the communication to torch's own hooks; top-k and 1-bit use one
+``all_gather`` each (sparse/packed messages cannot be summed by all-reduce).
+
+Use :func:`make_comm_hook` to build a (state, hook) pair by name:
+
+Example:
+    >>> state, hook = make_comm_hook("topk", ratio=0.01)  # doctest: +SKIP
+    >>> ddp_model.register_comm_hook(state, hook)  # doctest: +SKIP
+"""
+
+# No ``from __future__ import annotations`` here: DDP checks the hooks' annotations as real objects.
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as psgd
+
+from kit.compression import (
+    dense_bytes,
+    powersgd_bytes,
+    sign_bytes,
+    sign_compress,
+    sign_decompress,
+    topk_bytes,
+    topk_compress,
+    topk_count,
+)
+
+__all__ = [
+    "HOOKS",
+    "CommStats",
+    "HookState",
+    "PowerSGDHookState",
+    "ResidualState",
+    "allreduce_hook",
+    "bf16_hook",
+    "fp16_hook",
+    "make_comm_hook",
+    "onebit_hook",
+    "powersgd_hook",
+    "topk_hook",
+]
+
+
+@dataclass
+class CommStats:
+    """Bytes sent by this worker vs a dense all-reduce, in total and since the last :meth:`pop_step`."""
+
+    sent: int = 0
+    dense: int = 0
+    step_sent: int = 0
+    step_dense: int = 0
+
+    def add(self, sent: int, dense: int) -> None:
+        self.sent += sent
+        self.dense += dense
+        self.step_sent += sent
+        self.step_dense += dense
+
+    @property
+    def ratio(self) -> float:
+        """Dense bytes / sent bytes over the whole run (1.0 before anything was sent)."""
+        return self.dense / self.sent if self.sent else 1.0
+
+    def pop_step(self) -> tuple[int, int]:
+        """Return and reset ``(sent, dense)`` accumulated since the previous call."""
+        out = (self.step_sent, self.step_dense)
+        self.step_sent = self.step_dense = 0
+        return out
+
+
+@dataclass
+class HookState:
+    """State of the stateless hooks: the process group (None = world) and the byte counters."""
+
+    process_group: Any = None
+    stats: CommStats = field(default_factory=CommStats)
+
+
+@dataclass
+class ResidualState(HookState):
+    """State of top-k / 1-bit hooks: the compression setting and one error-feedback residual per bucket."""
+
+    ratio: float = 0.01
+    per_tensor_scale: bool = True
+    residuals: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+class PowerSGDHookState(HookState):
+    """Wraps torch's ``PowerSGDState`` and adds byte accounting.
+
+    Args:
+        process_group: the process group (None = world).
+        rank: ``matrix_approximation_rank`` (1-4 is typical; higher is closer to dense).
+        start_iter: dense all-reduce before this step (torch requires >= 2 with error feedback).
+        min_compression_rate: compress a matrix only if this many times smaller.
+        **kwargs: more ``PowerSGDState`` arguments (``use_error_feedback``, ``warm_start``, ``random_seed``...).
+    """
+
+    def __init__(
+        self,
+        process_group: Any = None,
+        rank: int = 4,
+        start_iter: int = 10,
+        min_compression_rate: float = 2.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(process_group=process_group)
+        if rank < 1:
+            raise ValueError(f"rank={rank} must be >= 1; PowerSGD ranks 1-4 are typical")
+        if start_iter < 2:
+            raise ValueError(f"start_iter={start_iter} must be >= 2 (torch's PowerSGD needs two dense steps)")
+        self.psgd = psgd.PowerSGDState(
+            process_group=process_group,
+            matrix_approximation_rank=rank,
+            start_powerSGD_iter=start_iter,
+            min_compression_rate=min_compression_rate,
+            **kwargs,
+        )
+
+
+def _bucket_numel_bytes(bucket: dist.GradBucket) -> tuple[int, int]:
+    buf = bucket.buffer()
+    return buf.numel(), buf.element_size()
+
+
+def _completed(tensor: torch.Tensor) -> torch.futures.Future:
+    fut: torch.futures.Future = torch.futures.Future()
+    fut.set_result(tensor)
+    return fut
+
+
+def allreduce_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """Plain averaging all-reduce (DDP's default) with byte accounting: the uncompressed baseline."""
+    numel, size = _bucket_numel_bytes(bucket)
+    state.stats.add(dense_bytes(numel, size), dense_bytes(numel, size))
+    return default_hooks.allreduce_hook(state.process_group, bucket)
+
+
+def fp16_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """torch's ``fp16_compress_hook``: all-reduce in float16 (half the bytes), with byte accounting."""
+    numel, size = _bucket_numel_bytes(bucket)
+    state.stats.add(dense_bytes(numel, 2), dense_bytes(numel, size))
+    return default_hooks.fp16_compress_hook(state.process_group, bucket)
+
+
+def bf16_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """torch's ``bf16_compress_hook``: all-reduce in bfloat16 (half the bytes), with byte accounting."""
+    numel, size = _bucket_numel_bytes(bucket)
+    state.stats.add(dense_bytes(numel, 2), dense_bytes(numel, size))
+    return default_hooks.bf16_compress_hook(state.process_group, bucket)
+
+
+def powersgd_hook(state: PowerSGDHookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """torch's ``powerSGD_hook`` (low-rank P/Q all-reduces with error feedback) with byte accounting."""
+    numel, size = _bucket_numel_bytes(bucket)
+    if state.psgd.iter < state.psgd.start_powerSGD_iter:
+        sent = dense_bytes(numel, size)
+    else:
+        shapes = [tuple(g.shape) for g in bucket.gradients()]
+        sent = powersgd_bytes(
+            shapes, state.psgd.matrix_approximation_rank, state.psgd.min_compression_rate, size
+        )
+    state.stats.add(sent, dense_bytes(numel, size))
+    return psgd.powerSGD_hook(state.psgd, bucket)
+
+
+def _world(state: HookState) -> int:
+    return dist.get_world_size(state.process_group)
+
+
+def topk_hook(state: ResidualState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """Top-k sparsification with error feedback: each worker sends its ``ratio`` largest entries.
+
+    Values and int32 indices travel in one ``all_gather`` (indices bit-cast to the value dtype); every
+    worker then sums all messages densely and divides by the world size.
+    """
+    grad = bucket.buffer()
+    numel, size = grad.numel(), grad.element_size()
+    key = bucket.index()
+    residual = state.residuals.get(key)
+    if residual is not None and residual.numel() != numel:
+        residual = None  # DDP rebuilt its buckets after the first step
+    values, indices, state.residuals[key] = topk_compress(grad, state.ratio, residual)
+    values = values.float()
+    payload = torch.cat([values, indices.to(torch.int32).view(torch.float32)])
+    state.stats.add(topk_bytes(topk_count(numel, state.ratio), 4, 4), dense_bytes(numel, size))
+    world = _world(state)
+    gathered = [torch.empty_like(payload) for _ in range(world)]
+    work = dist.all_gather(gathered, payload, group=state.process_group, async_op=True)
+    k = values.numel()
+
+    def decode(_: torch.futures.Future) -> torch.Tensor:
+        total = torch.zeros(numel, dtype=torch.float32, device=grad.device)
+        for msg in gathered:
+            total.index_add_(0, msg[k:].view(torch.int32).long(), msg[:k])
+        grad.copy_(total.div_(world).to(grad.dtype))
+        return grad
+
+    return work.get_future().then(decode)
+
+
+def onebit_hook(state: ResidualState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """1-bit sign compression with a per-bucket scale and error feedback (the 1-bit SGD/Adam idea).
+
+    Each worker sends ``ceil(n/8)`` bytes of signs plus one 4-byte scale (``mean |g + residual|``) per
+    parameter tensor in the bucket (one per bucket with ``per_tensor_scale=False``) in one ``all_gather``;
+    every worker averages the decoded ``sign * scale`` messages.
+    """
+    grad = bucket.buffer()
+    numel, size = grad.numel(), grad.element_size()
+    key = bucket.index()
+    residual = state.residuals.get(key)
+    if residual is not None and residual.numel() != numel:
+        residual = None
+    segments = [g.numel() for g in bucket.gradients()] if state.per_tensor_scale else None
+    packed, scales, state.residuals[key] = sign_compress(grad, residual, segments)
+    payload = torch.cat([packed, scales.float().view(torch.uint8)])
+    state.stats.add(sign_bytes(numel, scales.numel()), dense_bytes(numel, size))
+    world = _world(state)
+    gathered = [torch.empty_like(payload) for _ in range(world)]
+    work = dist.all_gather(gathered, payload, group=state.process_group, async_op=True)
+    nbytes = packed.numel()
+
+    def decode(_: torch.futures.Future) -> torch.Tensor:
+        total = torch.zeros(numel, dtype=torch.float32, device=grad.device)
+        for msg in gathered:
+            total += sign_decompress(
+                msg[:nbytes], msg[nbytes:].clone().view(torch.float32), numel, segments=segments
+            )
+        grad.copy_(total.div_(world).to(grad.dtype))
+        return grad
+
+    return work.get_future().then(decode)
+
+
+HOOKS = ("allreduce", "fp16", "bf16", "powersgd", "topk", "1bit")
+
+
+def make_comm_hook(
+    name: str,
+    process_group: Any = None,
+    ratio: float = 0.01,
+    rank: int = 4,
+    start_iter: int = 10,
+    **powersgd_kwargs: Any,
+) -> tuple[HookState, Any]:
+    """Build a fresh ``(state, hook)`` pair for ``DistributedDataParallel.register_comm_hook``.
+
+    Args:
+        name: one of ``allreduce``, ``fp16``, ``bf16``, ``powersgd``, ``topk``, ``1bit``.
+        process_group: the group to communicate in (None = world).
+        ratio: top-k's fraction of entries sent (0.01 = 1%; must be <= 0.05 for a 90% byte cut).
+        rank: PowerSGD's matrix approximation rank.
+        start_iter: PowerSGD's first compressed step (dense before; >= 2).
+        **powersgd_kwargs: extra ``PowerSGDState`` arguments.
+
+    Returns:
+        ``(state, hook)``; the state's ``stats`` counts the bytes.
+
+    Raises:
+        ValueError: for an unknown name or an invalid setting.
+    """
+    if name == "allreduce":
+        return HookState(process_group), allreduce_hook
+    if name == "fp16":
+        return HookState(process_group), fp16_hook
+    if name == "bf16":
+        return HookState(process_group), bf16_hook
+    if name == "powersgd":
+        return PowerSGDHookState(
+            process_group, rank=rank, start_iter=start_iter, **powersgd_kwargs
+        ), powersgd_hook
+    if name in ("topk", "1bit"):
+        topk_count(1, ratio)  # validates ratio
+        return ResidualState(process_group, ratio=ratio), topk_hook if name == "topk" else onebit_hook
+    raise ValueError(f"unknown comm hook {name!r}; choose one of {', '.join(HOOKS)}")

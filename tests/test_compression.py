@@ -1,0 +1,137 @@
+"""Tests for kit.compression (pure) and the single-process parts of kit.comm_hooks / GradientCompression."""
+
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from torch import nn
+
+from kit.callbacks.compression import GradientCompression
+from kit.comm_hooks import CommStats, PowerSGDHookState, ResidualState, make_comm_hook, onebit_hook, topk_hook
+from kit.compression import (
+    pack_bits,
+    powersgd_bytes,
+    sign_bytes,
+    sign_compress,
+    sign_decompress,
+    topk_bytes,
+    topk_compress,
+    topk_count,
+    topk_decompress,
+    unpack_bits,
+)
+
+_grads = st.integers(1, 6).flatmap(
+    lambda steps: st.integers(1, 40).flatmap(
+        lambda n: st.lists(
+            arrays("float64", (n,), elements=st.floats(-1e3, 1e3, allow_nan=False)),
+            min_size=steps,
+            max_size=steps,
+        )
+    )
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(grads=_grads, ratio=st.floats(0.01, 1.0))
+def test_topk_error_feedback_conserves_the_sum(grads, ratio: float) -> None:
+    residual, sent = None, torch.zeros(grads[0].shape[0], dtype=torch.float64)
+    for g in grads:
+        values, indices, residual = topk_compress(torch.from_numpy(g), ratio, residual)
+        assert values.numel() == topk_count(g.shape[0], ratio)
+        sent += topk_decompress(values, indices, g.shape[0])
+    total = torch.from_numpy(sum(grads))
+    assert torch.allclose(sent + residual, total, atol=1e-9 * (1 + total.abs().max()))
+
+
+@settings(max_examples=60, deadline=None)
+@given(grads=_grads, split=st.booleans())
+def test_sign_error_feedback_conserves_the_sum(grads, split: bool) -> None:
+    n = grads[0].shape[0]
+    segments = [n // 2, n - n // 2] if split and n > 1 else None
+    residual, sent = None, torch.zeros(n, dtype=torch.float64)
+    for g in grads:
+        packed, scales, residual = sign_compress(torch.from_numpy(g), residual, segments)
+        assert packed.dtype == torch.uint8 and packed.numel() == math.ceil(n / 8)
+        sent += sign_decompress(packed, scales, n, torch.float64, segments)
+    total = torch.from_numpy(sum(grads))
+    assert torch.allclose(sent + residual, total, atol=1e-6 * (1 + total.abs().max()))
+
+
+@settings(max_examples=40, deadline=None)
+@given(bits=st.lists(st.booleans(), min_size=1, max_size=70))
+def test_pack_unpack_roundtrip(bits: list[bool]) -> None:
+    t = torch.tensor(bits)
+    assert torch.equal(unpack_bits(pack_bits(t), len(bits)), t)
+
+
+def test_topk_keeps_largest_and_validates() -> None:
+    values, indices, residual = topk_compress(torch.tensor([0.1, -5.0, 2.0, 0.0]), ratio=0.5)
+    assert sorted(values.tolist()) == [-5.0, 2.0]
+    assert sorted(indices.tolist()) == [1, 2]
+    assert residual.tolist() == pytest.approx([0.1, 0.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="ratio=0"):
+        topk_compress(torch.ones(3), 0)
+    with pytest.raises(ValueError, match="residual has 2"):
+        topk_compress(torch.ones(3), 0.5, torch.ones(2))
+    with pytest.raises(ValueError, match="segments sum"):
+        sign_compress(torch.ones(3), segments=[1, 1])
+
+
+def test_sign_scale_is_mean_magnitude_per_segment() -> None:
+    packed, scales, residual = sign_compress(torch.tensor([1.0, -3.0, 0.5, -0.5]), segments=[2, 2])
+    assert unpack_bits(packed, 4).tolist() == [True, False, True, False]
+    assert scales.tolist() == [2.0, 0.5]
+    assert residual.tolist() == [-1.0, -1.0, 0.0, 0.0]
+
+
+def test_byte_accounting() -> None:
+    assert topk_bytes(10) == 80
+    assert sign_bytes(17, n_scales=2) == 3 + 8
+    # 1024x1024 at rank 4: (1024+1024)*4 floats; the 1-D bias stays dense; 8x8 at rank 4 is not worth it
+    assert powersgd_bytes([(1024, 1024), (1024,), (8, 8)], rank=4) == ((2048 * 4) + 1024 + 64) * 4
+    stats = CommStats()
+    stats.add(10, 100)
+    stats.add(10, 100)
+    assert stats.ratio == 10.0 and stats.pop_step() == (20, 200) and stats.pop_step() == (0, 0)
+
+
+def test_make_comm_hook_validates() -> None:
+    state, hook = make_comm_hook("topk", ratio=0.05)
+    assert isinstance(state, ResidualState) and hook is topk_hook and state.ratio == 0.05
+    assert make_comm_hook("1bit")[1] is onebit_hook
+    assert isinstance(make_comm_hook("powersgd", rank=2)[0], PowerSGDHookState)
+    with pytest.raises(ValueError, match="unknown comm hook 'gzip'"):
+        make_comm_hook("gzip")
+    with pytest.raises(ValueError, match="start_iter=1"):
+        make_comm_hook("powersgd", start_iter=1)
+    with pytest.raises(ValueError, match="hook='zip'"):
+        GradientCompression(hook="zip")
+
+
+class _Tiny(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Linear(4, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.net(batch[0]).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_callback_warns_and_does_nothing_without_ddp() -> None:
+    cb = GradientCompression(hook="topk")
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 4)), batch_size=4)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[cb])  # fmt: skip
+    with pytest.warns(UserWarning, match="not DDP"):
+        trainer.fit(_Tiny(), data)
+    assert cb.stats is None and "compression/ratio" not in trainer.callback_metrics
