@@ -20,7 +20,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import IterableDataset, Sampler
+from torch.utils.data import IterableDataset
+from torch.utils.data.distributed import DistributedSampler
 
 __all__ = ["TemperatureMixer", "TemperatureSampler", "temperature_weights"]
 
@@ -68,7 +69,7 @@ def _dist_defaults(num_replicas: int | None, rank: int | None) -> tuple[int, int
     return num_replicas, rank
 
 
-class TemperatureSampler(Sampler[int]):
+class TemperatureSampler(DistributedSampler):
     """Map-style sampler drawing samples with probability ``p_group / n_group`` (with replacement).
 
     Each epoch draws one global sequence of ``num_replicas * len(self)`` indices from a generator seeded
@@ -80,6 +81,9 @@ class TemperatureSampler(Sampler[int]):
     The position advances as indices are yielded; ``state_dict()`` taken mid-epoch and loaded into a fresh
     sampler resumes with the very next index (``torchdata``'s ``StatefulDataLoader`` calls these methods
     itself). Note that a plain ``DataLoader`` prefetches, so the sampler runs slightly ahead of training.
+
+    It subclasses ``DistributedSampler`` (without its dataset-based logic) so that Lightning recognises it as
+    already distributed: it does not wrap it again under DDP, and it calls ``set_epoch`` every epoch.
 
     Args:
         group_ids: ``group_ids[i]`` is the source or class of sample ``i`` (any hashable values).
@@ -112,6 +116,8 @@ class TemperatureSampler(Sampler[int]):
     ) -> None:
         if len(group_ids) == 0:
             raise ValueError("group_ids is empty; pass one group id per dataset sample")
+        # DistributedSampler.__init__ needs a dataset and an initialised process group; set its fields directly.
+        self.dataset, self.shuffle, self.drop_last = None, True, False
         self.num_replicas, self.rank = _dist_defaults(num_replicas, rank)
         total = len(group_ids) if num_samples is None else num_samples
         if total < 1:

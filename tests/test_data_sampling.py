@@ -174,3 +174,31 @@ def test_mixer_validation():
         TemperatureMixer({"a": [1]}, sizes={})
     with pytest.raises(ValueError, match="exhausted"):
         TemperatureMixer({"a": [1]}, sizes={"a": 1}, exhausted="loop")
+
+
+def test_lightning_sets_epoch_and_does_not_rewrap():
+    import lightning.pytorch as pl
+    from torch.utils.data.distributed import DistributedSampler
+
+    class Counting(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(1, 1)
+            self.seen: list[int] = []
+
+        def training_step(self, batch, batch_idx):
+            self.seen += batch[0].flatten().tolist()
+            return self.lin(batch[0].float().view(-1, 1)).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    groups = [0] * 20 + [1] * 4
+    sampler = TemperatureSampler(groups, temperature=2.0, seed=0)
+    assert isinstance(sampler, DistributedSampler)  # Lightning leaves it alone under DDP
+    model = Counting()
+    trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(model, DataLoader(TensorDataset(torch.arange(24)), batch_size=4, sampler=sampler))
+    assert sampler.epoch == 1  # Lightning called set_epoch(1) for the second epoch
+    expected = sampler.global_indices(0).tolist() + sampler.global_indices(1).tolist()
+    assert model.seen == expected
