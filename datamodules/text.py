@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 
@@ -20,6 +21,8 @@ try:  # resumable mid-epoch; Lightning saves and restores its state in checkpoin
     from torchdata.stateful_dataloader import StatefulDataLoader as _Loader
 except ImportError:  # pragma: no cover - torchdata is a core dependency, this keeps the module importable
     _Loader = DataLoader
+# torchdata 0.11 calls a torch API that torch itself has deprecated; the warning is not actionable for users.
+warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
 
 __all__ = ["BlockDataset", "TextDataModule", "unigram_cross_entropy"]
 

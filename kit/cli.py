@@ -13,6 +13,7 @@ import math
 import netrc
 import os
 import sys
+import warnings
 from pathlib import Path
 
 __all__ = ["DEFAULT_RECIPE", "list_recipes", "main", "resolve_recipe"]
@@ -219,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.main(argv[1:]) or 0)
     _wandb_offline_unless_configured()
     _register_extensions()
+    # Lightning 2.6 on torch 2.13 warns about its own pytree use; nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     cli_cls = _lightning_cli()
     # LightningCLI reads sys.argv itself (and warns when given both); hand it the rewritten arguments there.
     saved_argv = sys.argv
