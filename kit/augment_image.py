@@ -33,7 +33,8 @@ def one_hot_targets(y: Tensor, num_classes: int | None = None, label_smoothing: 
     if y.dim() == 1:
         if num_classes is None:
             raise ValueError("integer labels need num_classes=C to build one-hot targets")
-        y = torch.nn.functional.one_hot(y.long(), num_classes).float()
+        # scatter rather than F.one_hot: no value check, so no host-device sync on CUDA
+        y = torch.zeros(y.shape[0], num_classes, device=y.device).scatter_(1, y.long().view(-1, 1), 1.0)
     else:
         y = y.float()
     if label_smoothing:
@@ -58,7 +59,7 @@ def _perm(batch: int, perm: Tensor | None, generator: torch.Generator | None, de
         perm = torch.randperm(batch, generator=generator)
     if perm.shape != (batch,):
         raise ValueError(f"perm has shape {tuple(perm.shape)}; expected ({batch},)")
-    return perm.to(device)
+    return perm.to(device, non_blocking=True)  # CPU-drawn permutation; no sync on the way to the device
 
 
 def mixup_batch(
