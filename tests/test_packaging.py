@@ -1,0 +1,25 @@
+"""The installed layout: every code folder is a declared package, and recipes ship as package data."""
+
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_code_folder_is_a_declared_package() -> None:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    declared = set(config["packages"])
+    mapping = config["package-dir"]
+    for package, folder in mapping.items():
+        for sub in (ROOT / folder).rglob("*.py"):
+            if "__pycache__" in sub.parts:
+                continue
+            rel = sub.parent.relative_to(ROOT / folder)
+            name = ".".join([package, *rel.parts]) if rel.parts else package
+            assert name in declared, f"{sub} would not be installed: add {name!r} to [tool.setuptools] packages"
+
+
+def test_recipes_are_package_data() -> None:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "*.yaml" in config["package-data"]["kit.recipes"]
+    assert list((ROOT / "kit" / "recipes").glob("*.yaml"))
