@@ -366,6 +366,8 @@ class CausalLM(pl.LightningModule):
         self._flops_per_batch = self.model.flops_per_token(T) * B * T
         self.train_loss(loss.detach())
         self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False)
+        # includes label smoothing when it is on; val/ppl is the true perplexity
+        self.log("train/ppl", torch.exp(loss.detach()), on_step=True, on_epoch=False)
         return loss
 
     def on_train_epoch_end(self) -> None:

@@ -90,10 +90,13 @@ def test_fit_then_validate_then_resume_from_last(tmp_path) -> None:
     last = tmp_path / "runs/gpt-tiny/checkpoints/last.ckpt"
     assert last.exists()
     assert torch.load(last, weights_only=False)["global_step"] == 6
-    assert any(r.get("val/loss") for r in _metrics(tmp_path / "runs"))
+    rows = _metrics(tmp_path / "runs")
+    assert any(r.get("val/loss") for r in rows) and any(r.get("train/ppl") for r in rows)
 
     out = kit(["validate", *FAST, "--ckpt_path", str(last)], tmp_path).stdout
     assert "val/loss" in out
+    out = kit(["test", *FAST, "--ckpt_path", str(last)], tmp_path).stdout
+    assert "test/ppl" in out
 
     kit(["fit", *FAST, "--trainer.max_steps=10", "--ckpt_path", "last"], tmp_path)
     assert torch.load(last, weights_only=False)["global_step"] == 10
