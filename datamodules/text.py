@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from kit.packing import pack_blocks, split_documents
+from kit.sampling import TemperatureSampler
 from kit.text import LoadReport, load_texts
 from kit.tokenizer import EOS, load_or_train_bpe
 
@@ -69,6 +71,17 @@ class TextDataModule(pl.LightningDataModule):
         lowercase: lower-case during cleaning.
         min_frequency: BPE merge threshold.
         tokenizer_dir: tokenizer cache folder (default ``$KIT_CACHE/tokenizers``).
+        sources: named sources ``{name: path | glob | [paths]}`` instead of ``paths``; training blocks are then
+            drawn per source with ``kit.sampling.TemperatureSampler`` (probability of a source proportional to
+            its block count ** (1/temperature)). Validation stays unweighted.
+        sources_from_topics: use the embedded corpus's 79 topics as sources (a ready long tail, 200 B - 62 KB).
+        temperature: source temperature: 1 keeps natural proportions, larger flattens toward uniform.
+        augment_p: probability that each training document also contributes an augmented copy
+            (``kit.augment_text.TextAugmenter``: EDA ops and sentence reordering, seeded by ``seed``). The
+            tokenizer is trained on the original documents only.
+
+    After ``setup()`` in source mode, ``source_counts`` (training blocks per source), ``source_proportions``
+    (effective sampling share per source) and ``natural_proportions`` are available and logged.
 
     Example:
         >>> dm = TextDataModule(vocab_size=512, block_size=32)
@@ -88,8 +101,24 @@ class TextDataModule(pl.LightningDataModule):
         lowercase: bool = False,
         min_frequency: int = 2,
         tokenizer_dir: str | None = None,
+        sources: dict[str, str | list[str]] | None = None,
+        sources_from_topics: bool = False,
+        temperature: float = 1.0,
+        augment_p: float = 0.0,
     ) -> None:
         super().__init__()
+        if paths is not None and (sources is not None or sources_from_topics):
+            raise ValueError("pass either paths or sources/sources_from_topics, not both")
+        if sources is not None and sources_from_topics:
+            raise ValueError("pass either sources or sources_from_topics=True, not both")
+        if sources is not None and not sources:
+            raise ValueError("sources is empty; pass {name: path_or_glob} or leave it None")
+        if not temperature > 0:
+            raise ValueError(
+                f"temperature={temperature} must be > 0 (1 = natural proportions, larger = flatter)"
+            )
+        if not 0.0 <= augment_p <= 1.0:
+            raise ValueError(f"augment_p={augment_p} must lie in [0, 1]")
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be >= 1")
         if block_size < 1:
@@ -109,6 +138,13 @@ class TextDataModule(pl.LightningDataModule):
         self.unigram_loss: float | None = None
         self.train_set: BlockDataset | None = None
         self.val_set: BlockDataset | None = None
+        self.multi_source = sources is not None or sources_from_topics
+        self.train_groups: list[str] | None = None  # source of each training block
+        self.source_counts: dict[str, int] = {}
+        self.source_proportions: dict[str, float] = {}
+        self.natural_proportions: dict[str, float] = {}
+        self.sampler: TemperatureSampler | None = None
+        self.augmented_docs = 0
 
     @property
     def vocab_size(self) -> int | None:
@@ -123,10 +159,36 @@ class TextDataModule(pl.LightningDataModule):
         if self.train_set is None:
             self._load_and_tokenize(log=True)
 
+    def _load_sources(self) -> tuple[dict[str, str], LoadReport, dict[str, str]]:
+        """All documents keyed ``source/name``, a merged report, and each document's source."""
+        hp = self.hparams
+        if hp.sources_from_topics:
+            topics, report = load_texts(None, lowercase=hp.lowercase)
+            return {f"{t}/{t}": text for t, text in topics.items()}, report, {f"{t}/{t}": t for t in topics}
+        docs: dict[str, str] = {}
+        source_of: dict[str, str] = {}
+        merged = LoadReport()
+        for name, spec in hp.sources.items():
+            part, report = load_texts(spec, lowercase=hp.lowercase)
+            for doc, text in part.items():
+                docs[f"{name}/{doc}"] = text
+                source_of[f"{name}/{doc}"] = name
+            for field in ("files", "documents", "bytes_read", "replaced_bytes", "empty_skipped"):
+                setattr(merged, field, getattr(merged, field) + getattr(report, field))
+            merged.skipped_files += report.skipped_files
+        return docs, merged, source_of
+
     def _load_and_tokenize(self, log: bool) -> None:
         hp = self.hparams
-        docs, report = load_texts(hp.paths, lowercase=hp.lowercase)
+        if self.multi_source:
+            docs, report, source_of = self._load_sources()
+        else:
+            docs, report = load_texts(hp.paths, lowercase=hp.lowercase)
+            source_of = {}
         train_names, val_names = split_documents(list(docs), hp.val_fraction, hp.seed)
+        if self.multi_source:  # group training documents by source so each source's blocks are contiguous
+            order = {s: i for i, s in enumerate(dict.fromkeys(source_of[n] for n in docs))}
+            train_names = sorted(train_names, key=lambda n: order[source_of[n]])
         self.train_texts = [docs[n] for n in train_names]
         self.val_texts = [docs[n] for n in val_names]
         tok, path, cached = load_or_train_bpe(
@@ -134,6 +196,27 @@ class TextDataModule(pl.LightningDataModule):
         )
         self.tokenizer, self.tokenizer_path, self.report = tok, str(path), report
         eos = tok.token_to_id(EOS)
+        train_sources = [source_of.get(n, "") for n in train_names]
+        if hp.augment_p > 0:
+            from kit.augment_text import TextAugmenter
+
+            # each document gets an augmented copy with probability augment_p (same source as its original)
+            augmenter = TextAugmenter(
+                p=1.0, ops=("synonym", "insert", "swap", "delete", "reorder"), seed=hp.seed
+            )
+            coin = random.Random(hp.seed)
+            picked = [i for i in range(len(self.train_texts)) if coin.random() < hp.augment_p]
+            extra = augmenter([self.train_texts[i] for i in picked])
+            if self.multi_source:  # keep copies next to their source's documents
+                merged = list(zip(train_sources, self.train_texts)) + [
+                    (train_sources[i], t) for i, t in zip(picked, extra)
+                ]
+                merged.sort(key=lambda st: order[st[0]])
+                train_sources = [src for src, _ in merged]
+                self.train_texts = [text for _, text in merged]
+            else:
+                self.train_texts = self.train_texts + extra
+            self.augmented_docs = len(extra)
         train_ids = [e.ids for e in tok.encode_batch(self.train_texts)]
         val_ids = [e.ids for e in tok.encode_batch(self.val_texts)]
         n_train, n_val = sum(map(len, train_ids)), sum(map(len, val_ids))
@@ -145,6 +228,8 @@ class TextDataModule(pl.LightningDataModule):
                 f"{err} (train split {n_train:,} tokens in {len(train_ids)} docs, val split {n_val:,} tokens "
                 f"in {len(val_ids)} docs; raising data.val_fraction also grows the val split)"
             ) from None
+        if self.multi_source:
+            self._assign_sources(train_ids, train_sources, eos is not None)
         flat_train = [t for ids in train_ids for t in ids]
         flat_val = [t for ids in val_ids for t in ids]
         self.unigram_loss = unigram_cross_entropy(flat_train, flat_val, tok.get_vocab_size())
@@ -158,6 +243,15 @@ class TextDataModule(pl.LightningDataModule):
             f"{len(self.train_set)} / {len(self.val_set)} blocks of {hp.block_size}; "
             f"unigram baseline val loss {self.unigram_loss:.3f}"
         )
+        if self.multi_source:
+            top = sorted(self.source_proportions.items(), key=lambda kv: -kv[1])
+            shown = ", ".join(
+                f"{n} {100 * p:.1f}% (natural {100 * self.natural_proportions[n]:.1f}%)" for n, p in top[:8]
+            )
+            rank_zero_info(
+                f"TextDataModule: {len(self.source_counts)} sources with training blocks, temperature "
+                f"{hp.temperature}; effective shares: {shown}{' ...' if len(top) > 8 else ''}"
+            )
         if report.replaced_bytes:
             rank_zero_warn(
                 f"TextDataModule: {report.replaced_bytes} undecodable byte sequence(s) replaced with U+FFFD"
@@ -172,8 +266,44 @@ class TextDataModule(pl.LightningDataModule):
                 f"only {len(self.train_set)} training blocks for batch_size={self.batch_size}: one short batch per epoch"
             )
 
+    def _assign_sources(self, train_ids: list[list[int]], sources: list[str], with_eos: bool) -> None:
+        """Label each packed training block with the source of its first token; build the sampler weights."""
+        import bisect
+        from itertools import accumulate
+
+        ends = list(accumulate(len(ids) + int(with_eos) for ids in train_ids))  # stream offset after each doc
+        step = self.hparams.block_size  # rows overlap by one token: row i starts at i * block_size
+        self.train_groups = [sources[bisect.bisect_right(ends, i * step)] for i in range(len(self.train_set))]
+        self.source_counts = dict(Counter(self.train_groups))
+        sampler = TemperatureSampler(
+            self.train_groups, self.hparams.temperature, seed=self.hparams.seed, num_replicas=1, rank=0
+        )
+        self.source_proportions = sampler.proportions
+        self.natural_proportions = sampler.natural_proportions
+        missing = sorted({s for s in sources} - set(self.source_counts))
+        if missing:
+            rank_zero_warn(
+                f"{len(missing)} source(s) hold less than one block of training text and are not sampled on their "
+                f"own (their tokens sit in a neighbouring block): {missing[:10]}"
+            )
+
     def _loader(self, dataset: BlockDataset, shuffle: bool) -> DataLoader:
         generator = torch.Generator().manual_seed(self.hparams.seed)
+        if shuffle and self.train_groups is not None:
+            # distributed-aware: picks up world size and rank from torch.distributed when it is initialised
+            self.sampler = TemperatureSampler(
+                self.train_groups, self.hparams.temperature, num_samples=len(dataset), seed=self.hparams.seed
+            )
+            self._log_proportions()
+            return _Loader(
+                dataset,
+                batch_size=self.batch_size,
+                sampler=self.sampler,
+                num_workers=self.hparams.num_workers,
+                persistent_workers=self.hparams.num_workers > 0,
+                pin_memory=torch.cuda.is_available(),
+                drop_last=False,
+            )
         return _Loader(
             dataset,
             batch_size=self.batch_size,
@@ -184,6 +314,14 @@ class TextDataModule(pl.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             drop_last=False,
         )
+
+    def _log_proportions(self) -> None:
+        trainer = self.trainer
+        if trainer is None or not trainer.loggers:
+            return
+        metrics = {f"data/source_p/{name}": p for name, p in self.source_proportions.items()}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=0)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)
