@@ -27,7 +27,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor
 
-from kit.callbacks.gradient_health import current_grad_scale, log_metrics
+from kit.callbacks.gradient_health import current_grad_scale, log_metrics, trainable_params
 from kit.callbacks.hessian import _loss_from_output, _silenced_logging
 from kit.doctor import Diagnosis, TrainingHistory, diagnose, lr_range_test, plot_history, val_loss_rising
 from kit.health import grad_norms, group_by_layer
@@ -93,7 +93,7 @@ class TrainingDoctor(Callback):
         self._grad: tuple[Tensor, dict[str, Tensor]] | None = None
         self._streak_reported = False
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._groups = group_by_layer(
             [n for n, p in pl_module.named_parameters() if p.requires_grad], self.layer_depth
         )
@@ -137,7 +137,7 @@ class TrainingDoctor(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
     ) -> None:
         if trainer.global_step % self.every == 0:
-            params = {n: p for n, p in pl_module.named_parameters() if p.requires_grad}
+            params = trainable_params(trainer, pl_module)
             self._grad = grad_norms(params, self._groups, scale=current_grad_scale(trainer, optimizer))
 
     def on_train_batch_end(

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,7 +31,10 @@ from kit.health import (
     update_to_weight_ratios,
 )
 
-__all__ = ["GradientHealth", "current_grad_scale", "log_metrics"]
+__all__ = ["GradientHealth", "current_grad_scale", "global_grad_norm", "log_metrics", "trainable_params"]
+
+_NORM_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_PARAM_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def current_grad_scale(trainer: pl.Trainer, optimizer: Any) -> Tensor | None:
@@ -50,6 +54,36 @@ def current_grad_scale(trainer: pl.Trainer, optimizer: Any) -> Tensor | None:
     if state.get("stage") == OptState.UNSCALED:
         return None
     return scaler._scale
+
+
+def trainable_params(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Tensor]:
+    """``{name: parameter}`` of the trainable parameters, cached per (module, trainer).
+
+    Walking ``named_parameters()`` costs ~1 ms per call on a small GPT; the monitors need it every
+    step, so it is built once per fit (parameters are updated in place, never replaced, during fit).
+    """
+    hit = _PARAM_CACHE.get(pl_module)
+    if hit is None or hit[0] != id(trainer):
+        hit = (id(trainer), {n: p for n, p in pl_module.named_parameters() if p.requires_grad})
+        _PARAM_CACHE[pl_module] = hit
+    return hit[1]
+
+
+def global_grad_norm(trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> Tensor:
+    """Unscaled global gradient norm of this optimizer step, computed once and shared by the monitors.
+
+    GradientHealth, SpikeGuard and TrainingDoctor all need it in ``on_before_optimizer_step``; the
+    first caller computes it (on device, no sync) and the others reuse it for the same step.
+    """
+    key = (id(pl_module), id(getattr(optimizer, "optimizer", optimizer)), trainer.global_step)
+    hit = _NORM_CACHE.get(trainer)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    total, _ = grad_norms(
+        trainable_params(trainer, pl_module), {}, scale=current_grad_scale(trainer, optimizer)
+    )
+    _NORM_CACHE[trainer] = (key, total)
+    return total
 
 
 def log_metrics(
@@ -141,7 +175,8 @@ class GradientHealth(Callback):
         return step % self._every(trainer) == 0
 
     # -- hooks -------------------------------------------------------------------------------------
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # after configure_model and strategy wrapping, so the names are final
         names = [n for n, p in pl_module.named_parameters() if p.requires_grad]
         self._groups = group_by_layer(names, self.layer_depth)
 
@@ -168,14 +203,15 @@ class GradientHealth(Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
     ) -> None:
-        params = {n: p for n, p in pl_module.named_parameters() if p.requires_grad}
-        scale = current_grad_scale(trainer, optimizer)
-        total, per = grad_norms(params, self._groups if self.per_layer else {}, scale=scale)
+        total = global_grad_norm(trainer, pl_module, optimizer)
         self.band.update(total)
         step = trainer.global_step
         every = self._every(trainer)
         log_now = step % every == 0
-        if self.cosine and (log_now or (step + 1) % every == 0):
+        if not (log_now or (self.cosine and (step + 1) % every == 0)):
+            return  # the common case: two device ops, no sync
+        params = trainable_params(trainer, pl_module)
+        if self.cosine:
             plist = list(params.values())
             sk = self.sketch.project([p.grad for p in plist], like=plist)
             if log_now and self._prev_sketch is not None and self._prev_sketch_step == step - 1:
@@ -187,6 +223,7 @@ class GradientHealth(Callback):
         m[self.prefix + "grad_norm"] = total
         m[self.prefix + "out_of_band_run"] = self.band.worst_run()
         if self.per_layer:
+            _, per = grad_norms(params, self._groups, scale=current_grad_scale(trainer, optimizer))
             m.update({f"{self.prefix}layer_norm/{k}": v for k, v in per.items()})
         if self._micro.get("cos"):
             m[self.prefix + "cosine_microbatch"] = torch.stack(self._micro["cos"]).mean()
@@ -199,7 +236,7 @@ class GradientHealth(Callback):
         if not self._pending:
             return
         if self._snapshot:
-            params = dict(pl_module.named_parameters())
+            params = trainable_params(trainer, pl_module)
             after = {n: params[n] for n in self._snapshot}
             groups = {k: [n for n in v if n in self._snapshot] for k, v in self._groups.items()}
             ratios = update_to_weight_ratios(self._snapshot, after, {k: v for k, v in groups.items() if v})
@@ -210,7 +247,7 @@ class GradientHealth(Callback):
         self._pending = {}
         run = self.last_metrics.get(self.prefix + "out_of_band_run", 0.0)
         if run >= self.patience:
-            side = "above" if float(self.band.last_side or 0) > 0 else "below"
+            side = "above" if self.band.last_side > 0 else "below"
             msg = (
                 f"GradientHealth: global grad norm stayed outside the band ({self.band.low}, {self.band.high}) for "
                 f"{int(run)} consecutive steps (last {self.last_metrics[self.prefix + 'grad_norm']:.3g}, {side}); "

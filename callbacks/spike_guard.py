@@ -29,8 +29,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from kit.callbacks.gradient_health import current_grad_scale, log_metrics
-from kit.health import grad_norms
+from kit.callbacks.gradient_health import current_grad_scale, global_grad_norm, log_metrics, trainable_params
 from kit.spikes import SpikeDetector
 
 __all__ = ["SpikeGuard"]
@@ -105,7 +104,7 @@ class SpikeGuard(Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
     ) -> None:
-        params = {n: p for n, p in pl_module.named_parameters() if p.requires_grad}
+        params = trainable_params(trainer, pl_module)
         epoch, batch_idx = self._batch
         scale = current_grad_scale(trainer, optimizer)
         if self.pending_skips > 0:
@@ -119,7 +118,7 @@ class SpikeGuard(Callback):
         if "loss" in self.monitor:
             signals.append(self._loss if self._loss is not None else torch.tensor(float("nan")))
         if "grad_norm" in self.monitor:
-            signals.append(grad_norms(params, {}, scale=scale)[0])
+            signals.append(global_grad_norm(trainer, pl_module, optimizer))
         device = signals[0].device
         values = torch.stack([s.reshape(()).to(device) for s in signals]).tolist()  # the one sync per step
         verdicts = {m: self.detectors[m].update(v) for m, v in zip(self.monitor, values)}

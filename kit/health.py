@@ -180,18 +180,37 @@ class GradientSketch:
                     out[offset : offset + n] = t.detach().reshape(-1).float()
                 offset += n
             return out
+        # Walk the concatenated vector in fixed chunks (few large kernels instead of several per
+        # parameter); each chunk's buckets and signs come from a generator seeded by its index.
         out = torch.zeros(self.dim, device=device)
-        for i, t in enumerate(tensors):
-            if t is None:
-                continue
-            flat = t.detach().reshape(-1)
+        parts: list[Tensor] = []
+        filled, chunk_id = 0, 0
+
+        def flush() -> None:
+            nonlocal parts, filled, chunk_id
+            if not parts:
+                return
+            block = torch.cat(parts) if len(parts) > 1 else parts[0]
             gen = torch.Generator(device=device)
-            gen.manual_seed(self.seed * 1_000_003 + i)
-            for start in range(0, flat.numel(), self.chunk):
-                part = flat[start : start + self.chunk].float()
-                idx = torch.randint(self.dim, part.shape, generator=gen, device=device)
-                sign = torch.randint(2, part.shape, generator=gen, device=device, dtype=torch.int8)
-                out.index_add_(0, idx, part * (sign.float() * 2 - 1))
+            gen.manual_seed(self.seed * 1_000_003 + chunk_id)
+            idx = torch.randint(self.dim, block.shape, generator=gen, device=device)
+            sign = torch.randint(2, block.shape, generator=gen, device=device, dtype=torch.int8)
+            out.index_add_(0, idx, block * (sign.float() * 2 - 1))
+            parts, filled, chunk_id = [], 0, chunk_id + 1
+
+        for t, s in zip(tensors, shapes):
+            flat = (
+                t.detach().reshape(-1) if t is not None else torch.zeros(s.numel(), device=device)
+            ).float()
+            start = 0
+            while start < flat.numel():
+                take = min(self.chunk - filled, flat.numel() - start)
+                parts.append(flat[start : start + take])
+                filled += take
+                start += take
+                if filled == self.chunk:
+                    flush()
+        flush()
         return out
 
 
@@ -264,21 +283,28 @@ class BandTracker:
             raise ValueError(f"band=({self.low}, {self.high}) needs 0 <= low < high; e.g. band=(0.5, 2.0)")
         self.run: Tensor | None = None
         self.worst: Tensor | None = None
-        self.last_side: Tensor | None = None  # -1 below, +1 above, 0 inside
+        self.last: Tensor | None = None
 
     def update(self, value: Tensor) -> None:
         """Record one step's value (a 0-dim tensor on any device)."""
         v = value.detach().float()
-        below, above = v < self.low, v > self.high
-        outside = below | above
+        outside = ((v < self.low) | (v > self.high)).float()
         if self.run is None:
             self.run = torch.zeros((), device=v.device)
             self.worst = torch.zeros((), device=v.device)
         elif self.run.device != v.device:  # restored from a checkpoint on CPU
             self.run, self.worst = self.run.to(v.device), self.worst.to(v.device)
-        self.run = torch.where(outside, self.run + 1, torch.zeros_like(self.run))
+        self.run = (self.run + 1) * outside
         self.worst = torch.maximum(self.worst, self.run)
-        self.last_side = above.float() - below.float()
+        self.last = v
+
+    @property
+    def last_side(self) -> float:
+        """+1 if the last value was above the band, -1 below, 0 inside (syncs: read on log steps)."""
+        if self.last is None:
+            return 0.0
+        v = float(self.last)
+        return 1.0 if v > self.high else (-1.0 if v < self.low else 0.0)
 
     def worst_run(self) -> Tensor:
         """Longest out-of-band run since the last reset (0-dim tensor)."""
