@@ -118,7 +118,10 @@ class TemperatureSampler(DistributedSampler):
             raise ValueError("group_ids is empty; pass one group id per dataset sample")
         # DistributedSampler.__init__ needs a dataset and an initialised process group; set its fields directly.
         self.dataset, self.shuffle, self.drop_last = None, True, False
-        self.num_replicas, self.rank = _dist_defaults(num_replicas, rank)
+        # World size and rank are resolved when used, not here: a sampler built before the process group
+        # exists (e.g. at the top of a DDP script) must still split the data once training starts.
+        self._replicas_arg, self._rank_arg = num_replicas, rank
+        _dist_defaults(num_replicas, rank)  # validate explicit values now
         total = len(group_ids) if num_samples is None else num_samples
         if total < 1:
             raise ValueError(f"num_samples={num_samples} must be >= 1")
@@ -134,8 +137,26 @@ class TemperatureSampler(DistributedSampler):
         self._order = torch.argsort(codes, stable=True)  # sample indices grouped by group code
         self._sizes = torch.tensor(self.counts, dtype=torch.long)
         self._starts = torch.cumsum(self._sizes, 0) - self._sizes
-        self.num_samples = math.ceil(total / self.num_replicas)  # per rank
-        self.total_size = self.num_samples * self.num_replicas
+        self.requested_samples = total
+
+    @property
+    def num_replicas(self) -> int:
+        """World size: the constructor's value, else ``torch.distributed``'s (1 when not initialised)."""
+        return _dist_defaults(self._replicas_arg, self._rank_arg)[0]
+
+    @property
+    def rank(self) -> int:
+        return _dist_defaults(self._replicas_arg, self._rank_arg)[1]
+
+    @property
+    def num_samples(self) -> int:
+        """Samples per rank per epoch."""
+        return math.ceil(self.requested_samples / self.num_replicas)
+
+    @property
+    def total_size(self) -> int:
+        """Samples per epoch over all ranks (a multiple of the world size)."""
+        return self.num_samples * self.num_replicas
 
     @property
     def proportions(self) -> dict[Any, float]:
@@ -157,7 +178,8 @@ class TemperatureSampler(DistributedSampler):
         return self._order[self._starts[group] + offset]
 
     def __iter__(self) -> Iterator[int]:
-        mine = self.global_indices()[self.rank :: self.num_replicas].tolist()
+        replicas, rank = _dist_defaults(self._replicas_arg, self._rank_arg)
+        mine = self.global_indices()[rank::replicas].tolist()
         start = self._position
         for i in range(start, len(mine)):
             self._position = i + 1
