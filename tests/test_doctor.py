@@ -314,3 +314,45 @@ def test_validation() -> None:
         TrainingDoctor(patience=0)
     with pytest.raises(ValueError, match="n=0"):
         ngram_overlap([], [], n=0)
+
+
+def test_kit_doctor_rebuilds_the_kits_datamodule_from_the_checkpoint(tmp_path: Path) -> None:
+    """CausalLM + TextDataModule: the data comes back from ``datamodule_hyper_parameters``, the model from --model."""
+    from kit.datamodules.text import TextDataModule
+    from kit.models.gpt import CausalLM, GPTConfig
+
+    dm = TextDataModule(vocab_size=300, block_size=16, batch_size=8)
+    lm = CausalLM(GPTConfig.from_name("debug", vocab_size=None, block_size=16), warmup_steps=2)
+    ckpt_cb = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    trainer = pl.Trainer(
+        max_steps=12,
+        val_check_interval=4,
+        limit_val_batches=2,
+        check_val_every_n_epoch=None,
+        callbacks=[TrainingDoctor(record_every_n_steps=2), ckpt_cb],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(lm, dm)
+    ckpt = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    assert "datamodule_hyper_parameters" in ckpt
+    out = tmp_path / "report"
+    code = doctor_main(
+        [
+            "--ckpt",
+            str(tmp_path / "last.ckpt"),
+            "--model",
+            "kit.models.gpt.CausalLM",
+            "--batches",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
+    report = (out / "report.md").read_text()
+    assert code in (0, 1)
+    assert "| leakage |" in report and "skipped" not in report.split("| leakage |")[1].split("\n")[0]
+    assert "| generalisation_gap |" in report and "with the checkpoint's weights" in report

@@ -96,7 +96,7 @@ def _measure_now(model: Any, dm: Any, batches: int, history: TrainingHistory, pr
                     loss.backward()
                     _, per = grad_norms(dict(model.named_parameters()), groups)
                     history.record_layers({k: float(v) for k, v in per.items()})
-            losses[split].append(float(loss))
+            losses[split].append(float(loss.detach()))
             progress.advance(task)
     tr, va = (sum(v) / max(len(v), 1) for v in (losses["train"], losses["val"]))
     gap = va - tr
