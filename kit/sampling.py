@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -236,9 +237,14 @@ class TemperatureMixer(IterableDataset):
         exhausted: what happens when a source runs out: ``"drop"`` (renormalise over the rest; the stream ends
             when all are empty), ``"stop"`` (end the stream), or ``"cycle"`` (restart it; the stream is
             infinite).
+        split: in DataLoader workers and under ``torch.distributed``, each (rank, worker) keeps every n-th item
+            of every source (n = world size x workers) and seeds its choices with its own index, so no item
+            is served twice. Turn off when the sources split themselves (e.g. webdataset pipelines).
 
-    ``state_dict()`` records the choice RNG state, the epoch and how many items each source gave, and
-    ``load_state_dict`` fast-forwards each source by that count, so a resumed stream continues exactly.
+    ``state_dict()`` records the choice RNG state and how many items each source gave, and ``load_state_dict``
+    fast-forwards each source by that count, so a resumed stream continues exactly (in the process that
+    iterates it: with DataLoader workers, use ``torchdata``'s ``StatefulDataLoader``, which calls these
+    methods inside each worker).
 
     Example:
         >>> mix = TemperatureMixer({"a": range(3), "b": "xy"}, sizes={"a": 3, "b": 2}, seed=0)
@@ -255,6 +261,7 @@ class TemperatureMixer(IterableDataset):
         temperature: float = 1.0,
         seed: int = 0,
         exhausted: str = "drop",
+        split: bool = True,
     ) -> None:
         super().__init__()
         if not sources:
@@ -267,7 +274,7 @@ class TemperatureMixer(IterableDataset):
         self.sources = dict(sources)
         self.names = list(self.sources)
         self.weights = dict(zip(self.names, temperature_weights([sizes[n] for n in self.names], temperature)))
-        self.seed, self.exhausted = seed, exhausted
+        self.seed, self.exhausted, self.split = seed, exhausted, split
         self.counts: dict[str, int] = {n: 0 for n in self.names}
         self._rng = random.Random(seed)
         self._resume: dict[str, int] | None = None
@@ -277,15 +284,29 @@ class TemperatureMixer(IterableDataset):
         """Target share of each source: ``{name: p}``."""
         return dict(self.weights)
 
-    def _open(self, name: str, skip: int = 0) -> Iterator[Any]:
+    def _part(self) -> tuple[int, int]:
+        """(index, count) of this reader among all ranks x DataLoader workers."""
+        if not self.split:
+            return 0, 1
+        replicas, rank = _dist_defaults(None, None)
+        info = torch.utils.data.get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        return rank * nw + wid, replicas * nw
+
+    def _raw(self, name: str) -> Iterator[Any]:
+        index, count = self._part()
         it = iter(self.sources[name])
+        return itertools.islice(it, index, None, count) if count > 1 else it
+
+    def _open(self, name: str, skip: int = 0) -> Iterator[Any]:
+        it = self._raw(name)
         for _ in range(skip):
             try:
                 next(it)
             except StopIteration:
                 if self.exhausted != "cycle":
                     break
-                it = iter(self.sources[name])
+                it = self._raw(name)
                 next(it, None)
         return it
 
@@ -294,7 +315,7 @@ class TemperatureMixer(IterableDataset):
         self._resume = None
         if not skips:
             self.counts = {n: 0 for n in self.names}
-            self._rng = random.Random(self.seed)
+            self._rng = random.Random(self.seed + 1_000_003 * self._part()[0])
         iters = {n: self._open(n, skips.get(n, 0)) for n in self.names}
         active = [n for n in self.names if self.weights[n] > 0]
         while active:

@@ -202,3 +202,13 @@ def test_lightning_sets_epoch_and_does_not_rewrap():
     assert sampler.epoch == 1  # Lightning called set_epoch(1) for the second epoch
     expected = sampler.global_indices(0).tolist() + sampler.global_indices(1).tolist()
     assert model.seen == expected
+
+
+def test_mixer_splits_across_dataloader_workers():
+    a, b = list(range(60)), list(range(1000, 1020))
+    mix = TemperatureMixer({"a": a, "b": b}, sizes={"a": 60, "b": 20}, temperature=2.0, seed=0)
+    items = [int(x) for batch in DataLoader(mix, batch_size=5, num_workers=2) for x in batch]
+    assert sorted(items) == a + b  # every item exactly once over the two workers
+    unsplit = TemperatureMixer({"a": a, "b": b}, sizes={"a": 60, "b": 20}, split=False)
+    items = [int(x) for batch in DataLoader(unsplit, batch_size=5, num_workers=2) for x in batch]
+    assert len(items) == 2 * 80  # without splitting each worker serves everything
