@@ -212,3 +212,43 @@ def test_mixer_splits_across_dataloader_workers():
     unsplit = TemperatureMixer({"a": a, "b": b}, sizes={"a": 60, "b": 20}, split=False)
     items = [int(x) for batch in DataLoader(unsplit, batch_size=5, num_workers=2) for x in batch]
     assert len(items) == 2 * 80  # without splitting each worker serves everything
+
+
+def test_mid_epoch_resume_through_lightning_checkpoint(tmp_path):
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    class Record(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(1, 1)
+            self.seen: list[int] = []
+
+        def training_step(self, batch, batch_idx):
+            self.seen += batch[0].tolist()
+            return self.lin(batch[0].float().view(-1, 1)).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    def loader():
+        sampler = TemperatureSampler([0] * 40 + [1] * 8, temperature=3.0, seed=11)
+        return StatefulDataLoader(TensorDataset(torch.arange(48)), batch_size=4, sampler=sampler)
+
+    def trainer(callbacks=()):
+        return pl.Trainer(
+            max_steps=8,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=list(callbacks),
+            default_root_dir=tmp_path,
+        )
+
+    full = Record()
+    trainer([ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=5, save_top_k=-1)]).fit(full, loader())
+    ckpt = next(tmp_path.glob("*step=5*.ckpt"))  # saved 5 of 12 batches into epoch 0
+    resumed = Record()
+    trainer().fit(resumed, loader(), ckpt_path=ckpt)
+    assert resumed.seen == full.seen[20:]  # the killed run continues with exactly the next samples
