@@ -128,10 +128,11 @@ def timing(device: str) -> dict[str, float]:
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> dict:
+    """Run the checks; returns a harness-style dict (``python -m benchmarks gpu_data`` works too)."""
+    parser = argparse.ArgumentParser(prog="python benchmarks/gpu_data.py")
     parser.add_argument("--out", type=Path, default=Path("gpu_data_out"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, object] = {"cuda": torch.cuda.is_available()}
     results["cpu_equal_self"] = check_equal("cpu")
@@ -155,8 +156,16 @@ def main() -> int:
     (args.out / "gpu_data.json").write_text(json.dumps(results, indent=2) + "\n")
     failed = [k for k, v in results.items() if v is False and k != "cuda"]
     print("ALL PASS" if not failed else f"FAILED: {failed}")
-    return 0 if not failed else 1
+    rows = [{"check": k, "result": v} for k, v in results.items() if k not in ("timing", "device")]
+    rows += [{"check": f"timing {k}", "result": v} for k, v in dict(results.get("timing", {})).items()]
+    return {
+        "title": "GPU checks: MixUp/CutMix on device",
+        "device": str(results.get("device", "no CUDA")),
+        "rows": rows,
+        "notes": [f"failed: {failed}" if failed else "all checks passed"],
+        "failed": failed,
+    }
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(1 if main(sys.argv[1:])["failed"] else 0)
