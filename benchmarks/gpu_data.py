@@ -131,9 +131,8 @@ def timing(device: str) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> dict:
     """Run the checks; returns a harness-style dict (``python -m benchmarks gpu_data`` works too)."""
     parser = argparse.ArgumentParser(prog="python benchmarks/gpu_data.py")
-    parser.add_argument("--out", type=Path, default=Path("gpu_data_out"))
+    parser.add_argument("--out", type=Path, default=None, help="folder for gpu_data.json (none: no file)")
     args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, object] = {"cuda": torch.cuda.is_available()}
     results["cpu_equal_self"] = check_equal("cpu")
     print(f"{'PASS' if results['cpu_equal_self'] else 'FAIL'} cpu: functions deterministic for pinned draws")
@@ -153,7 +152,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{'PASS' if ok else 'FAIL'} Trainer + MixUpCutMix on GPU: val acc {acc:.3f} (chance 0.1)")
         results["timing"] = timing("cuda")
         print(f"figure: {results['timing']}")
-    (args.out / "gpu_data.json").write_text(json.dumps(results, indent=2) + "\n")
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "gpu_data.json").write_text(json.dumps(results, indent=2) + "\n")
     failed = [k for k, v in results.items() if v is False and k != "cuda"]
     print("ALL PASS" if not failed else f"FAILED: {failed}")
     rows = [{"check": k, "result": v} for k, v in results.items() if k not in ("timing", "device")]
