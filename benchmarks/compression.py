@@ -72,10 +72,17 @@ def _worker(rank: int, world: int, port: int, args: dict, out: str) -> None:
         # one bucket: torch's PowerSGD over gloo mismatches collectives when two buckets are in flight
         ddp = DistributedDataParallel(model, bucket_cap_mb=1024)
         state, hook = make_comm_hook(
-            name, ratio=args["ratio"], rank=args["rank"], start_iter=args["start_iter"]
+            name,
+            ratio=args["ratio"],
+            rank=args["rank"],
+            start_iter=args["start_iter"],
+            dense_start=args["dense_start"],
         )
         ddp.register_comm_hook(state, hook)
-        opt = torch.optim.AdamW(model.parameters(), lr=args["lr"], weight_decay=0.0)
+        if args["optimizer"] == "sgd":
+            opt = torch.optim.SGD(model.parameters(), lr=args["lr"], momentum=0.9, nesterov=True)
+        else:
+            opt = torch.optim.AdamW(model.parameters(), lr=args["lr"], weight_decay=0.0)
         gen = torch.Generator().manual_seed(args["seed"] * 1000 + rank)
         sent_steady = dense_steady = 0
         start = time.perf_counter()
@@ -86,7 +93,7 @@ def _worker(rank: int, world: int, port: int, args: dict, out: str) -> None:
             loss.backward()
             opt.step()
             sent, dense = state.stats.pop_step()
-            if step >= args["start_iter"]:
+            if step >= (args["start_iter"] if name == "powersgd" else args["dense_start"]):
                 sent_steady += sent
                 dense_steady += dense
         elapsed = time.perf_counter() - start
@@ -130,12 +137,14 @@ def run_ddp(
     ratio: float = 0.01,
     rank: int = 4,
     start_iter: int = 5,
+    dense_start: int = 0,
+    optimizer: str = "adamw",
     seed: int = 0,
 ) -> dict[str, dict]:
     """Train once per hook in ``world`` gloo processes; return per-hook metrics (see module docstring)."""
     args = {
         "hooks": list(hooks), "steps": steps, "n_embd": n_embd, "n_layer": n_layer, "block": block,
-        "batch": batch, "lr": lr, "ratio": ratio, "rank": rank, "start_iter": start_iter, "seed": seed,
+        "batch": batch, "lr": lr, "ratio": ratio, "rank": rank, "start_iter": start_iter, "dense_start": dense_start, "optimizer": optimizer, "seed": seed,
     }  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "result.json")
@@ -152,7 +161,11 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--ratio", type=float, default=0.01, help="top-k fraction")
     parser.add_argument("--rank", type=int, default=4, help="PowerSGD rank")
     parser.add_argument("--start-iter", type=int, default=5, help="PowerSGD first compressed step")
+    parser.add_argument("--dense-start", type=int, default=0, help="top-k/1bit dense warm-up steps")
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument(
+        "--optimizer", choices=("adamw", "sgd"), default="adamw", help="sgd = momentum 0.9, nesterov"
+    )
     parser.add_argument("--hooks", default=",".join(HOOK_NAMES))
     parser.add_argument("--json", type=Path, default=None, help="also write the raw per-hook metrics here")
     a = parser.parse_args(argv)
@@ -169,6 +182,8 @@ def main(argv: list[str]) -> dict:
         ratio=a.ratio,
         rank=a.rank,
         start_iter=a.start_iter,
+        dense_start=a.dense_start,
+        optimizer=a.optimizer,
     )
     if a.json:
         a.json.write_text(json.dumps(res, indent=2))
@@ -190,7 +205,8 @@ def main(argv: list[str]) -> dict:
             }
         )
     return {
-        "title": f"DDP gradient compression, {a.world} gloo workers, GPT d={a.n_embd} L={a.n_layer}, {a.steps} steps",
+        "title": f"DDP gradient compression, {a.world} gloo workers, GPT d={a.n_embd} L={a.n_layer}, "
+        f"{a.optimizer} lr={a.lr}, {a.steps} steps",
         "device": f"CPU ({os.cpu_count()} cores), gloo",
         "rows": rows,
         "notes": [
@@ -198,6 +214,7 @@ def main(argv: list[str]) -> dict:
             f"top-k ratio={a.ratio} (values + int32 indices), 1bit = packed signs + one fp32 scale per bucket",
             f"PowerSGD rank={a.rank}: dense all-reduce for the first {a.start_iter} steps (torch's start_powerSGD_iter); "
             "'after start' counts only the compressed steps",
+            f"top-k/1bit dense warm-up: {a.dense_start} steps ('after start' counts only the compressed steps)",
             "loss = held-out cross-entropy (nats/byte) after the same steps on the same batches; ratio to dense",
             "ms/step on a shared 2-core CPU: communication cost is not representative of a GPU cluster",
         ],

@@ -86,11 +86,24 @@ class HookState:
 
 @dataclass
 class ResidualState(HookState):
-    """State of top-k / 1-bit hooks: the compression setting and one error-feedback residual per bucket."""
+    """State of top-k / 1-bit hooks: the setting, a dense warm-up, and one error-feedback residual per bucket.
+
+    ``start_iter`` steps of dense all-reduce come first (DGC's and 1-bit Adam's warm-up): the early,
+    fast-changing gradients are the ones compression hurts most.
+    """
 
     ratio: float = 0.01
     per_tensor_scale: bool = True
+    start_iter: int = 0
+    iter: int = 0
     residuals: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def dense_phase(self, bucket: dist.GradBucket) -> bool:
+        """True while ``iter < start_iter`` (warm-up with dense all-reduce); counts steps on the last bucket."""
+        dense = self.iter < self.start_iter
+        if bucket.is_last():
+            self.iter += 1
+        return dense
 
 
 class PowerSGDHookState(HookState):
@@ -182,6 +195,8 @@ def topk_hook(state: ResidualState, bucket: dist.GradBucket) -> torch.futures.Fu
     Values and int32 indices travel in one ``all_gather`` (indices bit-cast to the value dtype); every
     worker then sums all messages densely and divides by the world size.
     """
+    if state.dense_phase(bucket):
+        return allreduce_hook(state, bucket)
     grad = bucket.buffer()
     numel, size = grad.numel(), grad.element_size()
     key = bucket.index()
@@ -214,6 +229,8 @@ def onebit_hook(state: ResidualState, bucket: dist.GradBucket) -> torch.futures.
     parameter tensor in the bucket (one per bucket with ``per_tensor_scale=False``) in one ``all_gather``;
     every worker averages the decoded ``sign * scale`` messages.
     """
+    if state.dense_phase(bucket):
+        return allreduce_hook(state, bucket)
     grad = bucket.buffer()
     numel, size = grad.numel(), grad.element_size()
     key = bucket.index()
@@ -250,6 +267,7 @@ def make_comm_hook(
     ratio: float = 0.01,
     rank: int = 4,
     start_iter: int = 10,
+    dense_start: int = 0,
     **powersgd_kwargs: Any,
 ) -> tuple[HookState, Any]:
     """Build a fresh ``(state, hook)`` pair for ``DistributedDataParallel.register_comm_hook``.
@@ -260,6 +278,7 @@ def make_comm_hook(
         ratio: top-k's fraction of entries sent (0.01 = 1%; must be <= 0.05 for a 90% byte cut).
         rank: PowerSGD's matrix approximation rank.
         start_iter: PowerSGD's first compressed step (dense before; >= 2).
+        dense_start: top-k's and 1bit's dense warm-up steps (0 = compress from the first step).
         **powersgd_kwargs: extra ``PowerSGDState`` arguments.
 
     Returns:
@@ -280,5 +299,6 @@ def make_comm_hook(
         ), powersgd_hook
     if name in ("topk", "1bit"):
         topk_count(1, ratio)  # validates ratio
-        return ResidualState(process_group, ratio=ratio), topk_hook if name == "topk" else onebit_hook
+        state = ResidualState(process_group, ratio=ratio, start_iter=dense_start)
+        return state, topk_hook if name == "topk" else onebit_hook
     raise ValueError(f"unknown comm hook {name!r}; choose one of {', '.join(HOOKS)}")

@@ -1,0 +1,55 @@
+"""Every DDP comm hook trains the kit's GPT in 2 gloo processes on CPU; bytes and loss vs dense all-reduce.
+
+Runs ``python -m benchmarks compression`` (the same code the benchmark table comes from) in a subprocess,
+so the spawned workers import the repository exactly as a user's run would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(tmp_path: Path, *args: str, timeout: int = 300) -> dict[str, dict]:
+    out = tmp_path / "raw.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks",
+        "compression",
+        "--out",
+        str(tmp_path),
+        "--json",
+        str(out),
+        *args,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.distributed
+def test_every_hook_trains_and_cuts_bytes(tmp_path: Path) -> None:
+    res = _run(tmp_path, "--steps", "20", "--start-iter", "5")
+    assert set(res) == {"allreduce", "fp16", "bf16", "powersgd", "topk", "1bit"}
+    dense = res["allreduce"]
+    for name, r in res.items():
+        assert r["replicas_in_sync"], name  # every worker applied the same averaged gradient
+        assert r["val_loss"] < math.log(256) - 1.0, (name, r["val_loss"])  # it learned something
+    assert dense["bytes_cut_total"] == 0.0
+    assert res["fp16"]["bytes_cut_total"] == pytest.approx(0.5)
+    assert res["bf16"]["bytes_cut_total"] == pytest.approx(0.5)
+    assert res["topk"]["bytes_cut_total"] >= 0.9
+    assert res["1bit"]["bytes_cut_total"] >= 0.9
+    assert res["powersgd"]["bytes_cut_steady"] >= 0.9  # rank 4 on d=128 matrices, after the dense start
+    for name in ("fp16", "bf16"):
+        assert res[name]["val_loss"] == pytest.approx(dense["val_loss"], rel=0.02), name

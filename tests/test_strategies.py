@@ -1,0 +1,88 @@
+"""Tests for kit.strategies: presets registered in Lightning's StrategyRegistry and their configuration."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy, StrategyRegistry
+from torch import nn
+
+import kit.strategies as ks
+from kit.comm_hooks import CommStats, PowerSGDHookState, ResidualState, onebit_hook, topk_hook
+from kit.models.gpt import Block
+
+
+def test_every_preset_is_registered_beside_lightnings_own() -> None:
+    for name in ks.PRESETS:
+        assert name in StrategyRegistry, name
+        assert StrategyRegistry[name]["description"]
+    assert "ddp" in StrategyRegistry and "deepspeed_stage_3" in StrategyRegistry
+    assert ks.register_presets() == list(ks.PRESETS)  # idempotent
+
+
+@pytest.mark.parametrize(
+    ("name", "hook", "state_cls", "fn"),
+    [
+        ("ddp-topk", "topk", ResidualState, topk_hook),
+        ("ddp-1bit", "1bit", ResidualState, onebit_hook),
+        ("ddp-powersgd", "powersgd", PowerSGDHookState, None),
+        ("ddp-compressed", "powersgd", PowerSGDHookState, None),
+        ("ddp-fp16", "fp16", None, None),
+    ],
+)
+def test_ddp_presets_build_fresh_hook_state(name: str, hook: str, state_cls, fn) -> None:
+    a, b = StrategyRegistry.get(name), StrategyRegistry.get(name)
+    assert isinstance(a, ks.CompressedDDPStrategy) and isinstance(a, DDPStrategy)
+    assert a.hook == hook and isinstance(a.comm_stats, CommStats)
+    assert a._ddp_comm_state is not b._ddp_comm_state  # no state shared between two Trainers
+    if state_cls is not None:
+        assert isinstance(a._ddp_comm_state, state_cls)
+    if fn is not None:
+        assert a._ddp_comm_hook is fn
+
+
+def test_trainer_resolves_preset_by_name() -> None:
+    trainer = pl.Trainer(strategy="ddp-topk", accelerator="cpu", devices=2, logger=False)
+    assert isinstance(trainer.strategy, ks.CompressedDDPStrategy) and trainer.strategy.hook == "topk"
+
+
+def test_compressed_ddp_validates() -> None:
+    with pytest.raises(ValueError, match="hook='lz4'"):
+        ks.CompressedDDPStrategy(hook="lz4")
+    with pytest.raises(ValueError, match="ratio=2"):
+        ks.CompressedDDPStrategy(hook="topk", topk_ratio=2)
+
+
+def test_fsdp_zero3_preset() -> None:
+    s = StrategyRegistry.get("fsdp-zero3")
+    assert isinstance(s, ks.FSDPZero3Strategy) and isinstance(s, FSDPStrategy)
+    assert s.block_classes == {Block}
+    assert s.mixed_precision.param_dtype == torch.bfloat16 and s.mixed_precision.reduce_dtype == torch.float32
+    assert s._state_dict_type == "sharded"
+    assert s.sharding_strategy.name == "FULL_SHARD"
+    assert s._activation_checkpointing_kwargs  # blocks are checkpointed
+    wrap = s.kwargs["auto_wrap_policy"]
+    assert type(wrap).__name__ == "ModuleWrapPolicy" and Block in wrap._module_classes
+
+
+def test_fsdp_zero3_custom_blocks_and_errors() -> None:
+    class MyLayer(nn.Module):
+        pass
+
+    s = ks.FSDPZero3Strategy(blocks=[MyLayer], param_dtype="trainer", activation_checkpointing=False)
+    assert (
+        s.block_classes == {MyLayer} and s.mixed_precision is None and not s._activation_checkpointing_kwargs
+    )
+    assert ks.block_classes(["torch.nn.Linear", "no.such.Module"]) == {nn.Linear}
+    with pytest.raises(ValueError, match="could be imported"):
+        ks.FSDPZero3Strategy(blocks=["no.such.Block"])
+    with pytest.raises(ValueError, match="param_dtype='int8'"):
+        ks.FSDPZero3Strategy(param_dtype="int8")
+
+
+def test_deepspeed_presets_registered() -> None:
+    z3 = StrategyRegistry["deepspeed-zero3"]
+    off = StrategyRegistry["deepspeed-zero3-offload"]
+    assert z3["strategy"] is DeepSpeedStrategy and z3["init_params"] == {"stage": 3}
+    assert off["init_params"] == {"stage": 3, "offload_optimizer": True, "offload_parameters": True}
