@@ -134,19 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--quick", action="store_true", help="skip the two timing benchmarks")
-    parser.add_argument(
-        "--cpu-dry-run", action="store_true", help="run the FSDP check on CPU (gloo, fp32) only"
-    )
     a = parser.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
-    if a.cpu_dry_run:
-        global ACCELERATOR
-        ACCELERATOR = "cpu"
-        with tempfile.TemporaryDirectory() as tmp:
-            run_check("fsdp_zero3_cpu", lambda: check_sharded("fsdp-zero3", "32-true", Path(tmp)), results)
-        (a.out / "gpu_distributed_cpu.json").write_text(json.dumps(results, indent=2, default=str))
-        return 0 if results["fsdp_zero3_cpu"]["status"] == "PASS" else 1
     if not torch.cuda.is_available():
         for name in ("fsdp_zero3", "deepspeed_zero3", "fp16_clipping", "precision", "clipping"):
             results[name] = {"status": "SKIP", "reason": "CUDA is not available"}
