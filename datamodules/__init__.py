@@ -1,5 +1,7 @@
 """LightningDataModules (installed as ``kit.datamodules``)."""
 
+from kit.datamodules.digits import DigitsDataModule
 from kit.datamodules.text import BlockDataset, TextDataModule
+from kit.datamodules.webdataset import WebDataModule
 
-__all__ = ["BlockDataset", "TextDataModule"]
+__all__ = ["BlockDataset", "DigitsDataModule", "TextDataModule", "WebDataModule"]

@@ -1,25 +1,61 @@
 """lightning-kit: reusable PyTorch Lightning components for training large models.
 
 The ``kit`` package is the framework-free core (pure functions and small objects); ``kit.models``,
-``kit.datamodules`` and ``kit.callbacks`` are thin Lightning wrappers over it.
+``kit.datamodules`` and ``kit.callbacks`` are thin Lightning wrappers over it. Core names are importable
+from ``kit`` directly (``from kit import temperature_weights``); each loads its module on first use, so
+``import kit`` stays cheap and optional dependencies load only when their feature is used.
 """
 
-from kit.optim import lr_lambda, param_groups
-from kit.packing import pack_blocks, split_documents
-from kit.text import clean_text, embedded_corpus, load_texts
-from kit.tokenizer import load_or_train_bpe, train_bpe
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "__version__",
-    "clean_text",
-    "embedded_corpus",
-    "load_or_train_bpe",
-    "load_texts",
-    "lr_lambda",
-    "pack_blocks",
-    "param_groups",
-    "split_documents",
-    "train_bpe",
-]
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "kit.text": ("clean_text", "embedded_corpus", "load_texts", "resolve_paths"),
+    "kit.tokenizer": ("train_bpe", "load_or_train_bpe"),
+    "kit.packing": ("pack_blocks", "split_documents"),
+    "kit.optim": ("lr_lambda", "param_groups"),
+    "kit.filters": (
+        "FilterChain",
+        "GopherQualityFilter",
+        "GopherRepetitionFilter",
+        "LengthFilter",
+        "default_filters",
+    ),
+    "kit.dedup": ("ExactDeduplicator", "MinHashDeduplicator", "exact_dedup"),
+    "kit.pipeline": ("DataPipeline", "PipelineReport"),
+    "kit.bpe_report": ("bpe_tradeoff",),
+    "kit.augment_text": ("TextAugmenter", "eda", "reorder_sentences", "back_translate"),
+    "kit.augment_image": ("mixup_batch", "cutmix_batch"),
+    "kit.sampling": ("TemperatureMixer", "TemperatureSampler", "temperature_weights"),
+    "kit.shards": ("write_shards",),
+    "kit.clipping": ("AutoClip", "adaptive_clip_", "clip_by_norm", "clip_by_value"),
+    "kit.compression": ("sign_compress", "sign_decompress", "topk_compress", "topk_decompress"),
+    "kit.comm_hooks": ("make_comm_hook",),
+    "kit.loss_scale": ("LossScaleConfig", "OverflowTracker", "make_grad_scaler"),
+    "kit.health": ("GradientSketch", "cosine_similarity", "grad_norms", "update_to_weight_ratios"),
+    "kit.hessian": ("hessian_top_eigenvalue", "hutchinson_trace"),
+    "kit.spikes": ("SpikeDetector",),
+    "kit.hardware": ("GPUReader", "HostReader", "mfu"),
+    "kit.doctor": ("diagnose", "ngram_overlap"),
+    "kit.planner": ("TrainingPlan", "memory_per_gpu", "min_gpus_that_fit", "training_flops"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = ["__version__", *sorted(_WHERE)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

@@ -111,6 +111,17 @@ def _lightning_cli():
     class KitCLI(LightningCLI):
         """LightningCLI that ends ``fit`` with a summary: checkpoint, logs, val loss/perplexity, a sample."""
 
+        def _instantiate_trainer(self, config: dict, callbacks: list):
+            # A rich progress bar by default, but --trainer.enable_progress_bar=false must still work.
+            from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
+
+            given = [*(config.get("callbacks") or []), *callbacks]
+            if config.get("enable_progress_bar") is not False and not any(
+                isinstance(c, ProgressBar) for c in given
+            ):
+                callbacks = [*callbacks, RichProgressBar()]
+            return super()._instantiate_trainer(config, callbacks)
+
         def after_fit(self) -> None:
             _save_final_last(self.trainer)
             _print_fit_summary(self.trainer, self.model, self.datamodule)

@@ -104,7 +104,7 @@ def test_fit_then_validate_then_resume_from_last(tmp_path) -> None:
     assert max(steps) >= 9 and min(s for s in steps if s >= 6) >= 6
 
 
-def test_wandb_logger_runs_offline_and_writes_its_run_dir(tmp_path) -> None:
+def test_wandb_logger_runs_offline_and_writes_its_run_dir_without_a_progress_bar(tmp_path) -> None:
     env = {"WANDB_API_KEY": "", "WANDB_MODE": "", "HOME": str(tmp_path), "WANDB_DIR": str(tmp_path)}
     env = {k: v for k, v in env.items() if v} | {"WANDB_SILENT": "true"}
     for key in ("WANDB_API_KEY", "WANDB_MODE"):
@@ -115,6 +115,7 @@ def test_wandb_logger_runs_offline_and_writes_its_run_dir(tmp_path) -> None:
             *FAST,
             "--trainer.max_steps=2",
             "--trainer.val_check_interval=2",
+            "--trainer.enable_progress_bar=false",
             "--trainer.logger=lightning.pytorch.loggers.WandbLogger",
             "--trainer.logger.save_dir",
             str(tmp_path),

@@ -16,10 +16,25 @@ def test_every_code_folder_is_a_declared_package() -> None:
                 continue
             rel = sub.parent.relative_to(ROOT / folder)
             name = ".".join([package, *rel.parts]) if rel.parts else package
-            assert name in declared, f"{sub} would not be installed: add {name!r} to [tool.setuptools] packages"
+            assert name in declared, (
+                f"{sub} would not be installed: add {name!r} to [tool.setuptools] packages"
+            )
 
 
 def test_recipes_are_package_data() -> None:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert "*.yaml" in config["package-data"]["kit.recipes"]
     assert list((ROOT / "kit" / "recipes").glob("*.yaml"))
+
+
+def test_every_public_core_name_resolves() -> None:
+    import kit
+
+    missing = [name for name in kit.__all__ if not hasattr(kit, name)]
+    assert not missing, f"kit.__all__ names that do not import: {missing}"
+    import kit.callbacks
+    import kit.datamodules
+    import kit.models
+
+    for package in (kit.callbacks, kit.datamodules, kit.models):
+        assert all(hasattr(package, name) for name in package.__all__), package.__name__
