@@ -242,8 +242,8 @@ class GradientHealth(Callback):
             ratios = update_to_weight_ratios(self._snapshot, after, {k: v for k, v in groups.items() if v})
             self._pending.update({f"{self.prefix}update_ratio/{k}": v for k, v in ratios.items()})
             self._snapshot = {}
-        step = trainer.global_step - 1  # the optimizer step that just ran
-        self.last_metrics = log_metrics(trainer, self._pending, step=step)
+        # logged at the count of completed steps, like Lightning's own metrics (monotonic for W&B)
+        self.last_metrics = log_metrics(trainer, self._pending, step=trainer.global_step)
         self._pending = {}
         run = self.last_metrics.get(self.prefix + "out_of_band_run", 0.0)
         if run >= self.patience:

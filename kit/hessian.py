@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -92,7 +93,7 @@ def hvp_autograd(loss_fn: LossFn, params: Sequence[Tensor]) -> HVP:
     return hvp
 
 
-def hvp_finite_difference(loss_fn: LossFn, params: Sequence[Tensor], eps: float = 1e-3) -> HVP:
+def hvp_finite_difference(loss_fn: LossFn, params: Sequence[Tensor], eps: float = 1e-4) -> HVP:
     """Central finite-difference HVP, for ops without double backward.
 
     The step is ``eps * (1 + |w|) / |v|``, so it scales with the weights; the parameters are restored
@@ -127,7 +128,7 @@ def hvp_finite_difference(loss_fn: LossFn, params: Sequence[Tensor], eps: float 
 
 
 def make_hvp(
-    loss_fn: LossFn, params: Sequence[Tensor], method: str = "auto", eps: float = 1e-3
+    loss_fn: LossFn, params: Sequence[Tensor], method: str = "auto", eps: float = 1e-4
 ) -> tuple[HVP, str]:
     """Build an HVP closure.
 
@@ -176,7 +177,7 @@ def hessian_top_eigenvalue(
     method: str = "auto",
     generator: torch.Generator | None = None,
     v0: list[Tensor] | None = None,
-    eps: float = 1e-3,
+    eps: float = 1e-4,
 ) -> HessianResult:
     """Eigenvalue of largest magnitude of the loss Hessian by power iteration.
 
@@ -184,7 +185,9 @@ def hessian_top_eigenvalue(
         loss_fn: recomputes the loss from the current parameters (a held batch).
         params: parameters to probe.
         max_iter: HVP budget (100 by default).
-        tol: stop when the relative change of the Rayleigh quotient is below this.
+        tol: stop when the relative change of the Rayleigh quotient is below ``tol`` and the
+            relative residual ``|Hv - lambda v| / |lambda|`` below ``sqrt(tol)`` (so the quotient's error,
+            of order residual^2 / gap, is also about ``tol``).
         method: see :func:`make_hvp`.
         generator: RNG for the random start vector.
         v0: explicit start vector (overrides ``generator``).
@@ -207,7 +210,10 @@ def hessian_top_eigenvalue(
     for it in range(1, max_iter + 1):
         hv = hvp(v)
         new = float(_dot(v, hv))  # Rayleigh quotient, v has unit norm
-        if it > 1 and abs(new - eig) <= tol * max(abs(eig), 1e-12):
+        # Converged when the quotient is stable AND v is (nearly) an eigenvector: the residual test
+        # stops the quotient's chance stalls (eigenvalues of both signs) from passing as convergence.
+        residual = float(torch.sqrt(_dot(*(2 * [[h - new * t for h, t in zip(hv, v)]]))))
+        if it > 1 and abs(new - eig) <= tol * abs(new) and residual <= math.sqrt(tol) * abs(new):
             eig, converged = new, True
             break
         eig = new
@@ -221,7 +227,7 @@ def hutchinson_trace(
     n_samples: int = 10,
     method: str = "auto",
     generator: torch.Generator | None = None,
-    eps: float = 1e-3,
+    eps: float = 1e-4,
 ) -> float:
     """Hutchinson estimate ``E[v^T H v]`` of the Hessian trace with Rademacher ``v``.
 
