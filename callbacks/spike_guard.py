@@ -180,10 +180,10 @@ class SpikeGuard(Callback):
                 "SpikeGuard: no checkpoint to rewind to yet (add a ModelCheckpoint); skipped the update only"
             )
             return None
-        ckpt = torch.load(path, map_location=pl_module.device, weights_only=False)
-        pl_module.load_state_dict(ckpt["state_dict"])
-        for opt, state in zip(trainer.optimizers, ckpt.get("optimizer_states", [])):
-            opt.load_state_dict(state)
+        # the strategy's own loaders, so DDP/FSDP/DeepSpeed checkpoints load the way Lightning saved them
+        ckpt = trainer.strategy.load_checkpoint(path)
+        trainer.strategy.load_model_state_dict(ckpt)
+        trainer.strategy.load_optimizer_state_dict(ckpt)
         self.pending_skips = self.skip_batches
         self.rewinds += 1
         return str(path)
