@@ -181,6 +181,7 @@ class TrainingDoctor(Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
+        self._flush()  # validation already syncs; keep the history current
         val = self._val_loss(trainer)
         if val is None:
             return
@@ -193,6 +194,9 @@ class TrainingDoctor(Callback):
             )
         elif not rising:
             self._streak_reported = False
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._flush()
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.report_on_fit_end:

@@ -225,3 +225,37 @@ def test_state_dict_round_trip() -> None:
     other = GradientHealth()
     other.load_state_dict(state)
     assert other.band.state_dict() == state["band"] and state["band"]["run"] > 0
+
+
+def test_all_monitors_with_default_arguments_on_a_plain_module(tmp_path) -> None:
+    """Every issue-5 callback, constructed with no arguments, on a module that is not the kit's."""
+    from kit.callbacks.doctor import TrainingDoctor
+    from kit.callbacks.hardware import HardwareMonitor
+    from kit.callbacks.hessian import HessianMonitor
+    from kit.callbacks.spike_guard import SpikeGuard
+
+    class WithVal(Plain):
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            self.log("val_loss", nn.functional.mse_loss(self.net(x), y))
+
+    cbs = [GradientHealth(), SpikeGuard(), HardwareMonitor(), TrainingDoctor(), HessianMonitor()]
+    trainer = pl.Trainer(
+        max_steps=60,
+        val_check_interval=16,
+        callbacks=cbs,
+        logger=pl.loggers.CSVLogger(tmp_path),
+        log_every_n_steps=10,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        enable_checkpointing=False,
+    )
+    trainer.fit(WithVal(), loader(), loader(64))
+    assert cbs[0].last_metrics["grad_health/grad_norm"] > 0  # logged at the Trainer's cadence
+    assert cbs[1].events == []  # a clean run
+    assert "hw/step_time_s" in cbs[2].last_metrics
+    assert len(cbs[3].history.val_loss) == 3 and cbs[3].history.steps  # recorded every 10 steps
+    assert cbs[4].held_batch is not None and cbs[4].history == []  # default interval 1000 > 60 steps
+    metrics = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text()
+    assert "grad_health/grad_norm" in metrics and "hw/step_time_s" in metrics
