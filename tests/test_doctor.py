@@ -356,3 +356,15 @@ def test_kit_doctor_rebuilds_the_kits_datamodule_from_the_checkpoint(tmp_path: P
     assert code in (0, 1)
     assert "| leakage |" in report and "skipped" not in report.split("| leakage |")[1].split("\n")[0]
     assert "| generalisation_gap |" in report and "with the checkpoint's weights" in report
+    # the same from a LightningCLI-style YAML instead of the saved datamodule hyper-parameters
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        "model:\n  class_path: kit.models.gpt.CausalLM\n"
+        "data:\n  class_path: kit.datamodules.text.TextDataModule\n"
+        "  init_args: {vocab_size: 300, block_size: 16, batch_size: 8}\n"
+    )
+    out2 = tmp_path / "report2"
+    assert doctor_main(
+        ["--ckpt", str(tmp_path / "last.ckpt"), "--config", str(cfg), "--batches", "1", "--out", str(out2)]
+    ) in (0, 1)
+    assert "with the checkpoint's weights" in (out2 / "report.md").read_text()

@@ -7,6 +7,8 @@ import time
 import lightning.pytorch as pl
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
 from kit.callbacks.hardware import HardwareMonitor
@@ -140,3 +142,22 @@ def test_nvml_reads_on_gpu() -> None:
     gpu = GPUReader([0])
     r = gpu.read()
     assert gpu.available and 0 <= r["gpu0_util"] <= 100 and r["gpu0_mem_used_gb"] > 0
+
+
+@given(st.lists(st.tuples(st.floats(0, 5), st.floats(0, 5)), min_size=1, max_size=30))
+def test_data_wait_share_invariants(intervals: list[tuple[float, float]]) -> None:
+    """For any sequence of (wait, compute) durations the timer's totals are exact and the share in [0, 1]."""
+    clock, now = [], 0.0
+    for wait, compute in intervals:
+        now += wait
+        clock.append(now)  # batch_start
+        now += compute
+        clock.append(now)  # batch_end
+    t = DataWaitTimer(clock=iter(clock).__next__)
+    for _ in intervals:
+        t.batch_start()
+        t.batch_end()
+    waits = sum(w for w, _ in intervals[1:])  # the first batch has no previous end
+    computes = sum(c for _, c in intervals)
+    assert t.wait_s == pytest.approx(waits, abs=1e-9) and t.compute_s == pytest.approx(computes, abs=1e-9)
+    assert 0.0 <= t.summary()["data_wait_share"] <= 1.0

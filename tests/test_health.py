@@ -259,3 +259,18 @@ def test_all_monitors_with_default_arguments_on_a_plain_module(tmp_path) -> None
     assert cbs[4].held_batch is not None and cbs[4].history == []  # default interval 1000 > 60 steps
     metrics = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text()
     assert "grad_health/grad_norm" in metrics and "hw/step_time_s" in metrics
+
+
+def test_microbatch_cosine_is_exact_for_small_models() -> None:
+    cum: dict[tuple[int, int], torch.Tensor] = {}
+
+    class Recorder(Plain):
+        def on_after_backward(self) -> None:  # runs after the callbacks' on_after_backward
+            key = (self.trainer.global_step, len([k for k in cum if k[0] == self.trainer.global_step]))
+            cum[key] = flat_grads(list(self.parameters())).clone()
+
+    cb = GradientHealth(log_every_n_steps=4, update_ratio=False)
+    fit(Recorder(), [cb], steps=5, accumulate_grad_batches=3)
+    micro = [cum[(4, 0)], cum[(4, 1)] - cum[(4, 0)], cum[(4, 2)] - cum[(4, 1)]]
+    expected = (cosine_similarity(micro[1], micro[0]) + cosine_similarity(micro[2], micro[1])) / 2
+    assert cb.last_metrics["grad_health/cosine_microbatch"] == pytest.approx(float(expected), abs=1e-5)

@@ -235,3 +235,34 @@ def test_microbatch_losses_are_summed_under_accumulation() -> None:
     run(guard, 80, spikes={61: "big"}, accumulate_grad_batches=2)
     # batch 61 belongs to optimizer step 30; the spike is seen once, for that step
     assert [e["step"] for e in guard.events] == [30] and guard.events[0]["batch_idx"] == 61
+
+
+def test_reads_unscaled_loss_under_fp16() -> None:
+    """Lightning hands on_before_backward the *scaled* loss under fp16; the guard must judge the real one."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    losses: list[float] = []
+
+    class Recorder(Plain):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            losses.append(float(loss.detach()))
+            return loss
+
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=4096.0))
+    guard = SpikeGuard(window=16)
+    torch.manual_seed(0)
+    trainer = pl.Trainer(
+        max_steps=20,
+        callbacks=[guard],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        enable_checkpointing=False,
+        plugins=[plugin],
+    )
+    trainer.fit(Recorder(), torch.utils.data.DataLoader(SpikyData(20), batch_size=8))
+    window = list(guard.detectors["loss"].values)
+    assert window == pytest.approx(losses[-len(window) :], rel=1e-5)
+    assert max(window) < 100 and guard.events == []  # not ~4096x the loss
