@@ -266,3 +266,51 @@ def test_reads_unscaled_loss_under_fp16() -> None:
     window = list(guard.detectors["loss"].values)
     assert window == pytest.approx(losses[-len(window) :], rel=1e-5)
     assert max(window) < 100 and guard.events == []  # not ~4096x the loss
+
+
+class RankSpikyData(SpikyData):
+    """Batch 20 spikes on rank 0 only (the rank is read when the sample is fetched)."""
+
+    def __getitem__(self, i):
+        x, y = super().__getitem__(i)
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        return x, (y + 1000.0 if rank == 0 and i // self.batch == 20 else y)
+
+
+class _DumpEvents(Callback):
+    def __init__(self, guard: SpikeGuard, out: str) -> None:
+        self.guard, self.out = guard, out
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        import json
+
+        path = f"{self.out}/rank{trainer.global_rank}.json"
+        with open(path, "w") as f:
+            json.dump({"skipped": [s["step"] for s in self.guard.skipped], "events": self.guard.events}, f)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_ranks_agree_when_only_one_rank_spikes(tmp_path) -> None:
+    """Under DDP only rank 0's batch 20 spikes (loss-only monitor); rank 1 must drop that update too,
+    or the replicas would diverge."""
+    import json
+
+    data = RankSpikyData(30)
+    guard = SpikeGuard(window=16, monitor=("loss",))
+    trainer = pl.Trainer(
+        max_epochs=1,
+        callbacks=[guard, _DumpEvents(guard, str(tmp_path))],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        enable_checkpointing=False,
+        use_distributed_sampler=False,  # every rank reads the whole dataset in order
+    )
+    trainer.fit(Plain(), torch.utils.data.DataLoader(data, batch_size=8))
+    r0 = json.loads((tmp_path / "rank0.json").read_text())
+    r1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert r0["skipped"] == r1["skipped"] == [20]
