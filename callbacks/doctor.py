@@ -86,6 +86,7 @@ class TrainingDoctor(Callback):
         self.range_test_steps = range_test_steps
         self.history = TrainingHistory()
         self._held_batch: Any = None
+        self._groups: dict[str, list[str]] = {}
         self.range_test_lr: float | None = None
         self.reports: list[str] = []
         self.last_diagnosis: Diagnosis | None = None
@@ -138,6 +139,8 @@ class TrainingDoctor(Callback):
     ) -> None:
         if trainer.global_step % self.every == 0:
             params = trainable_params(trainer, pl_module)
+            if not self._groups:
+                self.on_train_start(trainer, pl_module)
             self._grad = grad_norms(params, self._groups, scale=current_grad_scale(trainer, optimizer))
 
     def on_train_batch_end(

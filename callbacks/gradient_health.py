@@ -165,6 +165,7 @@ class GradientHealth(Callback):
         self._ratio_offset = 0
         self._micro: dict[str, Any] = {}
         self._pending: dict[str, Tensor] = {}
+        self._groups: dict[str, list[str]] = {}
 
     # -- cadence ----------------------------------------------------------------------------------
     def _every(self, trainer: pl.Trainer) -> int:
@@ -219,6 +220,8 @@ class GradientHealth(Callback):
             self._prev_sketch, self._prev_sketch_step = sk, step
         if not log_now:
             return
+        if not self._groups:  # on_train_start did not run (e.g. hooks called by hand)
+            self.on_train_start(trainer, pl_module)
         m = self._pending
         m[self.prefix + "grad_norm"] = total
         m[self.prefix + "out_of_band_run"] = self.band.worst_run()
