@@ -13,6 +13,8 @@ Example:
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -62,10 +64,11 @@ def guess_peak_flops(device_name: str) -> float | None:
 
 
 class GPUReader:
-    """GPU utilisation and memory through NVML (``nvidia-ml-py``).
+    """GPU utilisation and memory through NVML (``nvidia-ml-py``), or ``nvidia-smi`` without it.
 
-    NVML is initialised lazily; on machines without a driver ``available`` is False and
-    ``unavailable`` says why.
+    NVML is initialised lazily; when the Python binding is missing but the ``nvidia-smi`` tool is
+    there, it is queried instead (about 50 ms per read, so read on logging steps only). On machines
+    without a driver ``available`` is False and ``unavailable`` says why.
 
     Args:
         indices: GPU indices to read (``None``: all).
@@ -73,7 +76,9 @@ class GPUReader:
 
     def __init__(self, indices: list[int] | None = None) -> None:
         self.unavailable: str | None = None
+        self.source = "nvml"
         self._handles: list = []
+        self._indices = indices
         try:
             import pynvml
 
@@ -84,6 +89,13 @@ class GPUReader:
             self._nvml = pynvml
             if not self._handles:
                 self.unavailable = "NVML found no GPU"
+        except ImportError as err:
+            if shutil.which("nvidia-smi") and self._smi():
+                self.source = "nvidia-smi"
+            else:
+                self.unavailable = (
+                    f"GPU counters unavailable (nvidia-ml-py not installed: {err}; no nvidia-smi)"
+                )
         except Exception as err:  # no driver, no library, no permission: all mean "cannot read"
             self.unavailable = f"GPU counters unavailable (NVML: {type(err).__name__}: {err})"
 
@@ -92,8 +104,33 @@ class GPUReader:
         """Whether at least one GPU can be read."""
         return self.unavailable is None
 
+    def _smi(self) -> dict[str, float]:
+        cmd = [
+            "nvidia-smi",
+            "--query-gpu=index,utilization.gpu,memory.used,memory.total",
+            "--format=csv,noheader,nounits",
+        ]
+        try:
+            lines = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=10, check=True
+            ).stdout.splitlines()
+        except (OSError, subprocess.SubprocessError):
+            return {}
+        out: dict[str, float] = {}
+        for line in lines:
+            i, util, used, total = (float(x) for x in line.split(","))
+            if self._indices is None or int(i) in self._indices:
+                out[f"gpu{int(i)}_util"] = util
+                out[f"gpu{int(i)}_mem_used_gb"] = used * 2**20 / 1e9  # MiB
+                out[f"gpu{int(i)}_mem_percent"] = 100.0 * used / max(total, 1.0)
+        return out
+
     def read(self) -> dict[str, float]:
         """``gpu{i}_util`` (%), ``gpu{i}_mem_used_gb``, ``gpu{i}_mem_percent`` for each GPU; {} if unavailable."""
+        if self.unavailable is not None:
+            return {}
+        if self.source == "nvidia-smi":
+            return self._smi()
         out: dict[str, float] = {}
         for i, h in self._handles:
             try:

@@ -161,3 +161,23 @@ def test_data_wait_share_invariants(intervals: list[tuple[float, float]]) -> Non
     computes = sum(c for _, c in intervals)
     assert t.wait_s == pytest.approx(waits, abs=1e-9) and t.compute_s == pytest.approx(computes, abs=1e-9)
     assert 0.0 <= t.summary()["data_wait_share"] <= 1.0
+
+
+def test_gpu_reader_falls_back_to_nvidia_smi(tmp_path, monkeypatch) -> None:
+    """Without the nvidia-ml-py binding, the reader asks the nvidia-smi tool (faked here)."""
+    import os
+    import sys
+
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\necho '0, 97, 40000, 81559'\necho '1, 12, 100, 81559'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # import pynvml -> ImportError
+    gpu = GPUReader([1])
+    assert gpu.available and gpu.source == "nvidia-smi"
+    r = gpu.read()
+    assert r == {
+        "gpu1_util": 12.0,
+        "gpu1_mem_used_gb": pytest.approx(100 * 2**20 / 1e9),
+        "gpu1_mem_percent": pytest.approx(100 * 100 / 81559),
+    }
