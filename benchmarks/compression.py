@@ -16,6 +16,7 @@ import os
 import socket
 import tempfile
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -51,7 +52,8 @@ def _worker(rank: int, world: int, port: int, args: dict, out: str) -> None:
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a bounded timeout turns a stuck collective into an error instead of a silent hang
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=args["timeout_s"]))
     data = _corpus()
     split = int(0.9 * data.numel())
     train, val = data[:split], data[split:]
@@ -144,7 +146,7 @@ def run_ddp(
     """Train once per hook in ``world`` gloo processes; return per-hook metrics (see module docstring)."""
     args = {
         "hooks": list(hooks), "steps": steps, "n_embd": n_embd, "n_layer": n_layer, "block": block,
-        "batch": batch, "lr": lr, "ratio": ratio, "rank": rank, "start_iter": start_iter, "dense_start": dense_start, "optimizer": optimizer, "seed": seed,
+        "batch": batch, "lr": lr, "ratio": ratio, "rank": rank, "start_iter": start_iter, "dense_start": dense_start, "optimizer": optimizer, "seed": seed, "timeout_s": 180,
     }  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "result.json")

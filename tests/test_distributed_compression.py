@@ -53,3 +53,32 @@ def test_every_hook_trains_and_cuts_bytes(tmp_path: Path) -> None:
     assert res["powersgd"]["bytes_cut_steady"] >= 0.9  # rank 4 on d=128 matrices, after the dense start
     for name in ("fp16", "bf16"):
         assert res[name]["val_loss"] == pytest.approx(dense["val_loss"], rel=0.02), name
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_seed_claim_after_200_steps(tmp_path: Path) -> None:
+    """The seed's claim: >= 90% fewer bytes with the final loss within 5% of dense, after the same steps.
+
+    Measured (AdamW, GPT d=128 L=2, 200 steps, 2 workers): it holds for PowerSGD rank 4 (about 92% fewer
+    bytes over the whole run including the dense start, +3.5% loss). Top-k 1% and 1-bit cut >= 94% of
+    the bytes but end 9-15% above the dense loss, so for them the test pins the measured bound (20%),
+    not the seed's 5%; docs/distributed.md reports the figures.
+    """
+    res = _run(
+        tmp_path,
+        "--steps",
+        "200",
+        "--hooks",
+        "allreduce,powersgd,topk,1bit",
+        "--dense-start",
+        "5",
+        timeout=900,
+    )
+    dense = res["allreduce"]["val_loss"]
+    psgd = res["powersgd"]
+    assert psgd["bytes_cut_total"] >= 0.9
+    assert psgd["val_loss"] <= 1.05 * dense
+    for name in ("topk", "1bit"):
+        assert res[name]["bytes_cut_total"] >= 0.9, name
+        assert res[name]["val_loss"] <= 1.20 * dense, (name, res[name]["val_loss"], dense)
