@@ -146,7 +146,7 @@ def main(argv: list[str]) -> dict:
     device = torch.cuda.get_device_name() if cuda else "CPU"
     n_params = sum(p.numel() for p in CausalLM(config).parameters())
     return {
-        "title": f"Mixed precision, GPT {a.config} ({n_params / 1e6:.1f}M params), batch {a.batch} x {a.block}",
+        "title": f"Mixed precision, GPT {a.config} ({n_params:,} params), batch {a.batch} x {a.block}",
         "device": device,
         "rows": rows,
         "notes": [
