@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(tmp_path: Path, *args: str, timeout: int = 300) -> dict[str, dict]:
+def _run(tmp_path: Path, *args: str, timeout: int = 240) -> dict[str, dict]:
     out = tmp_path / "raw.json"
     cmd = [
         sys.executable,
@@ -55,7 +55,6 @@ def test_every_hook_trains_and_cuts_bytes(tmp_path: Path) -> None:
         assert res[name]["val_loss"] == pytest.approx(dense["val_loss"], rel=0.02), name
 
 
-@pytest.mark.slow
 @pytest.mark.distributed
 def test_seed_claim_after_200_steps(tmp_path: Path) -> None:
     """The seed's claim: >= 90% fewer bytes with the final loss within 5% of dense, after the same steps.
