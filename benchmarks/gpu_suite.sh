@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Every GPU check and benchmark of the kit in one run (about 6 minutes on one H100/H200).
-# Usage, from the repository root on a CUDA machine: OUT=/some/dir bash benchmarks/gpu_suite.sh
+# Every GPU check and benchmark of the kit in one run (about 6-7 minutes on one H100/H200).
+# Usage, from the repository root on a CUDA machine: OUT=/some/dir bash benchmarks/gpu_suite.sh [STEP...]
+# STEP names (default: all): throughput distributed monitoring data pytest.
 # Wheels the GPU image lacks (deepspeed and its needs) may be put in .whl/; they are installed to /tmp/site.
-# Each step is time-boxed and the suite goes on past a failing step; a summary line per step ends the log.
+# Each step is time-boxed and the suite goes on past a failing step. Results, logs and a summary are packed
+# into $OUT/results.tgz (and summary.txt beside it).
 set -u
 OUT=${OUT:-/tmp/kit-gpu-out}
-mkdir -p "$OUT"
+RES=/tmp/kit-gpu-res
+mkdir -p "$OUT" "$RES"
 export PYTHONUNBUFFERED=1 KIT_CACHE=/tmp/kit-cache
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -16,19 +19,29 @@ rm -rf /tmp/k && mkdir -p /tmp/k
 cp -r kit /tmp/k/kit && for d in callbacks datamodules models; do cp -r "$d" "/tmp/k/kit/$d"; done
 cp -r benchmarks tests pyproject.toml /tmp/k/
 cd /tmp/k
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)" | tee -a "$OUT/gpu.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$RES/gpu.txt"
+python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)" | tee -a "$RES/gpu.txt"
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(throughput distributed monitoring data pytest)
 summary=()
 step() {  # step NAME SECONDS COMMAND...
   local name=$1 limit=$2; shift 2
   local t0=$SECONDS
   echo "=== $name (limit ${limit}s)"
-  timeout "$limit" "$@" > >(tee "$OUT/$name.log") 2>&1
+  timeout "$limit" "$@" > >(tee "$RES/$name.log") 2>&1
   local rc=$?
   summary+=("$name rc=$rc $((SECONDS - t0))s")
 }
-step throughput 240 python3 -m benchmarks throughput --out "$OUT" --suffix -gpu
-[ -f benchmarks/gpu_distributed.py ] && step distributed 200 python3 benchmarks/gpu_distributed.py --out "$OUT"
-[ -f benchmarks/gpu_monitoring.py ] && step monitoring 120 python3 benchmarks/gpu_monitoring.py --out "$OUT"
-step pytest_gpu 120 python3 -m pytest -q -m gpu -p no:cacheprovider tests
-echo "=== summary"; printf '%s\n' "${summary[@]}" | tee "$OUT/summary.txt"
+for s in "${steps[@]}"; do
+  case $s in
+    throughput) step throughput 150 python3 -m benchmarks throughput --repeats 1 --out "$RES" --suffix -gpu ;;
+    distributed) step distributed 150 python3 benchmarks/gpu_distributed.py --out "$RES" ;;
+    monitoring) step monitoring 90 python3 benchmarks/gpu_monitoring.py --out "$RES/monitoring" ;;
+    data) step data 60 python3 benchmarks/gpu_data.py --out "$RES" ;;
+    pytest) step pytest 80 python3 -m pytest -q -p no:cacheprovider tests/test_gpu_foundation.py tests/test_hardware.py ;;
+    *) echo "unknown step $s" ;;
+  esac
+done
+echo "=== summary"; printf '%s\n' "${summary[@]}" | tee "$RES/summary.txt"
+cp "$RES/summary.txt" "$OUT/summary.txt"
+tar czf "$OUT/results.tgz" -C "$RES" .
