@@ -11,6 +11,7 @@ and both as ratios to the uncompressed baseline.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import socket
@@ -27,6 +28,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from kit.comm_hooks import make_comm_hook
 
+# "fork": workers start without re-importing torch and the kit.
+START_METHOD = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
 HOOK_NAMES = ("allreduce", "fp16", "bf16", "powersgd", "topk", "1bit")
 
 
@@ -116,8 +119,13 @@ def _worker(rank: int, world: int, port: int, args: dict, out: str) -> None:
             "step_ms": 1000 * elapsed / args["steps"],
             "replicas_in_sync": bool(all(torch.allclose(s, sums[0]) for s in sums)),
         }
+        # Free DDP (and its reducer) while the process group still exists: destroying the group first
+        # can leave the reducer's destructor blocked forever at exit (seen as rare hangs of one worker).
+        del ddp, opt, state, hook
+        gc.collect()
     if rank == 0:
         Path(out).write_text(json.dumps(results))
+    dist.barrier()
     dist.destroy_process_group()
 
 
@@ -150,7 +158,9 @@ def run_ddp(
     }  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "result.json")
-        mp.spawn(_worker, args=(world, _free_port(), args, out), nprocs=world, join=True)
+        mp.start_processes(
+            _worker, args=(world, _free_port(), args, out), nprocs=world, join=True, start_method=START_METHOD
+        )
         return json.loads(Path(out).read_text())
 
 
