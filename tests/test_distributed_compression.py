@@ -56,13 +56,30 @@ def test_every_hook_trains_and_cuts_bytes(tmp_path: Path) -> None:
 
 
 @pytest.mark.distributed
-def test_seed_claim_after_200_steps(tmp_path: Path) -> None:
+def test_seed_claim_with_momentum_sgd(tmp_path: Path) -> None:
     """The seed's claim: >= 90% fewer bytes with the final loss within 5% of dense, after the same steps.
 
-    Measured (AdamW, GPT d=128 L=2, 200 steps, 2 workers): it holds for PowerSGD rank 4 (about 92% fewer
-    bytes over the whole run including the dense start, +3.5% loss). Top-k 1% and 1-bit cut >= 94% of
-    the bytes but end 9-15% above the dense loss, so for them the test pins the measured bound (20%),
-    not the seed's 5%; docs/distributed.md reports the figures.
+    Holds for top-k 3%, 1-bit and PowerSGD rank 4 when the optimizer is SGD with momentum (the setting the
+    1-bit SGD / DGC / PowerSGD papers use): GPT d=128 L=2, 200 steps, 2 workers, 5 dense warm-up steps;
+    bytes counted over the whole run, warm-up included.
+    """
+    res = _run(
+        tmp_path, "--steps", "200", "--hooks", "allreduce,powersgd,topk,1bit", "--dense-start", "5",
+        "--optimizer", "sgd", "--lr", "0.1", "--ratio", "0.03",
+    )  # fmt: skip
+    dense = res["allreduce"]["val_loss"]
+    for name in ("powersgd", "topk", "1bit"):
+        assert res[name]["bytes_cut_total"] >= 0.9, name
+        assert res[name]["val_loss"] <= 1.05 * dense, (name, res[name]["val_loss"], dense)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_seed_claim_with_adamw(tmp_path: Path) -> None:
+    """With AdamW the claim holds for PowerSGD rank 4 only (about 92% fewer bytes, +3.5% loss).
+
+    Top-k 1% and 1-bit cut >= 94% of the bytes but end 9-15% above the dense loss after 200 steps, so for
+    them this test pins the measured bound (20%), not the seed's 5%; docs/distributed.md has the figures.
     """
     res = _run(
         tmp_path,
