@@ -87,23 +87,42 @@ def check_sharded(strategy: str, precision: str, root: Path) -> dict:
     }
 
 
+class _ScaledNormProbe(pl.Callback):
+    """Records the gradient norm and loss scale Lightning hands to ``on_before_optimizer_step``."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[float, float]] = []
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
+    ) -> None:
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        norm = float(torch.nn.utils.get_total_norm(grads))
+        self.seen.append((norm, float(trainer.precision_plugin.scaler.get_scale())))
+
+
 def check_fp16_clipping(root: Path) -> dict:
-    """fp16 + bounded loss scale + kit clipping + fused AdamW on the GPU."""
+    """fp16 + bounded loss scale + kit clipping + fused AdamW on the GPU: clips the unscaled gradients."""
+    probe = _ScaledNormProbe()  # runs before GradientClipping: sees the still-scaled fused-optimizer grads
     clip = GradientClipping(max_norm=0.5)
     scale = LossScaleMonitor(init_scale=1024, min_scale=8, max_scale=1024, growth_interval=2)
     model = CausalLM(SMOKE, lr=1e-3, warmup_steps=1, max_steps=8, fused=True)
-    trainer = _trainer("auto", 8, root, precision="16-mixed", callbacks=[scale, clip])
+    trainer = _trainer("auto", 8, root, precision="16-mixed", callbacks=[scale, probe, clip])
     trainer.fit(model, _data())
     opt = trainer.optimizers[0]
     post = float(clip.last["grad_norm/post_clip"])
     pre = float(clip.last["grad_norm/pre_clip"])
+    scaled_norm, loss_scale = probe.seen[-1]
+    expected = scaled_norm / loss_scale  # what the norm is once unscaled exactly once
     cur = trainer.precision_plugin.scaler.get_scale()
     fused = bool(opt.defaults.get("fused"))
-    ok = fused and post <= 0.5 * 1.001 and 8 <= cur <= 1024 and pre < 1e4
+    unscaled_once = abs(pre - expected) <= 1e-2 * max(expected, 1e-8)
+    ok = fused and unscaled_once and post <= 0.5 * 1.001 and 8 <= cur <= 1024
     return {
         "status": "PASS" if ok else "FAIL",
         "fused_adamw": fused,
         "pre_clip_norm": pre,
+        "scaled_norm_over_scale": expected,
         "post_clip_norm": post,
         "loss_scale": cur,
         "skipped_steps": scale.tracker.total_skips,
