@@ -223,7 +223,7 @@ def main(argv: list[str]) -> dict:
         "rows": rows,
         "notes": [
             "bytes = payload one worker contributes per step vs a dense fp32 all-reduce of the same gradients",
-            f"top-k ratio={a.ratio} (values + int32 indices), 1bit = packed signs + one fp32 scale per bucket",
+            f"top-k ratio={a.ratio} (values + int32 indices), 1bit = packed signs + one fp32 scale per parameter tensor",
             f"PowerSGD rank={a.rank}: dense all-reduce for the first {a.start_iter} steps (torch's start_powerSGD_iter); "
             "'after start' counts only the compressed steps",
             f"top-k/1bit dense warm-up: {a.dense_start} steps ('after start' counts only the compressed steps)",
