@@ -239,7 +239,9 @@ def check_hessian() -> dict:
     both = bool(probe["hessian/converged"]) and ref.converged
     rel = abs(probe["hessian/top_eigenvalue"] - ref.eigenvalue) / abs(ref.eigenvalue)
     return {
-        "pass": max(errs) < 1e-2 and (not both or rel < 0.02),
+        # the claim is the top eigenvalue; the FD HVP along random (low-curvature) directions is only
+        # reported: fp32 gradient noise on GPU dominates (g(w+hv) - g(w-hv)) there
+        "pass": both and rel < 0.01,
         "method_default_kernels": method_default,
         "hvp_rel_err_fd_vs_exact": errs,
         "probe_eigenvalue": probe["hessian/top_eigenvalue"],

@@ -34,11 +34,11 @@ step() {  # step NAME SECONDS COMMAND...
 }
 for s in "${steps[@]}"; do
   case $s in
-    throughput) step throughput 150 python3 -m benchmarks throughput --repeats 1 --out "$RES" --suffix -gpu ;;
+    throughput) step throughput 130 python3 -m benchmarks throughput --repeats 1 --out "$RES" --suffix=-gpu ;;
     distributed) step distributed 150 python3 benchmarks/gpu_distributed.py --out "$RES" ;;
-    monitoring) step monitoring 90 python3 benchmarks/gpu_monitoring.py --out "$RES/monitoring" ;;
-    data) step data 60 python3 benchmarks/gpu_data.py --out "$RES" ;;
-    pytest) step pytest 80 python3 -m pytest -q -p no:cacheprovider tests/test_gpu_foundation.py tests/test_hardware.py ;;
+    monitoring) step monitoring 110 python3 benchmarks/gpu_monitoring.py --steps 30 --out "$RES/monitoring" ;;
+    data) step data 45 python3 benchmarks/gpu_data.py --out "$RES" ;;
+    pytest) step pytest 70 python3 -m pytest -q -p no:cacheprovider tests/test_gpu_foundation.py tests/test_hardware.py ;;
     *) echo "unknown step $s" ;;
   esac
 done

@@ -24,6 +24,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
+from kit.callbacks.clipping import GradientClipping
 from kit.callbacks.doctor import TrainingDoctor
 from kit.callbacks.gradient_health import GradientHealth
 from kit.callbacks.hardware import HardwareMonitor
@@ -160,13 +161,13 @@ def run_side(
             precision=args.precision,
             logger=CSVLogger(tmp, name="bench"),
             log_every_n_steps=10,  # the tiny recipe's cadence
-            gradient_clip_val=1.0,
             enable_checkpointing=False,
             enable_progress_bar=False,
             enable_model_summary=False,
             limit_val_batches=0,
             num_sanity_val_steps=0,
-            callbacks=[timer, *monitors],
+            # the kit clips itself: Lightning refuses gradient_clip_val with fused AdamW in mixed precision
+            callbacks=[timer, GradientClipping(max_norm=1.0, log_norms=False), *monitors],
             accelerator="auto",
             devices=1,
         )

@@ -4,7 +4,7 @@ On CUDA: strict fp32 (TF32 off), fp32 with TF32 matmuls, ``bf16-mixed`` and ``16
 LossScaleMonitor), GPT-2 124M by default. On CPU only fp32 and bf16 are timed, on a tiny model: the CPU
 table checks that the code path works, not that bf16 is fast there (it usually is not).
 
-    python -m benchmarks precision                # GPU: GPT-2 124M, batch 8 x 512
+    python -m benchmarks precision                # GPU: GPT-2 124M, batch 16 x 1024
     python -m benchmarks precision --config debug # quick CPU run
 """
 
@@ -110,8 +110,8 @@ def main(argv: list[str]) -> dict:
     parser = argparse.ArgumentParser(prog="python -m benchmarks precision", description=__doc__)
     cuda = torch.cuda.is_available()
     parser.add_argument("--config", default="gpt2" if cuda else "debug", help="GPTConfig.from_name variant")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--block", type=int, default=512 if cuda else 32)
+    parser.add_argument("--batch", type=int, default=16 if cuda else 8)
+    parser.add_argument("--block", type=int, default=1024 if cuda else 32)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     a = parser.parse_args(argv)

@@ -315,8 +315,9 @@ class CausalLM(pl.LightningModule):
         self.save_hyperparameters(ignore=["config"])
         self.hparams["config"] = asdict(self.config)
         self.model: GPT | None = None
-        self.train_loss = MeanMetric()
-        self.val_loss = MeanMetric()
+        # nan_strategy="disable": the default NaN check calls .any() on the host, one GPU sync per update
+        # (measured: the Trainer side ran at 0.82x a plain loop on an H200 with it). A NaN loss stays NaN.
+        self.val_loss = MeanMetric(nan_strategy="disable")
         if self.config.vocab_size is not None:
             self.configure_model()
 
@@ -364,15 +365,10 @@ class CausalLM(pl.LightningModule):
         loss = self._loss(batch, self.hparams.label_smoothing)
         B, T = batch[0].shape
         self._flops_per_batch = self.model.flops_per_token(T) * B * T
-        self.train_loss(loss.detach())
         self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False)
         # includes label smoothing when it is on; val/ppl is the true perplexity
         self.log("train/ppl", torch.exp(loss.detach()), on_step=True, on_epoch=False)
         return loss
-
-    def on_train_epoch_end(self) -> None:
-        self.log("train/loss_epoch", self.train_loss.compute())
-        self.train_loss.reset()
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self.val_loss.update(self._loss(batch, 0.0), weight=batch[0].numel())

@@ -68,7 +68,7 @@ def test_print_config_shows_every_knob(tmp_path) -> None:
     for knob in (
         "label_smoothing: 0.1",
         "lr: 3.0e-05",
-        "gradient_clip_val: 1.0",
+        "max_norm: 1.0",
         "activation_checkpointing: false",
         "vocab_size: 2048",
         "warmup_steps: 60",

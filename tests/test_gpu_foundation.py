@@ -1,5 +1,7 @@
 """CUDA checks of the foundation: fused AdamW, bf16 autocast, torch.compile through the Trainer."""
 
+import math
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -21,10 +23,17 @@ def test_bf16_fused_adamw_trains_on_cuda(compile: bool) -> None:
     torch.manual_seed(0)
     lm = CausalLM(GPTConfig.from_name("debug"), lr=3e-3, warmup_steps=0, compile=compile)
     trainer = pl.Trainer(
-        accelerator="gpu", devices=1, precision="bf16-mixed", max_steps=60, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        accelerator="gpu",
+        devices=1,
+        precision="bf16-mixed",
+        max_steps=60,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     trainer.fit(lm, train_dataloaders=_loader())
     opt = trainer.optimizers[0]
     assert opt.defaults["fused"] is True
-    assert float(trainer.callback_metrics["train/loss"]) < 1.0
+    # ln(64) = 4.16 at init; every target is predictable from the previous token
+    assert float(trainer.callback_metrics["train/loss"]) < 0.5 * math.log(64)
