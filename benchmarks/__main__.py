@@ -20,7 +20,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def available() -> list[str]:
     here = Path(__file__).resolve().parent
-    return sorted(m.name for m in pkgutil.iter_modules([str(here)]) if not m.name.startswith("_"))
+    # gpu_* are standalone scripts (python benchmarks/gpu_x.py), not harness benchmarks
+    names = (m.name for m in pkgutil.iter_modules([str(here)]))
+    return sorted(n for n in names if not n.startswith(("_", "gpu_")))
 
 
 def to_markdown(result: dict) -> str:

@@ -46,7 +46,7 @@ def measure_tokenizer(tokenizer: Any, texts: Sequence[str]) -> dict[str, float]:
 
 
 def bpe_tradeoff(
-    train_texts: Iterable[str],
+    train_texts: Iterable[str] | Callable[[], Iterable[str]],
     heldout_texts: Sequence[str],
     vocab_sizes: Sequence[int],
     d_model: int = 768,
@@ -57,7 +57,9 @@ def bpe_tradeoff(
     """Train byte-level BPE at each vocabulary size and measure it on held-out text.
 
     Args:
-        train_texts: training documents (materialised once, reused for every size).
+        train_texts: training documents, or a function returning a fresh iterable of them; a function is
+            called once per size and its texts are streamed (a corpus larger than memory works); a plain
+            iterable is materialised once and reused.
         heldout_texts: documents the tokenizers never saw.
         vocab_sizes: sizes to compare, e.g. ``[1000, 4000, 16000]``.
         d_model: model width for the embedding-parameter column.
@@ -80,11 +82,13 @@ def bpe_tradeoff(
         raise ValueError("heldout_texts is empty; hold out some documents to measure on")
     if train_fn is None:
         from kit.tokenizer import train_bpe as train_fn
-    texts = list(train_texts)
+    texts = None if callable(train_texts) else list(train_texts)
     rows = []
     for size in vocab_sizes:
         start = time.perf_counter()
-        tok = train_fn(texts, vocab_size=size, min_frequency=min_frequency)
+        tok = train_fn(
+            train_texts() if texts is None else texts, vocab_size=size, min_frequency=min_frequency
+        )
         train_s = time.perf_counter() - start
         m = measure_tokenizer(tok, heldout_texts)
         actual = tok.get_vocab_size()

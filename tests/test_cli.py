@@ -57,6 +57,15 @@ def test_recipes_are_listed_and_resolved_by_name(capsys) -> None:
         resolve_recipe("no-such-recipe")
 
 
+def test_bench_and_help_subcommands(capsys) -> None:
+    assert main(["bench"]) == 0
+    listed = capsys.readouterr().out
+    assert "throughput" in listed and "gpu_suite" not in listed
+    assert main(["--help"]) == 0
+    help_text = capsys.readouterr().out
+    assert "bench NAME" in help_text and "recipes" in help_text and "plan" in help_text
+
+
 def test_fit_without_config_gets_the_default_recipe() -> None:
     assert _rewrite_args(["fit"])[:3] == ["fit", "--config", resolve_recipe("gpt-tiny")]
     assert _rewrite_args(["fit", "-c", "seed-recipe"]) == ["fit", "-c", resolve_recipe("seed-recipe")]

@@ -6,8 +6,9 @@ Usage::
     kit data tokenizer clean.jsonl --vocab-sizes 1000,4000,16000 --d-model 768 --save tok.json
     kit data shards clean.jsonl -o shards/ --tokenizer tok.json --block-size 256 --max-count 10000
 
-Every command streams its input (a corpus larger than memory is fine; ``tokenizer`` is the exception, as BPE
-training holds the texts), shows a progress bar, and prints a summary at the end.
+Every command streams its input, so a corpus larger than memory is fine (``tokenizer`` re-reads the
+training text for each vocabulary size and keeps at most ``--max-heldout`` held-out documents), shows a
+progress bar, and prints a summary at the end.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -115,22 +115,38 @@ def _tokenizer(args: argparse.Namespace, console: Console) -> int:
     from kit.bpe_report import bpe_tradeoff, format_table
     from kit.tokenizer import train_bpe
 
-    if args.inputs:
-        texts = [text for _, text, _ in iter_documents(args.inputs, args.text_key)]
-    else:
-        from kit.text import embedded_corpus
-
-        texts = list(embedded_corpus().values())
-        console.print("no inputs: using the embedded pydoc corpus")
-    if len(texts) < 2:
-        console.print(f"[red]need at least 2 documents to hold some out; got {len(texts)}[/red]")
+    if not 0.0 < args.heldout < 1.0:
+        console.print(f"[red]--heldout {args.heldout} must be in (0, 1), e.g. 0.1[/red]")
         return 2
-    rng = random.Random(args.seed)
-    order = list(range(len(texts)))
-    rng.shuffle(order)
-    n_held = max(1, round(len(texts) * args.heldout))
-    held = [texts[i] for i in order[:n_held]]
-    train = [texts[i] for i in order[n_held:]]
+    if not args.inputs:
+        console.print("no inputs: using the embedded pydoc corpus")
+    # Every k-th document is held out (document 0 included, so the held-out side is never empty). Held-out
+    # text is kept in memory up to --max-heldout documents; training text is re-read from the inputs for
+    # every vocabulary size, so the corpus itself never has to fit in memory (tokenizers trains from an
+    # iterator and keeps only its pre-token counts).
+    stride = max(2, round(1 / args.heldout))
+
+    def documents() -> Iterator[tuple[int, str]]:
+        if args.inputs:
+            source = (text for _, text, _ in iter_documents(args.inputs, args.text_key))
+        else:
+            from kit.text import embedded_corpus
+
+            source = iter(embedded_corpus().values())
+        yield from enumerate(source)
+
+    def train_texts() -> Iterator[str]:
+        return (text for i, text in documents() if i % stride)
+
+    held: list[str] = []
+    n_docs = 0
+    for i, text in documents():
+        n_docs += 1
+        if i % stride == 0 and len(held) < args.max_heldout:
+            held.append(text)
+    if n_docs < 2:
+        console.print(f"[red]need at least 2 documents to hold some out; got {n_docs}[/red]")
+        return 2
     try:
         sizes = [int(s) for s in args.vocab_sizes.split(",") if s.strip()]
     except ValueError:
@@ -138,21 +154,27 @@ def _tokenizer(args: argparse.Namespace, console: Console) -> int:
             f"[red]--vocab-sizes {args.vocab_sizes!r} must be comma-separated integers, e.g. 1000,4000[/red]"
         )
         return 2
+    n_held_total = (n_docs + stride - 1) // stride
+    n_train = n_docs - n_held_total
     rows = []
     with _progress(console, bytes_mode=False) as progress:
         task = progress.add_task("training BPE", total=len(sizes))
         for size in sizes:
-            rows += bpe_tradeoff(train, held, [size], d_model=args.d_model, min_frequency=args.min_frequency)
+            rows += bpe_tradeoff(
+                train_texts, held, [size], d_model=args.d_model, min_frequency=args.min_frequency
+            )
             progress.advance(task)
     console.print(
-        f"{len(train):,} training / {len(held):,} held-out documents; embedding params at d_model={args.d_model}"
+        f"{n_train:,} training / {len(held):,} held-out documents (every {stride}th; "
+        f"{n_held_total:,} not trained on); embedding params at d_model={args.d_model}"
     )
     console.print(format_table(rows))
     if args.report:
         Path(args.report).write_text(json.dumps(rows, indent=2) + "\n")
     if args.save:
         size = sizes[-1]
-        train_bpe(train + held, vocab_size=size, min_frequency=args.min_frequency).save(args.save)
+        all_texts = (text for _, text in documents())
+        train_bpe(all_texts, vocab_size=size, min_frequency=args.min_frequency).save(args.save)
         console.print(f"saved the {size}-token tokenizer (trained on all documents) to {args.save}")
     return 0
 
@@ -237,10 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="*", help="files, folders or globs; none = the embedded pydoc corpus")
     p.add_argument("--vocab-sizes", default="1000,4000,16000")
     p.add_argument("--heldout", type=float, default=0.1, help="share of documents held out for measuring")
+    p.add_argument("--max-heldout", type=int, default=5000, help="held-out documents kept in memory, at most")
     p.add_argument("--d-model", type=int, default=768, help="model width for the embedding-parameter column")
     p.add_argument("--min-frequency", type=int, default=2)
     p.add_argument("--text-key", default="text")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--report", help="write the table as JSON here")
     p.add_argument("--save", help="save a tokenizer at the last vocab size (trained on all documents) here")
 
