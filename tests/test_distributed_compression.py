@@ -79,7 +79,7 @@ def test_seed_claim_with_adamw(tmp_path: Path) -> None:
     """With AdamW the claim holds for PowerSGD rank 4 only (about 92% fewer bytes, +3.5% loss).
 
     Top-k 1% and 1-bit cut >= 94% of the bytes but end 9-15% above the dense loss after 200 steps, so for
-    them this test pins the measured bound (20%), not the seed's 5%; docs/distributed.md has the figures.
+    them this test pins the measured bound (20%), not the seed's 5%; the README (Distributed, measured figures) has them.
     """
     res = _run(
         tmp_path,
