@@ -15,7 +15,6 @@ The Hessian probe's default interval (1000 steps) is longer than the run, so it 
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import tempfile
 import time
@@ -24,6 +23,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
+from benchmarks._common import cuda_sync, device_name
 from kit.callbacks.clipping import GradientClipping
 from kit.callbacks.doctor import TrainingDoctor
 from kit.callbacks.gradient_health import GradientHealth
@@ -38,17 +38,6 @@ PRESETS = {
     "tiny": ("tiny", 2048, 128, 16, "32-true"),
     "gpt2": ("gpt2", 50304, 1024, 8, "bf16-mixed"),
 }
-
-
-def _device_name() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 class _StepTimes(pl.Callback):
@@ -69,7 +58,7 @@ class _StepTimes(pl.Callback):
 
     def _mark(self, final: bool = False) -> None:
         if self.sync_at is None or final or len(self.times) + 1 == self.sync_at:
-            _sync()
+            cuda_sync()
         now = (time.perf_counter(), time.process_time())
         if self._last is not None:
             self.times.append(now[0] - self._last[0])
@@ -174,10 +163,10 @@ def run_side(
         trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=None))
         if monitored:
             hess = next(m for m in monitors if isinstance(m, HessianMonitor))
-            _sync()
+            cuda_sync()
             start, cpu = time.perf_counter(), time.process_time()
             res = hess.probe(module)
-            _sync()
+            cuda_sync()
             args._probe = (time.perf_counter() - start, time.process_time() - cpu, res)
     timer.hook_s = spent
     timer.steps = args.steps
@@ -278,7 +267,7 @@ def main(argv: list[str]) -> dict:
     params = sum(p.numel() for p in CausalLM(config).parameters())
     return {
         "title": f"Monitoring overhead: all monitors at default cadence vs none ({args.config}, {args.data} data)",
-        "device": _device_name(),
+        "device": device_name(),
         "rows": rows,
         "baseline_step_ms": 1000 * med[False],
         "monitored_step_ms": 1000 * med[True],

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import platform
 import time
 
 import lightning.pytorch as pl
 import torch
 
+from benchmarks._common import cuda_sync, device_name
 from kit.datamodules.text import TextDataModule
 from kit.models.gpt import CausalLM, GPTConfig
 
@@ -30,17 +30,6 @@ PRESETS = {
 }
 
 
-def _device_name() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 class _StepTimer(pl.Callback):
     def __init__(self, warmup: int) -> None:
         self.warmup = warmup
@@ -49,11 +38,11 @@ class _StepTimer(pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.warmup and self.start is None:
-            _sync()
+            cuda_sync()
             self.start = time.perf_counter()
 
     def on_train_end(self, trainer, pl_module) -> None:
-        _sync()
+        cuda_sync()
         self.end = time.perf_counter()
 
 
@@ -93,7 +82,7 @@ def run_plain(config, loader, args) -> float:
     start = None
     for step in range(args.steps):
         if step == args.warmup:
-            _sync()
+            cuda_sync()
             start = time.perf_counter()
         x, y = (t.to(device, non_blocking=True) for t in next(batches))
         with autocast:
@@ -102,7 +91,7 @@ def run_plain(config, loader, args) -> float:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
-    _sync()
+    cuda_sync()
     return time.perf_counter() - start
 
 
@@ -158,7 +147,7 @@ def main(argv: list[str]) -> dict:
     model_params = sum(p.numel() for p in CausalLM(config).parameters())
     return {
         "title": f"Training throughput: CausalLM via Lightning Trainer vs plain PyTorch loop ({args.config})",
-        "device": _device_name(),
+        "device": device_name(),
         "config": {
             "preset": args.config,
             "params": model_params,
