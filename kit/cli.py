@@ -156,9 +156,13 @@ def _print_fit_summary(trainer, model, datamodule) -> None:
     if trainer.logger is not None and trainer.logger.log_dir:
         lines.append(f"  logs:            {trainer.logger.log_dir}")
     metrics = trainer.callback_metrics
-    val = metrics.get("val/loss")
-    if val is not None:
-        lines.append(f"  val loss:        {float(val):.4f}  (perplexity {math.exp(float(val)):.2f})")
+    val, ppl = metrics.get("val/loss"), metrics.get("val/ppl")
+    if val is not None and ppl is not None:
+        lines.append(f"  val loss:        {float(val):.4f}  (perplexity {float(ppl):.2f})")
+    for key in sorted(k for k in metrics if k.startswith("val") and k not in ("val/loss", "val/ppl")):
+        lines.append(f"  {key + ':':<16} {float(metrics[key]):.4f}")
+    if val is not None and ppl is None:
+        lines.append(f"  val/loss:        {float(val):.4f}")
     unigram = getattr(datamodule, "unigram_loss", None)
     if unigram is not None:
         lines.append(f"  unigram baseline val loss: {unigram:.4f}  (perplexity {math.exp(unigram):.2f})")
@@ -235,8 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     cli_cls = _lightning_cli()
     # LightningCLI reads sys.argv itself (and warns when given both); hand it the rewritten arguments there.
+    # argv[0] stays the real script: Lightning's DDP launcher re-runs `python sys.argv[0] ...` for each rank.
     saved_argv = sys.argv
-    sys.argv = ["kit", *_rewrite_args(argv)]
+    sys.argv = [saved_argv[0] if saved_argv else "kit", *_rewrite_args(argv)]
     try:
         cli_cls(
             model_class=None,

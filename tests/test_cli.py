@@ -136,3 +136,18 @@ def test_wandb_logger_runs_offline_and_writes_its_run_dir_without_a_progress_bar
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert runs, f"no offline run dir in {list(tmp_path.rglob('*'))[:20]}"
     assert any(p.suffix == ".wandb" for p in runs[0].iterdir())
+
+
+@pytest.mark.distributed
+def test_console_script_launches_two_ddp_processes_with_a_preset(tmp_path) -> None:
+    """Lightning re-runs `python sys.argv[0] ...` per rank: argv[0] must stay the real `kit` script."""
+    script = Path(sys.executable).with_name("kit")
+    if not script.exists():
+        pytest.skip("the kit console script is not installed next to this interpreter")
+    args = [str(script), "fit", *FAST, "--trainer.max_steps=4", "--trainer.val_check_interval=2"]
+    args += ["--trainer.strategy=ddp-topk", "--trainer.devices=2", "--trainer.accelerator=cpu"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "MEMBER: 2/2" in proc.stdout + proc.stderr
+    assert "kit fit finished" in proc.stdout
