@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -39,14 +40,14 @@ _PARAGRAPH = re.compile(r"\n{2,}")
 _HAS_LETTER = re.compile(r"[^\W\d_]")
 
 
-class DocFilter:
+class DocFilter(ABC):
     """Base class: subclasses set ``name`` and implement ``reason``."""
 
     name: str = "filter"
 
+    @abstractmethod
     def reason(self, text: str) -> str | None:
         """Return ``None`` to keep ``text`` or ``"<name>:<rule>"`` naming why it is removed."""
-        raise NotImplementedError
 
     def __call__(self, text: str) -> bool:
         return self.reason(text) is None
