@@ -14,6 +14,7 @@ Example:
 """
 
 # No ``from __future__ import annotations`` here: DDP checks the hooks' annotations as real objects.
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,6 +190,35 @@ def _world(state: HookState) -> int:
     return dist.get_world_size(state.process_group)
 
 
+def _residual(state: ResidualState, bucket: dist.GradBucket) -> torch.Tensor | None:
+    """The bucket's error-feedback residual, or None on its first step or after DDP rebuilt its buckets."""
+    residual = state.residuals.get(bucket.index())
+    if residual is not None and residual.numel() != bucket.buffer().numel():
+        return None
+    return residual
+
+
+def _gather_and_average(
+    state: ResidualState,
+    grad: torch.Tensor,
+    payload: torch.Tensor,
+    add_message: Callable[[torch.Tensor, torch.Tensor], None],
+) -> torch.futures.Future[torch.Tensor]:
+    """All-gather every worker's compressed ``payload``; decode each into a dense sum and average it into ``grad``."""
+    world = _world(state)
+    gathered = [torch.empty_like(payload) for _ in range(world)]
+    work = dist.all_gather(gathered, payload, group=state.process_group, async_op=True)
+
+    def decode(_: torch.futures.Future) -> torch.Tensor:
+        total = torch.zeros(grad.numel(), dtype=torch.float32, device=grad.device)
+        for msg in gathered:
+            add_message(total, msg)
+        grad.copy_(total.div_(world).to(grad.dtype))
+        return grad
+
+    return work.get_future().then(decode)
+
+
 def topk_hook(state: ResidualState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """Top-k sparsification with error feedback: each worker sends its ``ratio`` largest entries.
 
@@ -199,27 +229,18 @@ def topk_hook(state: ResidualState, bucket: dist.GradBucket) -> torch.futures.Fu
         return allreduce_hook(state, bucket)
     grad = bucket.buffer()
     numel, size = grad.numel(), grad.element_size()
-    key = bucket.index()
-    residual = state.residuals.get(key)
-    if residual is not None and residual.numel() != numel:
-        residual = None  # DDP rebuilt its buckets after the first step
-    values, indices, state.residuals[key] = topk_compress(grad, state.ratio, residual)
+    values, indices, state.residuals[bucket.index()] = topk_compress(
+        grad, state.ratio, _residual(state, bucket)
+    )
     values = values.float()
     payload = torch.cat([values, indices.to(torch.int32).view(torch.float32)])
     state.stats.add(topk_bytes(topk_count(numel, state.ratio), 4, 4), dense_bytes(numel, size))
-    world = _world(state)
-    gathered = [torch.empty_like(payload) for _ in range(world)]
-    work = dist.all_gather(gathered, payload, group=state.process_group, async_op=True)
     k = values.numel()
 
-    def decode(_: torch.futures.Future) -> torch.Tensor:
-        total = torch.zeros(numel, dtype=torch.float32, device=grad.device)
-        for msg in gathered:
-            total.index_add_(0, msg[k:].view(torch.int32).long(), msg[:k])
-        grad.copy_(total.div_(world).to(grad.dtype))
-        return grad
+    def add_message(total: torch.Tensor, msg: torch.Tensor) -> None:
+        total.index_add_(0, msg[k:].view(torch.int32).long(), msg[:k])
 
-    return work.get_future().then(decode)
+    return _gather_and_average(state, grad, payload, add_message)
 
 
 def onebit_hook(state: ResidualState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
@@ -233,29 +254,18 @@ def onebit_hook(state: ResidualState, bucket: dist.GradBucket) -> torch.futures.
         return allreduce_hook(state, bucket)
     grad = bucket.buffer()
     numel, size = grad.numel(), grad.element_size()
-    key = bucket.index()
-    residual = state.residuals.get(key)
-    if residual is not None and residual.numel() != numel:
-        residual = None
     segments = [g.numel() for g in bucket.gradients()] if state.per_tensor_scale else None
-    packed, scales, state.residuals[key] = sign_compress(grad, residual, segments)
+    packed, scales, state.residuals[bucket.index()] = sign_compress(grad, _residual(state, bucket), segments)
     payload = torch.cat([packed, scales.float().view(torch.uint8)])
     state.stats.add(sign_bytes(numel, scales.numel()), dense_bytes(numel, size))
-    world = _world(state)
-    gathered = [torch.empty_like(payload) for _ in range(world)]
-    work = dist.all_gather(gathered, payload, group=state.process_group, async_op=True)
     nbytes = packed.numel()
 
-    def decode(_: torch.futures.Future) -> torch.Tensor:
-        total = torch.zeros(numel, dtype=torch.float32, device=grad.device)
-        for msg in gathered:
-            total += sign_decompress(
-                msg[:nbytes], msg[nbytes:].clone().view(torch.float32), numel, segments=segments
-            )
-        grad.copy_(total.div_(world).to(grad.dtype))
-        return grad
+    def add_message(total: torch.Tensor, msg: torch.Tensor) -> None:
+        total += sign_decompress(
+            msg[:nbytes], msg[nbytes:].clone().view(torch.float32), numel, segments=segments
+        )
 
-    return work.get_future().then(decode)
+    return _gather_and_average(state, grad, payload, add_message)
 
 
 HOOKS = ("allreduce", "fp16", "bf16", "powersgd", "topk", "1bit")
