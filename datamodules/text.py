@@ -288,31 +288,24 @@ class TextDataModule(pl.LightningDataModule):
             )
 
     def _loader(self, dataset: BlockDataset, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.hparams.seed)
+        order: dict = {}
         if shuffle and self.train_groups is not None:
             # distributed-aware: picks up world size and rank from torch.distributed when it is initialised
             self.sampler = TemperatureSampler(
                 self.train_groups, self.hparams.temperature, num_samples=len(dataset), seed=self.hparams.seed
             )
             self._log_proportions()
-            return _Loader(
-                dataset,
-                batch_size=self.batch_size,
-                sampler=self.sampler,
-                num_workers=self.hparams.num_workers,
-                persistent_workers=self.hparams.num_workers > 0,
-                pin_memory=torch.cuda.is_available(),
-                drop_last=False,
-            )
+            order = {"sampler": self.sampler}
+        elif shuffle:
+            order = {"shuffle": True, "generator": torch.Generator().manual_seed(self.hparams.seed)}
         return _Loader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=generator if shuffle else None,
             num_workers=self.hparams.num_workers,
             persistent_workers=self.hparams.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
             drop_last=False,
+            **order,
         )
 
     def _log_proportions(self) -> None:
