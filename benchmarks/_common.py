@@ -18,3 +18,13 @@ def cuda_sync() -> None:
     """Wait for queued CUDA kernels so a timer covers them; nothing on CPU."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+def timing_config(name: str, block_size: int, fallback_vocab: int = 512):
+    """``GPTConfig.from_name(name)`` for timing runs: dropout off, ``block_size`` set, a vocabulary if it has none."""
+    from kit.models.gpt import GPTConfig
+
+    overrides = {"block_size": block_size, "dropout": 0.0, "attn_dropout": 0.0, "embd_dropout": 0.0}
+    if GPTConfig.from_name(name).vocab_size is None:
+        overrides["vocab_size"] = fallback_vocab
+    return GPTConfig.from_name(name, **overrides)

@@ -11,13 +11,12 @@ on CPU), plus fused AdamW without clipping as the floor, and reports ms/step and
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 import torch
 
+from benchmarks._common import timing_config
 from benchmarks.precision import time_precision
 from kit.callbacks.clipping import GradientClipping
-from kit.models.gpt import GPTConfig
 
 
 def main(argv: list[str]) -> dict:
@@ -30,15 +29,7 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--max-norm", type=float, default=1.0)
     a = parser.parse_args(argv)
-    overrides: dict[str, Any] = {
-        "block_size": a.block,
-        "dropout": 0.0,
-        "attn_dropout": 0.0,
-        "embd_dropout": 0.0,
-    }
-    if GPTConfig.from_name(a.config).vocab_size is None:
-        overrides["vocab_size"] = 512
-    config = GPTConfig.from_name(a.config, **overrides)
+    config = timing_config(a.config, a.block)
     precision = "bf16-mixed" if cuda else "32-true"
     runs = [
         ("Lightning gradient_clip_val + foreach AdamW", {"fused": False, "gradient_clip_val": a.max_norm}),

@@ -17,6 +17,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from benchmarks._common import timing_config
 from kit.callbacks.loss_scale import LossScaleMonitor
 from kit.models.gpt import CausalLM, GPTConfig
 
@@ -115,15 +116,7 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     a = parser.parse_args(argv)
-    overrides: dict[str, Any] = {
-        "block_size": a.block,
-        "dropout": 0.0,
-        "attn_dropout": 0.0,
-        "embd_dropout": 0.0,
-    }
-    if GPTConfig.from_name(a.config).vocab_size is None:
-        overrides["vocab_size"] = 512
-    config = GPTConfig.from_name(a.config, **overrides)
+    config = timing_config(a.config, a.block)
     if cuda:
         modes = [
             ("fp32 strict", "32-true", False, []),
