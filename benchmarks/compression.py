@@ -26,7 +26,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from kit.comm_hooks import make_comm_hook
+from kit.parallel.comm_hooks import make_comm_hook
 
 # "fork": workers start without re-importing torch and the kit.
 START_METHOD = "fork" if "fork" in mp.get_all_start_methods() else "spawn"

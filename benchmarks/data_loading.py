@@ -21,13 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from kit.data.packing import pack_blocks
+from kit.data.sampling import TemperatureSampler
+from kit.data.shards import write_shards
+from kit.data.text import embedded_corpus
+from kit.data.tokenizer import train_bpe
 from kit.datamodules.webdataset import WebDataModule
 from kit.models.gpt import GPT, GPTConfig
-from kit.packing import pack_blocks
-from kit.sampling import TemperatureSampler
-from kit.shards import write_shards
-from kit.text import embedded_corpus
-from kit.tokenizer import train_bpe
 
 BLOCK, BATCH = 32, 16
 

@@ -15,9 +15,9 @@ import time
 
 from datasketch import MinHash, MinHashLSH
 
-from kit.dedup import MinHashDeduplicator, normalize_for_hash
-from kit.pipeline import DataPipeline
-from kit.text import embedded_corpus
+from kit.data.dedup import MinHashDeduplicator, normalize_for_hash
+from kit.data.pipeline import DataPipeline
+from kit.data.text import embedded_corpus
 
 
 def make_corpus(mb: float, seed: int = 0) -> tuple[list[str], set[int]]:

@@ -1,6 +1,6 @@
 """Tokenization throughput: batched HF ``tokenizers`` encoding against a per-document Python loop.
 
-Also prints the BPE vocab-size trade-off table (``kit.bpe_report``) on the embedded corpus.
+Also prints the BPE vocab-size trade-off table (``kit.data.bpe_report``) on the embedded corpus.
 
 Run: ``python -m benchmarks data_tokenize [--repeat 8] [--vocab-sizes 1000,4000,16000]``.
 """
@@ -12,9 +12,9 @@ import os
 import platform
 import time
 
-from kit.bpe_report import bpe_tradeoff
-from kit.text import embedded_corpus
-from kit.tokenizer import train_bpe
+from kit.data.bpe_report import bpe_tradeoff
+from kit.data.text import embedded_corpus
+from kit.data.tokenizer import train_bpe
 
 
 def main(argv: list[str]) -> dict:

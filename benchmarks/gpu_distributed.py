@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:
 import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
 
-import kit.strategies  # noqa: E402, F401  (registers the presets)
+import kit.parallel.strategies  # noqa: E402, F401  (registers the presets)
 from kit.callbacks.clipping import GradientClipping  # noqa: E402
 from kit.callbacks.loss_scale import LossScaleMonitor  # noqa: E402
 from kit.models.gpt import CausalLM, GPTConfig  # noqa: E402

@@ -42,7 +42,7 @@ from torch import nn  # noqa: E402
 from kit.callbacks.gradient_health import GradientHealth  # noqa: E402
 from kit.callbacks.hardware import HardwareMonitor  # noqa: E402
 from kit.callbacks.hessian import HessianMonitor  # noqa: E402
-from kit.hessian import hessian_top_eigenvalue  # noqa: E402
+from kit.health.hessian import hessian_top_eigenvalue  # noqa: E402
 from kit.models.gpt import CausalLM, GPTConfig  # noqa: E402
 
 DEVICE = "cuda"
@@ -191,7 +191,7 @@ def check_hessian() -> dict:
     exact double-backward HVP under the math kernel, on random unit vectors; then both power iterations."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from kit.hessian import hvp_autograd, hvp_finite_difference, make_hvp
+    from kit.health.hessian import hvp_autograd, hvp_finite_difference, make_hvp
 
     torch.manual_seed(0)
     cfg = GPTConfig.from_name("debug", vocab_size=128, block_size=32)

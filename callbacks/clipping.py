@@ -3,7 +3,7 @@
 Lightning refuses ``Trainer(gradient_clip_val=...)`` when the optimizer unscales inside its own step
 (``AdamW(fused=True)``), even under bf16 where there is no scaler, which forces the slower foreach AdamW.
 This callback clips itself: under fp16 it first unscales through the Trainer's ``GradScaler`` (once; if
-Lightning already unscaled, it does not unscale again), then clips with :mod:`kit.clipping`. The
+Lightning already unscaled, it does not unscale again), then clips with :mod:`kit.precision.clipping`. The
 GradScaler's ``step`` then sees the optimizer as already unscaled and does not divide again.
 """
 
@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.amp.grad_scaler import OptState
 
-from kit.clipping import AutoClip, adaptive_clip_, clip_by_norm, clip_by_value
+from kit.precision.clipping import AutoClip, adaptive_clip_, clip_by_norm, clip_by_value
 
 __all__ = ["GradientClipping", "unscale_once"]
 

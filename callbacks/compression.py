@@ -9,18 +9,18 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.nn.parallel import DistributedDataParallel
 
-from kit.comm_hooks import HOOKS, CommStats, make_comm_hook
-from kit.compression import topk_count
+from kit.parallel.comm_hooks import HOOKS, CommStats, make_comm_hook
+from kit.parallel.compression import topk_count
 
 __all__ = ["GradientCompression"]
 
 
 class GradientCompression(Callback):
-    """Register a :mod:`kit.comm_hooks` hook on the DDP model and log ``compression/*`` metrics.
+    """Register a :mod:`kit.parallel.comm_hooks` hook on the DDP model and log ``compression/*`` metrics.
 
     Works with Lightning's plain ``DDPStrategy`` (``strategy="ddp"``) in any project: the hook is registered
     in ``on_fit_start``, after DDP wrapped the model and before the first backward. With a
-    :class:`kit.strategies.CompressedDDPStrategy` (``strategy="ddp-topk"``...) the strategy already owns the
+    :class:`kit.parallel.strategies.CompressedDDPStrategy` (``strategy="ddp-topk"``...) the strategy already owns the
     hook and the callback only logs its counters. Without DDP it warns once and does nothing.
 
     Logged per optimizer step: ``compression/bytes_sent`` and ``compression/bytes_dense`` (payload bytes of

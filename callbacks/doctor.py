@@ -3,7 +3,7 @@
 It records the training loss, learning rate and gradient norms (per layer too) on a cadence,
 buffering device tensors and syncing once per flush; it reads the validation loss from
 ``trainer.callback_metrics`` (``monitor``, or the first key containing "val" and "loss"). When the
-validation loss has risen ``patience`` times in a row it runs :func:`kit.doctor.diagnose` and writes
+validation loss has risen ``patience`` times in a row it runs :func:`kit.health.doctor.diagnose` and writes
 ``report.md`` plus PNG plots to ``<log_dir>/doctor/``, sends the report to loggers that take text
 (TensorBoard's ``add_text``) and logs ``doctor/problems``. Training texts for the leakage check
 come from ``train_texts``/``val_texts`` or from the datamodule's ``train_texts``/``val_texts``.
@@ -29,9 +29,16 @@ from torch import Tensor
 
 from kit.callbacks.gradient_health import current_grad_scale, log_metrics, trainable_params
 from kit.callbacks.hessian import _loss_from_output, _silenced_logging
-from kit.doctor import Diagnosis, TrainingHistory, diagnose, lr_range_test, plot_history, val_loss_rising
-from kit.health import grad_norms, group_by_layer
-from kit.hessian import preserved_state
+from kit.health.doctor import (
+    Diagnosis,
+    TrainingHistory,
+    diagnose,
+    lr_range_test,
+    plot_history,
+    val_loss_rising,
+)
+from kit.health.grads import grad_norms, group_by_layer
+from kit.health.hessian import preserved_state
 
 __all__ = ["TrainingDoctor"]
 

@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from kit.health import (
+from kit.health.grads import (
     BandTracker,
     GradientSketch,
     cosine_similarity,

@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from kit.callbacks.gradient_health import log_metrics
-from kit.hardware import DataWaitTimer, GPUReader, HostReader, guess_peak_flops, mfu
+from kit.health.hardware import DataWaitTimer, GPUReader, HostReader, guess_peak_flops, mfu
 
 __all__ = ["HardwareMonitor"]
 

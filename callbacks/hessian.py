@@ -26,7 +26,7 @@ from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor
 
 from kit.callbacks.gradient_health import log_metrics
-from kit.hessian import hessian_top_eigenvalue, hutchinson_trace, preserved_state
+from kit.health.hessian import hessian_top_eigenvalue, hutchinson_trace, preserved_state
 
 __all__ = ["HessianMonitor"]
 

@@ -8,7 +8,13 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
-from kit.loss_scale import LossScaleConfig, OverflowTracker, clamp_scale, make_grad_scaler, storm_diagnosis
+from kit.precision.loss_scale import (
+    LossScaleConfig,
+    OverflowTracker,
+    clamp_scale,
+    make_grad_scaler,
+    storm_diagnosis,
+)
 
 __all__ = ["LossScaleMonitor"]
 

@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
-from kit.augment_image import cutmix_batch, mixup_batch, one_hot_targets
+from kit.data.augment_image import cutmix_batch, mixup_batch, one_hot_targets
 
 __all__ = ["PRESETS", "MixUpCutMix", "MixUpTransform"]
 

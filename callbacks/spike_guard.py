@@ -30,7 +30,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from kit.callbacks.gradient_health import current_grad_scale, global_grad_norm, log_metrics, trainable_params
-from kit.spikes import SpikeDetector
+from kit.health.spikes import SpikeDetector
 
 __all__ = ["SpikeGuard"]
 

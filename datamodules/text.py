@@ -14,10 +14,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
-from kit.packing import pack_blocks, split_documents
-from kit.sampling import TemperatureSampler
-from kit.text import LoadReport, load_texts
-from kit.tokenizer import EOS, load_or_train_bpe
+from kit.data.packing import pack_blocks, split_documents
+from kit.data.sampling import TemperatureSampler
+from kit.data.text import LoadReport, load_texts
+from kit.data.tokenizer import EOS, load_or_train_bpe
 
 try:  # resumable mid-epoch; Lightning saves and restores its state in checkpoints
     from torchdata.stateful_dataloader import StatefulDataLoader as _Loader
@@ -56,7 +56,7 @@ def unigram_cross_entropy(train_ids: Sequence[int], eval_ids: Sequence[int], voc
 class TextDataModule(pl.LightningDataModule):
     """Language-modelling data from text files, folders, globs or JSONL, or the embedded corpus by default.
 
-    Setup reads and cleans the documents (``kit.text.clean_text``), splits them train/val by document,
+    Setup reads and cleans the documents (``kit.data.text.clean_text``), splits them train/val by document,
     trains (or loads from cache) a byte-level BPE tokenizer on the training documents only, and packs each
     split into blocks of ``block_size + 1`` tokens with ``<|endoftext|>`` between documents.
 
@@ -72,12 +72,12 @@ class TextDataModule(pl.LightningDataModule):
         min_frequency: BPE merge threshold.
         tokenizer_dir: tokenizer cache folder (default ``$KIT_CACHE/tokenizers``).
         sources: named sources ``{name: path | glob | [paths]}`` instead of ``paths``; training blocks are then
-            drawn per source with ``kit.sampling.TemperatureSampler`` (probability of a source proportional to
+            drawn per source with ``kit.data.sampling.TemperatureSampler`` (probability of a source proportional to
             its block count ** (1/temperature)). Validation stays unweighted.
         sources_from_topics: use the embedded corpus's 79 topics as sources (a ready long tail, 200 B - 62 KB).
         temperature: source temperature: 1 keeps natural proportions, larger flattens toward uniform.
         augment_p: probability that each training document also contributes an augmented copy
-            (``kit.augment_text.TextAugmenter``: EDA ops and sentence reordering, seeded by ``seed``). The
+            (``kit.data.augment_text.TextAugmenter``: EDA ops and sentence reordering, seeded by ``seed``). The
             tokenizer is trained on the original documents only.
 
     After ``setup()`` in source mode, ``source_counts`` (training blocks per source), ``source_proportions``
@@ -198,7 +198,7 @@ class TextDataModule(pl.LightningDataModule):
         eos = tok.token_to_id(EOS)
         train_sources = [source_of.get(n, "") for n in train_names]
         if hp.augment_p > 0:
-            from kit.augment_text import TextAugmenter
+            from kit.data.augment_text import TextAugmenter
 
             # each document gets an augmented copy with probability augment_p (same source as its original)
             augmenter = TextAugmenter(

@@ -23,7 +23,7 @@ import webdataset as wds
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
-from kit.shards import ShardErrorHandler, expand_urls
+from kit.data.shards import ShardErrorHandler, expand_urls
 
 __all__ = ["WebDataModule"]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kit.cli import _rewrite_args, list_recipes, main, resolve_recipe
+from kit.cli.main import _rewrite_args, list_recipes, main, resolve_recipe
 
 # tiny, fast overrides of the default recipe for subprocess runs
 FAST = [
@@ -50,7 +50,7 @@ def test_recipes_are_listed_and_resolved_by_name(capsys) -> None:
     recipes = list_recipes()
     assert {"gpt-tiny", "seed-recipe"} <= set(recipes)
     assert all(recipes.values()), "every recipe needs a '# description:' line"
-    assert resolve_recipe("gpt-tiny").endswith("kit/recipes/gpt-tiny.yaml")
+    assert resolve_recipe("gpt-tiny").endswith("kit/cli/recipes/gpt-tiny.yaml")
     assert main(["recipes"]) == 0
     assert "gpt-tiny" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="neither a file nor a packaged recipe; recipes: "):

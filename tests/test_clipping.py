@@ -1,4 +1,4 @@
-"""Tests for kit.clipping (pure) and kit.callbacks.clipping.GradientClipping (Lightning wrapper)."""
+"""Tests for kit.precision.clipping (pure) and kit.callbacks.clipping.GradientClipping (Lightning wrapper)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,14 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
 
 from kit.callbacks.clipping import GradientClipping, unscale_once
-from kit.clipping import AutoClip, adaptive_clip_, clip_by_norm, clip_by_value, grad_norm, unitwise_norm
+from kit.precision.clipping import (
+    AutoClip,
+    adaptive_clip_,
+    clip_by_norm,
+    clip_by_value,
+    grad_norm,
+    unitwise_norm,
+)
 
 
 def _params_with_grads(seed: int, scale: float = 1.0) -> list[nn.Parameter]:

@@ -1,4 +1,4 @@
-"""Tests for kit.compression (pure) and the single-process parts of kit.comm_hooks / GradientCompression."""
+"""Tests for kit.parallel.compression (pure) and the single-process parts of kit.parallel.comm_hooks / GradientCompression."""
 
 from __future__ import annotations
 
@@ -13,8 +13,15 @@ from hypothesis.extra.numpy import arrays
 from torch import nn
 
 from kit.callbacks.compression import GradientCompression
-from kit.comm_hooks import CommStats, PowerSGDHookState, ResidualState, make_comm_hook, onebit_hook, topk_hook
-from kit.compression import (
+from kit.parallel.comm_hooks import (
+    CommStats,
+    PowerSGDHookState,
+    ResidualState,
+    make_comm_hook,
+    onebit_hook,
+    topk_hook,
+)
+from kit.parallel.compression import (
     pack_bits,
     powersgd_bytes,
     sign_bytes,

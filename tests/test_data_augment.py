@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from kit.augment_image import cutmix_batch, cutmix_box, mixup_batch, one_hot_targets, sample_lambda
-from kit.augment_text import (
+from kit.callbacks.mixup import MixUpCutMix, MixUpTransform
+from kit.data.augment_image import cutmix_batch, cutmix_box, mixup_batch, one_hot_targets, sample_lambda
+from kit.data.augment_text import (
     BUILTIN_SYNONYMS,
     TextAugmenter,
     back_translate,
@@ -28,11 +29,10 @@ from kit.augment_text import (
     reorder_sentences,
     synonym_replacement,
 )
-from kit.callbacks.mixup import MixUpCutMix, MixUpTransform
 from kit.datamodules.digits import DigitsDataModule
 from kit.models.classifier import ImageClassifier
 
-RECIPE = Path(__file__).resolve().parents[1] / "kit" / "recipes" / "vision-mixup.yaml"
+RECIPE = Path(__file__).resolve().parents[1] / "kit" / "cli" / "recipes" / "vision-mixup.yaml"
 
 
 # ---------------------------------------------------------------- image functions

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from kit.bpe_report import bpe_tradeoff, format_table, measure_tokenizer
-from kit.commands.data import iter_documents, main
-from kit.text import embedded_corpus
-from kit.tokenizer import train_bpe
+from kit.cli.commands.data import iter_documents, main
+from kit.data.bpe_report import bpe_tradeoff, format_table, measure_tokenizer
+from kit.data.text import embedded_corpus
+from kit.data.tokenizer import train_bpe
 
 DOCS = list(embedded_corpus().values())
 
@@ -131,7 +131,7 @@ def test_shards_command_text_and_tokens(corpus: Path, tmp_path: Path):
 def test_module_runs_as_subprocess(corpus: Path, tmp_path: Path):
     out = tmp_path / "sub.jsonl"
     proc = subprocess.run(
-        [sys.executable, "-m", "kit.commands.data", "clean", str(corpus), "-o", str(out), "--no-near-dedup"],
+        [sys.executable, "-m", "kit.cli.commands.data", "clean", str(corpus), "-o", str(out), "--no-near-dedup"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -13,15 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kit.sampling import TemperatureSampler
-from kit.shards import write_shards
+from kit.data.sampling import TemperatureSampler
+from kit.data.shards import write_shards
 
 WORKER = r"""
 import json, sys
 import torch
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader, TensorDataset
-from kit.sampling import TemperatureSampler
+from kit.data.sampling import TemperatureSampler
 from kit.datamodules.webdataset import WebDataModule
 
 out, shards = sys.argv[1], sys.argv[2]

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kit.dedup import (
+from kit.data.dedup import (
     ExactDeduplicator,
     MinHashDeduplicator,
     candidate_probability,
@@ -17,15 +17,15 @@ from kit.dedup import (
     normalize_for_hash,
     shingles,
 )
-from kit.filters import (
+from kit.data.filters import (
     FilterChain,
     GopherQualityFilter,
     GopherRepetitionFilter,
     LengthFilter,
     default_filters,
 )
-from kit.pipeline import DataPipeline
-from kit.text import clean_text, embedded_corpus
+from kit.data.pipeline import DataPipeline
+from kit.data.text import clean_text, embedded_corpus
 
 VOCAB = [f"word{i}" for i in range(5000)]
 
@@ -239,7 +239,7 @@ def _reference_dup_chars(words, n):
 def test_repetition_fast_path_matches_reference(words):
     from itertools import accumulate
 
-    from kit.filters import _duplicate_ngram_chars
+    from kit.data.filters import _duplicate_ngram_chars
 
     prefix = [0, *accumulate(len(w) for w in words)]
     for n in range(5, 11):

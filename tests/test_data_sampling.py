@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader, TensorDataset
 
-from kit.sampling import TemperatureMixer, TemperatureSampler, temperature_weights
+from kit.data.sampling import TemperatureMixer, TemperatureSampler, temperature_weights
 
 counts_st = st.lists(st.integers(0, 10_000), min_size=1, max_size=20).filter(lambda c: sum(c) > 0)
 temps_st = st.floats(0.1, 20.0)

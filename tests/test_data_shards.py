@@ -15,8 +15,8 @@ import webdataset as wds
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kit.data.shards import ShardErrorHandler, check_shard, expand_urls, write_shards
 from kit.datamodules.webdataset import WebDataModule
-from kit.shards import ShardErrorHandler, check_shard, expand_urls, write_shards
 
 
 @given(

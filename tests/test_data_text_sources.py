@@ -8,8 +8,8 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
+from kit.data.sampling import TemperatureSampler, temperature_weights
 from kit.datamodules.text import TextDataModule
-from kit.sampling import TemperatureSampler, temperature_weights
 
 
 def _write(folder, name: str, n_docs: int, words: int, vocab: list[str]) -> str:

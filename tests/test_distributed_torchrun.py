@@ -21,7 +21,7 @@ WORKER = r"""
 import json, sys
 import torch
 import lightning.pytorch as pl
-import kit.strategies  # registers the presets
+import kit.parallel.strategies  # registers the presets
 from kit.callbacks.compression import GradientCompression
 from kit.models.gpt import CausalLM, GPTConfig
 

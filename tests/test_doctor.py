@@ -16,8 +16,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
 from kit.callbacks.doctor import TrainingDoctor
-from kit.commands.doctor import main as doctor_main
-from kit.doctor import (
+from kit.cli.commands.doctor import main as doctor_main
+from kit.health.doctor import (
     TrainingHistory,
     check_gradients,
     check_leakage,
@@ -301,7 +301,7 @@ def test_kit_doctor_on_a_checkpoint(tmp_path: Path) -> None:
     assert "| learning_rate | problem |" in report and "| leakage | problem |" in report
     assert doctor_main(["--ckpt", str(tmp_path / "missing.ckpt")]) == 2
     r = subprocess.run(
-        [sys.executable, "-m", "kit.commands.doctor", "--ckpt", str(ckpt), "--out", str(tmp_path / "sub")],
+        [sys.executable, "-m", "kit.cli.commands.doctor", "--ckpt", str(ckpt), "--out", str(tmp_path / "sub")],
         capture_output=True,
         text=True,
         timeout=300,

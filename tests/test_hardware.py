@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from kit.callbacks.hardware import HardwareMonitor
-from kit.hardware import DataWaitTimer, GPUReader, HostReader, guess_peak_flops, mfu
+from kit.health.hardware import DataWaitTimer, GPUReader, HostReader, guess_peak_flops, mfu
 
 
 def test_mfu_and_peak_lookup() -> None:

@@ -13,7 +13,7 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
 
 from kit.callbacks.gradient_health import GradientHealth
-from kit.health import (
+from kit.health.grads import (
     BandTracker,
     GradientSketch,
     cosine_similarity,

@@ -9,7 +9,7 @@ from torch import nn
 from torch.func import functional_call
 
 from kit.callbacks.hessian import HessianMonitor
-from kit.hessian import hessian_top_eigenvalue, hutchinson_trace, make_hvp, preserved_state
+from kit.health.hessian import hessian_top_eigenvalue, hutchinson_trace, make_hvp, preserved_state
 
 
 def small_problem(seed: int, act: type[nn.Module] = nn.Tanh, dtype: torch.dtype = torch.float64):

@@ -23,8 +23,8 @@ def test_every_code_folder_is_a_declared_package() -> None:
 
 def test_recipes_are_package_data() -> None:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    assert "*.yaml" in config["package-data"]["kit.recipes"]
-    assert list((ROOT / "kit" / "recipes").glob("*.yaml"))
+    assert "*.yaml" in config["package-data"]["kit.cli.recipes"]
+    assert list((ROOT / "kit" / "cli" / "recipes").glob("*.yaml"))
 
 
 def test_every_public_core_name_resolves() -> None:

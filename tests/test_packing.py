@@ -3,7 +3,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kit.packing import pack_blocks, split_documents
+from kit.data.packing import pack_blocks, split_documents
 
 docs = st.lists(st.lists(st.integers(0, 50), min_size=0, max_size=40), min_size=1, max_size=12)
 

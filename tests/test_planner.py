@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kit.commands.plan import main
-from kit.planner import (
+from kit.cli.commands.plan import main
+from kit.health.planner import (
     GPUS,
     TrainingPlan,
     get_gpu,
@@ -124,7 +124,7 @@ def test_cli_subprocess() -> None:
         [
             sys.executable,
             "-m",
-            "kit.commands.plan",
+            "kit.cli.commands.plan",
             "--params",
             "1e11",
             "--tokens",

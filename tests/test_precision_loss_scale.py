@@ -1,4 +1,4 @@
-"""Tests for kit.loss_scale (pure) and kit.callbacks.loss_scale.LossScaleMonitor (Lightning wrapper)."""
+"""Tests for kit.precision.loss_scale (pure) and kit.callbacks.loss_scale.LossScaleMonitor (Lightning wrapper)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
 
 from kit.callbacks.loss_scale import LossScaleMonitor
-from kit.loss_scale import LossScaleConfig, OverflowTracker, clamp_scale, make_grad_scaler, storm_diagnosis
+from kit.precision.loss_scale import (
+    LossScaleConfig,
+    OverflowTracker,
+    clamp_scale,
+    make_grad_scaler,
+    storm_diagnosis,
+)
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import nn
 
 from kit.callbacks.spike_guard import SpikeGuard
-from kit.spikes import SpikeDetector
+from kit.health.spikes import SpikeDetector
 
 # -- detector ------------------------------------------------------------------------------------------
 

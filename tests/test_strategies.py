@@ -1,4 +1,4 @@
-"""Tests for kit.strategies: presets registered in Lightning's StrategyRegistry and their configuration."""
+"""Tests for kit.parallel.strategies: presets registered in Lightning's StrategyRegistry and their configuration."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy, StrategyRegistry
 from torch import nn
 
-import kit.strategies as ks
-from kit.comm_hooks import CommStats, PowerSGDHookState, ResidualState, onebit_hook, topk_hook
+import kit.parallel.strategies as ks
 from kit.models.gpt import Block
+from kit.parallel.comm_hooks import CommStats, PowerSGDHookState, ResidualState, onebit_hook, topk_hook
 
 
 def test_every_preset_is_registered_beside_lightnings_own() -> None:

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kit.text import clean_text, embedded_corpus, load_texts, resolve_paths
+from kit.data.text import clean_text, embedded_corpus, load_texts, resolve_paths
 
 html_ish = st.lists(
     st.one_of(

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
+from kit.data.tokenizer import EOS, load_or_train_bpe, train_bpe
 from kit.datamodules.text import TextDataModule, unigram_cross_entropy
-from kit.tokenizer import EOS, load_or_train_bpe, train_bpe
 
 WORDS = [
     "alpha",

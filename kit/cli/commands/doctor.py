@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from kit.doctor import Finding, TrainingHistory, diagnose, plot_history
-from kit.health import grad_norms, group_by_layer
+from kit.health.doctor import Finding, TrainingHistory, diagnose, plot_history
+from kit.health.grads import grad_norms, group_by_layer
 
 __all__ = ["main"]
 

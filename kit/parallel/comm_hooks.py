@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as psgd
 
-from kit.compression import (
+from kit.parallel.compression import (
     dense_bytes,
     powersgd_bytes,
     sign_bytes,

@@ -23,9 +23,10 @@ DEFAULT_RECIPE = "gpt-tiny"
 TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 # name -> (module with main(argv) -> int, one-line help)
 TOOL_SUBCOMMANDS = {
-    "data": ("kit.commands.data", "data tools: clean, tokenizer, shards"),
-    "plan": ("kit.commands.plan", "compute planner: FLOPs, GPU-hours, memory per GPU"),
-    "doctor": ("kit.commands.doctor", "diagnose a run from its checkpoint and data"),
+    "bench": ("kit.cli.commands.bench", "run a benchmark from benchmarks/ (kit bench NAME)"),
+    "data": ("kit.cli.commands.data", "data tools: clean, tokenizer, shards"),
+    "plan": ("kit.cli.commands.plan", "compute planner: FLOPs, GPU-hours, memory per GPU"),
+    "doctor": ("kit.cli.commands.doctor", "diagnose a run from its checkpoint and data"),
 }
 
 
@@ -97,7 +98,7 @@ def _wandb_offline_unless_configured() -> None:
 
 def _register_extensions() -> None:
     # Strategy presets (ddp-compressed, fsdp-zero3, ...) register on import; absent modules are fine.
-    for name in ("kit.strategies",):
+    for name in ("kit.parallel.strategies",):
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as err:
@@ -185,18 +186,6 @@ def _print_recipes() -> int:
     return 0
 
 
-def _run_bench(argv: list[str]) -> int:
-    try:
-        from benchmarks.__main__ import main as bench_main
-    except ModuleNotFoundError:
-        print(
-            "kit bench: the benchmarks/ folder is not importable; run it from the repository root",
-            file=sys.stderr,
-        )
-        return 2
-    return bench_main(argv)
-
-
 def _print_help() -> int:
     print("usage: kit {fit,validate,test,predict} [--config RECIPE_OR_FILE] [options]")
     print("       kit {recipes,bench,data,plan,doctor} ...\n")
@@ -204,7 +193,6 @@ def _print_help() -> int:
         "  fit/validate/test/predict  LightningCLI (kit fit --help for every option; --print_config shows them)"
     )
     print("  recipes                    list packaged recipes")
-    print("  bench NAME                 run a benchmark from benchmarks/")
     for name, (_, text) in TOOL_SUBCOMMANDS.items():
         print(f"  {name:<26} {text}")
     print(f"\nWith no --config, kit fit runs the default recipe {DEFAULT_RECIPE!r}.")
@@ -221,8 +209,6 @@ def main(argv: list[str] | None = None) -> int:
     command = argv[0]
     if command == "recipes":
         return _print_recipes()
-    if command == "bench":
-        return _run_bench(argv[1:])
     if command in TOOL_SUBCOMMANDS:
         module_name = TOOL_SUBCOMMANDS[command][0]
         try:

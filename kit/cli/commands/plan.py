@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kit.planner import GPUS, STRATEGIES, TrainingPlan, gpus_for_days
+from kit.health.planner import GPUS, STRATEGIES, TrainingPlan, gpus_for_days
 
 __all__ = ["build_parser", "main", "render"]
 

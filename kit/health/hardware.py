@@ -19,7 +19,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from kit.planner import GPUS
+from kit.health.planner import GPUS
 
 __all__ = ["DataWaitTimer", "GPUReader", "HostReader", "guess_peak_flops", "mfu"]
 

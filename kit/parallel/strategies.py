@@ -1,4 +1,4 @@
-"""Named strategy presets, registered in Lightning's ``StrategyRegistry`` on ``import kit.strategies``.
+"""Named strategy presets, registered in Lightning's ``StrategyRegistry`` on ``import kit.parallel.strategies``.
 
 After the import, ``Trainer(strategy="ddp-topk")`` or ``--trainer.strategy=fsdp-zero3`` works beside
 Lightning's own names:
@@ -13,7 +13,7 @@ Lightning's own names:
 | ``deepspeed-zero3`` / ``deepspeed-zero3-offload`` | DeepSpeed ZeRO-3 (+ CPU offload of params and optimizer) | FSDP is not enough, or GPU memory is tiny and CPU RAM is large |
 
 Example:
-    >>> import kit.strategies  # registers the names  # doctest: +SKIP
+    >>> import kit.parallel.strategies  # registers the names  # doctest: +SKIP
     >>> trainer = pl.Trainer(strategy="ddp-powersgd", devices=8)  # doctest: +SKIP
 """
 
@@ -28,7 +28,7 @@ from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStr
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from kit.comm_hooks import HOOKS, CommStats, make_comm_hook
+from kit.parallel.comm_hooks import HOOKS, CommStats, make_comm_hook
 
 __all__ = [
     "PRESETS",
@@ -42,7 +42,7 @@ DEFAULT_BLOCKS = ("kit.models.gpt.Block",)
 
 
 class CompressedDDPStrategy(DDPStrategy):
-    """DDP with a gradient-compression comm hook from :mod:`kit.comm_hooks`, with byte accounting.
+    """DDP with a gradient-compression comm hook from :mod:`kit.parallel.comm_hooks`, with byte accounting.
 
     Unlike Lightning's ``DDPStrategy(ddp_comm_hook=...)``, which registers hooks only on CUDA, this registers
     the hook on any device (gloo on CPU included), builds a fresh hook state per Trainer, and exposes the

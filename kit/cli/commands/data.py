@@ -35,12 +35,12 @@ __all__ = ["iter_documents", "main"]
 
 def iter_documents(paths: Sequence[str], text_key: str = "text") -> Iterator[tuple[str, str, int]]:
     """Stream ``(name, text, raw_bytes)``: ``.jsonl`` files give one document per line (``text_key`` field),
-    other files one document each. ``paths`` are files, folders or globs (``kit.text.resolve_paths``).
+    other files one document each. ``paths`` are files, folders or globs (``kit.data.text.resolve_paths``).
 
     Raises:
         FileNotFoundError: a path matches nothing.
     """
-    from kit.text import resolve_paths
+    from kit.data.text import resolve_paths
 
     for path in resolve_paths(list(paths)):
         if path.suffix == ".jsonl":
@@ -61,7 +61,7 @@ def iter_documents(paths: Sequence[str], text_key: str = "text") -> Iterator[tup
 
 
 def _total_bytes(paths: Sequence[str]) -> int:
-    from kit.text import resolve_paths
+    from kit.data.text import resolve_paths
 
     return sum(p.stat().st_size for p in resolve_paths(list(paths)))
 
@@ -74,8 +74,8 @@ def _progress(console: Console, bytes_mode: bool = True) -> Progress:
 
 
 def _clean(args: argparse.Namespace, console: Console) -> int:
-    from kit.filters import FilterChain, GopherQualityFilter, GopherRepetitionFilter, LengthFilter
-    from kit.pipeline import DataPipeline
+    from kit.data.filters import FilterChain, GopherQualityFilter, GopherRepetitionFilter, LengthFilter
+    from kit.data.pipeline import DataPipeline
 
     filters: list = [] if args.no_filters else [LengthFilter(args.min_chars, args.max_chars)]
     if not args.no_filters:
@@ -112,8 +112,8 @@ def _clean(args: argparse.Namespace, console: Console) -> int:
 
 
 def _tokenizer(args: argparse.Namespace, console: Console) -> int:
-    from kit.bpe_report import bpe_tradeoff, format_table
-    from kit.tokenizer import train_bpe
+    from kit.data.bpe_report import bpe_tradeoff, format_table
+    from kit.data.tokenizer import train_bpe
 
     if not 0.0 < args.heldout < 1.0:
         console.print(f"[red]--heldout {args.heldout} must be in (0, 1), e.g. 0.1[/red]")
@@ -130,7 +130,7 @@ def _tokenizer(args: argparse.Namespace, console: Console) -> int:
         if args.inputs:
             source = (text for _, text, _ in iter_documents(args.inputs, args.text_key))
         else:
-            from kit.text import embedded_corpus
+            from kit.data.text import embedded_corpus
 
             source = iter(embedded_corpus().values())
         yield from enumerate(source)
@@ -182,7 +182,7 @@ def _tokenizer(args: argparse.Namespace, console: Console) -> int:
 def _shards(args: argparse.Namespace, console: Console) -> int:
     import numpy as np
 
-    from kit.shards import write_shards
+    from kit.data.shards import write_shards
 
     tokenizer = None
     if args.tokenizer:

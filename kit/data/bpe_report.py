@@ -66,7 +66,7 @@ def bpe_tradeoff(
         tied_embeddings: input and output embeddings shared (GPT-2 style); otherwise the count doubles.
         min_frequency: BPE merge threshold.
         train_fn: ``train_fn(texts, vocab_size=..., min_frequency=...) -> Tokenizer``; default
-            ``kit.tokenizer.train_bpe``.
+            ``kit.data.tokenizer.train_bpe``.
 
     Returns:
         One row per size: ``vocab_size``, ``actual_vocab`` (smaller when the corpus runs out of merges),
@@ -81,7 +81,7 @@ def bpe_tradeoff(
     if not heldout_texts:
         raise ValueError("heldout_texts is empty; hold out some documents to measure on")
     if train_fn is None:
-        from kit.tokenizer import train_bpe as train_fn
+        from kit.data.tokenizer import train_bpe as train_fn
     texts = None if callable(train_texts) else list(train_texts)
     rows = []
     for size in vocab_sizes:

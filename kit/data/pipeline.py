@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from kit.dedup import ExactDeduplicator, MinHashDeduplicator
-from kit.filters import DocFilter, FilterChain, default_filters
+from kit.data.dedup import ExactDeduplicator, MinHashDeduplicator
+from kit.data.filters import DocFilter, FilterChain, default_filters
 
 __all__ = ["DataPipeline", "PipelineReport"]
 
@@ -90,7 +90,7 @@ class DataPipeline:
     Args:
         filters: a ``FilterChain``, a list of filters / ``keep(text)`` callables, or ``None`` for
             ``default_filters()`` (length, Gopher quality, Gopher repetition). ``[]`` disables filtering.
-        clean: ``True`` for ``kit.text.clean_text``, ``False`` to skip, or any ``str -> str`` callable.
+        clean: ``True`` for ``kit.data.text.clean_text``, ``False`` to skip, or any ``str -> str`` callable.
         lowercase: passed to ``clean_text`` when ``clean=True``.
         exact_dedup: drop documents whose normalised text was seen before.
         near_dedup: drop MinHash near-duplicates of earlier documents.
@@ -122,7 +122,7 @@ class DataPipeline:
         else:
             self.filter = FilterChain(filters)
         if clean is True:
-            from kit.text import clean_text
+            from kit.data.text import clean_text
 
             self._clean: Callable[[str], str] | None = lambda t: clean_text(t, lowercase=lowercase)
         elif clean is False:

@@ -1,0 +1,1 @@
+"""Argparse tools behind `kit data|plan|doctor|bench`; each module has ``main(argv) -> int``."""

@@ -1,0 +1,1 @@
+"""Monitoring: gradient health, Hessian, spikes, hardware counters, the doctor, the planner and FLOP counts."""

@@ -1,0 +1,1 @@
+"""Distribution: gradient compression, DDP comm hooks, and the Lightning strategy presets (``strategies``)."""
