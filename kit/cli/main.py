@@ -107,41 +107,76 @@ def _register_extensions() -> None:
 
 
 def _lightning_cli():
+    from lightning.pytorch.callbacks import Callback
     from lightning.pytorch.cli import LightningCLI
+
+    class FinalLastCheckpoint(Callback):
+        """Refreshes ``last.ckpt`` when fit ends between checkpoints, so a resume loses no steps.
+
+        It records the step of every checkpoint written (``on_save_checkpoint``), so it needs no private
+        ModelCheckpoint state to know whether the final step is already saved.
+        """
+
+        def __init__(self) -> None:
+            self.saved_step = -1
+
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+            self.saved_step = int(checkpoint.get("global_step", -1))
+
+        def save_if_behind(self, trainer) -> None:
+            ckpt = trainer.checkpoint_callback
+            if ckpt is None or not ckpt.save_last or trainer.state.status.value != "finished":
+                return
+            if self.saved_step == trainer.global_step:
+                return
+            path = ckpt.last_model_path or os.path.join(
+                ckpt.dirpath, f"{ckpt.CHECKPOINT_NAME_LAST}{ckpt.FILE_EXTENSION}"
+            )
+            trainer.save_checkpoint(path)
+            ckpt.last_model_path = path
 
     class KitCLI(LightningCLI):
         """LightningCLI that ends ``fit`` with a summary: checkpoint, logs, val loss/perplexity, a sample."""
 
-        def _instantiate_trainer(self, config: dict, callbacks: list):
+        def before_instantiate_classes(self) -> None:
             # A rich progress bar by default, but --trainer.enable_progress_bar=false must still work.
-            from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            trainer = config.trainer
+            callbacks = trainer.get("callbacks") or []
+            if not isinstance(callbacks, list):
+                callbacks = [callbacks]
+            if trainer.get("enable_progress_bar") is not False and not any(map(_is_progress_bar, callbacks)):
+                from jsonargparse import Namespace
 
-            given = [*(config.get("callbacks") or []), *callbacks]
-            if config.get("enable_progress_bar") is not False and not any(
-                isinstance(c, ProgressBar) for c in given
-            ):
-                callbacks = [*callbacks, RichProgressBar()]
-            return super()._instantiate_trainer(config, callbacks)
+                bar = Namespace(class_path="lightning.pytorch.callbacks.RichProgressBar", init_args=Namespace())
+                trainer.callbacks = [*callbacks, bar]
+
+        def before_fit(self) -> None:
+            self._final_last = FinalLastCheckpoint()
+            self.trainer.callbacks.append(self._final_last)
 
         def after_fit(self) -> None:
-            _save_final_last(self.trainer)
+            self._final_last.save_if_behind(self.trainer)
             _print_fit_summary(self.trainer, self.model, self.datamodule)
 
     return KitCLI
 
 
-def _save_final_last(trainer) -> None:
-    """Refresh ``last.ckpt`` when training stopped between validations, so a resume loses no steps."""
-    ckpt = trainer.checkpoint_callback
-    if ckpt is None or not ckpt.save_last or trainer.state.status.value != "finished":
-        return
-    if getattr(ckpt, "_last_global_step_saved", -1) == trainer.global_step:
-        return
-    path = ckpt.last_model_path or os.path.join(
-        ckpt.dirpath, f"{ckpt.CHECKPOINT_NAME_LAST}{ckpt.FILE_EXTENSION}"
-    )
-    trainer.save_checkpoint(path)
-    ckpt.last_model_path = path
+def _is_progress_bar(callback) -> bool:
+    """Whether a configured callback (an instance or a ``class_path`` namespace) is a progress bar."""
+    from lightning.pytorch.callbacks import ProgressBar
+
+    if isinstance(callback, ProgressBar):
+        return True
+    class_path = callback.get("class_path") if hasattr(callback, "get") else None
+    if not class_path:
+        return False
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return False
+    return isinstance(cls, type) and issubclass(cls, ProgressBar)
 
 
 def _print_fit_summary(trainer, model, datamodule) -> None:
