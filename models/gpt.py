@@ -1,51 +1,112 @@
 """A GPT-style Transformer and the ``CausalLM`` LightningModule that trains it.
 
 The backbone follows nanoGPT's shape: pre-LayerNorm blocks, fused QKV projection, SDPA attention (causal
-or bidirectional), GELU MLP, tied input/output embeddings. Variants are data (``GPTConfig.from_name``).
+or bidirectional), GELU MLP, tied input/output embeddings. Variants are data: a preset ``name`` plus field
+overrides (``GPTConfig.from_name``), with the attention and feed-forward layers picked by name from
+``kit.models.layers``. Activation checkpointing and compile are applied by ``kit.models.transforms``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 from torchmetrics import MeanMetric
 
+from kit.models.layers import get_attention, get_ffn
+from kit.models.transforms import apply_transforms
 from kit.optim import SCHEDULES, fused_available, lr_lambda, param_groups
 
 __all__ = ["GPT", "Block", "CausalLM", "GPTConfig"]
 
 
+# The named presets. Each fills the fields a GPTConfig leaves None; "tiny" is the base every preset starts from.
+_BASE: dict[str, object] = {
+    "block_size": 128,
+    "n_layer": 4,
+    "n_head": 4,
+    "n_embd": 128,
+    "dropout": 0.1,
+    "attn_dropout": 0.1,
+    "embd_dropout": 0.1,
+    "bias": True,
+    "causal": True,
+    "mlp_ratio": 4,
+    "tie_embeddings": True,
+    "attention": "dense",
+    "ffn": "mlp",
+}
+_NO_DROPOUT = {"dropout": 0.0, "attn_dropout": 0.0, "embd_dropout": 0.0}
+_PRESETS: dict[str, dict[str, object]] = {
+    # a few-KB model for unit tests
+    "debug": {"vocab_size": 64, "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 32, **_NO_DROPOUT},
+    # trains in minutes on 2 CPU cores (the `gpt-tiny` recipe)
+    "tiny": {},
+    "gpt2": {
+        "vocab_size": 50304,
+        "block_size": 1024,
+        "n_layer": 12,
+        "n_head": 12,
+        "n_embd": 768,
+        **_NO_DROPOUT,
+    },
+    "gpt2-medium": {
+        "vocab_size": 50304,
+        "block_size": 1024,
+        "n_layer": 24,
+        "n_head": 16,
+        "n_embd": 1024,
+        **_NO_DROPOUT,
+    },
+}
+
+
 @dataclass
 class GPTConfig:
-    """Shape and regularisation of the Transformer. Every field is a plain value so YAML can set it.
+    """Shape, layer choice and regularisation of the Transformer; plain values only, so YAML can set it.
+
+    ``name`` picks a preset (``"debug"``, ``"tiny"``, ``"gpt2"``, ``"gpt2-medium"``) and every field left None
+    takes that preset's value (the ``"tiny"`` values when ``name`` is None), so a recipe says
+    ``config: {name: tiny, dropout: 0.2}`` and ``--model.init_args.config.n_layer 6`` overrides one field.
+    ``vocab_size`` is the exception: None always means "the datamodule's tokenizer size", so the same preset
+    follows whatever tokenizer the recipe trains; :meth:`from_name` copies the preset's vocabulary.
 
     Example:
         >>> GPTConfig.from_name("tiny", n_layer=2).n_layer
         2
+        >>> GPTConfig(name="gpt2", dropout=0.1).n_embd
+        768
     """
 
+    name: str | None = None  # preset filling every None field below; None: the "tiny" values
     vocab_size: int | None = None  # None: taken from the datamodule (its tokenizer) at setup
-    block_size: int = 128  # maximum context length T
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128  # model width d; must divide by n_head
-    dropout: float = 0.1  # residual dropout (after attention and MLP projections)
-    attn_dropout: float = 0.1  # dropout on attention probabilities
-    embd_dropout: float = 0.1  # dropout on token + position embeddings
-    bias: bool = True  # biases in Linear and LayerNorm
-    causal: bool = True  # False gives bidirectional attention (MLM encoders)
-    mlp_ratio: int = 4  # hidden width of the MLP as a multiple of n_embd
-    tie_embeddings: bool = True  # share the token embedding with the output head
-    activation_checkpointing: bool = False  # recompute each block in backward to save memory
+    block_size: int | None = None  # maximum context length T
+    n_layer: int | None = None
+    n_head: int | None = None
+    n_embd: int | None = None  # model width d; must divide by n_head
+    dropout: float | None = None  # residual dropout (after attention and feed-forward projections)
+    attn_dropout: float | None = None  # dropout on attention probabilities
+    embd_dropout: float | None = None  # dropout on token + position embeddings
+    bias: bool | None = None  # biases in Linear and LayerNorm
+    causal: bool | None = None  # False gives bidirectional attention (MLM encoders)
+    mlp_ratio: int | None = None  # hidden width of the MLP as a multiple of n_embd
+    tie_embeddings: bool | None = None  # share the token embedding with the output head
+    attention: str | None = None  # a name in kit.models.layers.ATTENTION: "dense"
+    ffn: str | None = None  # a name in kit.models.layers.FFN: "mlp"
+    activation_checkpointing: bool = False  # recompute each block in backward (kit.models.transforms)
 
     def __post_init__(self) -> None:
+        if self.name is not None and self.name not in _PRESETS:
+            raise ValueError(f"unknown config name {self.name!r}; choose one of {sorted(_PRESETS)}")
+        preset = {**_BASE, **_PRESETS[self.name or "tiny"]}
+        for f in fields(self):
+            if f.name in _BASE and getattr(self, f.name) is None:
+                setattr(self, f.name, preset[f.name])
         if self.n_embd % self.n_head:
             raise ValueError(
                 f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
@@ -63,6 +124,14 @@ class GPTConfig:
                 raise ValueError(
                     f"{name}={getattr(self, name)} must be in [0, 1); the seed recipe uses 0.1-0.3"
                 )
+        for name, registry in (("attention", "ATTENTION"), ("ffn", "FFN")):
+            if not isinstance(getattr(self, name), str):  # a class would not survive YAML or a checkpoint
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r} must be a registered name so the config stays serialisable; "
+                    f"register your class first: kit.models.layers.{registry}['mine'] = MyClass, then {name}='mine'"
+                )
+        get_attention(self.attention)  # unknown names raise here, listing the registered ones
+        get_ffn(self.ffn)
 
     @property
     def head_size(self) -> int:
@@ -70,82 +139,15 @@ class GPTConfig:
 
     @classmethod
     def from_name(cls, name: str, **overrides: object) -> GPTConfig:
-        """A named variant with any field overridden: ``GPTConfig.from_name("gpt2", dropout=0.0)``."""
-        if name not in _NAMED:
-            raise ValueError(f"unknown config name {name!r}; choose one of {sorted(_NAMED)}")
-        return replace(_NAMED[name], **overrides)
+        """A named preset, its vocabulary included, with any field overridden.
 
-
-_NAMED: dict[str, GPTConfig] = {
-    # a few-KB model for unit tests
-    "debug": GPTConfig(
-        vocab_size=64,
-        block_size=16,
-        n_layer=2,
-        n_head=2,
-        n_embd=32,
-        dropout=0.0,
-        attn_dropout=0.0,
-        embd_dropout=0.0,
-    ),
-    # trains in minutes on 2 CPU cores (the `gpt-tiny` recipe)
-    "tiny": GPTConfig(block_size=128, n_layer=4, n_head=4, n_embd=128),
-    "gpt2": GPTConfig(
-        vocab_size=50304,
-        block_size=1024,
-        n_layer=12,
-        n_head=12,
-        n_embd=768,
-        dropout=0.0,
-        attn_dropout=0.0,
-        embd_dropout=0.0,
-    ),
-    "gpt2-medium": GPTConfig(
-        vocab_size=50304,
-        block_size=1024,
-        n_layer=24,
-        n_head=16,
-        n_embd=1024,
-        dropout=0.0,
-        attn_dropout=0.0,
-        embd_dropout=0.0,
-    ),
-}
-
-
-class SelfAttention(nn.Module):
-    def __init__(self, config: GPTConfig) -> None:
-        super().__init__()
-        self.n_head = config.n_head
-        self.causal = config.causal
-        self.attn_dropout = config.attn_dropout
-        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.resid_dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        q, k, v = (
-            t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v)
-        )  # (B, nh, T, hs)
-        y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.attn_dropout if self.training else 0.0, is_causal=self.causal
-        )
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
-        return self.resid_dropout(self.proj(y))
-
-
-class MLP(nn.Module):
-    def __init__(self, config: GPTConfig) -> None:
-        super().__init__()
-        hidden = config.mlp_ratio * config.n_embd
-        self.fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
-        self.proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(F.gelu(self.fc(x))))
+        Example:
+            >>> GPTConfig.from_name("gpt2", dropout=0.1).vocab_size
+            50304
+        """
+        if name not in _PRESETS:
+            raise ValueError(f"unknown config name {name!r}; choose one of {sorted(_PRESETS)}")
+        return cls(name=name, **{"vocab_size": _PRESETS[name].get("vocab_size"), **overrides})
 
 
 class Block(nn.Module):
@@ -154,9 +156,9 @@ class Block(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = SelfAttention(config)
+        self.attn = get_attention(config.attention)(config)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = MLP(config)
+        self.mlp = get_ffn(config.ffn)(config)  # named mlp whatever the variant, so state-dict keys stay
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x))
@@ -220,10 +222,7 @@ class GPT(nn.Module):
         pos = torch.arange(T, device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         for block in self.blocks:
-            if self.config.activation_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
+            x = block(x)
         return self.ln_f(x)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
@@ -341,9 +340,11 @@ class CausalLM(pl.LightningModule):
                 f"data.block_size={dm_block} exceeds model.config.block_size={self.config.block_size}; "
                 "raise the model's block_size or lower the data's"
             )
-        self.model = GPT(self.config)
-        if self.hparams.compile:
-            self.model.compile()
+        self.model = apply_transforms(
+            GPT(self.config),
+            activation_checkpointing=self.config.activation_checkpointing,
+            compile=self.hparams.compile,
+        )
 
     @property
     def flops_per_batch(self) -> float | None:

@@ -74,11 +74,24 @@ def test_fsdp_zero3_custom_blocks_and_errors() -> None:
     assert (
         s.block_classes == {MyLayer} and s.mixed_precision is None and not s._activation_checkpointing_kwargs
     )
-    assert ks.block_classes(["torch.nn.Linear", "no.such.Module"]) == {nn.Linear}
-    with pytest.raises(ValueError, match="could be imported"):
-        ks.FSDPZero3Strategy(blocks=["no.such.Block"])
     with pytest.raises(ValueError, match="param_dtype='int8'"):
         ks.FSDPZero3Strategy(param_dtype="int8")
+
+
+def test_block_classes_by_object_or_path_and_never_silently_empty() -> None:
+    assert ks.block_classes() == {Block}  # the kit's block, by object
+    assert ks.block_classes([Block, "torch.nn.Linear"]) == {Block, nn.Linear}
+    # a renamed or misspelt block used to be skipped, leaving a policy that wraps nothing
+    with pytest.raises(ValueError, match=r"'kit.models.gpt.Blok' does not import .* full dotted path"):
+        ks.block_classes(["kit.models.gpt.Blok"])
+    with pytest.raises(ValueError, match="'no.such.Module' does not import"):
+        ks.block_classes([nn.Linear, "no.such.Module"])
+    with pytest.raises(ValueError, match="'torch.nn.functional.gelu' is not an nn.Module class"):
+        ks.block_classes(["torch.nn.functional.gelu"])
+    with pytest.raises(ValueError, match="blocks is empty"):
+        ks.FSDPZero3Strategy(blocks=[])
+    with pytest.raises(ValueError, match="does not import"):
+        ks.FSDPZero3Strategy(blocks=["no.such.Block"])
 
 
 def test_deepspeed_presets_registered() -> None:

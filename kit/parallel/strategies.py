@@ -38,8 +38,6 @@ __all__ = [
     "register_presets",
 ]
 
-DEFAULT_BLOCKS = ("kit.models.gpt.Block",)
-
 
 class CompressedDDPStrategy(DDPStrategy):
     """DDP with a gradient-compression comm hook from :mod:`kit.parallel.comm_hooks`, with byte accounting.
@@ -94,25 +92,49 @@ class CompressedDDPStrategy(DDPStrategy):
         return None
 
 
-def block_classes(names: Iterable[str | type[nn.Module]] = DEFAULT_BLOCKS) -> set[type[nn.Module]]:
-    """Resolve dotted class names (``"kit.models.gpt.Block"``) to module classes for FSDP wrapping.
+def block_classes(blocks: Iterable[str | type[nn.Module]] | None = None) -> set[type[nn.Module]]:
+    """The module classes FSDP wraps (and checkpoints), given as classes or dotted names.
 
     Args:
-        names: dotted paths or classes; names that cannot be imported are skipped.
+        blocks: classes, or dotted paths for YAML (``"transformers.models.llama.modeling_llama.LlamaDecoderLayer"``);
+            None means the kit's own ``kit.models.gpt.Block`` (imported here, not at module import).
 
     Returns:
-        The set of classes found (possibly empty).
+        The set of classes, one per entry.
+
+    Raises:
+        ValueError: if an entry does not import, is not an ``nn.Module`` class, or ``blocks`` is empty. A wrap
+            policy that silently matches nothing would train an unsharded model.
+
+    Example:
+        >>> sorted(c.__name__ for c in block_classes([nn.Linear, "torch.nn.LayerNorm"]))
+        ['LayerNorm', 'Linear']
     """
+    if blocks is None:
+        from kit.models.gpt import Block
+
+        return {Block}
     found: set[type[nn.Module]] = set()
-    for name in names:
-        if isinstance(name, type):
-            found.add(name)
-            continue
-        module_name, _, cls_name = name.rpartition(".")
-        try:
-            found.add(getattr(importlib.import_module(module_name), cls_name))
-        except (ImportError, AttributeError):
-            continue
+    for entry in blocks:
+        cls = entry
+        if isinstance(entry, str):
+            module_name, _, cls_name = entry.rpartition(".")
+            try:
+                cls = getattr(importlib.import_module(module_name), cls_name)
+            except (ImportError, AttributeError, ValueError) as err:
+                raise ValueError(
+                    f"block {entry!r} does not import ({err}); pass the block class itself, or its full dotted "
+                    "path, e.g. blocks=['my_project.model.Block']"
+                ) from None
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+            raise ValueError(
+                f"block {entry!r} is not an nn.Module class; pass your model's transformer block class"
+            )
+        found.add(cls)
+    if not found:
+        raise ValueError(
+            "blocks is empty; pass your model's transformer block classes, or None for the kit's Block"
+        )
     return found
 
 
@@ -127,9 +149,9 @@ class FSDPZero3Strategy(FSDPStrategy):
     rank, no full gather on rank 0).
 
     Args:
-        blocks: dotted class names (or classes) of the blocks to wrap and checkpoint; default the kit's
-            ``kit.models.gpt.Block``. Pass your own (``["transformers.models.llama.modeling_llama.LlamaDecoderLayer"]``)
-            for other models.
+        blocks: the block classes to wrap and checkpoint, or their dotted paths (for YAML); None (default) is
+            the kit's ``kit.models.gpt.Block``. Pass your own (``[LlamaDecoderLayer]`` or
+            ``["transformers.models.llama.modeling_llama.LlamaDecoderLayer"]``) for other models.
         param_dtype: ``"bf16"``, ``"fp16"``, ``"fp32"`` or ``"trainer"`` (follow ``Trainer(precision=...)``).
         activation_checkpointing: recompute each block in backward.
         state_dict_type: ``"sharded"`` (default) or ``"full"``.
@@ -137,12 +159,12 @@ class FSDPZero3Strategy(FSDPStrategy):
         **kwargs: anything ``FSDPStrategy`` takes.
 
     Raises:
-        ValueError: if ``param_dtype`` is unknown or no block class could be resolved.
+        ValueError: if ``param_dtype`` is unknown or a block does not resolve to a module class.
     """
 
     def __init__(
         self,
-        blocks: list[str] | tuple[str, ...] = DEFAULT_BLOCKS,
+        blocks: list[str | type[nn.Module]] | None = None,
         param_dtype: Literal["bf16", "fp16", "fp32", "trainer"] = "bf16",
         activation_checkpointing: bool = True,
         state_dict_type: Literal["full", "sharded"] = "sharded",
@@ -154,11 +176,6 @@ class FSDPZero3Strategy(FSDPStrategy):
                 f"param_dtype={param_dtype!r} is not supported; choose bf16, fp16, fp32 or trainer"
             )
         classes = block_classes(blocks)
-        if not classes:
-            raise ValueError(
-                f"none of blocks={list(blocks)} could be imported; pass the dotted class names of your "
-                "model's transformer blocks, e.g. blocks=['my_project.model.Block']"
-            )
         mixed = None
         if param_dtype != "trainer":
             from torch.distributed.fsdp import MixedPrecision

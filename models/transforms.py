@@ -1,0 +1,105 @@
+"""Training transforms, applied to a built network in one place and one order (torchtitan's ``parallelize``).
+
+Each transform is independent and optional; :func:`apply_transforms` runs the enabled ones in this order, and a
+new transform takes a slot here rather than a branch inside the model:
+
+1. adapters (LoRA, bottleneck adapters, prompt tuning): *slot*, they change which parameters train, so they
+   come first and everything after sees the final module tree.
+2. activation checkpointing: each block (``kit.models.gpt.Block`` by default) is wrapped so its activations
+   are recomputed in backward instead of stored.
+3. compile: ``nn.Module.compile()`` in place, after the tree is final, so the compiled graph includes the
+   checkpointing; state-dict keys stay unchanged.
+4. sharding (FSDP): *slot*, done today by the Trainer's strategy (``fsdp-zero3``) around the result; it wraps
+   the same block classes and must come last. Do not turn on both this step's checkpointing and the
+   strategy's.
+
+Example:
+    >>> from kit.models.gpt import GPT, GPTConfig
+    >>> model = apply_transforms(GPT(GPTConfig.from_name("debug")), activation_checkpointing=True)
+    >>> type(model.blocks[0]).__name__
+    'CheckpointWrapper'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+    CheckpointImpl,
+    apply_activation_checkpointing,
+    checkpoint_wrapper,
+)
+
+__all__ = ["apply_transforms", "checkpoint_blocks"]
+
+
+def _default_blocks() -> tuple[type[nn.Module], ...]:
+    from kit.models.gpt import Block  # lazy: gpt.py imports this module
+
+    return (Block,)
+
+
+def checkpoint_blocks(model: nn.Module, blocks: Iterable[type[nn.Module]] | None = None) -> nn.Module:
+    """Wrap every submodule of a ``blocks`` class in place so it recomputes its activations in backward.
+
+    Uses PyTorch's non-reentrant checkpoint wrapper (as torchtitan and Lightning's FSDP do): parameter
+    values, gradients and ``state_dict`` keys are those of the unwrapped model.
+
+    Args:
+        model: the network.
+        blocks: module classes to checkpoint; default ``(kit.models.gpt.Block,)``.
+
+    Returns:
+        ``model``, modified in place.
+
+    Raises:
+        ValueError: if no submodule of ``model`` is an instance of ``blocks`` (the transform would do nothing).
+    """
+    classes = tuple(blocks) if blocks is not None else _default_blocks()
+    if not any(isinstance(m, classes) for m in model.modules()):
+        raise ValueError(
+            f"no submodule of {type(model).__name__} is one of {[c.__name__ for c in classes]}; "
+            "pass the model's transformer block class as blocks=(MyBlock,)"
+        )
+    apply_activation_checkpointing(
+        model,
+        checkpoint_wrapper_fn=lambda m: checkpoint_wrapper(m, checkpoint_impl=CheckpointImpl.NO_REENTRANT),
+        check_fn=lambda m: isinstance(m, classes),
+    )
+    return model
+
+
+def apply_transforms(
+    model: nn.Module,
+    *,
+    activation_checkpointing: bool = False,
+    compile: bool = False,
+    blocks: Iterable[type[nn.Module]] | None = None,
+) -> nn.Module:
+    """Apply the enabled training transforms to ``model`` in the module docstring's order.
+
+    Args:
+        model: a built network (``kit.models.GPT`` or any ``nn.Module`` made of blocks).
+        activation_checkpointing: recompute each block in backward (step 2).
+        compile: ``torch.compile`` the network in place (step 3).
+        blocks: the block classes step 2 wraps; default ``(kit.models.gpt.Block,)``.
+
+    Returns:
+        ``model``, transformed in place (returned so calls chain).
+
+    Raises:
+        ValueError: if checkpointing is asked for and ``model`` has no ``blocks``.
+
+    Example:
+        >>> from kit.models.gpt import GPT, GPTConfig
+        >>> apply_transforms(GPT(GPTConfig.from_name("debug"))).config.n_layer
+        2
+    """
+    # 1. adapters: slot (LoRA / adapters / prompt tuning go here)
+    if activation_checkpointing:  # 2.
+        checkpoint_blocks(model, blocks)
+    if compile:  # 3.
+        model.compile()
+    # 4. sharding: slot (the Trainer's FSDP strategy wraps the result)
+    return model

@@ -1,0 +1,67 @@
+"""kit.models.layers: every registered attention and feed-forward variant, run through the whole model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kit.models.gpt import GPT, GPTConfig
+from kit.models.layers import ATTENTION, FFN, DenseAttention, dense_attention, get_attention, get_ffn
+
+CHOICES = [("attention", name) for name in ATTENTION] + [("ffn", name) for name in FFN]
+
+
+@pytest.mark.parametrize(("field", "name"), CHOICES, ids=[f"{f}={n}" for f, n in CHOICES])
+def test_every_registered_layer_trains_and_keeps_causality(field: str, name: str) -> None:
+    torch.manual_seed(0)
+    config = GPTConfig.from_name("debug", **{field: name})
+    model = GPT(config)
+    layer = model.blocks[0].attn if field == "attention" else model.blocks[0].mlp
+    assert isinstance(layer, (ATTENTION if field == "attention" else FFN)[name])
+    x = torch.randint(0, 64, (2, 12))
+    logits = model(x)
+    assert logits.shape == (2, 12, 64)
+    F.cross_entropy(logits.view(-1, 64), x.view(-1)).backward()
+    layer_params = list(layer.parameters())
+    assert layer_params and all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer_params)
+    # a causal model's outputs before the last position never see the last token
+    model.eval()
+    y = x.clone()
+    y[:, -1] = (x[:, -1] + 1) % 64
+    assert torch.allclose(model(x)[:, :-1], model(y)[:, :-1], atol=1e-5)
+
+
+def test_factories_take_a_name_or_a_class_and_list_the_names_on_error() -> None:
+    assert get_attention("dense") is DenseAttention and get_attention(DenseAttention) is DenseAttention
+    assert get_ffn("mlp") is FFN["mlp"] and get_ffn(nn.Identity) is nn.Identity
+    with pytest.raises(ValueError, match=r"attention='sliding' is not one of \['dense'\]"):
+        get_attention("sliding")
+    with pytest.raises(ValueError, match=r"ffn='moe' is not one of \['mlp'\]; set GPTConfig.ffn"):
+        get_ffn("moe")
+    with pytest.raises(ValueError, match="ffn=<class 'int'> is not one of"):
+        get_ffn(int)
+
+
+def test_config_rejects_unknown_or_unserialisable_layer_choices() -> None:
+    with pytest.raises(ValueError, match=r"attention='flash' is not one of \['dense'\]"):
+        GPTConfig(attention="flash")
+    with pytest.raises(ValueError, match=r"ffn=.*must be a registered name.*layers\.FFN\['mine'\] = MyClass"):
+        GPTConfig(ffn=nn.Identity)
+
+
+def test_dense_attention_function_matches_explicit_softmax_and_the_module_uses_it() -> None:
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, 2, 5, 4).unbind(0)  # (B, nh, T, hs) each
+    scores = q @ k.transpose(-2, -1) / 2.0  # sqrt(hs) = 2
+    future = torch.triu(torch.ones(5, 5, dtype=torch.bool), diagonal=1)
+    causal = scores.masked_fill(future, float("-inf")).softmax(-1) @ v
+    assert torch.allclose(dense_attention(q, k, v, causal=True), causal, atol=1e-5)
+    assert torch.allclose(dense_attention(q, k, v, causal=False), scores.softmax(-1) @ v, atol=1e-5)
+    # the module is projections around the function: bidirectional config -> future tokens matter
+    attn = DenseAttention(GPTConfig.from_name("debug", causal=False)).eval()
+    x = torch.randn(1, 6, 32)
+    x2 = x.clone()
+    x2[0, -1] += 1.0
+    assert not torch.allclose(attn(x)[0, :-1], attn(x2)[0, :-1], atol=1e-6)
