@@ -41,6 +41,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "kit.health.spikes": ("SpikeDetector",),
     "kit.health.hardware": ("GPUReader", "HostReader", "mfu"),
     "kit.health.doctor": ("diagnose", "ngram_overlap"),
+    "kit.health.flops": ("peak_flops_for", "transformer_flops"),
     "kit.health.planner": ("TrainingPlan", "memory_per_gpu", "min_gpus_that_fit", "training_flops"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -8,7 +8,7 @@ Example:
     >>> sorted(host.read())  # doctest: +SKIP
     ['cpu_percent', 'ram_percent', 'ram_used_gb', 'process_rss_gb']
     >>> mfu(flops_per_batch=1e12, step_time_s=0.01, peak_flops=312e12)
-    0.3205128205128205
+    0.32051282051282054
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from kit.health.planner import GPUS
+from kit.health.flops import peak_flops_for
 
 __all__ = ["DataWaitTimer", "GPUReader", "HostReader", "guess_peak_flops", "mfu"]
 
@@ -42,25 +42,12 @@ def mfu(flops_per_batch: float, step_time_s: float, peak_flops: float, n_devices
 
 
 def guess_peak_flops(device_name: str) -> float | None:
-    """Peak bf16 FLOP/s for a CUDA device name such as ``"NVIDIA H100 80GB HBM3"`` (None if unknown)."""
-    name = device_name.lower()
-    rules = [
-        ("h200", "h200"),
-        ("h100 pcie", "h100-pcie"),
-        ("h100", "h100-80gb"),
-        ("a100", "a100-80gb"),
-        ("b200", "b200"),
-        ("l40s", "l40s"),
-        ("l4", "l4"),
-        ("a10", "a10"),
-        ("v100", "v100-32gb"),
-        ("t4", "t4"),
-        ("mi300x", "mi300x"),
-    ]
-    for key, table in rules:
-        if key in name:
-            return GPUS[table].peak_flops
-    return None
+    """Peak bf16 FLOP/s for a CUDA device name such as ``"NVIDIA H100 80GB HBM3"`` (None if unknown).
+
+    The lookup is :func:`kit.health.flops.peak_flops_for` over the kit's one GPU table
+    (:data:`kit.health.flops.GPUS`, the planner's).
+    """
+    return peak_flops_for(device_name)
 
 
 class GPUReader:
@@ -189,7 +176,7 @@ class DataWaitTimer:
         >>> timer = DataWaitTimer(clock=t)
         >>> timer.batch_end(); timer.batch_start(); timer.batch_end(); timer.batch_start()
         >>> round(timer.summary()["data_wait_share"], 3)
-        0.667
+        0.8
     """
 
     clock: object = time.perf_counter
