@@ -22,6 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     Progress,
@@ -44,7 +45,7 @@ def _print_read(console: Console, reader: LoadReport) -> None:
     """What the reader skipped, worded as ``kit fit`` and ``kit doctor`` word it."""
     problems = reader.problems()
     if problems:
-        console.print(f"[yellow]input: {problems}[/yellow]")
+        console.print(f"[yellow]input: {escape(problems)}[/yellow]")
 
 
 def _progress(console: Console, bytes_mode: bool = True) -> Progress:
