@@ -14,9 +14,10 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS: dict[str, tuple[str, ...]] = {
-    "kit.data.text": ("clean_text", "embedded_corpus", "load_texts", "resolve_paths"),
+    "kit.data.text": ("clean_text", "embedded_corpus", "iter_documents", "load_texts", "resolve_paths"),
     "kit.data.tokenizer": ("train_bpe", "load_or_train_bpe"),
-    "kit.data.packing": ("pack_blocks", "split_documents"),
+    "kit.data.packing": ("iter_blocks", "pack_blocks", "split_documents"),
+    "kit.data.corpus": ("unigram_cross_entropy",),
     "kit.optim": ("lr_lambda", "param_groups"),
     "kit.data.filters": (
         "FilterChain",
