@@ -124,7 +124,7 @@ def unigram_cross_entropy(train_ids: Sequence[int], eval_ids: Sequence[int], voc
 
     Example:
         >>> round(unigram_cross_entropy([0, 0, 0, 1], [0, 1], vocab_size=2), 4)
-        0.8959
+        0.752
     """
     counts = Counter(train_ids)
     total = len(train_ids) + vocab_size
