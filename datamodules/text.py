@@ -1,32 +1,39 @@
-"""``TextDataModule``: text files (or the embedded corpus) -> cleaned documents -> BPE -> packed blocks."""
+"""``TextDataModule``: text files (or the embedded corpus) -> cleaned documents -> BPE -> packed blocks.
+
+The steps are plain functions in ``kit.data`` (``corpus.load_corpus``, ``packing.split_documents``,
+``tokenizer.load_or_train_bpe``, ``corpus.augment_documents``, ``packing.pack_blocks``,
+``corpus.block_sources``, ``corpus.unigram_cross_entropy``); the datamodule routes them and logs.
+"""
 
 from __future__ import annotations
 
-import math
 import os
-import random
 import warnings
 from collections import Counter
-from collections.abc import Sequence
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
+from kit.data.corpus import (
+    augment_documents,
+    block_sources,
+    load_corpus,
+    source_rank,
+    unigram_cross_entropy,
+)
 from kit.data.packing import pack_blocks, split_documents
 from kit.data.sampling import TemperatureSampler
-from kit.data.text import LoadReport, load_texts
+from kit.data.text import LoadReport
 from kit.data.tokenizer import EOS, load_or_train_bpe
 
 try:  # resumable mid-epoch; Lightning saves and restores its state in checkpoints
     from torchdata.stateful_dataloader import StatefulDataLoader as _Loader
 except ImportError:  # pragma: no cover - torchdata is a core dependency, this keeps the module importable
     _Loader = DataLoader
-# torchdata 0.11 calls a torch API that torch itself has deprecated; the warning is not actionable for users.
-warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
 
-__all__ = ["BlockDataset", "TextDataModule", "unigram_cross_entropy"]
+__all__ = ["BlockDataset", "TextDataModule"]
 
 
 class BlockDataset(Dataset):
@@ -41,16 +48,6 @@ class BlockDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         row = self.blocks[i]
         return row[:-1], row[1:]
-
-
-def unigram_cross_entropy(train_ids: Sequence[int], eval_ids: Sequence[int], vocab_size: int) -> float:
-    """Cross-entropy (nats/token) of ``eval_ids`` under the add-one-smoothed unigram distribution of ``train_ids``.
-
-    The loss a model reaches by learning token frequencies alone; a language model must beat it by a margin.
-    """
-    counts = Counter(train_ids)
-    total = len(train_ids) + vocab_size
-    return -sum(math.log((counts.get(t, 0) + 1) / total) for t in eval_ids) / max(1, len(eval_ids))
 
 
 class TextDataModule(pl.LightningDataModule):
@@ -159,87 +156,65 @@ class TextDataModule(pl.LightningDataModule):
         if self.train_set is None:
             self._load_and_tokenize(log=True)
 
-    def _load_sources(self) -> tuple[dict[str, str], LoadReport, dict[str, str]]:
-        """All documents keyed ``source/name``, a merged report, and each document's source."""
-        hp = self.hparams
-        if hp.sources_from_topics:
-            topics, report = load_texts(None, lowercase=hp.lowercase)
-            return {f"{t}/{t}": text for t, text in topics.items()}, report, {f"{t}/{t}": t for t in topics}
-        docs: dict[str, str] = {}
-        source_of: dict[str, str] = {}
-        merged = LoadReport()
-        for name, spec in hp.sources.items():
-            part, report = load_texts(spec, lowercase=hp.lowercase)
-            for doc, text in part.items():
-                docs[f"{name}/{doc}"] = text
-                source_of[f"{name}/{doc}"] = name
-            for field in ("files", "documents", "bytes_read", "replaced_bytes", "empty_skipped"):
-                setattr(merged, field, getattr(merged, field) + getattr(report, field))
-            merged.skipped_files += report.skipped_files
-        return docs, merged, source_of
-
     def _load_and_tokenize(self, log: bool) -> None:
         hp = self.hparams
-        if self.multi_source:
-            docs, report, source_of = self._load_sources()
-        else:
-            docs, report = load_texts(hp.paths, lowercase=hp.lowercase)
-            source_of = {}
-        train_names, val_names = split_documents(list(docs), hp.val_fraction, hp.seed)
-        if self.multi_source:  # group training documents by source so each source's blocks are contiguous
-            order = {s: i for i, s in enumerate(dict.fromkeys(source_of[n] for n in docs))}
-            train_names = sorted(train_names, key=lambda n: order[source_of[n]])
-        self.train_texts = [docs[n] for n in train_names]
-        self.val_texts = [docs[n] for n in val_names]
+        docs, report, source_of = load_corpus(hp.paths, hp.sources, hp.sources_from_topics, hp.lowercase)
+        self.report = report
+        rank = source_rank(docs, source_of) if self.multi_source else None
+        train_names = self._split(docs, source_of, rank)
         tok, path, cached = load_or_train_bpe(
             self.train_texts, hp.vocab_size, hp.min_frequency, hp.tokenizer_dir
         )
-        self.tokenizer, self.tokenizer_path, self.report = tok, str(path), report
-        eos = tok.token_to_id(EOS)
+        self.tokenizer, self.tokenizer_path = tok, str(path)
         train_sources = [source_of.get(n, "") for n in train_names]
-        if hp.augment_p > 0:
-            from kit.data.augment_text import TextAugmenter
-
-            # each document gets an augmented copy with probability augment_p (same source as its original)
-            augmenter = TextAugmenter(
-                p=1.0, ops=("synonym", "insert", "swap", "delete", "reorder"), seed=hp.seed
+        if hp.augment_p > 0:  # after the tokenizer: it is trained on the original documents only
+            self.train_texts, train_sources, self.augmented_docs = augment_documents(
+                self.train_texts, train_sources, hp.augment_p, hp.seed, rank
             )
-            coin = random.Random(hp.seed)
-            picked = [i for i in range(len(self.train_texts)) if coin.random() < hp.augment_p]
-            extra = augmenter([self.train_texts[i] for i in picked])
-            if self.multi_source:  # keep copies next to their source's documents
-                merged = list(zip(train_sources, self.train_texts)) + [
-                    (train_sources[i], t) for i, t in zip(picked, extra)
-                ]
-                merged.sort(key=lambda st: order[st[0]])
-                train_sources = [src for src, _ in merged]
-                self.train_texts = [text for _, text in merged]
-            else:
-                self.train_texts = self.train_texts + extra
-            self.augmented_docs = len(extra)
+        eos = tok.token_to_id(EOS)
         train_ids = [e.ids for e in tok.encode_batch(self.train_texts)]
         val_ids = [e.ids for e in tok.encode_batch(self.val_texts)]
-        n_train, n_val = sum(map(len, train_ids)), sum(map(len, val_ids))
-        try:
-            self.train_set = BlockDataset(pack_blocks(train_ids, hp.block_size, eos))
-            self.val_set = BlockDataset(pack_blocks(val_ids, hp.block_size, eos))
-        except ValueError as err:
-            raise ValueError(
-                f"{err} (train split {n_train:,} tokens in {len(train_ids)} docs, val split {n_val:,} tokens "
-                f"in {len(val_ids)} docs; raising data.val_fraction also grows the val split)"
-            ) from None
+        self._pack(train_ids, val_ids, eos)
         if self.multi_source:
             self._assign_sources(train_ids, train_sources, eos is not None)
         flat_train = [t for ids in train_ids for t in ids]
         flat_val = [t for ids in val_ids for t in ids]
         self.unigram_loss = unigram_cross_entropy(flat_train, flat_val, tok.get_vocab_size())
-        if not log:
-            return
+        if log:
+            self._log_setup(path, cached, len(flat_train), len(flat_val))
+
+    def _split(
+        self, docs: dict[str, str], source_of: dict[str, str], rank: dict[str, int] | None
+    ) -> list[str]:
+        """Document-level train/val split; training documents grouped by source. Returns the train names."""
+        hp = self.hparams
+        train_names, val_names = split_documents(list(docs), hp.val_fraction, hp.seed)
+        if rank is not None:  # group training documents by source so each source's blocks are contiguous
+            train_names = sorted(train_names, key=lambda n: rank[source_of[n]])
+        self.train_texts = [docs[n] for n in train_names]
+        self.val_texts = [docs[n] for n in val_names]
+        return train_names
+
+    def _pack(self, train_ids: list[list[int]], val_ids: list[list[int]], eos: int | None) -> None:
+        """Both splits into blocks; a too-short split names its size and the knob that grows it."""
+        block_size = self.hparams.block_size
+        try:
+            self.train_set = BlockDataset(pack_blocks(train_ids, block_size, eos))
+            self.val_set = BlockDataset(pack_blocks(val_ids, block_size, eos))
+        except ValueError as err:
+            n_train, n_val = sum(map(len, train_ids)), sum(map(len, val_ids))
+            raise ValueError(
+                f"{err} (train split {n_train:,} tokens in {len(train_ids)} docs, val split {n_val:,} tokens "
+                f"in {len(val_ids)} docs; raising data.val_fraction also grows the val split)"
+            ) from None
+
+    def _log_setup(self, path: os.PathLike, cached: bool, n_train: int, n_val: int) -> None:
+        hp, report = self.hparams, self.report
         source = "embedded pydoc_data corpus" if hp.paths is None else f"{report.files} file(s)"
         rank_zero_info(
-            f"TextDataModule: {source}, {report.documents} documents ({len(train_ids)} train / {len(val_ids)} val); "
-            f"tokenizer {'loaded from' if cached else 'trained and cached at'} {path} "
-            f"(vocab {tok.get_vocab_size()}); {n_train:,} train / {n_val:,} val tokens -> "
+            f"TextDataModule: {source}, {report.documents} documents ({len(self.train_texts)} train / "
+            f"{len(self.val_texts)} val); tokenizer {'loaded from' if cached else 'trained and cached at'} "
+            f"{path} (vocab {self.vocab_size}); {n_train:,} train / {n_val:,} val tokens -> "
             f"{len(self.train_set)} / {len(self.val_set)} blocks of {hp.block_size}; "
             f"unigram baseline val loss {self.unigram_loss:.3f}"
         )
@@ -252,15 +227,9 @@ class TextDataModule(pl.LightningDataModule):
                 f"TextDataModule: {len(self.source_counts)} sources with training blocks, temperature "
                 f"{hp.temperature}; effective shares: {shown}{' ...' if len(top) > 8 else ''}"
             )
-        if report.replaced_bytes:
-            rank_zero_warn(
-                f"TextDataModule: {report.replaced_bytes} undecodable byte sequence(s) replaced with U+FFFD"
-            )
-        if report.empty_skipped or report.skipped_files:
-            rank_zero_warn(
-                f"TextDataModule: skipped {report.empty_skipped} empty document(s) and "
-                f"{len(report.skipped_files)} bad record(s): {report.skipped_files[:5]}"
-            )
+        problems = report.problems()
+        if problems:
+            rank_zero_warn(f"TextDataModule: {problems}")
         if len(self.train_set) < self.batch_size:
             rank_zero_warn(
                 f"only {len(self.train_set)} training blocks for batch_size={self.batch_size}: one short batch per epoch"
@@ -268,19 +237,16 @@ class TextDataModule(pl.LightningDataModule):
 
     def _assign_sources(self, train_ids: list[list[int]], sources: list[str], with_eos: bool) -> None:
         """Label each packed training block with the source of its first token; build the sampler weights."""
-        import bisect
-        from itertools import accumulate
-
-        ends = list(accumulate(len(ids) + int(with_eos) for ids in train_ids))  # stream offset after each doc
-        step = self.hparams.block_size  # rows overlap by one token: row i starts at i * block_size
-        self.train_groups = [sources[bisect.bisect_right(ends, i * step)] for i in range(len(self.train_set))]
+        self.train_groups = block_sources(
+            [len(ids) for ids in train_ids], sources, self.hparams.block_size, len(self.train_set), with_eos
+        )
         self.source_counts = dict(Counter(self.train_groups))
         sampler = TemperatureSampler(
             self.train_groups, self.hparams.temperature, seed=self.hparams.seed, num_replicas=1, rank=0
         )
         self.source_proportions = sampler.proportions
         self.natural_proportions = sampler.natural_proportions
-        missing = sorted({s for s in sources} - set(self.source_counts))
+        missing = sorted(set(sources) - set(self.source_counts))
         if missing:
             rank_zero_warn(
                 f"{len(missing)} source(s) hold less than one block of training text and are not sampled on their "
@@ -298,15 +264,18 @@ class TextDataModule(pl.LightningDataModule):
             order = {"sampler": self.sampler}
         elif shuffle:
             order = {"shuffle": True, "generator": torch.Generator().manual_seed(self.hparams.seed)}
-        return _Loader(
-            dataset,
-            batch_size=self.batch_size,
-            num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            drop_last=False,
-            **order,
-        )
+        with warnings.catch_warnings():
+            # torchdata 0.11 calls torch.set_vital, which torch deprecates; nothing a user can act on
+            warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
+            return _Loader(
+                dataset,
+                batch_size=self.batch_size,
+                num_workers=self.hparams.num_workers,
+                persistent_workers=self.hparams.num_workers > 0,
+                pin_memory=torch.cuda.is_available(),
+                drop_last=False,
+                **order,
+            )
 
     def _log_proportions(self) -> None:
         trainer = self.trainer

@@ -14,9 +14,10 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS: dict[str, tuple[str, ...]] = {
-    "kit.data.text": ("clean_text", "embedded_corpus", "load_texts", "resolve_paths"),
+    "kit.data.text": ("clean_text", "embedded_corpus", "iter_documents", "load_texts", "resolve_paths"),
     "kit.data.tokenizer": ("train_bpe", "load_or_train_bpe"),
-    "kit.data.packing": ("pack_blocks", "split_documents"),
+    "kit.data.packing": ("iter_blocks", "pack_blocks", "split_documents"),
+    "kit.data.corpus": ("unigram_cross_entropy",),
     "kit.optim": ("lr_lambda", "param_groups"),
     "kit.data.filters": (
         "FilterChain",
@@ -41,6 +42,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "kit.health.spikes": ("SpikeDetector",),
     "kit.health.hardware": ("GPUReader", "HostReader", "mfu"),
     "kit.health.doctor": ("diagnose", "ngram_overlap"),
+    "kit.health.flops": ("peak_flops_for", "transformer_flops"),
     "kit.health.planner": ("TrainingPlan", "memory_per_gpu", "min_gpus_that_fit", "training_flops"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

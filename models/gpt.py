@@ -18,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics import MeanMetric
 
+from kit.health.flops import transformer_flops
 from kit.models.layers import get_attention, get_ffn
 from kit.models.transforms import apply_transforms
 from kit.optim import SCHEDULES, fused_available, lr_lambda, param_groups
@@ -232,7 +233,7 @@ class GPT(nn.Module):
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs per token (forward + backward): 6N + 12 * n_layer * n_embd * T (PaLM, appendix B)."""
         T = seq_len or self.config.block_size
-        return 6 * self.num_params() + 12 * self.config.n_layer * self.config.n_embd * T
+        return transformer_flops(self.num_params(), self.config.n_layer, self.config.n_embd, T)
 
     @torch.no_grad()
     def generate(
@@ -348,7 +349,8 @@ class CausalLM(pl.LightningModule):
 
     @property
     def flops_per_batch(self) -> float | None:
-        """Training FLOPs of the last seen batch shape, read by Lightning's ``ThroughputMonitor`` for MFU."""
+        """Training FLOPs of the last seen batch shape (``kit.health.flops.transformer_flops`` of ``B * T``
+        tokens at length T), read by Lightning's ``ThroughputMonitor`` and ``HardwareMonitor`` for MFU."""
         return getattr(self, "_flops_per_batch", None)
 
     # -- steps ----------------------------------------------------------------------------------------------

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from kit.cli.commands.data import iter_documents, main
+from kit.cli.commands.data import main
 from kit.data.bpe_report import bpe_tradeoff, format_table, measure_tokenizer
-from kit.data.text import embedded_corpus
+from kit.data.text import embedded_corpus, iter_documents
 from kit.data.tokenizer import train_bpe
 
 DOCS = list(embedded_corpus().values())

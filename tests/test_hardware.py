@@ -169,10 +169,12 @@ def test_gpu_reader_falls_back_to_nvidia_smi(tmp_path, monkeypatch) -> None:
     import sys
 
     fake = tmp_path / "nvidia-smi"
-    fake.write_text("#!/bin/sh\necho '0, 97, 40000, 81559'\necho '1, 12, 100, 81559'\n")
+    fake.write_text("#!/bin/sh\necho '0, GPU-aa, 97, 40000, 81559'\necho '1, GPU-bb, 12, 100, 81559'\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setitem(sys.modules, "pynvml", None)  # import pynvml -> ImportError
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)  # cuda:1 is physical GPU 1
+    monkeypatch.setattr("kit.health.hardware._torch_uuid", lambda ordinal: None)
     gpu = GPUReader([1])
     assert gpu.available and gpu.source == "nvidia-smi"
     r = gpu.read()

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
+from kit.data.corpus import unigram_cross_entropy
 from kit.data.tokenizer import EOS, load_or_train_bpe, train_bpe
-from kit.datamodules.text import TextDataModule, unigram_cross_entropy
+from kit.datamodules.text import TextDataModule
 
 WORDS = [
     "alpha",

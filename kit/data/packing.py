@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 
-__all__ = ["pack_blocks", "split_documents"]
+__all__ = ["iter_blocks", "pack_blocks", "split_documents"]
 
 
 def split_documents(names: Sequence[str], val_fraction: float, seed: int = 0) -> tuple[list[str], list[str]]:
@@ -41,6 +41,45 @@ def split_documents(names: Sequence[str], val_fraction: float, seed: int = 0) ->
     return train, val
 
 
+def iter_blocks(
+    token_lists: Iterable[Sequence[int]], block_size: int, eos_id: int | None = None
+) -> Iterator[list[int]]:
+    """Stream the rows of :func:`pack_blocks` one at a time, in constant memory (the kit's one packer).
+
+    Documents (each followed by ``eos_id``) are concatenated and cut into rows of ``block_size + 1``
+    tokens; row ``i`` covers ``stream[i*T : (i+1)*T + 1]``, so consecutive rows overlap by one token and
+    every token but the first is a target exactly once. The ragged tail that does not fill a row is dropped.
+
+    Args:
+        token_lists: token ids per document (any iterable, consumed once).
+        block_size: context length T.
+        eos_id: separator appended after each document; None appends nothing.
+
+    Yields:
+        Lists of ``block_size + 1`` token ids.
+
+    Raises:
+        ValueError: ``block_size < 1`` (on the first ``next``).
+
+    Example:
+        >>> list(iter_blocks([[1, 2, 3], [4, 5]], 2, eos_id=0))
+        [[1, 2, 3], [3, 0, 4], [4, 5, 0]]
+    """
+    if block_size < 1:
+        raise ValueError(f"block_size={block_size} must be >= 1")
+    row = block_size + 1
+    buffer: list[int] = []
+    for ids in token_lists:
+        buffer.extend(ids)
+        if eos_id is not None:
+            buffer.append(eos_id)
+        start = 0
+        while len(buffer) - start >= row:
+            yield buffer[start : start + row]
+            start += block_size
+        del buffer[:start]  # keep the overlap token and the unfinished row only
+
+
 def pack_blocks(
     token_lists: Sequence[Sequence[int]], block_size: int, eos_id: int | None = None
 ) -> torch.Tensor:
@@ -48,7 +87,7 @@ def pack_blocks(
 
     Consecutive rows overlap by one token so that row ``i`` yields inputs ``row[:-1]`` and targets ``row[1:]``
     and every token of the stream (but the very first) is a target exactly once. The ragged tail that does not
-    fill a row is dropped.
+    fill a row is dropped. The rows are those of :func:`iter_blocks` (``kit data shards`` streams them).
 
     Args:
         token_lists: token ids per document.
@@ -61,19 +100,11 @@ def pack_blocks(
     Raises:
         ValueError: the stream is shorter than one block; the message gives both sizes.
     """
-    if block_size < 1:
-        raise ValueError(f"block_size={block_size} must be >= 1")
-    stream: list[int] = []
-    for ids in token_lists:
-        stream.extend(ids)
-        if eos_id is not None:
-            stream.append(eos_id)
-    n_rows = (len(stream) - 1) // block_size
-    if n_rows < 1:
+    rows = list(iter_blocks(token_lists, block_size, eos_id))
+    if not rows:
+        n_tokens = sum(len(ids) for ids in token_lists) + (len(token_lists) if eos_id is not None else 0)
         raise ValueError(
-            f"block_size={block_size} exceeds the corpus ({len(stream):,} tokens); lower data.block_size "
-            f"to at most {max(1, len(stream) - 1)} or add text"
+            f"block_size={block_size} exceeds the corpus ({n_tokens:,} tokens); lower data.block_size "
+            f"to at most {max(1, n_tokens - 1)} or add text"
         )
-    data = torch.tensor(stream[: n_rows * block_size + 1], dtype=torch.long)
-    # (N, T+1) view with overlap 1: row i covers stream[i*T : (i+1)*T + 1]
-    return data.unfold(0, block_size + 1, block_size).contiguous()
+    return torch.tensor(rows, dtype=torch.long)

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["LoadReport", "clean_text", "embedded_corpus", "load_texts", "resolve_paths"]
+__all__ = ["LoadReport", "clean_text", "embedded_corpus", "iter_documents", "load_texts", "resolve_paths"]
 
 _TAG = re.compile(r"<[^>]*>")
 # Control characters except tab/newline; they are noise in every corpus we have seen.
@@ -111,40 +111,125 @@ def resolve_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> lis
 
 @dataclass
 class LoadReport:
-    """What ``load_texts`` read: counts a user can check against their expectations."""
+    """What the document reader read and skipped: counts a user can check against their expectations.
+
+    ``kit fit`` (``TextDataModule``), ``kit data`` and ``kit doctor`` all read through
+    :func:`iter_documents` and show :meth:`problems`, so a bad JSON line is counted and worded the same
+    everywhere.
+    """
 
     files: int = 0
     documents: int = 0
     bytes_read: int = 0
     replaced_bytes: int = 0
     empty_skipped: int = 0
-    skipped_files: list[str] = field(default_factory=list)
+    invalid_json: int = 0
+    missing_text: int = 0
+    skipped_files: list[str] = field(default_factory=list)  # "path:line (reason)" of each skipped record
+
+    def merge(self, other: LoadReport) -> None:
+        """Add another report's counts (one report per source, merged for the whole corpus)."""
+        for name in (
+            "files",
+            "documents",
+            "bytes_read",
+            "replaced_bytes",
+            "empty_skipped",
+            "invalid_json",
+            "missing_text",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.skipped_files += other.skipped_files
+
+    def problems(self) -> str | None:
+        """One line naming what was skipped or replaced, or None when nothing was.
+
+        Example:
+            >>> LoadReport(invalid_json=1, skipped_files=["c.jsonl:2 (invalid JSON)"]).problems()
+            "skipped 1 invalid JSON line(s): ['c.jsonl:2 (invalid JSON)']"
+        """
+        parts = []
+        if self.invalid_json:
+            parts.append(f"{self.invalid_json} invalid JSON line(s)")
+        if self.missing_text:
+            parts.append(f"{self.missing_text} JSON record(s) without a string text field")
+        if self.empty_skipped:
+            parts.append(f"{self.empty_skipped} empty document(s)")
+        line = f"skipped {', '.join(parts)}" if parts else ""
+        if self.skipped_files:
+            line += f": {self.skipped_files[:5]}" + (" ..." if len(self.skipped_files) > 5 else "")
+        if self.replaced_bytes:
+            line += ("; " if line else "") + (
+                f"{self.replaced_bytes} undecodable byte sequence(s) replaced with U+FFFD"
+            )
+        return line or None
 
 
-def _iter_file_documents(path: Path, report: LoadReport) -> Iterator[tuple[str, str]]:
-    raw = path.read_bytes()
-    report.bytes_read += len(raw)
+def _decode(raw: bytes, report: LoadReport) -> str:
     text = raw.decode("utf-8", errors="replace")
     # U+FFFD already present in valid UTF-8 is counted too; that is rare and harmless for a report.
     report.replaced_bytes += text.count("\ufffd")
-    if path.suffix == ".jsonl":
-        import json
+    return text
 
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                report.skipped_files.append(f"{path}:{lineno} (invalid JSON)")
-                continue
-            value = record.get("text") if isinstance(record, dict) else None
-            if not isinstance(value, str):
-                report.skipped_files.append(f"{path}:{lineno} (no string 'text' field)")
-                continue
-            yield f"{path}:{lineno}", value
-    else:
-        yield str(path), text
+
+def iter_documents(
+    paths: str | os.PathLike | Iterable[str | os.PathLike],
+    report: LoadReport | None = None,
+    text_key: str = "text",
+) -> Iterator[tuple[str, str, int]]:
+    """Stream ``(name, text, raw_bytes)`` from files, folders or globs: the kit's one document reader.
+
+    ``.jsonl`` files give one document per line (its ``text_key`` field, named ``path:line``), read line by
+    line so a file larger than memory is fine; other files are one document each. Undecodable bytes become
+    U+FFFD. Blank lines are ignored; a line that is not JSON, or has no string ``text_key`` field, is
+    skipped and counted in ``report`` (``invalid_json``, ``missing_text``, ``skipped_files``).
+
+    Args:
+        paths: files, folders (text suffixes only) or globs (:func:`resolve_paths`).
+        report: filled in as documents are read (``files``, ``bytes_read``, ``replaced_bytes`` and the
+            skips); ``documents`` is left to the caller, which may drop more.
+        text_key: the JSONL field that holds the text.
+
+    Raises:
+        FileNotFoundError: a path matches nothing.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "d.jsonl"
+        >>> _ = f.write_text('{"text": "a"}\\nnot json\\n')
+        >>> report = LoadReport()
+        >>> [text for _, text, _ in iter_documents(f, report)], report.invalid_json
+        (['a'], 1)
+    """
+    import json
+
+    report = report if report is not None else LoadReport()
+    files = resolve_paths(paths)
+    report.files += len(files)
+    for path in files:
+        if path.suffix != ".jsonl":
+            raw = path.read_bytes()
+            report.bytes_read += len(raw)
+            yield str(path), _decode(raw, report), len(raw)
+            continue
+        with open(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                report.bytes_read += len(raw)
+                line = _decode(raw, report)
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    report.invalid_json += 1
+                    report.skipped_files.append(f"{path}:{lineno} (invalid JSON)")
+                    continue
+                value = record.get(text_key) if isinstance(record, dict) else None
+                if not isinstance(value, str):
+                    report.missing_text += 1
+                    report.skipped_files.append(f"{path}:{lineno} (no string {text_key!r} field)")
+                    continue
+                yield f"{path}:{lineno}", value, len(raw)
 
 
 def load_texts(
@@ -154,9 +239,8 @@ def load_texts(
 ) -> tuple[dict[str, str], LoadReport]:
     """Read documents from files, folders or globs (or the embedded corpus when ``paths`` is None).
 
-    ``.jsonl`` files contribute one document per line (its ``text`` field); other files are one document each.
-    Undecodable bytes are replaced with U+FFFD and counted; documents that are empty after cleaning are
-    skipped and counted.
+    Files are read by :func:`iter_documents` (``.jsonl``: one document per line, its ``text`` field; bad
+    lines skipped and counted); documents that are empty after cleaning are skipped and counted too.
 
     Returns:
         ``({name: cleaned_text}, LoadReport)``.
@@ -169,9 +253,7 @@ def load_texts(
     if paths is None:
         items: Iterable[tuple[str, str]] = embedded_corpus().items()
     else:
-        files = resolve_paths(paths)
-        report.files = len(files)
-        items = (doc for f in files for doc in _iter_file_documents(f, report))
+        items = ((name, text) for name, text, _ in iter_documents(paths, report))
     docs: dict[str, str] = {}
     for name, text in items:
         if clean:

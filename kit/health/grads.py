@@ -71,14 +71,22 @@ def grad_norms(
     params: Mapping[str, Tensor],
     groups: Mapping[str, list[str]] | None = None,
     scale: Tensor | float | None = None,
+    norm_type: float = 2.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """L2 norm of all gradients and of each group, computed on device without a host sync.
+    """Norm of all gradients and of each group, computed on device without a host sync.
+
+    The kit's one gradient-norm function: ``kit.precision.clipping.grad_norm`` and the monitors'
+    ``global_grad_norm`` call it. The global norm is the norm of the per-tensor norms, which is what
+    ``torch.nn.utils.get_total_norm`` (and so ``clip_grad_norm_``) computes; for float32 gradients on
+    one device the two are bit-identical. Per-tensor norms are combined in float32, so bf16/fp16
+    gradients give a float32 norm.
 
     Args:
         params: name -> parameter; parameters whose ``.grad`` is ``None`` are ignored.
         groups: layer name -> parameter names (see :func:`group_by_layer`); ``None`` means
-            one group per parameter.
+            one group per parameter, ``{}`` none (global norm only).
         scale: divide the norms by this (the loss scale when gradients are still scaled).
+        norm_type: p of the p-norm (``float("inf")`` for the max norm).
 
     Returns:
         ``(global_norm, {group: norm})`` as 0-dim float32 tensors (global norm is 0 if no grads).
@@ -92,9 +100,10 @@ def grad_norms(
     if not named:
         return torch.zeros(()), {}
     grads = [g.detach() for _, g in named]
-    norms = [n.float() for n in torch._foreach_norm(grads, 2.0)]
+    device = grads[0].device  # combined where the first gradient lives, as get_total_norm does
+    norms = [n.float().to(device) for n in torch._foreach_norm(grads, norm_type)]
     by_name = {n: v for (n, _), v in zip(named, norms)}
-    total = torch.linalg.vector_norm(torch.stack(norms))
+    total = torch.linalg.vector_norm(torch.stack(norms), norm_type)
     if groups is None:
         per = by_name
     else:
@@ -102,7 +111,7 @@ def grad_norms(
         for layer, names in groups.items():
             vals = [by_name[n] for n in names if n in by_name]
             if vals:
-                per[layer] = torch.linalg.vector_norm(torch.stack(vals))
+                per[layer] = torch.linalg.vector_norm(torch.stack(vals), norm_type)
     if scale is not None:
         total = total / scale
         per = {k: v / scale for k, v in per.items()}

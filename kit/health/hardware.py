@@ -8,20 +8,21 @@ Example:
     >>> sorted(host.read())  # doctest: +SKIP
     ['cpu_percent', 'ram_percent', 'ram_used_gb', 'process_rss_gb']
     >>> mfu(flops_per_batch=1e12, step_time_s=0.01, peak_flops=312e12)
-    0.3205128205128205
+    0.32051282051282054
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from kit.health.planner import GPUS
+from kit.health.flops import peak_flops_for
 
-__all__ = ["DataWaitTimer", "GPUReader", "HostReader", "guess_peak_flops", "mfu"]
+__all__ = ["DataWaitTimer", "GPUReader", "HostReader", "guess_peak_flops", "mfu", "physical_gpu_index"]
 
 
 def mfu(flops_per_batch: float, step_time_s: float, peak_flops: float, n_devices: int = 1) -> float:
@@ -42,25 +43,74 @@ def mfu(flops_per_batch: float, step_time_s: float, peak_flops: float, n_devices
 
 
 def guess_peak_flops(device_name: str) -> float | None:
-    """Peak bf16 FLOP/s for a CUDA device name such as ``"NVIDIA H100 80GB HBM3"`` (None if unknown)."""
-    name = device_name.lower()
-    rules = [
-        ("h200", "h200"),
-        ("h100 pcie", "h100-pcie"),
-        ("h100", "h100-80gb"),
-        ("a100", "a100-80gb"),
-        ("b200", "b200"),
-        ("l40s", "l40s"),
-        ("l4", "l4"),
-        ("a10", "a10"),
-        ("v100", "v100-32gb"),
-        ("t4", "t4"),
-        ("mi300x", "mi300x"),
-    ]
-    for key, table in rules:
-        if key in name:
-            return GPUS[table].peak_flops
-    return None
+    """Peak bf16 FLOP/s for a CUDA device name such as ``"NVIDIA H100 80GB HBM3"`` (None if unknown).
+
+    The lookup is :func:`kit.health.flops.peak_flops_for` over the kit's one GPU table
+    (:data:`kit.health.flops.GPUS`, the planner's).
+    """
+    return peak_flops_for(device_name)
+
+
+def _bare_uuid(uuid: object) -> str:
+    """``"GPU-58d1dcc3-..."`` (NVML, nvidia-smi, CUDA_VISIBLE_DEVICES) and torch's ``"58d1dcc3-..."`` alike."""
+    if isinstance(uuid, bytes):
+        uuid = uuid.decode()
+    text = str(uuid).strip().lower()
+    for prefix in ("gpu-", "mig-"):
+        text = text.removeprefix(prefix)
+    return text
+
+
+def _torch_uuid(ordinal: int) -> str | None:
+    """UUID of CUDA device ``ordinal`` as this process numbers it, or None when torch cannot say."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        return _bare_uuid(torch.cuda.get_device_properties(ordinal).uuid)
+    except Exception:  # CPU build, ROCm without UUIDs, old driver: fall back to the device mask
+        return None
+
+
+def physical_gpu_index(ordinal: int, uuids: list[str], visible: str | None = None) -> int | None:
+    """Map a CUDA ordinal (``cuda:0`` is the first *visible* device) to the driver's GPU index.
+
+    NVML and ``nvidia-smi`` number all GPUs of the machine; CUDA numbers only the visible ones, so with
+    ``CUDA_VISIBLE_DEVICES=3`` ordinal 0 is physical GPU 3. The match is by UUID (torch's
+    ``get_device_properties(i).uuid`` against the driver's), else through ``CUDA_VISIBLE_DEVICES``
+    (indices or UUID prefixes), else the ordinal itself when no mask is set.
+
+    Args:
+        ordinal: CUDA device index in this process.
+        uuids: UUID of each physical GPU in driver order (``nvmlDeviceGetUUID`` / ``nvidia-smi``).
+        visible: the device mask; ``None`` reads ``CUDA_VISIBLE_DEVICES``.
+
+    Returns:
+        The physical index, or None when the mask names a device that cannot be matched (reading
+        some other GPU would be worse than reading none).
+
+    Example:
+        >>> physical_gpu_index(0, ["GPU-aa", "GPU-bb", "GPU-cc", "GPU-dd"], visible="3")
+        3
+    """
+    bare = [_bare_uuid(u) for u in uuids]
+    own = _torch_uuid(ordinal)
+    if own is not None and own in bare:
+        return bare.index(own)
+    mask = os.environ.get("CUDA_VISIBLE_DEVICES") if visible is None else visible
+    if mask is None:
+        return ordinal if ordinal < len(uuids) else None
+    entries = [e.strip() for e in mask.split(",") if e.strip()]
+    if ordinal >= len(entries):
+        return None
+    entry = entries[ordinal]
+    if entry.isdigit():
+        index = int(entry)
+        return index if index < len(uuids) else None
+    prefix = _bare_uuid(entry)
+    matches = [i for i, u in enumerate(bare) if prefix and u.startswith(prefix)]
+    return matches[0] if len(matches) == 1 else None
 
 
 class GPUReader:
@@ -70,8 +120,12 @@ class GPUReader:
     there, it is queried instead (about 50 ms per read, so read on logging steps only). On machines
     without a driver ``available`` is False and ``unavailable`` says why.
 
+    Indices are CUDA ordinals, as torch numbers devices in this process; each is mapped to the
+    driver's GPU through UUIDs (:func:`physical_gpu_index`), so ``cuda:0`` under
+    ``CUDA_VISIBLE_DEVICES=3`` reads physical GPU 3, logged as ``gpu0_*``.
+
     Args:
-        indices: GPU indices to read (``None``: all).
+        indices: CUDA ordinals to read (``None``: every GPU of the machine, by driver index).
     """
 
     def __init__(self, indices: list[int] | None = None) -> None:
@@ -79,16 +133,24 @@ class GPUReader:
         self.source = "nvml"
         self._handles: list = []
         self._indices = indices
+        self._smi_map: dict[int, int] | None = None  # physical index -> reported ordinal
         try:
             import pynvml
 
             pynvml.nvmlInit()
             n = pynvml.nvmlDeviceGetCount()
-            idx = list(range(n)) if indices is None else [i for i in indices if i < n]
-            self._handles = [(i, pynvml.nvmlDeviceGetHandleByIndex(i)) for i in idx]
+            handles = [pynvml.nvmlDeviceGetHandleByIndex(j) for j in range(n)]
+            if indices is None:
+                self._handles = list(enumerate(handles))
+            else:
+                uuids = [pynvml.nvmlDeviceGetUUID(h) for h in handles]
+                physical = {i: physical_gpu_index(i, uuids) for i in indices}
+                self._handles = [(i, handles[j]) for i, j in physical.items() if j is not None]
             self._nvml = pynvml
             if not self._handles:
-                self.unavailable = "NVML found no GPU"
+                self.unavailable = "NVML found no GPU" + (
+                    f" matching CUDA device(s) {indices}" if indices and n else ""
+                )
         except ImportError as err:
             if shutil.which("nvidia-smi") and self._smi():
                 self.source = "nvidia-smi"
@@ -107,7 +169,7 @@ class GPUReader:
     def _smi(self) -> dict[str, float]:
         cmd = [
             "nvidia-smi",
-            "--query-gpu=index,utilization.gpu,memory.used,memory.total",
+            "--query-gpu=index,uuid,utilization.gpu,memory.used,memory.total",
             "--format=csv,noheader,nounits",
         ]
         try:
@@ -116,13 +178,21 @@ class GPUReader:
             ).stdout.splitlines()
         except (OSError, subprocess.SubprocessError):
             return {}
+        rows = [[x.strip() for x in line.split(",")] for line in lines if line.strip()]
+        if self._smi_map is None:  # physical index -> the name it is logged under
+            if self._indices is None:
+                self._smi_map = {int(r[0]): int(r[0]) for r in rows}
+            else:
+                uuids = [r[1] for r in rows]
+                found = {i: physical_gpu_index(i, uuids) for i in self._indices}
+                self._smi_map = {j: i for i, j in found.items() if j is not None}
         out: dict[str, float] = {}
-        for line in lines:
-            i, util, used, total = (float(x) for x in line.split(","))
-            if self._indices is None or int(i) in self._indices:
-                out[f"gpu{int(i)}_util"] = util
-                out[f"gpu{int(i)}_mem_used_gb"] = used * 2**20 / 1e9  # MiB
-                out[f"gpu{int(i)}_mem_percent"] = 100.0 * used / max(total, 1.0)
+        for index, _, util, used, total in rows:
+            name = self._smi_map.get(int(index))
+            if name is not None:
+                out[f"gpu{name}_util"] = float(util)
+                out[f"gpu{name}_mem_used_gb"] = float(used) * 2**20 / 1e9  # MiB
+                out[f"gpu{name}_mem_percent"] = 100.0 * float(used) / max(float(total), 1.0)
         return out
 
     def read(self) -> dict[str, float]:
@@ -189,7 +259,7 @@ class DataWaitTimer:
         >>> timer = DataWaitTimer(clock=t)
         >>> timer.batch_end(); timer.batch_start(); timer.batch_end(); timer.batch_start()
         >>> round(timer.summary()["data_wait_share"], 3)
-        0.667
+        0.8
     """
 
     clock: object = time.perf_counter

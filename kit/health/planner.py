@@ -3,7 +3,8 @@
 Formulas (all documented in the README, "Compute planner"):
 
 - FLOPs per token = ``6 N`` (forward 2N, backward 4N) ``+ 12 L d T`` for attention scores and the
-  weighted sum (QK^T and AV, forward + backward; the count PaLM uses for MFU).
+  weighted sum (QK^T and AV, forward + backward; the count PaLM uses for MFU), from
+  :mod:`kit.health.flops`, which also holds the GPU table (``GPUS``, re-exported here).
 - Memory (mixed precision + Adam, the ZeRO paper's accounting): bf16 weights ``2N``, bf16 gradients
   ``2N``, fp32 master weights + Adam m + v ``12N``. DDP keeps all of it on every GPU; ZeRO-1 shards
   the optimizer state over G GPUs, ZeRO-2 also the gradients, ZeRO-3 (= FSDP full shard) also the
@@ -24,6 +25,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from kit.health.flops import GPUS, GPUSpec, transformer_flops
+
 __all__ = [
     "GPUS",
     "STRATEGIES",
@@ -37,37 +40,6 @@ __all__ = [
     "training_flops",
 ]
 
-
-@dataclass(frozen=True)
-class GPUSpec:
-    """Peak dense bf16 (fp16 where no bf16) tensor FLOP/s and memory of one accelerator."""
-
-    name: str
-    peak_flops: float
-    memory_gb: float
-    note: str = ""
-
-
-# Vendor datasheet peaks, dense (no 2:4 sparsity).
-GPUS: dict[str, GPUSpec] = {
-    g.name: g
-    for g in [
-        GPUSpec("v100-16gb", 125e12, 16, "fp16 tensor cores; no bf16"),
-        GPUSpec("v100-32gb", 125e12, 32, "fp16 tensor cores; no bf16"),
-        GPUSpec("t4", 65e12, 16, "fp16"),
-        GPUSpec("a10", 125e12, 24),
-        GPUSpec("l4", 121e12, 24),
-        GPUSpec("a100-40gb", 312e12, 40),
-        GPUSpec("a100-80gb", 312e12, 80),
-        GPUSpec("l40s", 362e12, 48),
-        GPUSpec("h100-pcie", 756e12, 80),
-        GPUSpec("h100-80gb", 989e12, 80, "SXM"),
-        GPUSpec("h200", 989e12, 141),
-        GPUSpec("b200", 2250e12, 180),
-        GPUSpec("mi250x", 383e12, 128),
-        GPUSpec("mi300x", 1307e12, 192),
-    ]
-}
 
 STRATEGIES = ("ddp", "zero1", "zero2", "zero3")
 
@@ -96,8 +68,9 @@ def model_shape(params: float, aspect: float = 128.0) -> tuple[int, int]:
 
 
 def training_flops(params: float, tokens: float, n_layer: int, d_model: int, seq_len: int) -> float:
-    """``6 N D + 12 L d T D``: dense matmuls plus attention (forward + backward)."""
-    return 6.0 * params * tokens + 12.0 * n_layer * d_model * seq_len * tokens
+    """``6 N D + 12 L d T D``: dense matmuls plus attention (forward + backward), by
+    :func:`kit.health.flops.transformer_flops` (the count the model and the MFU code use too)."""
+    return transformer_flops(params, n_layer, d_model, seq_len, tokens=tokens)
 
 
 @dataclass(frozen=True)

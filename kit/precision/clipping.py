@@ -19,6 +19,8 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
+from kit.health.grads import grad_norms
+
 __all__ = [
     "AutoClip",
     "adaptive_clip_",
@@ -47,19 +49,19 @@ def grads_of(parameters: _Params) -> list[Tensor]:
 
 
 def grad_norm(parameters: _Params, norm_type: float = 2.0) -> Tensor:
-    """Global gradient norm over all parameters, computed exactly as ``clip_grad_norm_`` does.
+    """Global gradient norm over all parameters, as ``clip_grad_norm_`` measures it.
+
+    A thin wrapper over :func:`kit.health.grads.grad_norms`, the kit's one gradient-norm function.
 
     Args:
         parameters: parameters whose ``.grad`` is measured.
         norm_type: p of the p-norm (``float("inf")`` for the max norm).
 
     Returns:
-        A 0-dim tensor; ``tensor(0.)`` if no parameter has a gradient.
+        A 0-dim float32 tensor; ``tensor(0.)`` if no parameter has a gradient.
     """
-    grads = grads_of(parameters)
-    if not grads:
-        return torch.tensor(0.0)
-    return torch.nn.utils.get_total_norm(grads, norm_type=norm_type)
+    params = [parameters] if isinstance(parameters, Tensor) else list(parameters)
+    return grad_norms({str(i): p for i, p in enumerate(params)}, {}, norm_type=norm_type)[0]
 
 
 def clip_by_norm(

@@ -18,9 +18,11 @@ import json
 import os
 import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     Progress,
@@ -30,40 +32,20 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-__all__ = ["iter_documents", "main"]
+from kit.data.text import LoadReport, iter_documents, resolve_paths
 
-
-def iter_documents(paths: Sequence[str], text_key: str = "text") -> Iterator[tuple[str, str, int]]:
-    """Stream ``(name, text, raw_bytes)``: ``.jsonl`` files give one document per line (``text_key`` field),
-    other files one document each. ``paths`` are files, folders or globs (``kit.data.text.resolve_paths``).
-
-    Raises:
-        FileNotFoundError: a path matches nothing.
-    """
-    from kit.data.text import resolve_paths
-
-    for path in resolve_paths(list(paths)):
-        if path.suffix == ".jsonl":
-            with open(path, encoding="utf-8", errors="replace") as f:
-                for lineno, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue
-                    text = record.get(text_key) if isinstance(record, dict) else None
-                    if isinstance(text, str):
-                        yield f"{path}:{lineno}", text, len(line.encode("utf-8"))
-        else:
-            raw = path.read_bytes()
-            yield str(path), raw.decode("utf-8", errors="replace"), len(raw)
+__all__ = ["main"]
 
 
 def _total_bytes(paths: Sequence[str]) -> int:
-    from kit.data.text import resolve_paths
-
     return sum(p.stat().st_size for p in resolve_paths(list(paths)))
+
+
+def _print_read(console: Console, reader: LoadReport) -> None:
+    """What the reader skipped, worded as ``kit fit`` and ``kit doctor`` word it."""
+    problems = reader.problems()
+    if problems:
+        console.print(f"[yellow]input: {escape(problems)}[/yellow]")
 
 
 def _progress(console: Console, bytes_mode: bool = True) -> Progress:
@@ -92,18 +74,21 @@ def _clean(args: argparse.Namespace, console: Console) -> int:
     total = _total_bytes(args.inputs)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
+    reader = LoadReport()
     with _progress(console) as progress, open(out, "w", encoding="utf-8") as sink:
         task = progress.add_task("cleaning", total=total)
-        for name, text, nbytes in iter_documents(args.inputs, args.text_key):
+        for name, text, nbytes in iter_documents(args.inputs, reader, args.text_key):
             cleaned, reason = pipe.check(text)
             if reason is None:
                 sink.write(json.dumps({"id": name, args.text_key: cleaned}, ensure_ascii=False) + "\n")
             progress.advance(task, nbytes)
     report = pipe.report
+    _print_read(console, reader)
     console.print(report.format())
     console.print(f"wrote {report.docs_out:,} documents to {out}")
     if args.report:
-        Path(args.report).write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
+        data = {**report.to_dict(), "input": asdict(reader)}
+        Path(args.report).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
         console.print(f"report: {args.report}")
     if args.examples and report.examples:
         for reason, texts in report.examples.items():
@@ -125,10 +110,15 @@ def _tokenizer(args: argparse.Namespace, console: Console) -> int:
     # every vocabulary size, so the corpus itself never has to fit in memory (tokenizers trains from an
     # iterator and keeps only its pre-token counts).
     stride = max(2, round(1 / args.heldout))
+    reader = LoadReport()
+    passes = 0
 
     def documents() -> Iterator[tuple[int, str]]:
+        nonlocal passes
         if args.inputs:
-            source = (text for _, text, _ in iter_documents(args.inputs, args.text_key))
+            report = reader if passes == 0 else LoadReport()  # count the skips once, not per re-read
+            passes += 1
+            source = (text for _, text, _ in iter_documents(args.inputs, report, args.text_key))
         else:
             from kit.data.text import embedded_corpus
 
@@ -144,6 +134,7 @@ def _tokenizer(args: argparse.Namespace, console: Console) -> int:
         n_docs += 1
         if i % stride == 0 and len(held) < args.max_heldout:
             held.append(text)
+    _print_read(console, reader)
     if n_docs < 2:
         console.print(f"[red]need at least 2 documents to hold some out; got {n_docs}[/red]")
         return 2
@@ -182,40 +173,38 @@ def _tokenizer(args: argparse.Namespace, console: Console) -> int:
 def _shards(args: argparse.Namespace, console: Console) -> int:
     import numpy as np
 
+    from kit.data.packing import iter_blocks
     from kit.data.shards import write_shards
 
     tokenizer = None
     if args.tokenizer:
         from tokenizers import Tokenizer
 
+        from kit.data.tokenizer import EOS
+
         tokenizer = Tokenizer.from_file(args.tokenizer)
-        eos = tokenizer.token_to_id("<|endoftext|>")
+        eos = tokenizer.token_to_id(EOS)
     total = _total_bytes(args.inputs)
     stats = {"docs": 0, "samples": 0}
+    reader = LoadReport()
 
-    def samples(progress: Progress, task: int) -> Iterator[dict]:
-        buffer: list[int] = []
-        block = args.block_size + 1
-        for name, text, nbytes in iter_documents(args.inputs, args.text_key):
+    def documents(progress: Progress, task: int) -> Iterator[tuple[str, str]]:
+        for name, text, nbytes in iter_documents(args.inputs, reader, args.text_key):
             stats["docs"] += 1
             progress.advance(task, nbytes)
-            if tokenizer is None:
+            yield name, text
+
+    def samples(progress: Progress, task: int) -> Iterator[dict]:
+        if tokenizer is None:
+            for name, text in documents(progress, task):
                 stats["samples"] += 1
                 yield {"__key__": f"{stats['samples']:010d}", "txt": text, "json": {"source": name}}
-                continue
-            buffer += tokenizer.encode(text).ids
-            if eos is not None:
-                buffer.append(eos)
-            while len(buffer) >= block:
-                stats["samples"] += 1
-                chunk, buffer = (
-                    buffer[:block],
-                    buffer[args.block_size :],
-                )  # blocks overlap by one target token
-                yield {
-                    "__key__": f"{stats['samples']:010d}",
-                    "input_ids.npy": np.asarray(chunk, dtype=np.int32),
-                }
+            return
+        # the packer TextDataModule uses (pack_blocks), streamed: rows of block_size + 1, overlapping by one
+        token_lists = (tokenizer.encode(text).ids for _, text in documents(progress, task))
+        for row in iter_blocks(token_lists, args.block_size, eos):
+            stats["samples"] += 1
+            yield {"__key__": f"{stats['samples']:010d}", "input_ids.npy": np.asarray(row, dtype=np.int32)}
 
     os.makedirs(args.output, exist_ok=True)
     pattern = os.path.join(args.output, f"{args.prefix}-%06d.tar")
@@ -224,6 +213,7 @@ def _shards(args: argparse.Namespace, console: Console) -> int:
         paths = write_shards(samples(progress, task), pattern, args.max_count, args.max_size_mb * 1e6)
     size = sum(os.path.getsize(p) for p in paths)
     kind = f"token blocks of {args.block_size}" if tokenizer else "text documents"
+    _print_read(console, reader)
     console.print(
         f"{stats['docs']:,} documents -> {stats['samples']:,} samples ({kind}) in {len(paths)} shard(s), "
         f"{size / 1e6:.1f} MB: {pattern % 0} ..."

@@ -3,7 +3,8 @@
 What it uses, when present:
 
 - the ``TrainingDoctor`` history saved in the checkpoint (loss, LR, grad-norm curves);
-- the data: ``--train-text``/``--val-text`` files or folders, else the datamodule rebuilt from
+- the data: ``--train-text``/``--val-text`` files, folders or globs (``.jsonl``: one document per line,
+  read by ``kit.data.text.iter_documents`` as ``kit fit`` and ``kit data`` read them), else the datamodule rebuilt from
   ``--config`` (``data.class_path``/``data.init_args``) or from the checkpoint's
   ``datamodule_hyper_parameters`` (``--datamodule``, default ``kit.datamodules.text.TextDataModule``),
   whose ``train_texts``/``val_texts`` feed the leakage check;
@@ -25,6 +26,7 @@ from typing import Any
 
 import torch
 
+from kit.data.text import LoadReport, iter_documents
 from kit.health.doctor import Finding, TrainingHistory, diagnose, plot_history
 from kit.health.grads import grad_norms, group_by_layer
 
@@ -38,12 +40,14 @@ def _import(path: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-def _read_texts(paths: list[str]) -> list[str]:
-    docs: list[str] = []
-    for p in map(Path, paths):
-        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-        docs += [f.read_text(errors="replace") for f in files]
-    return docs
+def _read_texts(paths: list[str], notes: list[str], side: str) -> list[str]:
+    """Documents of ``paths`` through the kit's one reader; what it skipped becomes a report note."""
+    report = LoadReport()
+    texts = [text for _, text, _ in iter_documents(paths, report)]
+    problems = report.problems()
+    if problems:
+        notes.append(f"--{side}-text: {problems}")
+    return texts
 
 
 def _find_history(ckpt: dict) -> tuple[TrainingHistory, int]:
@@ -148,8 +152,12 @@ def main(argv: list[str] | None = None) -> int:
         if history.steps
         else ["no TrainingDoctor history in the checkpoint: LR/overfitting checks have no curves"]
     )
-    train_texts = _read_texts(args.train_text) if args.train_text else None
-    val_texts = _read_texts(args.val_text) if args.val_text else None
+    try:
+        train_texts = _read_texts(args.train_text, notes, "train") if args.train_text else None
+        val_texts = _read_texts(args.val_text, notes, "val") if args.val_text else None
+    except FileNotFoundError as err:
+        print(f"kit doctor: {err}", file=sys.stderr)
+        return 2
     extra: list[Finding] = []
     with Progress(transient=True) as progress:
         dm = None
@@ -158,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
             dm = _build_datamodule(args, ckpt, config)
             progress.remove_task(t)
             if dm is not None:
+                read = getattr(dm, "report", None)  # a TextDataModule's reader report (kit.data.text)
+                if read is not None and read.problems():
+                    notes.append(f"data: {read.problems()}")
                 train_texts = train_texts if train_texts is not None else getattr(dm, "train_texts", None)
                 val_texts = val_texts if val_texts is not None else getattr(dm, "val_texts", None)
         model_path = args.model or (config.get("model") or {}).get("class_path")
