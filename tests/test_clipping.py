@@ -198,13 +198,16 @@ def test_fp16_clips_unscaled_gradients_once(fused: bool) -> None:
     before, after = _Probe(), _Probe()
     cb = GradientClipping(mode="norm", max_norm=0.5)
     plugin = MixedPrecision("16-mixed", "cpu", scaler=scaler)
-    _trainer([before, cb, after], steps=1, plugins=[plugin]).fit(_Tiny(fused=fused), _loader())
+    model = _Tiny(fused=fused)
+    _trainer([before, cb, after], steps=1, plugins=[plugin]).fit(model, _loader())
     pre = float(cb.last["grad_norm/pre_clip"])
     # fused: Lightning leaves the grads scaled and the callback unscales; else Lightning already unscaled.
     expected = before.norms[0] / scale if fused else before.norms[0]
     assert pre == pytest.approx(expected, rel=1e-4)
     assert 1.0 < pre < 1e3  # a real, unscaled norm (scaled would be ~1024x larger)
-    assert after.norms[0] == pytest.approx(0.5, rel=1e-3)
+    # a callback after the clipper still sees the unclipped (unscaled) gradients: clipping runs at step time
+    assert after.norms[0] == pytest.approx(pre, rel=1e-4)
+    assert float(grad_norm(model.parameters())) == pytest.approx(0.5, rel=1e-3)  # what the optimizer used
 
 
 def test_unscale_once_is_idempotent() -> None:

@@ -225,7 +225,7 @@ def train(lr: float, doctor: TrainingDoctor, tmp_path: Path, steps: int = 112, *
 
 def test_healthy_run_gets_a_clean_report(tmp_path: Path) -> None:
     doctor = TrainingDoctor(
-        record_every_n_steps=2,
+        log_every_n_steps=2,
         report_on_fit_end=True,
         out_dir=str(tmp_path / "doc"),
         train_texts=TRAIN,
@@ -240,7 +240,7 @@ def test_healthy_run_gets_a_clean_report(tmp_path: Path) -> None:
 
 
 def test_lr_100x_too_high_is_diagnosed_when_val_loss_rises(tmp_path: Path) -> None:
-    doctor = TrainingDoctor(record_every_n_steps=2, out_dir=str(tmp_path / "doc"))
+    doctor = TrainingDoctor(log_every_n_steps=2, out_dir=str(tmp_path / "doc"))
     with pytest.warns(UserWarning, match="TrainingDoctor: .*learning_rate"):
         train(5.0, doctor, tmp_path)  # 100x the healthy 0.05
     assert len(doctor.reports) == 1  # triggered by the diverged validation loss, once per streak
@@ -252,7 +252,7 @@ def test_lr_100x_too_high_is_diagnosed_when_val_loss_rises(tmp_path: Path) -> No
 def test_planted_leakage_via_callback_and_range_test(tmp_path: Path) -> None:
     leaked = VAL[:5] + TRAIN[:2]
     doctor = TrainingDoctor(
-        record_every_n_steps=2,
+        log_every_n_steps=2,
         report_on_fit_end=True,
         out_dir=str(tmp_path / "doc"),
         train_texts=TRAIN,
@@ -274,7 +274,7 @@ def test_kit_doctor_on_a_checkpoint(tmp_path: Path) -> None:
     ckpt_cb = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     train(
         5.0,
-        TrainingDoctor(record_every_n_steps=2, out_dir=str(tmp_path / "doc")),
+        TrainingDoctor(log_every_n_steps=2, out_dir=str(tmp_path / "doc")),
         tmp_path,
         callbacks=[ckpt_cb],
         enable_checkpointing=True,
@@ -329,7 +329,7 @@ def test_kit_doctor_rebuilds_the_kits_datamodule_from_the_checkpoint(tmp_path: P
         val_check_interval=4,
         limit_val_batches=2,
         check_val_every_n_epoch=None,
-        callbacks=[TrainingDoctor(record_every_n_steps=2), ckpt_cb],
+        callbacks=[TrainingDoctor(log_every_n_steps=2), ckpt_cb],
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,

@@ -145,8 +145,8 @@ def test_validation() -> None:
         hessian_top_eigenvalue(lambda: (w**2).sum(), [w], max_iter=0)
     with pytest.raises(ValueError, match="method='bogus'"):
         make_hvp(lambda: (w**2).sum(), [w], "bogus")
-    with pytest.raises(ValueError, match="every_n_steps=0"):
-        HessianMonitor(every_n_steps=0)
+    with pytest.raises(ValueError, match="log_every_n_steps=0"):
+        HessianMonitor(log_every_n_steps=0)
 
 
 # -- the callback ----------------------------------------------------------------------------------------
@@ -191,7 +191,7 @@ def _train(callbacks: list) -> PlainClassifier:
 
 
 def test_callback_probes_without_disturbing_training() -> None:
-    cb = HessianMonitor(every_n_steps=5, trace=True, trace_samples=4)
+    cb = HessianMonitor(log_every_n_steps=5, trace=True, trace_samples=4)
     with_probe = _train([cb])
     without = _train([])
     # dropout RNG, train mode and grads were all restored: training is bit-identical

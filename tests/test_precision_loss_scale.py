@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
 
-from kit.callbacks.loss_scale import LossScaleMonitor
+from kit.callbacks.loss_scale import LossScaleMonitor, ScaledFP16Precision
 from kit.precision.loss_scale import (
     LossScaleConfig,
     OverflowTracker,
@@ -104,7 +104,8 @@ def _loader(n: int = 256):
 
 
 def _fit(model, callbacks, steps: int, fp16: bool = True, **kw) -> pl.Trainer:
-    plugins = [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))] if fp16 else []
+    monitor = next((c for c in callbacks if isinstance(c, LossScaleMonitor)), LossScaleMonitor())
+    plugins = kw.pop("plugins", None) or ([monitor.precision_plugin("cpu")] if fp16 else [])
     trainer = pl.Trainer(
         accelerator="cpu",
         max_steps=steps,
@@ -124,7 +125,7 @@ def test_monitor_configures_scaler_bounds_and_counts_skips() -> None:
     cb = LossScaleMonitor(init_scale=256, growth_interval=1, min_scale=8, max_scale=1024)
     trainer = _fit(_Tiny(blow_up={6}), [cb], steps=10)
     scaler = trainer.precision_plugin.scaler
-    assert scaler.get_growth_interval() == 1  # our scaler replaced Lightning's
+    assert scaler.get_growth_interval() == 1  # the plugin built from the monitor's settings
     assert scaler.get_scale() <= 1024  # grew every step but was clamped at max_scale
     assert cb.tracker.total_skips == 1
     assert trainer.callback_metrics["loss_scale/skipped_total"] == 1.0
@@ -139,6 +140,17 @@ def test_monitor_stops_on_storm_with_diagnosis() -> None:
     assert "bf16" in cb.diagnosis and "lower the learning rate" in cb.diagnosis
     with pytest.raises(RuntimeError, match="overflow storm"):
         _fit(_Tiny(always=True), [LossScaleMonitor(max_consecutive_skips=3, on_storm="raise")], steps=30)
+
+
+def test_monitor_names_the_fix_when_the_scaler_is_not_configured_as_asked() -> None:
+    plain = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))  # torch defaults
+    _fit(_Tiny(), [LossScaleMonitor(min_scale=8, max_scale=2.0**16)], steps=1, fp16=False, plugins=[plain])
+    cb = LossScaleMonitor(init_scale=1024, growth_interval=1, max_scale=1024)
+    plain = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    with pytest.raises(ValueError, match=r"init_scale=1024 \(the Trainer's scaler has 65536.0\).*precision_plugin"):
+        _fit(_Tiny(), [cb], steps=1, fp16=False, plugins=[plain])
+    plugin = ScaledFP16Precision("cpu", init_scale=1024, growth_interval=1)
+    assert plugin.scaler.get_scale() == 1024 and plugin.scaler.get_growth_interval() == 1
 
 
 def test_monitor_is_a_noop_under_fp32_and_bf16() -> None:
