@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 from typing import Any, Literal
 
-
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback

@@ -15,8 +15,15 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from kit.callbacks.mixup import MixUpCutMix, MixUpTransform
-from kit.data.augment_image import cutmix_batch, cutmix_box, mixup_batch, one_hot_targets, sample_lambda
+from kit.callbacks.mixup import MixUpCutMix
+from kit.data.augment_image import (
+    MixUpTransform,
+    cutmix_batch,
+    cutmix_box,
+    mixup_batch,
+    one_hot_targets,
+    sample_lambda,
+)
 from kit.data.augment_text import (
     BUILTIN_SYNONYMS,
     TextAugmenter,
@@ -191,6 +198,10 @@ def test_callback_reads_num_classes_and_rejects_tuples():
         _trainer(max_steps=1, callbacks=[MixUpCutMix(num_classes=3)]).fit(
             PlainModule(), TupleLoader(ds, batch_size=4)
         )
+    module = PlainModule()
+    with pytest.raises(ValueError, match=r"PlainModule has no num_classes.*MixUpCutMix\(num_classes=C\)"):
+        _trainer(max_steps=1, callbacks=[MixUpCutMix()]).fit(module, DataLoader(ds, batch_size=4))
+    assert module.seen == []  # failed at setup, before any batch
 
 
 def test_digits_datamodule_and_classifier_learn():
