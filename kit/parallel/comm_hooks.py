@@ -330,7 +330,7 @@ def hook_state_dict(state: HookState) -> dict[str, Any]:
         out.update(iter=state.iter, residuals=dict(state.residuals))
     if isinstance(state, PowerSGDHookState):
         out.update({k: getattr(state.psgd, k) for k in _PSGD_STATE})
-        kind, keys, pos, has_gauss, gauss = state.psgd.rng.get_state()
+        _, keys, pos, has_gauss, gauss = state.psgd.rng.get_state()
         out["rng"] = [torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(gauss)]
     return out
 
