@@ -93,7 +93,9 @@ def log_metrics(pl_module: pl.LightningModule, metrics: Mapping[str, Tensor | fl
     """
     if not metrics:
         return {}
-    logged = {k: v.detach().float().reshape(()) if isinstance(v, Tensor) else float(v) for k, v in metrics.items()}
+    logged = {
+        k: v.detach().float().reshape(()) if isinstance(v, Tensor) else float(v) for k, v in metrics.items()
+    }
     pl_module.log_dict(logged, on_step=True, on_epoch=False)
     tensors = [v for v in logged.values() if isinstance(v, Tensor)]
     if not tensors:

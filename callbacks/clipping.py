@@ -161,7 +161,9 @@ class GradientClipping(Callback):
         self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict
     ) -> tuple[tuple, dict] | None:
         closure = kwargs.get("closure", args[1] if len(args) > 1 else None)  # args[0] is the optimizer
-        if closure is None:  # fp16: GradScaler.step calls step() after the closure ran and the inf check passed
+        if (
+            closure is None
+        ):  # fp16: GradScaler.step calls step() after the closure ran and the inf check passed
             self.clip(optimizer)
             return None
 
@@ -184,7 +186,9 @@ class GradientClipping(Callback):
         trainer = self._module.trainer if self._module is not None else None
         strategy = trainer.strategy if trainer is not None else None
         if self.mode == "norm":
-            fsdp_model = strategy.model if strategy is not None and "FSDP" in type(strategy).__name__ else None
+            fsdp_model = (
+                strategy.model if strategy is not None and "FSDP" in type(strategy).__name__ else None
+            )
             if fsdp_model is not None and hasattr(fsdp_model, "clip_grad_norm_"):
                 pre = fsdp_model.clip_grad_norm_(self.max_norm, self.norm_type)
                 post = pre * torch.clamp(self.max_norm / (pre + 1e-6), max=1.0)

@@ -71,7 +71,9 @@ class GradientCompression(Callback):
         self.powersgd_rank, self.powersgd_start_iter = powersgd_rank, powersgd_start_iter
         self.stats: CommStats | None = None
         self.hook_state: HookState | None = None
-        self._saved: dict[str, Any] | None = None  # loaded before the hook exists (resume): applied at fit start
+        self._saved: dict[str, Any] | None = (
+            None  # loaded before the hook exists (resume): applied at fit start
+        )
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         owned = getattr(trainer.strategy, "comm_state", None)
@@ -127,7 +129,7 @@ class GradientCompression(Callback):
     def state_dict(self) -> dict[str, Any]:
         if self.hook_state is not None:
             return {"hook": self.hook, **hook_state_dict(self.hook_state)}
-        return {"hook": self.hook, **self._saved} if self._saved is not None else {}
+        return {"hook": self.hook, **(self._saved or {})}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = {k: v for k, v in state_dict.items() if k != "hook"}

@@ -34,6 +34,7 @@ from kit.health.grads import (
 
 __all__ = ["GradientHealth"]
 
+
 class GradientHealth(Callback):
     """Gradient norms, healthy band, step-to-step and micro-batch cosine, update/weight ratio.
 

@@ -133,7 +133,9 @@ class MixUpCutMix(Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(input_key=self.input_key, target_key=self.target_key, seed=self.transform.seed)
+        return self._generate_state_key(
+            input_key=self.input_key, target_key=self.target_key, seed=self.transform.seed
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return self.transform.state_dict()

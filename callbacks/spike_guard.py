@@ -120,7 +120,9 @@ class SpikeGuard(Callback):
         # every step, so EarlyStopping/ModelCheckpoint can monitor it from the start
         pl_module.log("spike_guard/spikes", float(len(self.events)), on_step=True, on_epoch=False)
 
-    def _judge(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> dict[str, SpikeVerdict]:
+    def _judge(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
+    ) -> dict[str, SpikeVerdict]:
         """Feed this step's signals to the detectors (the one host sync per step) and return their verdicts."""
         signals: list[Tensor] = []
         if "loss" in self.monitor:
@@ -130,7 +132,9 @@ class SpikeGuard(Callback):
         device = signals[0].device
         values = torch.stack([s.reshape(()).to(device) for s in signals]).tolist()
         verdicts = {m: self.detectors[m].update(v) for m, v in zip(self.monitor, values)}
-        if "loss" in self.monitor and self._loss is None:  # e.g. training_step returned None: nothing to judge
+        if (
+            "loss" in self.monitor and self._loss is None
+        ):  # e.g. training_step returned None: nothing to judge
             verdicts.pop("loss")
         return verdicts
 
