@@ -209,7 +209,10 @@ def test_callback_probes_without_disturbing_training() -> None:
         generator=torch.Generator().manual_seed(0),
     )
     assert last["hessian/top_eigenvalue"] == pytest.approx(direct.eigenvalue, rel=1e-3)
-    assert HessianMonitor().load_state_dict(cb.state_dict()) is None
+    resumed = HessianMonitor()
+    resumed.load_state_dict(cb.state_dict())
+    assert [h["step"] for h in resumed.history] == [5, 10]
+    assert resumed.history[-1]["hessian/top_eigenvalue"] == last["hessian/top_eigenvalue"]
 
 
 def test_no_false_convergence_with_eigenvalues_of_both_signs() -> None:
