@@ -79,19 +79,38 @@ class TinyRegressor(pl.LightningModule):
 
 
 class TinyClassifier(pl.LightningModule):
-    """Images ``(B, 1, 4, 4)`` -> ``num_classes`` logits; ``F.cross_entropy`` takes hard or soft targets."""
+    """Inputs flattened to ``in_dim`` (images ``(B, 1, 4, 4)`` by default) -> ``num_classes`` logits.
 
-    def __init__(self, num_classes: int = 3, lr: float = 0.1) -> None:
+    ``F.cross_entropy`` takes hard or soft targets; the targets each step saw are kept in ``seen``.
+
+    Args:
+        num_classes: output classes (also the ``num_classes`` attribute MixUpCutMix reads).
+        lr: SGD learning rate.
+        in_dim: flattened input size.
+        hidden: a hidden Tanh layer of this width (0: linear model).
+        dropout: dropout before the last layer (with ``hidden``).
+    """
+
+    def __init__(
+        self, num_classes: int = 3, lr: float = 0.1, in_dim: int = 16, hidden: int = 0, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.num_classes, self.lr = num_classes, lr
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(16, num_classes))
+        layers: list[nn.Module] = [nn.Flatten()]
+        if hidden:
+            layers += [nn.Linear(in_dim, hidden), nn.Tanh(), nn.Dropout(dropout), nn.Linear(hidden, num_classes)]
+        else:
+            layers += [nn.Linear(in_dim, num_classes)]
+        self.net = nn.Sequential(*layers)
         self.seen: list[torch.Tensor] = []
 
     def training_step(self, batch, batch_idx):
         x, y = batch
         self.seen.append(y.detach().clone())
-        return nn.functional.cross_entropy(self.net(x), y)
+        loss = nn.functional.cross_entropy(self.net(x), y)
+        self.log("train_loss", loss)
+        return loss
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=self.lr)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import math
 
-import lightning.pytorch as pl
 import pytest
 import torch
+from conftest import TinyRegressor, make_trainer, regression_loader
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-from torch import nn
 
 from kit.callbacks.compression import GradientCompression
 from kit.parallel.comm_hooks import (
@@ -122,25 +121,11 @@ def test_make_comm_hook_validates() -> None:
         GradientCompression(hook="zip")
 
 
-class _Tiny(pl.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Linear(4, 1)
-
-    def training_step(self, batch, batch_idx):
-        return self.net(batch[0]).pow(2).mean()
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-
 def test_callback_warns_and_does_nothing_without_ddp() -> None:
     cb = GradientCompression(hook="topk")
-    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 4)), batch_size=4)
-    trainer = pl.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[cb])  # fmt: skip
+    trainer = make_trainer(None, [cb], max_steps=2)
     with pytest.warns(UserWarning, match="not DDP"):
-        trainer.fit(_Tiny(), data)
+        trainer.fit(TinyRegressor(), regression_loader(n=16))
     assert cb.stats is None and "compression/ratio" not in trainer.callback_metrics
 
 

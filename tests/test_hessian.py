@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import lightning.pytorch as pl
 import pytest
 import torch
+from conftest import TinyClassifier, make_trainer
 from torch import nn
 from torch.func import functional_call
 
@@ -152,21 +152,6 @@ def test_validation() -> None:
 # -- the callback ----------------------------------------------------------------------------------------
 
 
-class PlainClassifier(pl.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Dropout(0.2), nn.Linear(8, 2))
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = nn.functional.cross_entropy(self.net(x), y)
-        self.log("train_loss", loss)
-        return loss
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-
 def _data() -> torch.utils.data.DataLoader:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(160, 4, generator=g)
@@ -174,19 +159,10 @@ def _data() -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
 
 
-def _train(callbacks: list) -> PlainClassifier:
+def _train(callbacks: list) -> TinyClassifier:
     torch.manual_seed(0)
-    module = PlainClassifier()
-    trainer = pl.Trainer(
-        max_steps=10,
-        callbacks=callbacks,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-    )
-    trainer.fit(module, _data())
+    module = TinyClassifier(num_classes=2, in_dim=4, hidden=8, dropout=0.2)
+    make_trainer(None, callbacks, max_steps=10).fit(module, _data())
     return module
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import pytest
 import torch
+from conftest import TinyRegressor, make_trainer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from lightning.pytorch.plugins.precision import MixedPrecision
-from torch import nn
 
 from kit.callbacks.loss_scale import LossScaleMonitor, ScaledFP16Precision
 from kit.precision.loss_scale import (
@@ -76,24 +76,18 @@ def test_tracker_storms() -> None:
     assert clone.total_skips == 3
 
 
-class _Tiny(pl.LightningModule):
-    """Any LightningModule; ``blow_up`` multiplies the loss so fp16 gradients overflow on chosen steps."""
+class _Tiny(TinyRegressor):
+    """The shared MLP regression; ``blow_up`` multiplies the loss so fp16 gradients overflow on chosen steps."""
 
     def __init__(self, blow_up: set[int] | None = None, always: bool = False) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
+        super().__init__(lr=0.01)
         self.blow_up, self.always = blow_up or set(), always
 
     def training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = nn.functional.mse_loss(self.net(x).float(), y)
+        loss = super().training_step(batch, batch_idx)
         if self.always or self.global_step in self.blow_up:
             loss = loss * 1e38  # finite in fp32, but the scaled fp16 backward overflows
         return loss
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
 def _loader(n: int = 256):
@@ -106,17 +100,7 @@ def _loader(n: int = 256):
 def _fit(model, callbacks, steps: int, fp16: bool = True, **kw) -> pl.Trainer:
     monitor = next((c for c in callbacks if isinstance(c, LossScaleMonitor)), LossScaleMonitor())
     plugins = kw.pop("plugins", None) or ([monitor.precision_plugin("cpu")] if fp16 else [])
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-        plugins=plugins,
-        **kw,
-    )
+    trainer = make_trainer(None, callbacks, max_steps=steps, plugins=plugins, **kw)
     trainer.fit(model, _loader())
     return trainer
 
