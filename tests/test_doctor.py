@@ -10,10 +10,10 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from conftest import TinyRegressor, make_trainer
 from hypothesis import given
 from hypothesis import strategies as st
 from lightning.pytorch.callbacks import ModelCheckpoint
-from torch import nn
 
 from kit.callbacks.doctor import TrainingDoctor
 from kit.cli.commands.doctor import main as doctor_main
@@ -178,24 +178,6 @@ def test_report_markdown_and_plots(tmp_path: Path) -> None:
 # -- the callback on a plain module ---------------------------------------------------------------------
 
 
-class Regression(pl.LightningModule):
-    def __init__(self, lr: float) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 1))
-        self.lr = lr
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return nn.functional.mse_loss(self.net(x), y)
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        self.log("val_loss", nn.functional.mse_loss(self.net(x), y))
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=self.lr)
-
-
 def loaders():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(512, 8, generator=g)
@@ -207,19 +189,16 @@ def loaders():
 
 def train(lr: float, doctor: TrainingDoctor, tmp_path: Path, steps: int = 112, **kw) -> pl.Trainer:
     torch.manual_seed(0)
-    trainer = pl.Trainer(
+    trainer = make_trainer(
+        tmp_path,
+        [doctor, *kw.pop("callbacks", [])],
         max_steps=steps,
         val_check_interval=14,
-        callbacks=[doctor, *kw.pop("callbacks", [])],
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        default_root_dir=tmp_path,
+        num_sanity_val_steps=2,
         enable_checkpointing=kw.pop("enable_checkpointing", False),
         **kw,
     )
-    trainer.fit(Regression(lr), *loaders())
+    trainer.fit(TinyRegressor(lr=lr, hidden=32), *loaders())
     return trainer
 
 
