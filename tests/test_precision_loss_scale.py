@@ -144,3 +144,22 @@ def test_monitor_is_a_noop_under_fp32_and_bf16() -> None:
     assert not cb.active and "loss_scale/scale" not in trainer.callback_metrics
     with pytest.raises(ValueError, match="on_storm"):
         LossScaleMonitor(on_storm="explode")
+
+
+def test_scaled_fp16_plugin_and_monitor_from_a_cli_yaml(tmp_path) -> None:
+    """The README's YAML: the plugin carries the scaler settings, the monitor checks and bounds them."""
+    from lightning.pytorch.cli import LightningCLI
+
+    path = tmp_path / "fp16.yaml"
+    path.write_text(
+        "trainer:\n"
+        "  accelerator: cpu\n  logger: false\n  max_steps: 2\n  enable_checkpointing: false\n"
+        "  plugins:\n    - class_path: kit.callbacks.loss_scale.ScaledFP16Precision\n"
+        "      init_args: {device: cpu, init_scale: 1024}\n"
+        "  callbacks:\n    - class_path: kit.callbacks.loss_scale.LossScaleMonitor\n"
+        "      init_args: {init_scale: 1024, min_scale: 8, max_scale: 1024}\n"
+    )
+    cli = LightningCLI(_Tiny, args=["--config", str(path)], run=False, save_config_callback=None)
+    cli.trainer.fit(cli.model, _loader())
+    assert isinstance(cli.trainer.precision_plugin, ScaledFP16Precision)
+    assert cli.trainer.callback_metrics["loss_scale/scale"] <= 1024
