@@ -99,7 +99,12 @@ class TinyClassifier(pl.LightningModule):
         self.num_classes, self.lr = num_classes, lr
         layers: list[nn.Module] = [nn.Flatten()]
         if hidden:
-            layers += [nn.Linear(in_dim, hidden), nn.Tanh(), nn.Dropout(dropout), nn.Linear(hidden, num_classes)]
+            layers += [
+                nn.Linear(in_dim, hidden),
+                nn.Tanh(),
+                nn.Dropout(dropout),
+                nn.Linear(hidden, num_classes),
+            ]
         else:
             layers += [nn.Linear(in_dim, num_classes)]
         self.net = nn.Sequential(*layers)
@@ -126,7 +131,9 @@ def regression_loader(
     return DataLoader(TensorDataset(x, y), batch_size=batch_size)
 
 
-def classification_loader(n: int = 64, batch_size: int = 8, num_classes: int = 3, seed: int = 0) -> DataLoader:
+def classification_loader(
+    n: int = 64, batch_size: int = 8, num_classes: int = 3, seed: int = 0
+) -> DataLoader:
     g = torch.Generator().manual_seed(seed)
     x, y = torch.randn(n, 1, 4, 4, generator=g), torch.randint(0, num_classes, (n,), generator=g)
     return DataLoader(TensorDataset(x, y), batch_size=batch_size)
