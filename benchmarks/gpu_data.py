@@ -23,8 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from kit.callbacks.mixup import MixUpCutMix, MixUpTransform
-from kit.data.augment_image import cutmix_batch, mixup_batch
+from kit.callbacks.mixup import MixUpCutMix
+from kit.data.augment_image import MixUpTransform, cutmix_batch, mixup_batch
 
 
 def check_equal(device: str) -> bool:

@@ -230,7 +230,7 @@ def main(argv: list[str]) -> dict:
     overhead = med[True] / med[False] - 1
     overhead_cpu = med_cpu[True] / med_cpu[False] - 1
     probe_s, probe_cpu, probe = args._probe
-    interval = HessianMonitor().every_n_steps
+    interval = HessianMonitor().log_every_n_steps
     hess_amortised = probe_s / (interval * med[False])
     hess_amortised_cpu = probe_cpu / (interval * med_cpu[False])
     in_hooks = sum(hook_s.values()) / hook_steps / med[False]

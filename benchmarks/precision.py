@@ -83,10 +83,13 @@ def time_precision(
     data = torch.utils.data.DataLoader(
         random_tokens(batch * (warmup + steps), config.block_size, config.vocab_size, seed), batch_size=batch
     )
+    # a LossScaleMonitor brings its GradScaler settings as the 16-mixed precision plugin
+    monitor = next((c for c in callbacks or [] if isinstance(c, LossScaleMonitor)), None)
     trainer = pl.Trainer(
         accelerator=accelerator,
         devices=1,
-        precision=precision,
+        precision=None if monitor else precision,
+        plugins=[monitor.precision_plugin("cuda" if accelerator == "gpu" else "cpu")] if monitor else None,
         max_steps=warmup + steps,
         callbacks=[timer, *(callbacks or [])],
         gradient_clip_val=gradient_clip_val,

@@ -1,14 +1,22 @@
-"""GradientClipping: clip gradients in ``on_before_optimizer_step``, also with fused optimizers.
+"""GradientClipping: clip gradients right before the optimizer steps, also with fused optimizers.
 
 Lightning refuses ``Trainer(gradient_clip_val=...)`` when the optimizer unscales inside its own step
 (``AdamW(fused=True)``), even under bf16 where there is no scaler, which forces the slower foreach AdamW.
-This callback clips itself: under fp16 it first unscales through the Trainer's ``GradScaler`` (once; if
-Lightning already unscaled, it does not unscale again), then clips with :mod:`kit.precision.clipping`. The
-GradScaler's ``step`` then sees the optimizer as already unscaled and does not divide again.
+This callback clips itself: under fp16 it first unscales through the Trainer's ``GradScaler`` in
+``on_before_optimizer_step`` (once; if Lightning already unscaled, it does not unscale again), so the
+GradScaler's ``step`` sees the optimizer as already unscaled and does not divide again.
+
+The clipping itself runs in an optimizer step pre-hook (``register_step_pre_hook``, one per optimizer of
+the fit), i.e. after every callback's and the module's ``on_before_optimizer_step``, where Lightning's own
+``gradient_clip_val`` clips. So the monitors (GradientHealth, SpikeGuard, TrainingDoctor) see the
+gradients before clipping whatever their place in the callback list. Under fp32/bf16 Lightning runs
+forward and backward inside ``optimizer.step(closure)``; the pre-hook then wraps the closure and clips
+when it returns. The pre/post norms are logged in ``on_train_batch_end``.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -105,6 +113,9 @@ class GradientClipping(Callback):
         self.log_norms = log_norms
         self.autoclip = AutoClip(percentile, history_size, norm_type)  # validates its own arguments
         self.last: dict[str, torch.Tensor] = {}
+        self._unlogged = False
+        self._handles: list[Any] = []
+        self._module: pl.LightningModule | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         name = type(trainer.strategy).__name__
@@ -124,16 +135,60 @@ class GradientClipping(Callback):
                 "remove gradient_clip_val"
             )
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._remove_hooks()
+        self._module = pl_module
+        self._handles = [opt.register_step_pre_hook(self._pre_step) for opt in trainer.optimizers]
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._remove_hooks()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._remove_hooks()  # also when fit raised
+
+    def _remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles, self._module = [], None
+
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
+        # Unscale only; the clipping waits for the step pre-hook, after every monitor has read the gradients.
         unscale_once(getattr(trainer.precision_plugin, "scaler", None), optimizer)
+
+    def _pre_step(
+        self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict
+    ) -> tuple[tuple, dict] | None:
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)  # args[0] is the optimizer
+        if (
+            closure is None
+        ):  # fp16: GradScaler.step calls step() after the closure ran and the inf check passed
+            self.clip(optimizer)
+            return None
+
+        @functools.wraps(closure)
+        def clip_after(*a: Any, **k: Any) -> Any:  # fp32/bf16: forward, backward and hooks run in the closure
+            out = closure(*a, **k)
+            self.clip(optimizer)
+            return out
+
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": clip_after}
+        return (args[0], clip_after, *args[2:]), kwargs
+
+    def clip(self, optimizer: torch.optim.Optimizer) -> None:
+        """Clip ``optimizer``'s gradients now (they must be unscaled) and keep the norms in ``self.last``."""
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if not params:
-            return
+            return  # e.g. SpikeGuard dropped this update
         logs: dict[str, torch.Tensor] = {}
+        trainer = self._module.trainer if self._module is not None else None
+        strategy = trainer.strategy if trainer is not None else None
         if self.mode == "norm":
-            fsdp_model = trainer.strategy.model if "FSDP" in type(trainer.strategy).__name__ else None
+            fsdp_model = (
+                strategy.model if strategy is not None and "FSDP" in type(strategy).__name__ else None
+            )
             if fsdp_model is not None and hasattr(fsdp_model, "clip_grad_norm_"):
                 pre = fsdp_model.clip_grad_norm_(self.max_norm, self.norm_type)
                 post = pre * torch.clamp(self.max_norm / (pre + 1e-6), max=1.0)
@@ -144,14 +199,23 @@ class GradientClipping(Callback):
         elif self.mode == "autoclip":
             pre, post, logs["grad_norm/threshold"] = self.autoclip(params)
         else:
-            names = {id(p): n for n, p in pl_module.named_parameters()}
+            names = {id(p): n for n, p in self._module.named_parameters()} if self._module is not None else {}
             chosen = [p for p in params if not any(x in names.get(id(p), "") for x in self.agc_exclude)]
             pre, post = adaptive_clip_(chosen, self.clip_factor, self.agc_eps, self.norm_type)
         logs["grad_norm/pre_clip"], logs["grad_norm/post_clip"] = pre, post
         self.last = {k: v.detach() for k, v in logs.items()}
-        if self.log_norms:
-            for key, value in logs.items():
-                pl_module.log(key, value.detach().float(), on_step=True, on_epoch=False)
+        self._unlogged = True
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self.log_norms and self._unlogged:  # tensors: no sync here
+            pl_module.log_dict({k: v.float() for k, v in self.last.items()}, on_step=True, on_epoch=False)
+        self._unlogged = False
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(mode=self.mode)
 
     def state_dict(self) -> dict[str, Any]:
         return {"autoclip": self.autoclip.state_dict()} if self.mode == "autoclip" else {}

@@ -9,7 +9,14 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.nn.parallel import DistributedDataParallel
 
-from kit.parallel.comm_hooks import HOOKS, CommStats, make_comm_hook
+from kit.parallel.comm_hooks import (
+    HOOKS,
+    CommStats,
+    HookState,
+    hook_state_dict,
+    load_hook_state_dict,
+    make_comm_hook,
+)
 from kit.parallel.compression import topk_count
 
 __all__ = ["GradientCompression"]
@@ -27,39 +34,51 @@ class GradientCompression(Callback):
     this worker vs a dense fp32 all-reduce), ``compression/ratio`` (dense / sent) and
     ``compression/ratio_total`` (over the run so far).
 
+    Its ``state_dict`` carries the hook's state (error-feedback residuals, warm-up step counter, PowerSGD's
+    step counter, error and P/Q memories, byte totals), so a ``--ckpt_path`` resume continues compressing
+    where the run stopped instead of restarting the dense warm-up with empty residuals. The knobs are
+    spelled as in :class:`kit.parallel.strategies.CompressedDDPStrategy`.
+
     Args:
         hook: ``allreduce``, ``fp16``, ``bf16``, ``powersgd``, ``topk`` or ``1bit``.
-        ratio: top-k's fraction of entries sent.
-        rank: PowerSGD's rank.
-        start_iter: PowerSGD's first compressed step (>= 2).
+        topk_ratio: top-k's fraction of entries sent.
+        powersgd_rank: PowerSGD's matrix approximation rank.
+        powersgd_start_iter: PowerSGD's first compressed step (>= 2).
 
     Raises:
         ValueError: for an unknown hook or invalid setting.
 
     Example:
         >>> trainer = pl.Trainer(strategy="ddp", devices=4,  # doctest: +SKIP
-        ...                      callbacks=[GradientCompression(hook="powersgd", rank=4)])
+        ...                      callbacks=[GradientCompression(hook="powersgd", powersgd_rank=4)])
     """
 
     def __init__(
         self,
         hook: Literal["allreduce", "fp16", "bf16", "powersgd", "topk", "1bit"] = "powersgd",
-        ratio: float = 0.01,
-        rank: int = 4,
-        start_iter: int = 10,
+        topk_ratio: float = 0.01,
+        powersgd_rank: int = 4,
+        powersgd_start_iter: int = 10,
     ) -> None:
         if hook not in HOOKS:
             raise ValueError(f"hook={hook!r} is not supported; choose one of {', '.join(HOOKS)}")
-        topk_count(1, ratio)
-        if rank < 1 or start_iter < 2:
-            raise ValueError(f"rank={rank} must be >= 1 and start_iter={start_iter} >= 2")
-        self.hook, self.ratio, self.rank, self.start_iter = hook, ratio, rank, start_iter
+        topk_count(1, topk_ratio)
+        if powersgd_rank < 1 or powersgd_start_iter < 2:
+            raise ValueError(
+                f"powersgd_rank={powersgd_rank} must be >= 1 and powersgd_start_iter={powersgd_start_iter} >= 2"
+            )
+        self.hook, self.topk_ratio = hook, topk_ratio
+        self.powersgd_rank, self.powersgd_start_iter = powersgd_rank, powersgd_start_iter
         self.stats: CommStats | None = None
+        self.hook_state: HookState | None = None
+        self._saved: dict[str, Any] | None = (
+            None  # loaded before the hook exists (resume): applied at fit start
+        )
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        owned = getattr(trainer.strategy, "comm_stats", None)
-        if isinstance(owned, CommStats):
-            self.stats = owned
+        owned = getattr(trainer.strategy, "comm_state", None)
+        if isinstance(owned, HookState):
+            self._attach(owned)
             return
         model = trainer.strategy.model
         if not isinstance(model, DistributedDataParallel):
@@ -68,7 +87,9 @@ class GradientCompression(Callback):
                 "gradient all-reduce to compress; use strategy='ddp' with several devices"
             )
             return
-        state, fn = make_comm_hook(self.hook, ratio=self.ratio, rank=self.rank, start_iter=self.start_iter)
+        state, fn = make_comm_hook(
+            self.hook, ratio=self.topk_ratio, rank=self.powersgd_rank, start_iter=self.powersgd_start_iter
+        )
         try:
             model.register_comm_hook(state, fn)
         except RuntimeError as err:
@@ -76,7 +97,13 @@ class GradientCompression(Callback):
                 f"GradientCompression could not register its {self.hook!r} hook ({err}); the strategy already "
                 "has one: remove ddp_comm_hook from the strategy or drop this callback"
             ) from err
-        self.stats = state.stats
+        self._attach(state)
+
+    def _attach(self, state: HookState) -> None:
+        self.hook_state, self.stats = state, state.stats
+        if self._saved is not None:
+            load_hook_state_dict(state, self._saved)
+            self._saved = None
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -94,3 +121,21 @@ class GradientCompression(Callback):
         }
         for key, value in log.items():
             pl_module.log(key, value, on_step=True, on_epoch=False)
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(hook=self.hook)
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.hook_state is not None:
+            return {"hook": self.hook, **hook_state_dict(self.hook_state)}
+        return {"hook": self.hook, **(self._saved or {})}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = {k: v for k, v in state_dict.items() if k != "hook"}
+        if not saved:
+            return
+        if self.hook_state is not None:
+            load_hook_state_dict(self.hook_state, saved)
+        else:
+            self._saved = saved

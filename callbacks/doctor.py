@@ -27,8 +27,12 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor
 
-from kit.callbacks.gradient_health import current_grad_scale, log_metrics, trainable_params
-from kit.callbacks.hessian import _loss_from_output, _silenced_logging
+from kit.callbacks._common import (
+    current_grad_scale,
+    loss_from_output,
+    silenced_logging,
+    trainable_params,
+)
 from kit.health.doctor import (
     Diagnosis,
     TrainingHistory,
@@ -48,7 +52,7 @@ class TrainingDoctor(Callback):
 
     Args:
         patience: consecutive validation-loss rises that trigger a report (K=3).
-        record_every_n_steps: training-history cadence in optimizer steps.
+        log_every_n_steps: training-history cadence in optimizer steps.
         monitor: validation metric (``None``: first callback metric with "val" and "loss" in its name).
         warmup_steps: steps ignored by the learning-rate check.
         train_texts: training documents for the leakage check (``None``: ``datamodule.train_texts``).
@@ -71,7 +75,7 @@ class TrainingDoctor(Callback):
     def __init__(
         self,
         patience: int = 3,
-        record_every_n_steps: int = 10,
+        log_every_n_steps: int = 10,
         monitor: str | None = None,
         warmup_steps: int = 0,
         train_texts: Sequence[str] | None = None,
@@ -82,11 +86,11 @@ class TrainingDoctor(Callback):
         layer_depth: int | None = None,
         range_test_steps: int = 0,
     ) -> None:
-        if patience < 1 or record_every_n_steps < 1:
+        if patience < 1 or log_every_n_steps < 1:
             raise ValueError(
-                f"patience={patience} and record_every_n_steps={record_every_n_steps} must be >= 1 (defaults 3, 10)"
+                f"patience={patience} and log_every_n_steps={log_every_n_steps} must be >= 1 (defaults 3, 10)"
             )
-        self.patience, self.every, self.monitor = patience, record_every_n_steps, monitor
+        self.patience, self.log_every_n_steps, self.monitor = patience, log_every_n_steps, monitor
         self.warmup_steps, self.ngram, self.out_dir = warmup_steps, ngram, out_dir
         self.train_texts, self.val_texts = train_texts, val_texts
         self.report_on_fit_end, self.layer_depth = report_on_fit_end, layer_depth
@@ -100,6 +104,7 @@ class TrainingDoctor(Callback):
         self._buffer: list[tuple[int, Tensor, float, Tensor, dict[str, Tensor]]] = []
         self._grad: tuple[Tensor, dict[str, Tensor]] | None = None
         self._streak_reported = False
+        self._unlogged_problems: float | None = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._groups = group_by_layer(
@@ -124,8 +129,8 @@ class TrainingDoctor(Callback):
             for g in opt.param_groups:
                 g["lr"] = lr
             opt.zero_grad(set_to_none=True)
-            with _silenced_logging(pl_module):
-                loss = _loss_from_output(pl_module.training_step(self._held_batch, 0))
+            with silenced_logging(pl_module):
+                loss = loss_from_output(pl_module.training_step(self._held_batch, 0))
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             for p, g in zip(params, grads):
                 p.grad = g
@@ -144,15 +149,26 @@ class TrainingDoctor(Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
     ) -> None:
-        if trainer.global_step % self.every == 0:
+        if trainer.global_step % self.log_every_n_steps == 0:
             params = trainable_params(trainer, pl_module)
             if not self._groups:
                 self.on_train_start(trainer, pl_module)
             self._grad = grad_norms(params, self._groups, scale=current_grad_scale(trainer, optimizer))
 
+    def _log_problems(self, pl_module: pl.LightningModule, **kw: bool) -> None:
+        # on_validation_end, where reports are written, may not log: the count goes out at the next
+        # training batch or epoch end (a report written at fit end reaches the loggers as text only)
+        if self._unlogged_problems is not None:
+            pl_module.log("doctor/problems", self._unlogged_problems, **kw)
+            self._unlogged_problems = None
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._log_problems(pl_module, on_step=False, on_epoch=True)
+
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        self._log_problems(pl_module, on_step=True, on_epoch=False)
         if self._grad is None:
             return
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
@@ -237,7 +253,7 @@ class TrainingDoctor(Callback):
         (out / "report.md").write_text(text)
         self.reports.append(str(out / "report.md"))
         if trainer is not None:
-            log_metrics(trainer, {"doctor/problems": float(len(diag.problems))}, step=trainer.global_step)
+            self._unlogged_problems = float(len(diag.problems))  # logged at the next hook that may log
             for logger in trainer.loggers:
                 exp = getattr(logger, "experiment", None)
                 if hasattr(exp, "add_text"):
@@ -248,6 +264,10 @@ class TrainingDoctor(Callback):
                 f"see {out / 'report.md'}"
             )
         return diag
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(monitor=self.monitor, out_dir=self.out_dir)
 
     def state_dict(self) -> dict[str, Any]:
         self._flush()

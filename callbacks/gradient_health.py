@@ -2,7 +2,9 @@
 
 Reads gradients in ``on_before_optimizer_step``, where Lightning has already unscaled them under
 fp16 AMP; for optimizers that unscale inside ``step()`` (fused Adam), the gradients are still scaled
-there, so the callback divides by the scaler's current scale itself (see :func:`current_grad_scale`).
+there, so the callback divides by the scaler's current scale itself (see
+:func:`kit.callbacks._common.current_grad_scale`). Clipping (GradientClipping) happens after every
+``on_before_optimizer_step``, so the norms are the pre-clip ones whatever the callback order.
 All math stays on device; the only host syncs happen on logging steps.
 
 Example:
@@ -12,8 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from kit.callbacks._common import current_grad_scale, global_grad_norm, log_metrics, trainable_params
 from kit.health.grads import (
     BandTracker,
     GradientSketch,
@@ -31,80 +32,7 @@ from kit.health.grads import (
     update_to_weight_ratios,
 )
 
-__all__ = ["GradientHealth", "current_grad_scale", "global_grad_norm", "log_metrics", "trainable_params"]
-
-_NORM_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_PARAM_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def current_grad_scale(trainer: pl.Trainer, optimizer: Any) -> Tensor | None:
-    """The loss scale if the gradients are still scaled right now, else ``None``.
-
-    Under ``precision="16-mixed"`` Lightning unscales before ``on_before_optimizer_step`` unless the
-    optimizer handles unscaling in its own ``step`` (``fused=True`` Adam/AdamW); then the gradients in
-    the hook are still multiplied by the scale.
-    """
-    scaler = getattr(trainer.precision_plugin, "scaler", None)
-    if scaler is None or not scaler.is_enabled() or getattr(scaler, "_scale", None) is None:
-        return None
-    opt = getattr(optimizer, "optimizer", optimizer)  # unwrap LightningOptimizer
-    state = scaler._per_optimizer_states.get(id(opt), {})
-    from torch.amp.grad_scaler import OptState
-
-    if state.get("stage") == OptState.UNSCALED:
-        return None
-    return scaler._scale
-
-
-def trainable_params(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Tensor]:
-    """``{name: parameter}`` of the trainable parameters, cached per (module, trainer).
-
-    Walking ``named_parameters()`` costs ~1 ms per call on a small GPT; the monitors need it every
-    step, so it is built once per fit (parameters are updated in place, never replaced, during fit).
-    """
-    hit = _PARAM_CACHE.get(pl_module)
-    if hit is None or hit[0] != id(trainer):
-        hit = (id(trainer), {n: p for n, p in pl_module.named_parameters() if p.requires_grad})
-        _PARAM_CACHE[pl_module] = hit
-    return hit[1]
-
-
-def global_grad_norm(trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> Tensor:
-    """Unscaled global gradient norm of this optimizer step, computed once and shared by the monitors.
-
-    GradientHealth, SpikeGuard and TrainingDoctor all need it in ``on_before_optimizer_step``; the
-    first caller computes it (on device, no sync) and the others reuse it for the same step.
-    """
-    key = (id(pl_module), id(getattr(optimizer, "optimizer", optimizer)), trainer.global_step)
-    hit = _NORM_CACHE.get(trainer)
-    if hit is not None and hit[0] == key:
-        return hit[1]
-    total, _ = grad_norms(
-        trainable_params(trainer, pl_module), {}, scale=current_grad_scale(trainer, optimizer)
-    )
-    _NORM_CACHE[trainer] = (key, total)
-    return total
-
-
-def log_metrics(
-    trainer: pl.Trainer, metrics: Mapping[str, Tensor | float], step: int | None = None
-) -> dict[str, float]:
-    """Send metrics to every logger on rank zero with a single device sync; returns them as floats."""
-    if not metrics:
-        return {}
-    keys = list(metrics)
-    tensors = [v for v in metrics.values() if isinstance(v, Tensor)]
-    if tensors:
-        flat = torch.stack([t.detach().float().reshape(()).to(tensors[0].device) for t in tensors]).tolist()
-        it = iter(flat)
-        values = [next(it) if isinstance(metrics[k], Tensor) else float(metrics[k]) for k in keys]
-    else:
-        values = [float(metrics[k]) for k in keys]
-    out = dict(zip(keys, values))
-    if trainer.is_global_zero:
-        for logger in trainer.loggers:
-            logger.log_metrics(out, step=trainer.global_step if step is None else step)
-    return out
+__all__ = ["GradientHealth"]
 
 
 class GradientHealth(Callback):
@@ -245,8 +173,7 @@ class GradientHealth(Callback):
             ratios = update_to_weight_ratios(self._snapshot, after, {k: v for k, v in groups.items() if v})
             self._pending.update({f"{self.prefix}update_ratio/{k}": v for k, v in ratios.items()})
             self._snapshot = {}
-        # logged at the count of completed steps, like Lightning's own metrics (monotonic for W&B)
-        self.last_metrics = log_metrics(trainer, self._pending, step=trainer.global_step)
+        self.last_metrics = log_metrics(pl_module, self._pending)  # a logging step: one sync
         self._pending = {}
         run = self.last_metrics.get(self.prefix + "out_of_band_run", 0.0)
         if run >= self.patience:
@@ -276,6 +203,10 @@ class GradientHealth(Callback):
             chosen.update({n: params[n].detach().clone() for n in names if n in params})
             used += size
         return chosen
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(prefix=self.prefix)
 
     def state_dict(self) -> dict[str, Any]:
         return {

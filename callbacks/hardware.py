@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from kit.callbacks.gradient_health import log_metrics
+from kit.callbacks._common import log_metrics
 from kit.health.hardware import DataWaitTimer, GPUReader, HostReader, guess_peak_flops, mfu
 
 __all__ = ["HardwareMonitor"]
@@ -119,7 +119,7 @@ class HardwareMonitor(Callback):
         m.update({self.prefix + k: v for k, v in (self._gpu.read() if self._gpu else {}).items()})
         m.update({self.prefix + k: v for k, v in (self._host.read() if self._host else {}).items()})
         self.timer.reset()
-        self.last_metrics = log_metrics(trainer, m, step=trainer.global_step)
+        self.last_metrics = log_metrics(pl_module, m)
         if self._batches > self.warmup_steps:
             self._check(m)
 
@@ -150,6 +150,10 @@ class HardwareMonitor(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict
     ) -> None:
         self.timer.pause()
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(prefix=self.prefix)
 
     def state_dict(self) -> dict[str, Any]:
         return {"batches": self._batches, "warnings": list(self.warnings)}

@@ -8,14 +8,13 @@ touches ``.grad``, so training continues bit-identically.
 
 Example:
     >>> import lightning.pytorch as pl
-    >>> trainer = pl.Trainer(callbacks=[HessianMonitor(every_n_steps=500)])  # doctest: +SKIP
+    >>> trainer = pl.Trainer(callbacks=[HessianMonitor(log_every_n_steps=500)])  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
@@ -25,53 +24,17 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor
 
-from kit.callbacks.gradient_health import log_metrics
+from kit.callbacks._common import log_metrics, loss_from_output, silenced_logging
 from kit.health.hessian import hessian_top_eigenvalue, hutchinson_trace, preserved_state
 
 __all__ = ["HessianMonitor"]
 
 
-@contextlib.contextmanager
-def _silenced_logging(module: pl.LightningModule) -> Iterator[None]:
-    """Make ``self.log``/``self.log_dict`` no-ops and undo torchmetrics updates while a probe re-runs
-    ``training_step``, so the run's own logs and running metrics are not disturbed."""
-    saved = []
-    for m in module.modules():
-        defaults = getattr(m, "_defaults", None)
-        if isinstance(defaults, dict) and hasattr(m, "_update_count"):
-            state = {k: getattr(m, k) for k in defaults}
-            state = {k: (v.clone() if isinstance(v, Tensor) else list(v)) for k, v in state.items()}
-            saved.append((m, state, m._update_count, getattr(m, "_computed", None)))
-    module.log = lambda *a, **k: None  # type: ignore[method-assign]
-    module.log_dict = lambda *a, **k: None  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        del module.log
-        del module.log_dict
-        for m, state, count, computed in saved:
-            for k, v in state.items():
-                setattr(m, k, v)
-            m._update_count = count
-            m._computed = computed
-
-
-def _loss_from_output(out: Any) -> Tensor:
-    if isinstance(out, Tensor):
-        return out
-    if isinstance(out, dict) and "loss" in out:
-        return out["loss"]
-    raise TypeError(
-        f"training_step returned {type(out).__name__}; HessianMonitor needs a loss tensor or a dict with 'loss'. "
-        "Pass loss_fn=lambda module, batch: ... instead"
-    )
-
-
 class HessianMonitor(Callback):
-    """Log the top Hessian eigenvalue (power iteration on HVPs) every ``every_n_steps`` optimizer steps.
+    """Log the top Hessian eigenvalue (power iteration on HVPs) every ``log_every_n_steps`` optimizer steps.
 
     Args:
-        every_n_steps: probe cadence; 1000 keeps the amortised cost within ~5% on small models.
+        log_every_n_steps: probe and logging cadence in optimizer steps; 1000 keeps the amortised cost within ~5% on small models.
         max_iter: power-iteration budget (HVPs).
         tol: relative tolerance on the eigenvalue.
         trace: also estimate the trace with Hutchinson.
@@ -87,12 +50,12 @@ class HessianMonitor(Callback):
         ValueError: on a non-positive cadence, iteration budget, tolerance or an unknown method.
 
     Example:
-        >>> cb = HessianMonitor(every_n_steps=200, trace=True)
+        >>> cb = HessianMonitor(log_every_n_steps=200, trace=True)
     """
 
     def __init__(
         self,
-        every_n_steps: int = 1000,
+        log_every_n_steps: int = 1000,
         max_iter: int = 100,
         tol: float = 1e-3,
         trace: bool = False,
@@ -103,14 +66,14 @@ class HessianMonitor(Callback):
         seed: int = 0,
         prefix: str = "hessian/",
     ) -> None:
-        if every_n_steps < 1 or max_iter < 1 or tol <= 0 or trace_samples < 1:
+        if log_every_n_steps < 1 or max_iter < 1 or tol <= 0 or trace_samples < 1:
             raise ValueError(
-                f"every_n_steps={every_n_steps}, max_iter={max_iter}, trace_samples={trace_samples} must be >= 1 "
+                f"log_every_n_steps={log_every_n_steps}, max_iter={max_iter}, trace_samples={trace_samples} must be >= 1 "
                 f"and tol={tol} > 0; defaults are 1000, 100, 10 and 1e-3"
             )
         if method not in ("auto", "autograd", "finite_difference"):
             raise ValueError(f"method={method!r} is not one of 'auto', 'autograd', 'finite_difference'")
-        self.every_n_steps, self.max_iter, self.tol = every_n_steps, max_iter, tol
+        self.log_every_n_steps, self.max_iter, self.tol = log_every_n_steps, max_iter, tol
         self.trace, self.trace_samples, self.method = trace, trace_samples, method
         self.loss_fn, self.max_batch_size, self.seed, self.prefix = loss_fn, max_batch_size, seed, prefix
         self.held_batch: Any = None
@@ -137,7 +100,7 @@ class HessianMonitor(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step  # optimizer steps done so far
-        if self._disabled or step == 0 or step % self.every_n_steps != 0 or not trainer.is_global_zero:
+        if self._disabled or step == 0 or step % self.log_every_n_steps != 0 or not trainer.is_global_zero:
             return
         if any(h["step"] == step for h in self.history):  # several batches per step under accumulation
             return
@@ -161,8 +124,8 @@ class HessianMonitor(Callback):
         def loss_fn() -> Tensor:
             if self.loss_fn is not None:
                 return self.loss_fn(pl_module, batch)
-            with _silenced_logging(pl_module):
-                return _loss_from_output(pl_module.training_step(batch, 0)).float()
+            with silenced_logging(pl_module):
+                return loss_from_output(pl_module.training_step(batch, 0)).float()
 
         gen = torch.Generator().manual_seed(self.seed)
         with preserved_state(pl_module), torch.enable_grad():
@@ -182,9 +145,13 @@ class HessianMonitor(Callback):
         if res.method != "autograd" and not any(h.get("fd_warned") for h in self.history):
             rank_zero_warn("HessianMonitor: double backward unsupported here; using finite-difference HVPs")
         if trainer is not None:
-            log_metrics(trainer, out, step=step)
+            log_metrics(pl_module, out)  # a probe step: the probe already synced
         self.history.append({"step": step, **out, "fd_warned": res.method != "autograd"})
         return out
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(prefix=self.prefix)
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": list(self.history)}

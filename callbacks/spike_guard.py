@@ -29,8 +29,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from kit.callbacks.gradient_health import current_grad_scale, global_grad_norm, log_metrics, trainable_params
-from kit.health.spikes import SpikeDetector
+from kit.callbacks._common import current_grad_scale, global_grad_norm, trainable_params
+from kit.health.spikes import SpikeDetector, SpikeVerdict
 
 __all__ = ["SpikeGuard"]
 
@@ -105,31 +105,48 @@ class SpikeGuard(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
     ) -> None:
         params = trainable_params(trainer, pl_module)
-        epoch, batch_idx = self._batch
-        scale = current_grad_scale(trainer, optimizer)
-        if self.pending_skips > 0:
+        scaled = current_grad_scale(trainer, optimizer) is not None
+        if self.pending_skips > 0:  # still dropping updates after a rewind
             self.pending_skips -= 1
-            self._drop_update(params, scale is not None)
-            self.skipped.append(
-                {"step": trainer.global_step, "epoch": epoch, "batch_idx": batch_idx, "rewind": 1}
-            )
-            return
+            self._drop_update(params, scaled)
+            self._record_skip(trainer, rewind=True)
+        else:
+            verdicts = self._judge(trainer, pl_module, optimizer)
+            flagged = {m: v for m, v in verdicts.items() if v.is_spike}
+            # OR over ranks, so every rank drops (or keeps) the same update
+            if trainer.strategy.reduce_boolean_decision(bool(flagged), all=False):
+                self._drop_update(params, scaled)
+                self._act(trainer, pl_module, verdicts, flagged)
+        # every step, so EarlyStopping/ModelCheckpoint can monitor it from the start
+        pl_module.log("spike_guard/spikes", float(len(self.events)), on_step=True, on_epoch=False)
+
+    def _judge(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
+    ) -> dict[str, SpikeVerdict]:
+        """Feed this step's signals to the detectors (the one host sync per step) and return their verdicts."""
         signals: list[Tensor] = []
         if "loss" in self.monitor:
             signals.append(self._loss if self._loss is not None else torch.tensor(float("nan")))
         if "grad_norm" in self.monitor:
             signals.append(global_grad_norm(trainer, pl_module, optimizer))
         device = signals[0].device
-        values = torch.stack([s.reshape(()).to(device) for s in signals]).tolist()  # the one sync per step
+        values = torch.stack([s.reshape(()).to(device) for s in signals]).tolist()
         verdicts = {m: self.detectors[m].update(v) for m, v in zip(self.monitor, values)}
         if (
             "loss" in self.monitor and self._loss is None
         ):  # e.g. training_step returned None: nothing to judge
             verdicts.pop("loss")
-        flagged = {m: v for m, v in verdicts.items() if v.is_spike}
-        spike = trainer.strategy.reduce_boolean_decision(bool(flagged), all=False)
-        if not spike:
-            return
+        return verdicts
+
+    def _act(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        verdicts: dict[str, SpikeVerdict],
+        flagged: dict[str, SpikeVerdict],
+    ) -> None:
+        """The update is already dropped: record the event, then rewind or stop as configured."""
+        epoch, batch_idx = self._batch
         event = {
             "step": trainer.global_step,
             "epoch": epoch,
@@ -139,18 +156,21 @@ class SpikeGuard(Callback):
             **{f"{m}_z": v.zscore for m, v in verdicts.items()},
             "reason": ",".join(f"{m}:{v.reason}" for m, v in flagged.items()) or "other rank",
         }
-        self._drop_update(params, scale is not None)
-        self.skipped.append(
-            {"step": trainer.global_step, "epoch": epoch, "batch_idx": batch_idx, "rewind": 0}
-        )
+        self._record_skip(trainer, rewind=False)
         if self.action == "rewind":
             event["rewound_to"] = self._rewind(trainer, pl_module)
         self.events.append(event)
-        log_metrics(trainer, {"spike_guard/spikes": float(len(self.events))}, step=trainer.global_step)
         rank_zero_warn(f"SpikeGuard: spike at step {event['step']} ({event['reason']}); action={self.action}")
         if self.action == "stop":
-            self.write_report(trainer)
+            if trainer.is_global_zero:
+                self.write_report(trainer)
             trainer.should_stop = True
+
+    def _record_skip(self, trainer: pl.Trainer, rewind: bool) -> None:
+        epoch, batch_idx = self._batch
+        self.skipped.append(
+            {"step": trainer.global_step, "epoch": epoch, "batch_idx": batch_idx, "rewind": int(rewind)}
+        )
 
     @staticmethod
     def _drop_update(params: dict[str, Tensor], scaled: bool = False) -> None:
@@ -169,7 +189,7 @@ class SpikeGuard(Callback):
         paths = []
         for cb in trainer.checkpoint_callbacks:
             if isinstance(cb, ModelCheckpoint):
-                paths += [p for p in (cb.last_model_path, cb.best_model_path, cb._last_checkpoint_saved) if p]
+                paths += [p for p in (cb.last_model_path, cb.best_model_path, *cb.best_k_models) if p]
         paths = [p for p in paths if Path(p).is_file()]
         return max(paths, key=lambda p: Path(p).stat().st_mtime) if paths else None
 
@@ -217,6 +237,10 @@ class SpikeGuard(Callback):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text("\n".join(lines) + "\n")
         return path
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(action=self.action, monitor=self.monitor)
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -1,11 +1,19 @@
-"""Shared test setup: a session-wide tokenizer cache, and deterministic hypothesis settings for CI."""
+"""Shared test setup: a session-wide tokenizer cache, deterministic hypothesis settings for CI, and the
+tiny LightningModules and Trainer helper every Lightning test uses (``from conftest import ...``)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
+import lightning.pytorch as pl
 import pytest
+import torch
 from hypothesis import HealthCheck, settings
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 settings.register_profile("ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("ci")
@@ -22,3 +30,128 @@ def _kit_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
         os.environ.pop("KIT_CACHE", None)
     else:
         os.environ["KIT_CACHE"] = old
+
+
+# -- one shared set of tiny LightningModules and trainer helpers ------------------------------------------
+# They know nothing about the kit, like the users' modules the callbacks must work with.
+
+
+class TinyRegressor(pl.LightningModule):
+    """A 2-layer MLP regression (``in_dim -> hidden -> 1``, MSE) with a configurable optimizer.
+
+    Args:
+        lr: learning rate.
+        optimizer: ``"sgd"``, ``"adam"`` or ``"adamw"``.
+        fused: fused Adam/AdamW (unscales inside ``step``).
+        loss_scale: multiplies the loss (huge gradients on purpose).
+        in_dim, hidden: the shape.
+        seed: initial weights.
+    """
+
+    def __init__(
+        self,
+        lr: float = 0.05,
+        optimizer: str = "sgd",
+        fused: bool = False,
+        loss_scale: float = 1.0,
+        in_dim: int = 8,
+        hidden: int = 16,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        self.lr, self.optimizer, self.fused, self.loss_scale = lr, optimizer, fused, loss_scale
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.mse_loss(self.net(x).float(), y) * self.loss_scale
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", nn.functional.mse_loss(self.net(x).float(), y))
+
+    def configure_optimizers(self):
+        if self.optimizer == "sgd":
+            return torch.optim.SGD(self.parameters(), lr=self.lr)
+        cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[self.optimizer]
+        return cls(self.parameters(), lr=self.lr, fused=self.fused, foreach=None if self.fused else True)
+
+
+class TinyClassifier(pl.LightningModule):
+    """Inputs flattened to ``in_dim`` (images ``(B, 1, 4, 4)`` by default) -> ``num_classes`` logits.
+
+    ``F.cross_entropy`` takes hard or soft targets; the targets each step saw are kept in ``seen``.
+
+    Args:
+        num_classes: output classes (also the ``num_classes`` attribute MixUpCutMix reads).
+        lr: SGD learning rate.
+        in_dim: flattened input size.
+        hidden: a hidden Tanh layer of this width (0: linear model).
+        dropout: dropout before the last layer (with ``hidden``).
+    """
+
+    def __init__(
+        self, num_classes: int = 3, lr: float = 0.1, in_dim: int = 16, hidden: int = 0, dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.num_classes, self.lr = num_classes, lr
+        layers: list[nn.Module] = [nn.Flatten()]
+        if hidden:
+            layers += [
+                nn.Linear(in_dim, hidden),
+                nn.Tanh(),
+                nn.Dropout(dropout),
+                nn.Linear(hidden, num_classes),
+            ]
+        else:
+            layers += [nn.Linear(in_dim, num_classes)]
+        self.net = nn.Sequential(*layers)
+        self.seen: list[torch.Tensor] = []
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        self.seen.append(y.detach().clone())
+        loss = nn.functional.cross_entropy(self.net(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+def regression_loader(
+    n: int = 64, batch_size: int = 8, in_dim: int = 8, target_scale: float = 1.0, seed: int = 0
+) -> DataLoader:
+    """``y = target_scale * sum(x)`` plus a little noise; fixed order."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, in_dim, generator=g)
+    y = target_scale * x.sum(1, keepdim=True) + 0.1 * torch.randn(n, 1, generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size)
+
+
+def classification_loader(
+    n: int = 64, batch_size: int = 8, num_classes: int = 3, seed: int = 0
+) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(n, 1, 4, 4, generator=g), torch.randint(0, num_classes, (n,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size)
+
+
+def make_trainer(
+    tmp_path: Path | str | None = None, callbacks: Sequence[pl.Callback] = (), max_steps: int = 3, **kw: Any
+) -> pl.Trainer:
+    """A quiet CPU Trainer: no logger, checkpointing, progress bar or summary unless asked for."""
+    defaults: dict[str, Any] = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+    }
+    if tmp_path is not None:
+        defaults["default_root_dir"] = str(tmp_path)
+    return pl.Trainer(max_steps=max_steps, callbacks=list(callbacks), **{**defaults, **kw})

@@ -7,6 +7,7 @@ import copy
 import lightning.pytorch as pl
 import pytest
 import torch
+from conftest import TinyRegressor, make_trainer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from lightning.pytorch.plugins.precision import MixedPrecision
@@ -112,23 +113,9 @@ def test_callback_validates(kwargs: dict) -> None:
         GradientClipping(**kwargs)
 
 
-class _Tiny(pl.LightningModule):
-    """Any LightningModule: a 2-layer MLP regression with a configurable optimizer."""
-
-    def __init__(self, fused: bool = True, lr: float = 0.1) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
-        self.fused, self.lr = fused, lr
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return nn.functional.mse_loss(self.net(x).float(), y)
-
-    def configure_optimizers(self):
-        return torch.optim.AdamW(
-            self.parameters(), lr=self.lr, fused=self.fused, foreach=None if self.fused else True
-        )
+def _adamw_regressor(fused: bool = True, lr: float = 0.1) -> TinyRegressor:
+    """The shared MLP regression with AdamW, fused (unscales inside step) or foreach."""
+    return TinyRegressor(lr=lr, optimizer="adamw", fused=fused)
 
 
 def _loader(n: int = 32):
@@ -139,20 +126,11 @@ def _loader(n: int = 32):
 
 
 def _trainer(callbacks, steps: int = 4, **kw) -> pl.Trainer:
-    return pl.Trainer(
-        accelerator="cpu",
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-        **kw,
-    )
+    return make_trainer(None, callbacks, max_steps=steps, **kw)
 
 
 def _manual_reference(steps: int, max_norm: float) -> nn.Module:
-    model = _Tiny(fused=True)
+    model = _adamw_regressor(fused=True)
     opt = model.configure_optimizers()
     it = iter(_loader())
     for _ in range(steps):
@@ -165,7 +143,7 @@ def _manual_reference(steps: int, max_norm: float) -> nn.Module:
 
 
 def test_fused_adamw_fp32_matches_manual_clip_grad_norm() -> None:
-    model = _Tiny(fused=True)
+    model = _adamw_regressor(fused=True)
     cb = GradientClipping(mode="norm", max_norm=0.5)
     _trainer([cb]).fit(model, _loader())
     ref = _manual_reference(4, 0.5)
@@ -177,9 +155,9 @@ def test_fused_adamw_fp32_matches_manual_clip_grad_norm() -> None:
 
 def test_lightning_refuses_fused_under_bf16_but_callback_works() -> None:
     with pytest.raises(RuntimeError, match="fused"):
-        _trainer([], precision="bf16-mixed", gradient_clip_val=1.0).fit(_Tiny(fused=True), _loader())
+        _trainer([], precision="bf16-mixed", gradient_clip_val=1.0).fit(_adamw_regressor(fused=True), _loader())
     cb = GradientClipping(mode="norm", max_norm=0.5)
-    _trainer([cb], precision="bf16-mixed").fit(_Tiny(fused=True), _loader())
+    _trainer([cb], precision="bf16-mixed").fit(_adamw_regressor(fused=True), _loader())
     assert float(cb.last["grad_norm/post_clip"]) <= 0.5 * (1 + 1e-4)
 
 
@@ -198,13 +176,16 @@ def test_fp16_clips_unscaled_gradients_once(fused: bool) -> None:
     before, after = _Probe(), _Probe()
     cb = GradientClipping(mode="norm", max_norm=0.5)
     plugin = MixedPrecision("16-mixed", "cpu", scaler=scaler)
-    _trainer([before, cb, after], steps=1, plugins=[plugin]).fit(_Tiny(fused=fused), _loader())
+    model = _adamw_regressor(fused=fused)
+    _trainer([before, cb, after], steps=1, plugins=[plugin]).fit(model, _loader())
     pre = float(cb.last["grad_norm/pre_clip"])
     # fused: Lightning leaves the grads scaled and the callback unscales; else Lightning already unscaled.
     expected = before.norms[0] / scale if fused else before.norms[0]
     assert pre == pytest.approx(expected, rel=1e-4)
     assert 1.0 < pre < 1e3  # a real, unscaled norm (scaled would be ~1024x larger)
-    assert after.norms[0] == pytest.approx(0.5, rel=1e-3)
+    # a callback after the clipper still sees the unclipped (unscaled) gradients: clipping runs at step time
+    assert after.norms[0] == pytest.approx(pre, rel=1e-4)
+    assert float(grad_norm(model.parameters())) == pytest.approx(0.5, rel=1e-3)  # what the optimizer used
 
 
 def test_unscale_once_is_idempotent() -> None:
@@ -221,7 +202,7 @@ def test_unscale_once_is_idempotent() -> None:
 @pytest.mark.parametrize("mode", ["value", "autoclip", "agc"])
 def test_other_modes_through_trainer(mode: str) -> None:
     cb = GradientClipping(mode=mode, clip_value=0.01, percentile=10, agc_exclude=("net.2",))
-    model = _Tiny(fused=True)
+    model = _adamw_regressor(fused=True)
     _trainer([cb], steps=3).fit(model, _loader())
     pre, post = float(cb.last["grad_norm/pre_clip"]), float(cb.last["grad_norm/post_clip"])
     assert post < pre

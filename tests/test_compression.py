@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import math
 
-import lightning.pytorch as pl
 import pytest
 import torch
+from conftest import TinyRegressor, make_trainer, regression_loader
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-from torch import nn
 
 from kit.callbacks.compression import GradientCompression
 from kit.parallel.comm_hooks import (
@@ -122,23 +121,42 @@ def test_make_comm_hook_validates() -> None:
         GradientCompression(hook="zip")
 
 
-class _Tiny(pl.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Linear(4, 1)
-
-    def training_step(self, batch, batch_idx):
-        return self.net(batch[0]).pow(2).mean()
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-
 def test_callback_warns_and_does_nothing_without_ddp() -> None:
     cb = GradientCompression(hook="topk")
-    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 4)), batch_size=4)
-    trainer = pl.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[cb])  # fmt: skip
+    trainer = make_trainer(None, [cb], max_steps=2)
     with pytest.warns(UserWarning, match="not DDP"):
-        trainer.fit(_Tiny(), data)
+        trainer.fit(TinyRegressor(), regression_loader(n=16))
     assert cb.stats is None and "compression/ratio" not in trainer.callback_metrics
+
+
+@pytest.mark.parametrize("hook", ["topk", "1bit", "powersgd", "fp16"])
+def test_callback_state_carries_the_hook_state_across_a_resume(hook: str, tmp_path) -> None:
+    state, _ = make_comm_hook(hook, ratio=0.05, rank=2, start_iter=2)
+    state.stats.add(100, 1000)
+    if isinstance(state, ResidualState):
+        state.iter, state.residuals = 7, {0: torch.randn(5), 1: torch.randn(3)}
+    if isinstance(state, PowerSGDHookState):
+        state.psgd.iter = 12
+        state.psgd.error_dict = {0: torch.randn(6)}
+        state.psgd.p_memory_dict = {0: torch.randn(4)}
+        state.psgd.rng.randn(3)  # advance the RNG so a fresh one would differ
+    cb = GradientCompression(hook=hook)
+    cb._attach(state)
+    path = tmp_path / "cb.pt"
+    torch.save(cb.state_dict(), path)
+    saved = torch.load(path, weights_only=True)  # what a checkpoint restore hands back
+
+    resumed = GradientCompression(hook=hook)
+    resumed.load_state_dict(saved)  # Lightning restores callbacks before DDP exists
+    fresh, _ = make_comm_hook(hook, ratio=0.05, rank=2, start_iter=2)
+    resumed._attach(fresh)  # on_fit_start: the hook is built, then the saved state applied
+    assert (fresh.stats.sent, fresh.stats.dense) == (100, 1000)
+    if isinstance(state, ResidualState):
+        assert fresh.iter == 7 and set(fresh.residuals) == {0, 1}
+        assert torch.equal(fresh.residuals[0], state.residuals[0])
+    if isinstance(state, PowerSGDHookState):
+        assert fresh.psgd.iter == 12 and torch.equal(fresh.psgd.error_dict[0], state.psgd.error_dict[0])
+        assert fresh.psgd.rng.randn() == state.psgd.rng.randn()
+    assert GradientCompression(hook="topk").state_key != GradientCompression(hook="1bit").state_key
+    with pytest.raises(ValueError, match="powersgd_rank=0"):
+        GradientCompression(powersgd_rank=0)

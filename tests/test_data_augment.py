@@ -9,14 +9,20 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-import torch.nn.functional as F
+from conftest import TinyClassifier, TinyRegressor, make_trainer
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from kit.callbacks.mixup import MixUpCutMix, MixUpTransform
-from kit.data.augment_image import cutmix_batch, cutmix_box, mixup_batch, one_hot_targets, sample_lambda
+from kit.callbacks.mixup import MixUpCutMix
+from kit.data.augment_image import (
+    MixUpTransform,
+    cutmix_batch,
+    cutmix_box,
+    mixup_batch,
+    one_hot_targets,
+    sample_lambda,
+)
 from kit.data.augment_text import (
     BUILTIN_SYNONYMS,
     TextAugmenter,
@@ -130,37 +136,13 @@ def test_transform_modes_and_validation():
         MixUpCutMix.from_preset("imagenet")
 
 
-class PlainModule(pl.LightningModule):
-    """A module that knows nothing about the kit: plain F.cross_entropy on whatever targets arrive."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
-        self.seen: list[torch.Tensor] = []
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        self.seen.append(y.detach().clone())
-        return F.cross_entropy(self.net(x), y)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-
-def _trainer(**kw) -> pl.Trainer:
-    return pl.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **kw,
-    )
+def _trainer(max_steps: int = -1, **kw) -> pl.Trainer:
+    return make_trainer(None, kw.pop("callbacks", ()), max_steps=max_steps, **kw)
 
 
 def test_callback_mixes_batches_of_any_module():
     ds = TensorDataset(torch.randn(32, 1, 4, 4), torch.randint(0, 3, (32,)))
-    model = PlainModule()
+    model = TinyClassifier()
     cb = MixUpCutMix(num_classes=3)
     _trainer(max_steps=4, callbacks=[cb]).fit(model, DataLoader(ds, batch_size=8))
     assert len(model.seen) == 4
@@ -189,8 +171,12 @@ def test_callback_reads_num_classes_and_rejects_tuples():
     ds = TensorDataset(torch.randn(8, 1, 4, 4), torch.randint(0, 3, (8,)))
     with pytest.raises(ValueError, match="in place"):
         _trainer(max_steps=1, callbacks=[MixUpCutMix(num_classes=3)]).fit(
-            PlainModule(), TupleLoader(ds, batch_size=4)
+            TinyClassifier(), TupleLoader(ds, batch_size=4)
         )
+    module = TinyRegressor()  # no num_classes anywhere: the callback cannot guess the class count
+    with pytest.raises(ValueError, match=r"TinyRegressor has no num_classes.*MixUpCutMix\(num_classes=C\)"):
+        _trainer(max_steps=1, callbacks=[MixUpCutMix()]).fit(module, DataLoader(ds, batch_size=4))
+    assert module.global_step == 0  # failed at setup, before any batch
 
 
 def test_digits_datamodule_and_classifier_learn():

@@ -10,10 +10,10 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from conftest import TinyRegressor, make_trainer
 from hypothesis import given
 from hypothesis import strategies as st
 from lightning.pytorch.callbacks import ModelCheckpoint
-from torch import nn
 
 from kit.callbacks.doctor import TrainingDoctor
 from kit.cli.commands.doctor import main as doctor_main
@@ -178,24 +178,6 @@ def test_report_markdown_and_plots(tmp_path: Path) -> None:
 # -- the callback on a plain module ---------------------------------------------------------------------
 
 
-class Regression(pl.LightningModule):
-    def __init__(self, lr: float) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 1))
-        self.lr = lr
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return nn.functional.mse_loss(self.net(x), y)
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        self.log("val_loss", nn.functional.mse_loss(self.net(x), y))
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=self.lr)
-
-
 def loaders():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(512, 8, generator=g)
@@ -207,25 +189,22 @@ def loaders():
 
 def train(lr: float, doctor: TrainingDoctor, tmp_path: Path, steps: int = 112, **kw) -> pl.Trainer:
     torch.manual_seed(0)
-    trainer = pl.Trainer(
+    trainer = make_trainer(
+        tmp_path,
+        [doctor, *kw.pop("callbacks", [])],
         max_steps=steps,
         val_check_interval=14,
-        callbacks=[doctor, *kw.pop("callbacks", [])],
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        default_root_dir=tmp_path,
+        num_sanity_val_steps=2,
         enable_checkpointing=kw.pop("enable_checkpointing", False),
         **kw,
     )
-    trainer.fit(Regression(lr), *loaders())
+    trainer.fit(TinyRegressor(lr=lr, hidden=32), *loaders())
     return trainer
 
 
 def test_healthy_run_gets_a_clean_report(tmp_path: Path) -> None:
     doctor = TrainingDoctor(
-        record_every_n_steps=2,
+        log_every_n_steps=2,
         report_on_fit_end=True,
         out_dir=str(tmp_path / "doc"),
         train_texts=TRAIN,
@@ -240,7 +219,7 @@ def test_healthy_run_gets_a_clean_report(tmp_path: Path) -> None:
 
 
 def test_lr_100x_too_high_is_diagnosed_when_val_loss_rises(tmp_path: Path) -> None:
-    doctor = TrainingDoctor(record_every_n_steps=2, out_dir=str(tmp_path / "doc"))
+    doctor = TrainingDoctor(log_every_n_steps=2, out_dir=str(tmp_path / "doc"))
     with pytest.warns(UserWarning, match="TrainingDoctor: .*learning_rate"):
         train(5.0, doctor, tmp_path)  # 100x the healthy 0.05
     assert len(doctor.reports) == 1  # triggered by the diverged validation loss, once per streak
@@ -252,7 +231,7 @@ def test_lr_100x_too_high_is_diagnosed_when_val_loss_rises(tmp_path: Path) -> No
 def test_planted_leakage_via_callback_and_range_test(tmp_path: Path) -> None:
     leaked = VAL[:5] + TRAIN[:2]
     doctor = TrainingDoctor(
-        record_every_n_steps=2,
+        log_every_n_steps=2,
         report_on_fit_end=True,
         out_dir=str(tmp_path / "doc"),
         train_texts=TRAIN,
@@ -266,7 +245,8 @@ def test_planted_leakage_via_callback_and_range_test(tmp_path: Path) -> None:
     # the range test trains the module itself, then restores its weights exactly
     module = trainer.lightning_module
     before = [p.detach().clone() for p in module.parameters()]
-    assert doctor._range_test(trainer, module) > 0
+    again = doctor._range_test(trainer, module)  # same weights, batch and seeds: the same suggestion
+    assert again == pytest.approx(doctor.range_test_lr, rel=1e-6)
     assert all(torch.equal(a, b) for a, b in zip(before, module.parameters()))
 
 
@@ -274,7 +254,7 @@ def test_kit_doctor_on_a_checkpoint(tmp_path: Path) -> None:
     ckpt_cb = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     train(
         5.0,
-        TrainingDoctor(record_every_n_steps=2, out_dir=str(tmp_path / "doc")),
+        TrainingDoctor(log_every_n_steps=2, out_dir=str(tmp_path / "doc")),
         tmp_path,
         callbacks=[ckpt_cb],
         enable_checkpointing=True,
@@ -329,7 +309,7 @@ def test_kit_doctor_rebuilds_the_kits_datamodule_from_the_checkpoint(tmp_path: P
         val_check_interval=4,
         limit_val_batches=2,
         check_val_every_n_epoch=None,
-        callbacks=[TrainingDoctor(record_every_n_steps=2), ckpt_cb],
+        callbacks=[TrainingDoctor(log_every_n_steps=2), ckpt_cb],
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import time
 
-import lightning.pytorch as pl
 import pytest
 import torch
+from conftest import TinyRegressor, make_trainer
 from hypothesis import given
 from hypothesis import strategies as st
-from torch import nn
 
 from kit.callbacks.hardware import HardwareMonitor
 from kit.health.hardware import DataWaitTimer, GPUReader, HostReader, guess_peak_flops, mfu
@@ -53,23 +52,18 @@ def test_readers_degrade_without_gpu() -> None:
     assert 0 <= r["ram_percent"] <= 100 and r["process_rss_gb"] > 0
 
 
-class Plain(pl.LightningModule):
-    """Any module; ``step_sleep`` makes the step's compute time predictable."""
+class Plain(TinyRegressor):
+    """The shared MLP regression (4 -> 8 -> 1); ``step_sleep`` makes the step's compute time predictable."""
 
     def __init__(self, step_sleep: float = 0.0, flops: float | None = None) -> None:
-        super().__init__()
-        self.net = nn.Linear(4, 1)
+        super().__init__(lr=0.01, in_dim=4, hidden=8)
         self.step_sleep = step_sleep
         if flops is not None:
             self.flops_per_batch = flops
 
     def training_step(self, batch, batch_idx):
         time.sleep(self.step_sleep)
-        x, y = batch
-        return nn.functional.mse_loss(self.net(x), y)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.01)
+        return super().training_step(batch, batch_idx)
 
 
 class SlowData(torch.utils.data.Dataset):
@@ -86,15 +80,7 @@ class SlowData(torch.utils.data.Dataset):
 
 
 def fit(cb: HardwareMonitor, module: Plain, delay: float, n: int = 4 * 30) -> None:
-    trainer = pl.Trainer(
-        max_epochs=1,
-        callbacks=[cb],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-    )
+    trainer = make_trainer(None, [cb], max_steps=-1, max_epochs=1)
     trainer.fit(module, torch.utils.data.DataLoader(SlowData(n, delay), batch_size=4))
 
 

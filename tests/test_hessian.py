@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import lightning.pytorch as pl
 import pytest
 import torch
+from conftest import TinyClassifier, make_trainer
 from torch import nn
 from torch.func import functional_call
 
@@ -145,26 +145,11 @@ def test_validation() -> None:
         hessian_top_eigenvalue(lambda: (w**2).sum(), [w], max_iter=0)
     with pytest.raises(ValueError, match="method='bogus'"):
         make_hvp(lambda: (w**2).sum(), [w], "bogus")
-    with pytest.raises(ValueError, match="every_n_steps=0"):
-        HessianMonitor(every_n_steps=0)
+    with pytest.raises(ValueError, match="log_every_n_steps=0"):
+        HessianMonitor(log_every_n_steps=0)
 
 
 # -- the callback ----------------------------------------------------------------------------------------
-
-
-class PlainClassifier(pl.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Dropout(0.2), nn.Linear(8, 2))
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = nn.functional.cross_entropy(self.net(x), y)
-        self.log("train_loss", loss)
-        return loss
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
 def _data() -> torch.utils.data.DataLoader:
@@ -174,24 +159,15 @@ def _data() -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
 
 
-def _train(callbacks: list) -> PlainClassifier:
+def _train(callbacks: list) -> TinyClassifier:
     torch.manual_seed(0)
-    module = PlainClassifier()
-    trainer = pl.Trainer(
-        max_steps=10,
-        callbacks=callbacks,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-    )
-    trainer.fit(module, _data())
+    module = TinyClassifier(num_classes=2, in_dim=4, hidden=8, dropout=0.2)
+    make_trainer(None, callbacks, max_steps=10).fit(module, _data())
     return module
 
 
 def test_callback_probes_without_disturbing_training() -> None:
-    cb = HessianMonitor(every_n_steps=5, trace=True, trace_samples=4)
+    cb = HessianMonitor(log_every_n_steps=5, trace=True, trace_samples=4)
     with_probe = _train([cb])
     without = _train([])
     # dropout RNG, train mode and grads were all restored: training is bit-identical
@@ -209,7 +185,10 @@ def test_callback_probes_without_disturbing_training() -> None:
         generator=torch.Generator().manual_seed(0),
     )
     assert last["hessian/top_eigenvalue"] == pytest.approx(direct.eigenvalue, rel=1e-3)
-    assert HessianMonitor().load_state_dict(cb.state_dict()) is None
+    resumed = HessianMonitor()
+    resumed.load_state_dict(cb.state_dict())
+    assert [h["step"] for h in resumed.history] == [5, 10]
+    assert resumed.history[-1]["hessian/top_eigenvalue"] == last["hessian/top_eigenvalue"]
 
 
 def test_no_false_convergence_with_eigenvalues_of_both_signs() -> None:

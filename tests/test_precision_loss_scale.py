@@ -5,12 +5,12 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import pytest
 import torch
+from conftest import TinyRegressor, make_trainer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from lightning.pytorch.plugins.precision import MixedPrecision
-from torch import nn
 
-from kit.callbacks.loss_scale import LossScaleMonitor
+from kit.callbacks.loss_scale import LossScaleMonitor, ScaledFP16Precision
 from kit.precision.loss_scale import (
     LossScaleConfig,
     OverflowTracker,
@@ -76,24 +76,18 @@ def test_tracker_storms() -> None:
     assert clone.total_skips == 3
 
 
-class _Tiny(pl.LightningModule):
-    """Any LightningModule; ``blow_up`` multiplies the loss so fp16 gradients overflow on chosen steps."""
+class _Tiny(TinyRegressor):
+    """The shared MLP regression; ``blow_up`` multiplies the loss so fp16 gradients overflow on chosen steps."""
 
     def __init__(self, blow_up: set[int] | None = None, always: bool = False) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
+        super().__init__(lr=0.01)
         self.blow_up, self.always = blow_up or set(), always
 
     def training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = nn.functional.mse_loss(self.net(x).float(), y)
+        loss = super().training_step(batch, batch_idx)
         if self.always or self.global_step in self.blow_up:
             loss = loss * 1e38  # finite in fp32, but the scaled fp16 backward overflows
         return loss
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
 def _loader(n: int = 256):
@@ -104,18 +98,9 @@ def _loader(n: int = 256):
 
 
 def _fit(model, callbacks, steps: int, fp16: bool = True, **kw) -> pl.Trainer:
-    plugins = [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))] if fp16 else []
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-        plugins=plugins,
-        **kw,
-    )
+    monitor = next((c for c in callbacks if isinstance(c, LossScaleMonitor)), LossScaleMonitor())
+    plugins = kw.pop("plugins", None) or ([monitor.precision_plugin("cpu")] if fp16 else [])
+    trainer = make_trainer(None, callbacks, max_steps=steps, plugins=plugins, **kw)
     trainer.fit(model, _loader())
     return trainer
 
@@ -124,7 +109,7 @@ def test_monitor_configures_scaler_bounds_and_counts_skips() -> None:
     cb = LossScaleMonitor(init_scale=256, growth_interval=1, min_scale=8, max_scale=1024)
     trainer = _fit(_Tiny(blow_up={6}), [cb], steps=10)
     scaler = trainer.precision_plugin.scaler
-    assert scaler.get_growth_interval() == 1  # our scaler replaced Lightning's
+    assert scaler.get_growth_interval() == 1  # the plugin built from the monitor's settings
     assert scaler.get_scale() <= 1024  # grew every step but was clamped at max_scale
     assert cb.tracker.total_skips == 1
     assert trainer.callback_metrics["loss_scale/skipped_total"] == 1.0
@@ -141,6 +126,17 @@ def test_monitor_stops_on_storm_with_diagnosis() -> None:
         _fit(_Tiny(always=True), [LossScaleMonitor(max_consecutive_skips=3, on_storm="raise")], steps=30)
 
 
+def test_monitor_names_the_fix_when_the_scaler_is_not_configured_as_asked() -> None:
+    plain = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))  # torch defaults
+    _fit(_Tiny(), [LossScaleMonitor(min_scale=8, max_scale=2.0**16)], steps=1, fp16=False, plugins=[plain])
+    cb = LossScaleMonitor(init_scale=1024, growth_interval=1, max_scale=1024)
+    plain = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    with pytest.raises(ValueError, match=r"init_scale=1024 \(the Trainer's scaler has 65536.0\).*precision_plugin"):
+        _fit(_Tiny(), [cb], steps=1, fp16=False, plugins=[plain])
+    plugin = ScaledFP16Precision("cpu", init_scale=1024, growth_interval=1)
+    assert plugin.scaler.get_scale() == 1024 and plugin.scaler.get_growth_interval() == 1
+
+
 def test_monitor_is_a_noop_under_fp32_and_bf16() -> None:
     cb = LossScaleMonitor()
     with pytest.warns(UserWarning, match="no loss scaler"):
@@ -148,3 +144,22 @@ def test_monitor_is_a_noop_under_fp32_and_bf16() -> None:
     assert not cb.active and "loss_scale/scale" not in trainer.callback_metrics
     with pytest.raises(ValueError, match="on_storm"):
         LossScaleMonitor(on_storm="explode")
+
+
+def test_scaled_fp16_plugin_and_monitor_from_a_cli_yaml(tmp_path) -> None:
+    """The README's YAML: the plugin carries the scaler settings, the monitor checks and bounds them."""
+    from lightning.pytorch.cli import LightningCLI
+
+    path = tmp_path / "fp16.yaml"
+    path.write_text(
+        "trainer:\n"
+        "  accelerator: cpu\n  logger: false\n  max_steps: 2\n  enable_checkpointing: false\n"
+        "  plugins:\n    - class_path: kit.callbacks.loss_scale.ScaledFP16Precision\n"
+        "      init_args: {device: cpu, init_scale: 1024}\n"
+        "  callbacks:\n    - class_path: kit.callbacks.loss_scale.LossScaleMonitor\n"
+        "      init_args: {init_scale: 1024, min_scale: 8, max_scale: 1024}\n"
+    )
+    cli = LightningCLI(_Tiny, args=["--config", str(path)], run=False, save_config_callback=None)
+    cli.trainer.fit(cli.model, _loader())
+    assert isinstance(cli.trainer.precision_plugin, ScaledFP16Precision)
+    assert cli.trainer.callback_metrics["loss_scale/scale"] <= 1024

@@ -8,10 +8,10 @@ import random
 import lightning.pytorch as pl
 import pytest
 import torch
+from conftest import TinyRegressor, make_trainer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from torch import nn
 
 from kit.callbacks.spike_guard import SpikeGuard
 from kit.health.spikes import SpikeDetector
@@ -79,17 +79,7 @@ def test_validation_messages() -> None:
 # -- callback ------------------------------------------------------------------------------------------
 
 
-class Plain(pl.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return nn.functional.mse_loss(self.net(x), y)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.01)
+PLAIN = {"lr": 0.01, "in_dim": 4, "hidden": 8}  # the shared MLP regression, 4 -> 8 -> 1
 
 
 class SpikyData(torch.utils.data.Dataset):
@@ -132,15 +122,13 @@ def run(
     guard: SpikeGuard, n_batches: int, spikes: dict[int, str] | None = None, extra: list | None = None, **kw
 ):
     torch.manual_seed(0)
-    module = Plain()
+    module = TinyRegressor(**PLAIN)
     log = WeightLog()
-    trainer = pl.Trainer(
+    trainer = make_trainer(
+        None,
+        [guard, log, *(extra or [])],
+        max_steps=-1,
         max_epochs=1,
-        callbacks=[guard, log, *(extra or [])],
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
         enable_checkpointing=bool(extra),
         **kw,
     )
@@ -221,7 +209,7 @@ def test_state_survives_resume(tmp_path) -> None:
         enable_checkpointing=False,
     )
     trainer.fit(
-        Plain(),
+        TinyRegressor(**PLAIN),
         torch.utils.data.DataLoader(SpikyData(50), batch_size=8),
         ckpt_path=str(tmp_path / "last.ckpt"),
     )
@@ -243,7 +231,7 @@ def test_reads_unscaled_loss_under_fp16() -> None:
 
     losses: list[float] = []
 
-    class Recorder(Plain):
+    class Recorder(TinyRegressor):
         def training_step(self, batch, batch_idx):
             loss = super().training_step(batch, batch_idx)
             losses.append(float(loss.detach()))
@@ -262,7 +250,7 @@ def test_reads_unscaled_loss_under_fp16() -> None:
         enable_checkpointing=False,
         plugins=[plugin],
     )
-    trainer.fit(Recorder(), torch.utils.data.DataLoader(SpikyData(20), batch_size=8))
+    trainer.fit(Recorder(**PLAIN), torch.utils.data.DataLoader(SpikyData(20), batch_size=8))
     window = list(guard.detectors["loss"].values)
     assert window == pytest.approx(losses[-len(window) :], rel=1e-5)
     assert max(window) < 100 and guard.events == []  # not ~4096x the loss
@@ -310,7 +298,7 @@ def test_ranks_agree_when_only_one_rank_spikes(tmp_path) -> None:
         enable_checkpointing=False,
         use_distributed_sampler=False,  # every rank reads the whole dataset in order
     )
-    trainer.fit(Plain(), torch.utils.data.DataLoader(data, batch_size=8))
+    trainer.fit(TinyRegressor(**PLAIN), torch.utils.data.DataLoader(data, batch_size=8))
     r0 = json.loads((tmp_path / "rank0.json").read_text())
     r1 = json.loads((tmp_path / "rank1.json").read_text())
     assert r0["skipped"] == r1["skipped"] == [20]

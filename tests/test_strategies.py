@@ -27,7 +27,6 @@ def test_every_preset_is_registered_beside_lightnings_own() -> None:
         ("ddp-topk", "topk", ResidualState, topk_hook),
         ("ddp-1bit", "1bit", ResidualState, onebit_hook),
         ("ddp-powersgd", "powersgd", PowerSGDHookState, None),
-        ("ddp-compressed", "powersgd", PowerSGDHookState, None),
         ("ddp-fp16", "fp16", None, None),
     ],
 )

@@ -97,7 +97,7 @@ def _wandb_offline_unless_configured() -> None:
 
 
 def _register_extensions() -> None:
-    # Strategy presets (ddp-compressed, fsdp-zero3, ...) register on import; absent modules are fine.
+    # Strategy presets (ddp-powersgd, fsdp-zero3, ...) register on import; absent modules are fine.
     for name in ("kit.parallel.strategies",):
         try:
             importlib.import_module(name)

@@ -14,12 +14,13 @@ Example:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["cutmix_batch", "cutmix_box", "mixup_batch", "one_hot_targets", "sample_lambda"]
+__all__ = ["MixUpTransform", "cutmix_batch", "cutmix_box", "mixup_batch", "one_hot_targets", "sample_lambda"]
 
 
 def one_hot_targets(y: Tensor, num_classes: int | None = None, label_smoothing: float = 0.0) -> Tensor:
@@ -156,3 +157,82 @@ def cutmix_batch(
     x_mixed = x.clone()
     x_mixed[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
     return x_mixed, t * lam + t[perm] * (1.0 - lam), lam, perm
+
+
+class MixUpTransform:
+    """Callable ``(x, y) -> (x_mixed, soft_targets)`` that picks MixUp or CutMix per batch.
+
+    With probability ``prob`` the batch is mixed; then CutMix is used with probability ``switch_prob`` when
+    both are enabled (alpha > 0). Unmixed batches still get one-hot (smoothed) targets, so the loss sees one
+    target format. Use it in ``on_after_batch_transfer`` of your own module or datamodule, or through
+    ``MixUpCutMix``.
+
+    Args:
+        mixup_alpha: Beta parameter of MixUp; 0 disables MixUp.
+        cutmix_alpha: Beta parameter of CutMix; 0 disables CutMix.
+        prob: probability that a batch is mixed at all.
+        switch_prob: probability of CutMix rather than MixUp when both are enabled.
+        label_smoothing: smoothing of the one-hot targets.
+        num_classes: number of classes (needed for integer labels).
+        seed: seed of the transform's own CPU generator (draws never sync with the device).
+
+    Raises:
+        ValueError: a probability outside [0, 1], a negative alpha, or both alphas 0 with ``prob > 0``.
+    """
+
+    def __init__(
+        self,
+        mixup_alpha: float = 0.8,
+        cutmix_alpha: float = 1.0,
+        prob: float = 1.0,
+        switch_prob: float = 0.5,
+        label_smoothing: float = 0.1,
+        num_classes: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        for name, value in (("prob", prob), ("switch_prob", switch_prob)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name}={value} must lie in [0, 1]")
+        for name, value in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
+            if value < 0:
+                raise ValueError(f"{name}={value} must be >= 0 (0 disables it)")
+        if prob > 0 and mixup_alpha == 0 and cutmix_alpha == 0:
+            raise ValueError("mixup_alpha and cutmix_alpha are both 0; enable one or set prob=0")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing={label_smoothing} must lie in [0, 1)")
+        self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
+        self.prob, self.switch_prob, self.label_smoothing = prob, switch_prob, label_smoothing
+        self.num_classes = num_classes
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+        self.last: dict[str, float] = {}
+
+    def _choose(self) -> str:
+        u = torch.rand(2, generator=self.generator).tolist()
+        if u[0] >= self.prob:
+            return "none"
+        if self.mixup_alpha > 0 and self.cutmix_alpha > 0:
+            return "cutmix" if u[1] < self.switch_prob else "mixup"
+        return "mixup" if self.mixup_alpha > 0 else "cutmix"
+
+    def __call__(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        mode = self._choose()
+        kw = {
+            "num_classes": self.num_classes,
+            "label_smoothing": self.label_smoothing,
+            "generator": self.generator,
+        }
+        if mode == "mixup":
+            x, t, lam, _ = mixup_batch(x, y, alpha=self.mixup_alpha, **kw)
+        elif mode == "cutmix":
+            x, t, lam, _ = cutmix_batch(x, y, alpha=self.cutmix_alpha, **kw)
+        else:
+            t, lam = one_hot_targets(y, self.num_classes, self.label_smoothing), 1.0
+        self.last = {"lam": lam, "cutmix": float(mode == "cutmix"), "mixed": float(mode != "none")}
+        return x, t.to(x.dtype) if x.is_floating_point() else t
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])

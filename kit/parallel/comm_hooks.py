@@ -43,6 +43,8 @@ __all__ = [
     "allreduce_hook",
     "bf16_hook",
     "fp16_hook",
+    "hook_state_dict",
+    "load_hook_state_dict",
     "make_comm_hook",
     "onebit_hook",
     "powersgd_hook",
@@ -312,3 +314,37 @@ def make_comm_hook(
         state = ResidualState(process_group, ratio=ratio, start_iter=dense_start)
         return state, topk_hook if name == "topk" else onebit_hook
     raise ValueError(f"unknown comm hook {name!r}; choose one of {', '.join(HOOKS)}")
+
+
+_PSGD_STATE = ("iter", "error_dict", "p_memory_dict", "q_memory_dict")
+
+
+def hook_state_dict(state: HookState) -> dict[str, Any]:
+    """What a resumed run needs of a hook state: byte totals, warm-up counters, residuals, PowerSGD memories.
+
+    Plain tensors, ints and lists only (loads with ``torch.load(weights_only=True)``); tensors stay where
+    they are (a checkpoint moves them to the CPU).
+    """
+    out: dict[str, Any] = {"sent": state.stats.sent, "dense": state.stats.dense}
+    if isinstance(state, ResidualState):
+        out.update(iter=state.iter, residuals=dict(state.residuals))
+    if isinstance(state, PowerSGDHookState):
+        out.update({k: getattr(state.psgd, k) for k in _PSGD_STATE})
+        _, keys, pos, has_gauss, gauss = state.psgd.rng.get_state()
+        out["rng"] = [torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(gauss)]
+    return out
+
+
+def load_hook_state_dict(state: HookState, saved: dict[str, Any]) -> None:
+    """Restore what :func:`hook_state_dict` saved into a freshly built state of the same hook."""
+    state.stats.sent, state.stats.dense = int(saved.get("sent", 0)), int(saved.get("dense", 0))
+    if isinstance(state, ResidualState):
+        state.iter = int(saved.get("iter", 0))
+        state.residuals = dict(saved.get("residuals", {}))
+    if isinstance(state, PowerSGDHookState):
+        for k in _PSGD_STATE:
+            if k in saved:
+                setattr(state.psgd, k, saved[k])
+        if "rng" in saved:
+            keys, pos, has_gauss, gauss = saved["rng"]
+            state.psgd.rng.set_state(("MT19937", keys.numpy().astype("uint32"), pos, has_gauss, gauss))

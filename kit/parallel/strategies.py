@@ -5,7 +5,7 @@ Lightning's own names:
 
 | name | what it is | pick it when |
 | --- | --- | --- |
-| ``ddp-compressed`` / ``ddp-powersgd`` | DDP + PowerSGD rank 4 (dense for the first 10 steps) | model fits one GPU, inter-node bandwidth is the bottleneck |
+| ``ddp-powersgd`` | DDP + PowerSGD rank 4 (dense for the first 10 steps) | model fits one GPU, inter-node bandwidth is the bottleneck |
 | ``ddp-topk`` | DDP + top-1% sparsification with error feedback | very slow links (Ethernet), accept some accuracy risk |
 | ``ddp-1bit`` | DDP + 1-bit sign with scale and error feedback | as top-k; fixed 32x cut |
 | ``ddp-fp16`` | DDP + fp16 all-reduce | a safe 2x cut on any DDP job |
@@ -75,6 +75,7 @@ class CompressedDDPStrategy(DDPStrategy):
         state, fn = make_comm_hook(hook, ratio=topk_ratio, rank=powersgd_rank, start_iter=powersgd_start_iter)
         super().__init__(ddp_comm_state=state, ddp_comm_hook=fn, **kwargs)
         self.hook = hook
+        self.comm_state = state  # read (and checkpointed) by kit.callbacks.compression.GradientCompression
         self.comm_stats: CommStats = state.stats
 
     def configure_ddp(self) -> None:
@@ -195,11 +196,6 @@ class FSDPZero3Strategy(FSDPStrategy):
 
 
 PRESETS: dict[str, tuple[type, str, dict[str, Any]]] = {
-    "ddp-compressed": (
-        CompressedDDPStrategy,
-        "DDP + PowerSGD rank 4 gradient compression",
-        {"hook": "powersgd"},
-    ),
     "ddp-powersgd": (
         CompressedDDPStrategy,
         "DDP + PowerSGD rank 4 (dense first 10 steps)",

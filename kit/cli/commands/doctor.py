@@ -83,7 +83,7 @@ def _build_datamodule(args: argparse.Namespace, ckpt: dict, config: dict) -> Any
 
 def _measure_now(model: Any, dm: Any, batches: int, history: TrainingHistory, progress: Any) -> Finding:
     """Per-layer grad norms and train/val loss on a few batches with the checkpoint's weights."""
-    from kit.callbacks.hessian import _loss_from_output, _silenced_logging
+    from kit.callbacks._common import loss_from_output, silenced_logging
 
     groups = group_by_layer([n for n, p in model.named_parameters() if p.requires_grad])
     losses: dict[str, list[float]] = {"train": [], "val": []}
@@ -93,9 +93,9 @@ def _measure_now(model: Any, dm: Any, batches: int, history: TrainingHistory, pr
             if i >= batches:
                 break
             model.zero_grad(set_to_none=True)
-            with _silenced_logging(model), torch.enable_grad():
+            with silenced_logging(model), torch.enable_grad():
                 model.eval()  # no dropout: the same numbers every time
-                loss = _loss_from_output(model.training_step(batch, i)).float()
+                loss = loss_from_output(model.training_step(batch, i)).float()
                 if split == "train":
                     loss.backward()
                     _, per = grad_norms(dict(model.named_parameters()), groups)
