@@ -9,8 +9,6 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from lightning.pytorch.plugins.precision import MixedPrecision
-from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 
 from kit.callbacks.throughput import TokenThroughput
 from kit.health.flops import GPUS, peak_flops_for, transformer_flops
@@ -63,13 +61,11 @@ def test_one_peak_table_for_planner_and_hardware() -> None:
 
 
 def _fake_cuda_trainer() -> SimpleNamespace:
-    """Just what ThroughputMonitor.setup reads, on a CUDA root device that need not exist."""
+    """Just what TokenThroughput.setup reads, on a CUDA root device that need not exist."""
     return SimpleNamespace(
-        precision_plugin=MixedPrecision("bf16-mixed", "cpu"),
+        precision="bf16-mixed",
         strategy=SimpleNamespace(root_device=torch.device("cuda", 0)),
-        enable_validation=False,
         world_size=1,
-        state=SimpleNamespace(stage=RunningStage.TRAINING, fn=TrainerFn.FITTING),
     )
 
 
@@ -84,9 +80,9 @@ def test_token_throughput_falls_back_to_the_kit_table(
         cb.setup(_fake_cuda_trainer(), None, "fit")
     assert cb.available_flops == int(GPUS[entry].peak_flops)
     assert not [w for w in caught if "FLOPs not found" in str(w.message)]  # MFU is known: no false alarm
-    throughput = cb._throughputs[RunningStage.TRAINING]
+    throughput = cb._new_window(SimpleNamespace(log_every_n_steps=1))
     flops = 1e14
-    for step in (1, 2):
+    for step in (1, 2, 3):  # window_size=2 batches at one batch a reading: three readings
         throughput.update(time=float(step), batches=step, samples=4 * step, flops=flops)
     metrics = throughput.compute()
     assert metrics["device/mfu"] == pytest.approx(mfu(flops, 1.0, GPUS[entry].peak_flops), rel=1e-6)
