@@ -78,9 +78,9 @@ def _worker(rank: int, world: int, port: int, args: dict, out: str) -> None:
         ddp = DistributedDataParallel(model, bucket_cap_mb=1024)
         state, hook = make_comm_hook(
             name,
-            ratio=args["ratio"],
-            rank=args["rank"],
-            start_iter=args["start_iter"],
+            topk_ratio=args["ratio"],
+            powersgd_rank=args["rank"],
+            powersgd_start_iter=args["start_iter"],
             dense_start=args["dense_start"],
         )
         ddp.register_comm_hook(state, hook)

@@ -10,14 +10,13 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.nn.parallel import DistributedDataParallel
 
 from kit.parallel.comm_hooks import (
-    HOOKS,
     CommStats,
     HookState,
+    check_comm_settings,
     hook_state_dict,
     load_hook_state_dict,
     make_comm_hook,
 )
-from kit.parallel.compression import topk_count
 
 __all__ = ["GradientCompression"]
 
@@ -60,13 +59,7 @@ class GradientCompression(Callback):
         powersgd_rank: int = 4,
         powersgd_start_iter: int = 10,
     ) -> None:
-        if hook not in HOOKS:
-            raise ValueError(f"hook={hook!r} is not supported; choose one of {', '.join(HOOKS)}")
-        topk_count(1, topk_ratio)
-        if powersgd_rank < 1 or powersgd_start_iter < 2:
-            raise ValueError(
-                f"powersgd_rank={powersgd_rank} must be >= 1 and powersgd_start_iter={powersgd_start_iter} >= 2"
-            )
+        check_comm_settings(hook, topk_ratio, powersgd_rank, powersgd_start_iter)
         self.hook, self.topk_ratio = hook, topk_ratio
         self.powersgd_rank, self.powersgd_start_iter = powersgd_rank, powersgd_start_iter
         self.stats: CommStats | None = None
@@ -88,7 +81,10 @@ class GradientCompression(Callback):
             )
             return
         state, fn = make_comm_hook(
-            self.hook, ratio=self.topk_ratio, rank=self.powersgd_rank, start_iter=self.powersgd_start_iter
+            self.hook,
+            topk_ratio=self.topk_ratio,
+            powersgd_rank=self.powersgd_rank,
+            powersgd_start_iter=self.powersgd_start_iter,
         )
         try:
             model.register_comm_hook(state, fn)

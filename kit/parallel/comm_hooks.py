@@ -9,7 +9,7 @@ logged. fp16/bf16 and PowerSGD delegate the communication to torch's own hooks; 
 Use :func:`make_comm_hook` to build a (state, hook) pair by name:
 
 Example:
-    >>> state, hook = make_comm_hook("topk", ratio=0.01)  # doctest: +SKIP
+    >>> state, hook = make_comm_hook("topk", topk_ratio=0.01)  # doctest: +SKIP
     >>> ddp_model.register_comm_hook(state, hook)  # doctest: +SKIP
 """
 
@@ -273,12 +273,30 @@ def onebit_hook(state: ResidualState, bucket: dist.GradBucket) -> torch.futures.
 HOOKS = ("allreduce", "fp16", "bf16", "powersgd", "topk", "1bit")
 
 
+def check_comm_settings(
+    name: str, topk_ratio: float = 0.01, powersgd_rank: int = 4, powersgd_start_iter: int = 10
+) -> None:
+    """Validate a hook name and its knobs, spelled as ``CompressedDDPStrategy`` and ``GradientCompression``
+    take them, so both fail at construction with the same message.
+
+    Raises:
+        ValueError: for an unknown name or an invalid setting, naming the value and the fix.
+    """
+    if name not in HOOKS:
+        raise ValueError(f"hook={name!r} is not supported; choose one of {', '.join(HOOKS)}")
+    topk_count(1, topk_ratio)  # validates the ratio
+    if powersgd_rank < 1 or powersgd_start_iter < 2:
+        raise ValueError(
+            f"powersgd_rank={powersgd_rank} must be >= 1 and powersgd_start_iter={powersgd_start_iter} >= 2"
+        )
+
+
 def make_comm_hook(
     name: str,
     process_group: Any = None,
-    ratio: float = 0.01,
-    rank: int = 4,
-    start_iter: int = 10,
+    topk_ratio: float = 0.01,
+    powersgd_rank: int = 4,
+    powersgd_start_iter: int = 10,
     dense_start: int = 0,
     **powersgd_kwargs: Any,
 ) -> tuple[HookState, Any]:
@@ -287,9 +305,9 @@ def make_comm_hook(
     Args:
         name: one of ``allreduce``, ``fp16``, ``bf16``, ``powersgd``, ``topk``, ``1bit``.
         process_group: the group to communicate in (None = world).
-        ratio: top-k's fraction of entries sent (0.01 = 1%; must be <= 0.05 for a 90% byte cut).
-        rank: PowerSGD's matrix approximation rank.
-        start_iter: PowerSGD's first compressed step (dense before; >= 2).
+        topk_ratio: top-k's fraction of entries sent (0.01 = 1%; must be <= 0.05 for a 90% byte cut).
+        powersgd_rank: PowerSGD's matrix approximation rank.
+        powersgd_start_iter: PowerSGD's first compressed step (dense before; >= 2).
         dense_start: top-k's and 1bit's dense warm-up steps (0 = compress from the first step).
         **powersgd_kwargs: extra ``PowerSGDState`` arguments.
 
@@ -299,6 +317,7 @@ def make_comm_hook(
     Raises:
         ValueError: for an unknown name or an invalid setting.
     """
+    check_comm_settings(name, topk_ratio, powersgd_rank, powersgd_start_iter)
     if name == "allreduce":
         return HookState(process_group), allreduce_hook
     if name == "fp16":
@@ -307,13 +326,10 @@ def make_comm_hook(
         return HookState(process_group), bf16_hook
     if name == "powersgd":
         return PowerSGDHookState(
-            process_group, rank=rank, start_iter=start_iter, **powersgd_kwargs
+            process_group, rank=powersgd_rank, start_iter=powersgd_start_iter, **powersgd_kwargs
         ), powersgd_hook
-    if name in ("topk", "1bit"):
-        topk_count(1, ratio)  # validates ratio
-        state = ResidualState(process_group, ratio=ratio, start_iter=dense_start)
-        return state, topk_hook if name == "topk" else onebit_hook
-    raise ValueError(f"unknown comm hook {name!r}; choose one of {', '.join(HOOKS)}")
+    state = ResidualState(process_group, ratio=topk_ratio, start_iter=dense_start)
+    return state, topk_hook if name == "topk" else onebit_hook
 
 
 _PSGD_STATE = ("iter", "error_dict", "p_memory_dict", "q_memory_dict")

@@ -28,7 +28,7 @@ from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStr
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from kit.parallel.comm_hooks import HOOKS, CommStats, make_comm_hook
+from kit.parallel.comm_hooks import CommStats, make_comm_hook
 
 __all__ = [
     "PRESETS",
@@ -70,9 +70,9 @@ class CompressedDDPStrategy(DDPStrategy):
         powersgd_start_iter: int = 10,
         **kwargs: Any,
     ) -> None:
-        if hook not in HOOKS:
-            raise ValueError(f"hook={hook!r} is not supported; choose one of {', '.join(HOOKS)}")
-        state, fn = make_comm_hook(hook, ratio=topk_ratio, rank=powersgd_rank, start_iter=powersgd_start_iter)
+        state, fn = make_comm_hook(
+            hook, topk_ratio=topk_ratio, powersgd_rank=powersgd_rank, powersgd_start_iter=powersgd_start_iter
+        )
         super().__init__(ddp_comm_state=state, ddp_comm_hook=fn, **kwargs)
         self.hook = hook
         self.comm_state = state  # read (and checkpointed) by kit.callbacks.compression.GradientCompression
