@@ -121,6 +121,50 @@ class TinyClassifier(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.lr)
 
 
+class BatchRecorder(pl.LightningModule):
+    """Records what each training step saw: the "which batches / sample ids did this rank get" module.
+
+    One trainable scalar ``w`` (so an optimizer exists); the loss ``(w - mean(batch[field]))**2`` depends on it
+    and stays bounded for any SGD ``lr < 1``. ``validation_step`` logs the same loss as ``val_loss``.
+
+    Args:
+        field: what to take from each batch: an index or key into it, or ``None`` for the whole batch.
+        ids: ``True`` extends ``seen`` with one id per sample (the first value of each row of the
+            ``(B, ...)`` tensor ``batch[field]``, i.e. ``x`` for 1-D ``x``, ``x[:, 0]`` for 2-D);
+            ``False`` appends the taken object (a detached clone for a tensor) once per batch.
+        lr: SGD learning rate.
+    """
+
+    def __init__(self, field: int | str | None = 0, ids: bool = True, lr: float = 0.1) -> None:
+        super().__init__()
+        self.field, self.ids, self.lr = field, ids, lr
+        self.w = nn.Parameter(torch.zeros(()))
+        self.seen: list[Any] = []
+
+    def _take(self, batch: Any) -> Any:
+        return batch if self.field is None else batch[self.field]
+
+    def _loss(self, batch: Any) -> torch.Tensor:
+        t = self._take(batch)
+        while not isinstance(t, torch.Tensor):  # whole (x, y) / {"x": ...} batches: the first tensor
+            t = next(iter(t.values())) if isinstance(t, dict) else t[0]
+        return (self.w - t.detach().float().mean()) ** 2
+
+    def training_step(self, batch, batch_idx):
+        taken = self._take(batch)
+        if self.ids:
+            self.seen += taken.reshape(taken.shape[0], -1)[:, 0].tolist()
+        else:
+            self.seen.append(taken.detach().clone() if isinstance(taken, torch.Tensor) else taken)
+        return self._loss(batch)
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", self._loss(batch))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
 def regression_loader(
     n: int = 64, batch_size: int = 8, in_dim: int = 8, target_scale: float = 1.0, seed: int = 0
 ) -> DataLoader:

@@ -125,10 +125,6 @@ def _loader(n: int = 32):
     return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
 
 
-def _trainer(callbacks, steps: int = 4, **kw) -> pl.Trainer:
-    return make_trainer(None, callbacks, max_steps=steps, **kw)
-
-
 def _manual_reference(steps: int, max_norm: float) -> nn.Module:
     model = _adamw_regressor(fused=True)
     opt = model.configure_optimizers()
@@ -145,7 +141,7 @@ def _manual_reference(steps: int, max_norm: float) -> nn.Module:
 def test_fused_adamw_fp32_matches_manual_clip_grad_norm() -> None:
     model = _adamw_regressor(fused=True)
     cb = GradientClipping(mode="norm", max_norm=0.5)
-    _trainer([cb]).fit(model, _loader())
+    make_trainer(None, [cb], max_steps=4).fit(model, _loader())
     ref = _manual_reference(4, 0.5)
     for a, b in zip(model.parameters(), ref.parameters()):
         assert torch.allclose(a, b, atol=1e-6)
@@ -155,9 +151,11 @@ def test_fused_adamw_fp32_matches_manual_clip_grad_norm() -> None:
 
 def test_lightning_refuses_fused_under_bf16_but_callback_works() -> None:
     with pytest.raises(RuntimeError, match="fused"):
-        _trainer([], precision="bf16-mixed", gradient_clip_val=1.0).fit(_adamw_regressor(fused=True), _loader())
+        make_trainer(None, [], max_steps=4, precision="bf16-mixed", gradient_clip_val=1.0).fit(
+            _adamw_regressor(fused=True), _loader()
+        )
     cb = GradientClipping(mode="norm", max_norm=0.5)
-    _trainer([cb], precision="bf16-mixed").fit(_adamw_regressor(fused=True), _loader())
+    make_trainer(None, [cb], max_steps=4, precision="bf16-mixed").fit(_adamw_regressor(fused=True), _loader())
     assert float(cb.last["grad_norm/post_clip"]) <= 0.5 * (1 + 1e-4)
 
 
@@ -177,7 +175,7 @@ def test_fp16_clips_unscaled_gradients_once(fused: bool) -> None:
     cb = GradientClipping(mode="norm", max_norm=0.5)
     plugin = MixedPrecision("16-mixed", "cpu", scaler=scaler)
     model = _adamw_regressor(fused=fused)
-    _trainer([before, cb, after], steps=1, plugins=[plugin]).fit(model, _loader())
+    make_trainer(None, [before, cb, after], max_steps=1, plugins=[plugin]).fit(model, _loader())
     pre = float(cb.last["grad_norm/pre_clip"])
     # fused: Lightning leaves the grads scaled and the callback unscales; else Lightning already unscaled.
     expected = before.norms[0] / scale if fused else before.norms[0]
@@ -203,7 +201,7 @@ def test_unscale_once_is_idempotent() -> None:
 def test_other_modes_through_trainer(mode: str) -> None:
     cb = GradientClipping(mode=mode, clip_value=0.01, percentile=10, agc_exclude=("net.2",))
     model = _adamw_regressor(fused=True)
-    _trainer([cb], steps=3).fit(model, _loader())
+    make_trainer(None, [cb], max_steps=3).fit(model, _loader())
     pre, post = float(cb.last["grad_norm/pre_clip"]), float(cb.last["grad_norm/post_clip"])
     assert post < pre
     if mode == "autoclip":

@@ -6,7 +6,6 @@ import random
 import sys
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
 import torch
 from conftest import TinyClassifier, TinyRegressor, make_trainer
@@ -136,15 +135,11 @@ def test_transform_modes_and_validation():
         MixUpCutMix.from_preset("imagenet")
 
 
-def _trainer(max_steps: int = -1, **kw) -> pl.Trainer:
-    return make_trainer(None, kw.pop("callbacks", ()), max_steps=max_steps, **kw)
-
-
 def test_callback_mixes_batches_of_any_module():
     ds = TensorDataset(torch.randn(32, 1, 4, 4), torch.randint(0, 3, (32,)))
     model = TinyClassifier()
     cb = MixUpCutMix(num_classes=3)
-    _trainer(max_steps=4, callbacks=[cb]).fit(model, DataLoader(ds, batch_size=8))
+    make_trainer(None, [cb], max_steps=4).fit(model, DataLoader(ds, batch_size=8))
     assert len(model.seen) == 4
     for t in model.seen:
         assert t.shape == (8, 3) and torch.allclose(t.sum(-1), torch.ones(8))
@@ -160,7 +155,7 @@ def test_callback_reads_num_classes_and_rejects_tuples():
     dm = DigitsDataModule(batch_size=16)
     model = ImageClassifier(num_classes=10, width=8)
     cb = MixUpCutMix()  # default args: DeiT; class count from the module
-    _trainer(max_steps=2, limit_val_batches=0, callbacks=[cb]).fit(model, datamodule=dm)
+    make_trainer(None, [cb], max_steps=2, limit_val_batches=0).fit(model, datamodule=dm)
     assert cb.transform.num_classes == 10
 
     class TupleLoader(DataLoader):
@@ -170,12 +165,12 @@ def test_callback_reads_num_classes_and_rejects_tuples():
 
     ds = TensorDataset(torch.randn(8, 1, 4, 4), torch.randint(0, 3, (8,)))
     with pytest.raises(ValueError, match="in place"):
-        _trainer(max_steps=1, callbacks=[MixUpCutMix(num_classes=3)]).fit(
+        make_trainer(None, [MixUpCutMix(num_classes=3)], max_steps=1).fit(
             TinyClassifier(), TupleLoader(ds, batch_size=4)
         )
     module = TinyRegressor()  # no num_classes anywhere: the callback cannot guess the class count
     with pytest.raises(ValueError, match=r"TinyRegressor has no num_classes.*MixUpCutMix\(num_classes=C\)"):
-        _trainer(max_steps=1, callbacks=[MixUpCutMix()]).fit(module, DataLoader(ds, batch_size=4))
+        make_trainer(None, [MixUpCutMix()], max_steps=1).fit(module, DataLoader(ds, batch_size=4))
     assert module.global_step == 0  # failed at setup, before any batch
 
 
@@ -186,7 +181,7 @@ def test_digits_datamodule_and_classifier_learn():
     val_labels = dm.val_set.tensors[1]
     assert set(val_labels.tolist()) == set(range(10))  # stratified
     model = ImageClassifier(num_classes=10, width=16)
-    trainer = _trainer(max_epochs=3, callbacks=[MixUpCutMix(num_classes=10)])
+    trainer = make_trainer(None, [MixUpCutMix(num_classes=10)], max_steps=-1, max_epochs=3)
     trainer.fit(model, datamodule=dm)
     assert trainer.callback_metrics["val/acc"] > 0.5  # 10 classes: chance is 0.1
     with pytest.raises(ValueError, match="val_fraction"):

@@ -19,8 +19,8 @@ from kit.data.shards import write_shards
 WORKER = r"""
 import json, sys
 import torch
-import lightning.pytorch as pl
 from torch.utils.data import DataLoader, TensorDataset
+from conftest import BatchRecorder, make_trainer  # tests/ is on the ranks' PYTHONPATH
 from kit.data.sampling import TemperatureSampler
 from kit.datamodules.webdataset import WebDataModule
 
@@ -28,27 +28,9 @@ out, shards = sys.argv[1], sys.argv[2]
 torch.set_num_threads(1)
 
 
-class Record(pl.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.lin = torch.nn.Linear(1, 1)
-        self.seen = []
-
-    def training_step(self, batch, batch_idx):
-        x = batch[0]
-        self.seen += x[:, 0].tolist() if x.dim() == 2 else x.tolist()
-        return self.lin(x[:, :1].float() if x.dim() == 2 else x.float().view(-1, 1)).sum()
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.0)
-
-
 def fit(loader):
-    model = Record()
-    trainer = pl.Trainer(
-        accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-    )
+    model = BatchRecorder()  # per-sample ids: x for the sampler's 1-D batches, x[:, 0] for the shards' (B, T)
+    trainer = make_trainer(devices=2, strategy="ddp", max_steps=-1, max_epochs=1)
     trainer.fit(model, loader)
     return trainer, model.seen
 
@@ -82,7 +64,9 @@ def test_two_ranks_split_sampler_and_shards(tmp_path: Path) -> None:
     write_shards(samples, str(tmp_path / "train-%04d.tar"), max_count=10)  # 4 shards: 2 per rank
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    # the ranks run the script from tmp_path: put tests/ (conftest's shared modules) on their import path
+    pythonpath = os.pathsep.join(p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PYTHONPATH": pythonpath}
     cmd = [
         torchrun,
         "--nproc-per-node",

@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 import torch
+from conftest import BatchRecorder, make_trainer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader, TensorDataset
@@ -177,27 +178,13 @@ def test_mixer_validation():
 
 
 def test_lightning_sets_epoch_and_does_not_rewrap():
-    import lightning.pytorch as pl
     from torch.utils.data.distributed import DistributedSampler
-
-    class Counting(pl.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.lin = torch.nn.Linear(1, 1)
-            self.seen: list[int] = []
-
-        def training_step(self, batch, batch_idx):
-            self.seen += batch[0].flatten().tolist()
-            return self.lin(batch[0].float().view(-1, 1)).sum()
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.0)
 
     groups = [0] * 20 + [1] * 4
     sampler = TemperatureSampler(groups, temperature=2.0, seed=0)
     assert isinstance(sampler, DistributedSampler)  # Lightning leaves it alone under DDP
-    model = Counting()
-    trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    model = BatchRecorder()
+    trainer = make_trainer(max_steps=-1, max_epochs=2)
     trainer.fit(model, DataLoader(TensorDataset(torch.arange(24)), batch_size=4, sampler=sampler))
     assert sampler.epoch == 1  # Lightning called set_epoch(1) for the second epoch
     expected = sampler.global_indices(0).tolist() + sampler.global_indices(1).tolist()
@@ -215,40 +202,17 @@ def test_mixer_splits_across_dataloader_workers():
 
 
 def test_mid_epoch_resume_through_lightning_checkpoint(tmp_path):
-    import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
     from torchdata.stateful_dataloader import StatefulDataLoader
-
-    class Record(pl.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.lin = torch.nn.Linear(1, 1)
-            self.seen: list[int] = []
-
-        def training_step(self, batch, batch_idx):
-            self.seen += batch[0].tolist()
-            return self.lin(batch[0].float().view(-1, 1)).sum()
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.0)
 
     def loader():
         sampler = TemperatureSampler([0] * 40 + [1] * 8, temperature=3.0, seed=11)
         return StatefulDataLoader(TensorDataset(torch.arange(48)), batch_size=4, sampler=sampler)
 
-    def trainer(callbacks=()):
-        return pl.Trainer(
-            max_steps=8,
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            callbacks=list(callbacks),
-            default_root_dir=tmp_path,
-        )
-
-    full = Record()
-    trainer([ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=5, save_top_k=-1)]).fit(full, loader())
+    full = BatchRecorder()
+    ckpt_cb = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=5, save_top_k=-1)
+    make_trainer(tmp_path, [ckpt_cb], max_steps=8, enable_checkpointing=True).fit(full, loader())
     ckpt = next(tmp_path.glob("*step=5*.ckpt"))  # saved 5 of 12 batches into epoch 0
-    resumed = Record()
-    trainer().fit(resumed, loader(), ckpt_path=ckpt)
+    resumed = BatchRecorder()
+    make_trainer(tmp_path, max_steps=8).fit(resumed, loader(), ckpt_path=ckpt)
     assert resumed.seen == full.seen[20:]  # the killed run continues with exactly the next samples

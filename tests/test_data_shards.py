@@ -7,11 +7,10 @@ import tarfile
 import warnings
 from pathlib import Path
 
-import lightning.pytorch as pl
 import numpy as np
 import pytest
-import torch
 import webdataset as wds
+from conftest import BatchRecorder, make_trainer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -154,35 +153,11 @@ def test_workers_and_resampled(tmp_path):
     )
 
 
-class TinyLM(pl.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.emb = torch.nn.Embedding(128, 16)
-        self.out = torch.nn.Linear(16, 128)
-        self.batches = 0
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch  # (B, T) LongTensors, the CausalLM format
-        self.batches += 1
-        return torch.nn.functional.cross_entropy(self.out(self.emb(x)).flatten(0, 1), y.flatten())
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        self.log(
-            "val_loss", torch.nn.functional.cross_entropy(self.out(self.emb(x)).flatten(0, 1), y.flatten())
-        )
-
-    def configure_optimizers(self):
-        return torch.optim.AdamW(self.parameters(), lr=1e-2)
-
-
 def test_trains_with_lightning(tmp_path):
     paths = _lm_shards(tmp_path, n=40, block=8)
     dm = WebDataModule(paths[:3], val_urls=paths[3:], batch_size=5, shuffle_buffer=8)
-    model = TinyLM()
-    trainer = pl.Trainer(
-        max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False
-    )
+    model = BatchRecorder(ids=False)  # one (B, T) input_ids batch per training step
+    trainer = make_trainer(tmp_path, max_steps=-1, max_epochs=2)
     trainer.fit(model, datamodule=dm)
-    assert model.batches == 12 and "val_loss" in trainer.callback_metrics
+    assert len(model.seen) == 12 and "val_loss" in trainer.callback_metrics
     assert WebDataModule(paths, decode="text").decode == "text"

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-import lightning.pytorch as pl
 import pytest
-import torch
+from conftest import BatchRecorder, make_trainer
 
 from kit.data.sampling import TemperatureSampler, temperature_weights
 from kit.datamodules.text import TextDataModule
@@ -76,32 +75,13 @@ def test_sources_from_topics_long_tail(tmp_path):
 
 
 def test_trains_and_logs_proportions(sources, tmp_path):
-    class Tiny(pl.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.emb = torch.nn.Embedding(300, 8)
-            self.out = torch.nn.Linear(8, 300)
-
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            return torch.nn.functional.cross_entropy(self.out(self.emb(x)).flatten(0, 1), y.flatten())
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
     from lightning.pytorch.loggers import CSVLogger
 
     dm = TextDataModule(
         sources=sources, temperature=2.0, vocab_size=300, block_size=16, tokenizer_dir=str(tmp_path / "t")
     )
-    trainer = pl.Trainer(
-        max_steps=3,
-        logger=CSVLogger(tmp_path / "logs"),
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        limit_val_batches=0,
-    )
-    trainer.fit(Tiny(), datamodule=dm)
+    trainer = make_trainer(tmp_path, max_steps=3, logger=CSVLogger(tmp_path / "logs"), limit_val_batches=0)
+    trainer.fit(BatchRecorder(), datamodule=dm)
     metrics = (tmp_path / "logs" / "lightning_logs" / "version_0" / "metrics.csv").read_text()
     assert "data/source_p/small" in metrics.splitlines()[0]
 
