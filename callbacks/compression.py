@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.nn.parallel import DistributedDataParallel
@@ -71,7 +72,7 @@ class GradientCompression(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         owned = getattr(trainer.strategy, "comm_state", None)
         if isinstance(owned, HookState):
-            self._attach(owned)
+            self._attach(owned, pl_module.device)
             return
         model = trainer.strategy.model
         if not isinstance(model, DistributedDataParallel):
@@ -93,12 +94,12 @@ class GradientCompression(Callback):
                 f"GradientCompression could not register its {self.hook!r} hook ({err}); the strategy already "
                 "has one: remove ddp_comm_hook from the strategy or drop this callback"
             ) from err
-        self._attach(state)
+        self._attach(state, pl_module.device)
 
-    def _attach(self, state: HookState) -> None:
+    def _attach(self, state: HookState, device: torch.device) -> None:
         self.hook_state, self.stats = state, state.stats
         if self._saved is not None:
-            load_hook_state_dict(state, self._saved)
+            load_hook_state_dict(state, self._saved, device)
             self._saved = None
 
     def on_train_batch_end(

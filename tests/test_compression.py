@@ -16,6 +16,7 @@ from kit.parallel.comm_hooks import (
     CommStats,
     PowerSGDHookState,
     ResidualState,
+    load_hook_state_dict,
     make_comm_hook,
     onebit_hook,
     topk_hook,
@@ -141,7 +142,7 @@ def test_callback_state_carries_the_hook_state_across_a_resume(hook: str, tmp_pa
         state.psgd.p_memory_dict = {0: torch.randn(4)}
         state.psgd.rng.randn(3)  # advance the RNG so a fresh one would differ
     cb = GradientCompression(hook=hook)
-    cb._attach(state)
+    cb._attach(state, torch.device("cpu"))
     path = tmp_path / "cb.pt"
     torch.save(cb.state_dict(), path)
     saved = torch.load(path, weights_only=True)  # what a checkpoint restore hands back
@@ -149,7 +150,7 @@ def test_callback_state_carries_the_hook_state_across_a_resume(hook: str, tmp_pa
     resumed = GradientCompression(hook=hook)
     resumed.load_state_dict(saved)  # Lightning restores callbacks before DDP exists
     fresh, _ = make_comm_hook(hook, topk_ratio=0.05, powersgd_rank=2, powersgd_start_iter=2)
-    resumed._attach(fresh)  # on_fit_start: the hook is built, then the saved state applied
+    resumed._attach(fresh, torch.device("cpu"))  # on_fit_start: the hook is built, then the saved state applied
     assert (fresh.stats.sent, fresh.stats.dense) == (100, 1000)
     if isinstance(state, ResidualState):
         assert fresh.iter == 7 and set(fresh.residuals) == {0, 1}
@@ -160,3 +161,17 @@ def test_callback_state_carries_the_hook_state_across_a_resume(hook: str, tmp_pa
     assert GradientCompression(hook="topk").state_key != GradientCompression(hook="1bit").state_key
     with pytest.raises(ValueError, match="powersgd_rank=0"):
         GradientCompression(powersgd_rank=0)
+
+
+@pytest.mark.parametrize("hook", ["topk", "powersgd"])
+def test_restored_hook_state_moves_to_the_buckets_device(hook: str) -> None:
+    # A checkpoint can hand residuals / PowerSGD memories back on another device than the gradients'
+    # (the CPU, or the GPU they were saved from); the restore puts them where the buckets are.
+    saved = {"sent": 1, "dense": 2, "iter": 3, "residuals": {0: torch.randn(4)}}
+    saved.update(error_dict={0: torch.randn(4)}, p_memory_dict={0: torch.randn(2)}, q_memory_dict={})
+    state, _ = make_comm_hook(hook, powersgd_start_iter=2)
+    load_hook_state_dict(state, saved, device="meta")
+    moved = state.residuals if isinstance(state, ResidualState) else state.psgd.error_dict
+    assert moved[0].device.type == "meta"
+    if isinstance(state, PowerSGDHookState):
+        assert state.psgd.p_memory_dict[0].device.type == "meta" and state.psgd.iter == 3

@@ -351,16 +351,29 @@ def hook_state_dict(state: HookState) -> dict[str, Any]:
     return out
 
 
-def load_hook_state_dict(state: HookState, saved: dict[str, Any]) -> None:
-    """Restore what :func:`hook_state_dict` saved into a freshly built state of the same hook."""
+def load_hook_state_dict(
+    state: HookState, saved: dict[str, Any], device: torch.device | str | None = None
+) -> None:
+    """Restore what :func:`hook_state_dict` saved into a freshly built state of the same hook.
+
+    Args:
+        state: a fresh state of the same hook.
+        saved: what :func:`hook_state_dict` returned (possibly through a checkpoint).
+        device: where the gradient buckets live; residuals and PowerSGD memories move there (a checkpoint
+            may hold them on the CPU or on the device they were saved from). None leaves them where they are.
+    """
+
+    def placed(tensors: dict) -> dict:
+        return {k: v.to(device) if device is not None else v for k, v in tensors.items()}
+
     state.stats.sent, state.stats.dense = int(saved.get("sent", 0)), int(saved.get("dense", 0))
     if isinstance(state, ResidualState):
         state.iter = int(saved.get("iter", 0))
-        state.residuals = dict(saved.get("residuals", {}))
+        state.residuals = placed(saved.get("residuals", {}))
     if isinstance(state, PowerSGDHookState):
         for k in _PSGD_STATE:
             if k in saved:
-                setattr(state.psgd, k, saved[k])
+                setattr(state.psgd, k, saved[k] if k == "iter" else placed(saved[k]))
         if "rng" in saved:
             keys, pos, has_gauss, gauss = saved["rng"]
             state.psgd.rng.set_state(("MT19937", keys.numpy().astype("uint32"), pos, has_gauss, gauss))
