@@ -16,7 +16,7 @@ import sys
 import warnings
 from pathlib import Path
 
-__all__ = ["DEFAULT_RECIPE", "list_recipes", "main", "resolve_recipe"]
+__all__ = ["DEFAULT_RECIPE", "import_object", "list_recipes", "main", "resolve_recipe"]
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 DEFAULT_RECIPE = "gpt-tiny"
@@ -162,6 +162,19 @@ def _lightning_cli():
     return KitCLI
 
 
+def import_object(path: str):
+    """The object a dotted path such as ``kit.datamodules.text.TextDataModule`` names.
+
+    Raises:
+        ValueError: a path without a module part.
+        ImportError, AttributeError: the module or the name does not exist.
+    """
+    module, _, name = path.rpartition(".")
+    if not module:
+        raise ValueError(f"{path!r} is not a dotted class path such as kit.datamodules.text.TextDataModule")
+    return getattr(importlib.import_module(module), name)
+
+
 def _is_progress_bar(callback) -> bool:
     """Whether a configured callback (an instance or a ``class_path`` namespace) is a progress bar."""
     from lightning.pytorch.callbacks import ProgressBar
@@ -171,9 +184,8 @@ def _is_progress_bar(callback) -> bool:
     class_path = callback.get("class_path") if hasattr(callback, "get") else None
     if not class_path:
         return False
-    module, _, name = class_path.rpartition(".")
     try:
-        cls = getattr(importlib.import_module(module), name)
+        cls = import_object(class_path)
     except (ImportError, AttributeError, ValueError):
         return False
     return isinstance(cls, type) and issubclass(cls, ProgressBar)

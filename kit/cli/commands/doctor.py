@@ -19,25 +19,18 @@ Example:
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from kit.cli.main import import_object
 from kit.data.text import LoadReport, iter_documents
 from kit.health.doctor import Finding, TrainingHistory, diagnose, plot_history
 from kit.health.grads import grad_norms, group_by_layer
 
 __all__ = ["main"]
-
-
-def _import(path: str) -> Any:
-    module, _, name = path.rpartition(".")
-    if not module:
-        raise ValueError(f"{path!r} is not a dotted class path such as kit.datamodules.text.TextDataModule")
-    return getattr(importlib.import_module(module), name)
 
 
 def _read_texts(paths: list[str], notes: list[str], side: str) -> list[str]:
@@ -75,7 +68,7 @@ def _build_datamodule(args: argparse.Namespace, ckpt: dict, config: dict) -> Any
     if not cls_path:
         return None
     init = {k: v for k, v in init.items() if not str(k).startswith("_")}
-    dm = _import(cls_path)(**init)
+    dm = import_object(cls_path)(**init)
     dm.prepare_data()
     dm.setup("fit")
     return dm
@@ -173,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                 val_texts = val_texts if val_texts is not None else getattr(dm, "val_texts", None)
         model_path = args.model or (config.get("model") or {}).get("class_path")
         if model_path and dm is not None:
-            model = _import(model_path).load_from_checkpoint(ckpt_path, map_location="cpu")
+            model = import_object(model_path).load_from_checkpoint(ckpt_path, map_location="cpu")
             extra.append(_measure_now(model, dm, args.batches, history, progress))
         elif model_path:
             notes.append(
