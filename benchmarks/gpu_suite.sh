@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Every GPU check and benchmark of the kit in one run (about 6-7 minutes on one H100/H200).
-# Usage, from the repository root on a CUDA machine: OUT=/some/dir bash benchmarks/gpu_suite.sh [STEP...]
-# STEP names (default: all): throughput distributed monitoring data pytest.
+# Every GPU check and benchmark of the kit, by step, each time-boxed.
+# Usage, from the repository root on a CUDA machine: OUT=/some/dir bash benchmarks/gpu_suite.sh [STEP|GROUP...]
+# Groups: perf (default; issue 15's performance suite, under 8 minutes: perf architecture),
+#         checks (correctness on the GPU: distributed monitoring data pytest), all (both; over 10 minutes,
+#         so split it across two device calls).
+# Steps: perf (raw loop vs Trainer vs monitors, precisions, activation checkpointing; gpu_perf.py),
+#        throughput (the older Trainer/plain ratio), distributed, monitoring, data, pytest.
 # Wheels the GPU image lacks (deepspeed and its needs) may be put in .whl/; they are installed to /tmp/site.
 # Each step is time-boxed and the suite goes on past a failing step. Results, logs and a summary are packed
 # into $OUT/results.tgz (and summary.txt beside it).
@@ -22,7 +26,17 @@ cd /tmp/k
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$RES/gpu.txt"
 python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)" | tee -a "$RES/gpu.txt"
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(throughput distributed monitoring data pytest)
+[ ${#steps[@]} -eq 0 ] && steps=(perf)
+expanded=()
+for s in "${steps[@]}"; do
+  case $s in
+    perf) expanded+=(perf-main architecture) ;;
+    checks) expanded+=(distributed monitoring data pytest) ;;
+    all) expanded+=(perf-main architecture distributed monitoring data pytest) ;;
+    *) expanded+=("$s") ;;
+  esac
+done
+steps=("${expanded[@]}")
 summary=()
 step() {  # step NAME SECONDS COMMAND...
   local name=$1 limit=$2; shift 2
@@ -34,6 +48,7 @@ step() {  # step NAME SECONDS COMMAND...
 }
 for s in "${steps[@]}"; do
   case $s in
+    perf-main) step perf 330 python3 benchmarks/gpu_perf.py --out "$RES/perf" ;;
     throughput) step throughput 130 python3 -m benchmarks throughput --repeats 1 --out "$RES" --suffix=-gpu ;;
     distributed) step distributed 150 python3 benchmarks/gpu_distributed.py --out "$RES" ;;
     monitoring) step monitoring 110 python3 benchmarks/gpu_monitoring.py --steps 30 --out "$RES/monitoring" ;;
