@@ -221,11 +221,15 @@ class TextDataModule(pl.LightningDataModule):
             )
         if hp.decontaminate_ngram:
             held = {"val": val_names, "test": test_names}
-            _, _, moved = decontaminate_split(
-                [docs[n] for n in train_names],
-                {k: [docs[n] for n in v] for k, v in held.items()},
-                hp.decontaminate_ngram,
-            )
+            try:
+                _, _, moved = decontaminate_split(
+                    [docs[n] for n in train_names],
+                    {k: [docs[n] for n in v] for k, v in held.items()},
+                    hp.decontaminate_ngram,
+                )
+            except ValueError as err:  # a templated corpus: every held-out document repeats training text
+                rank_zero_warn(f"TextDataModule: split kept as drawn, held-out losses are optimistic: {err}")
+                moved = {k: [] for k in held}
             self.moved_docs = {k: [held[k][i] for i in idx] for k, idx in moved.items()}
             gone = {n for names in self.moved_docs.values() for n in names}
             train_names += [n for k in held for n in self.moved_docs[k]]
