@@ -391,8 +391,20 @@ class CausalLM(pl.LightningModule):
         self.log("test/loss", loss, sync_dist=True)
         self.log("test/ppl", torch.exp(loss), sync_dist=True)
 
-    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self.model(batch[0]).argmax(dim=-1)
+    def predict_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> dict[str, torch.Tensor]:
+        """Per example: the input ids, the greedy next-token prediction at every position, and, when the
+        batch has targets, the example's loss and next-token accuracy (``kit predict`` writes them as JSONL)."""
+        x = batch[0]
+        logits = self.model(x)  # (B, T, V)
+        out = {"input_ids": x, "predicted_ids": logits.argmax(dim=-1)}
+        if len(batch) > 1:
+            y = batch[1]
+            loss = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), y, reduction="none")
+            out["loss"] = loss.mean(dim=1)
+            out["next_token_accuracy"] = (out["predicted_ids"] == y).float().mean(dim=1)
+        return out
 
     # -- optimisation ---------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict:
