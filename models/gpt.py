@@ -322,8 +322,20 @@ class CausalLM(pl.LightningModule):
             self.configure_model()
 
     # -- model construction -------------------------------------------------------------------------------
+    def _check_vocab(self) -> None:
+        """The embedding must cover the data's tokenizer (shards or TextDataModule), or ids fail deep inside it."""
+        dm = self._trainer.datamodule if self._trainer is not None else None
+        dm_vocab = getattr(dm, "vocab_size", None)
+        if dm_vocab is not None and self.config.vocab_size < int(dm_vocab):
+            raise ValueError(
+                f"model.config.vocab_size={self.config.vocab_size} is smaller than the data's tokenizer "
+                f"({int(dm_vocab)} tokens): ids past the embedding would fail; set it to null (the data's size) "
+                f"or >= {int(dm_vocab)}"
+            )
+
     def configure_model(self) -> None:
         if self.model is not None:
+            self._check_vocab()  # built in __init__ (vocab_size given): still check it against the data
             return
         if self.config.vocab_size is None:
             dm = self._trainer.datamodule if self._trainer is not None else None
@@ -334,6 +346,7 @@ class CausalLM(pl.LightningModule):
                 )
             self.config = replace(self.config, vocab_size=int(vocab))
             self.hparams["config"] = asdict(self.config)  # so checkpoints rebuild the same shape
+        self._check_vocab()
         dm = self._trainer.datamodule if self._trainer is not None else None
         dm_block = getattr(dm, "block_size", None)
         if dm_block is not None and dm_block > self.config.block_size:
