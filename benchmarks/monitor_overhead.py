@@ -23,7 +23,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
-from benchmarks._common import cuda_sync, device_name
+from benchmarks._common import cuda_sync, device_name, progress, summarize
 from kit.callbacks.clipping import GradientClipping
 from kit.callbacks.doctor import TrainingDoctor
 from kit.callbacks.gradient_health import GradientHealth
@@ -186,7 +186,6 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first")
     parser.add_argument("--repeats", type=int, default=2, help="alternate the two sides this many times")
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (CPU runs only)")
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
     args.config = args.config or ("gpt2" if cuda else "tiny")
@@ -196,8 +195,7 @@ def main(argv: list[str]) -> dict:
         raise SystemExit(f"--warmup={args.warmup} must be below --steps={args.steps}")
     base, _, block, batch, precision = PRESETS[args.config]
     args.precision = precision if cuda else "32-true"
-    if not cuda:
-        torch.set_num_threads(args.threads)
+    args.threads = torch.get_num_threads()  # pinned by the harness (--threads, default 1 on CPU)
     data, vocab = batches(args)
     config = GPTConfig.from_name(base, block_size=block, vocab_size=vocab)
 
@@ -210,6 +208,7 @@ def main(argv: list[str]) -> dict:
     for repeat in range(args.repeats):
         order = [False, True] if repeat % 2 == 0 else [True, False]
         for monitored in order:
+            progress(f"{'all monitors' if monitored else 'no monitors'} (repeat {repeat + 1}/{args.repeats})")
             timer, _ = run_side(config, data, args, monitored)
             wall[monitored] += timer.times
             cpu[monitored] += timer.cpu
@@ -225,6 +224,10 @@ def main(argv: list[str]) -> dict:
                     "cpu_ms": 1000 * stat(timer.cpu),
                 }
             )
+    per_repeat = {
+        m: [r["step_ms"] for r in rows if r["side"] == ("all monitors" if m else "no monitors")] for m in wall
+    }
+    spread = {m: summarize(v)["spread_pct"] for m, v in per_repeat.items()}
     med = {k: stat(v) for k, v in wall.items()}
     med_cpu = {k: stat(v) for k, v in cpu.items()}
     overhead = med[True] / med[False] - 1
@@ -270,6 +273,8 @@ def main(argv: list[str]) -> dict:
         "device": device_name(),
         "rows": rows,
         "baseline_step_ms": 1000 * med[False],
+        "baseline_spread_pct": spread[False],
+        "monitored_spread_pct": spread[True],
         "monitored_step_ms": 1000 * med[True],
         "overhead_percent": 100 * overhead,
         "overhead_cpu_percent": 100 * overhead_cpu,
@@ -291,7 +296,9 @@ def main(argv: list[str]) -> dict:
             ),
             f"{'Mean' if cuda else 'Median'} step: {1000 * med[False]:.1f} ms without monitors, {1000 * med[True]:.1f} ms with all five "
             f"(GradientHealth, SpikeGuard, HardwareMonitor, TrainingDoctor, HessianMonitor at defaults): "
-            f"overhead {100 * overhead:+.2f}% wall, {100 * overhead_cpu:+.2f}% process CPU time (bar: <= 3%). "
+            f"overhead {100 * overhead:+.2f}% wall, {100 * overhead_cpu:+.2f}% process CPU time (bar: <= 3%); "
+            f"spread of the per-repeat step times (max - min) / median: {spread[False]:.1f}% without, "
+            f"{spread[True]:.1f}% with monitors. "
             f"Time measured inside the monitors' hooks: {1000 * sum(hook_s.values()) / hook_steps:.2f} ms per step "
             f"= {100 * in_hooks:.2f}% of the baseline step (includes the step's GPU work they wait for, on CUDA).",
             f"Hessian probe: {probe_s:.2f} s wall / {probe_cpu:.2f} s CPU for {int(probe['hessian/iterations'])} "

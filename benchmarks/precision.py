@@ -11,13 +11,14 @@ table checks that the code path works, not that bf16 is fast there (it usually i
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 
-from benchmarks._common import timing_config
+from benchmarks._common import device_name, interleave, summarize, timing_config
 from kit.callbacks.loss_scale import LossScaleMonitor
 from kit.models.gpt import CausalLM, GPTConfig
 
@@ -100,7 +101,8 @@ def time_precision(
     )
     trainer.fit(model, data)
     set_tf32(False)
-    ms = 1000 * sum(timer.times) / max(len(timer.times), 1)
+    # median of per-step times: robust to the odd slow step of a shared machine
+    ms = 1000 * statistics.median(timer.times) if timer.times else 0.0
     peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else float("nan")
     return {
         "ms/step": ms,
@@ -118,6 +120,9 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--block", type=int, default=1024 if cuda else 32)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="rounds, each running every mode once, order alternating"
+    )
     a = parser.parse_args(argv)
     config = timing_config(a.config, a.block)
     if cuda:
@@ -129,24 +134,45 @@ def main(argv: list[str]) -> dict:
         ]
     else:
         modes = [("fp32", "32-true", False, []), ("bf16-mixed", "bf16-mixed", False, [])]
+    last: dict[str, dict] = {}
+
+    def side(label: str, precision: str, tf32: bool, cbs: list):
+        def once() -> float:
+            last[label] = time_precision(
+                precision, config, a.batch, a.steps, a.warmup, tf32=tf32, callbacks=cbs
+            )
+            return last[label]["ms/step"]
+
+        return once
+
+    times = interleave({m[0]: side(*m) for m in modes}, a.repeats, label="precision")
     rows = []
-    for label, precision, tf32, cbs in modes:
-        r = time_precision(precision, config, a.batch, a.steps, a.warmup, tf32=tf32, callbacks=cbs)
-        rows.append({"precision": label, **{k: round(v, 2) for k, v in r.items()}})
+    for label, *_ in modes:
+        s = summarize(times[label])
+        r = dict(last[label], **{"ms/step": s["median"]})
+        r["tokens/s"] = a.batch * config.block_size / (s["median"] / 1000)
+        rows.append(
+            {
+                "precision": label,
+                **{k: round(v, 2) for k, v in r.items()},
+                "spread %": round(s["spread_pct"], 1),
+            }
+        )
     base = rows[0]["ms/step"]
     tf32_base = rows[1]["ms/step"] if cuda else None
     for row in rows:
         row["speedup vs strict fp32"] = round(base / row["ms/step"], 2)
         if tf32_base:
             row["speedup vs fp32+TF32"] = round(tf32_base / row["ms/step"], 2)
-    device = torch.cuda.get_device_name() if cuda else "CPU"
+    device = device_name()
     n_params = sum(p.numel() for p in CausalLM(config).parameters())
     return {
         "title": f"Mixed precision, GPT {a.config} ({n_params:,} params), batch {a.batch} x {a.block}",
         "device": device,
         "rows": rows,
         "notes": [
-            "same model, same random-token batches, one run; ms/step averaged after the warm-up steps",
+            f"same model, same random-token batches, one process; ms/step: median over {a.repeats} alternating "
+            f"repeats of each run's median step after {a.warmup} warm-up steps; spread: (max - min) / median of the repeats",
             "seed reference (H200, GPT-2 124M): bf16 = 2.9x fp32+TF32 and 8.8x strict fp32",
             "CPU: bf16 autocast is emulated and often slower; the CPU table only checks the path",
         ],

@@ -18,7 +18,7 @@ import time
 import lightning.pytorch as pl
 import torch
 
-from benchmarks._common import cuda_sync, device_name
+from benchmarks._common import cuda_sync, device_name, progress
 from kit.datamodules.text import TextDataModule
 from kit.models.gpt import CausalLM, GPTConfig
 
@@ -136,6 +136,7 @@ def main(argv: list[str]) -> dict:
         if repeat % 2:
             order.reverse()
         for name, fn in order:
+            progress(f"{name} (repeat {repeat + 1}/{args.repeats})")
             seconds = fn(config, loader, args)
             (trainer_times if name == "trainer" else plain_times).append(seconds)
             rows.append(

@@ -5,7 +5,15 @@ fp16 AMP; for optimizers that unscale inside ``step()`` (fused Adam), the gradie
 there, so the callback divides by the scaler's current scale itself (see
 :func:`kit.callbacks._common.current_grad_scale`). Clipping (GradientClipping) happens after every
 ``on_before_optimizer_step``, so the norms are the pre-clip ones whatever the callback order.
-All math stays on device; the only host syncs happen on logging steps.
+All math stays on device; the only host syncs happen on logging steps (and once, when the warm-up
+that sets the relative band ends).
+
+The healthy band is relative by default: the geometric mean of the global norm over the first
+``warmup_steps`` steps is the model's own reference, and the band is ``relative_band`` times it
+((0.1, 10) x reference). Gradient norms differ by orders of magnitude between models (a toy regressor at ~100,
+a small CNN at ~0.1), so no absolute band fits models that are not ours. Pass ``band=(low, high)`` for an
+absolute band; ``GradientHealth.SEED_BAND`` = (0.5, 2.0) is the seed document's band for GPT pretraining with
+clipping at 1.0.
 
 Example:
     >>> import lightning.pytorch as pl
@@ -40,7 +48,11 @@ class GradientHealth(Callback):
 
     Args:
         log_every_n_steps: logging cadence in optimizer steps (``None``: the Trainer's).
-        band: healthy global grad-norm band ``(low, high)``; (0.5, 2.0) by default.
+        band: absolute healthy global grad-norm band ``(low, high)``, opt-in; ``None`` (default) learns the
+            band: ``relative_band`` times the geometric-mean norm of the first ``warmup_steps`` steps.
+            ``GradientHealth.SEED_BAND`` is the seed document's (0.5, 2.0).
+        relative_band: ``(low, high)`` factors around the learned reference.
+        warmup_steps: optimizer steps that set the reference (no band check before).
         patience: warn when the norm stays outside the band this many consecutive steps.
         per_layer: log per-layer norms.
         layer_depth: name components that make a layer (``None``: owning module).
@@ -56,13 +68,18 @@ class GradientHealth(Callback):
         ValueError: on a non-positive cadence/patience or a bad band.
 
     Example:
-        >>> cb = GradientHealth(log_every_n_steps=10, band=(0.1, 5.0))
+        >>> cb = GradientHealth(log_every_n_steps=10)  # band learned over the first 100 steps
+        >>> seed = GradientHealth(band=GradientHealth.SEED_BAND)  # the seed's absolute (0.5, 2.0)
     """
+
+    SEED_BAND = (0.5, 2.0)
 
     def __init__(
         self,
         log_every_n_steps: int | None = None,
-        band: tuple[float, float] = (0.5, 2.0),
+        band: tuple[float, float] | None = None,
+        relative_band: tuple[float, float] = (0.1, 10.0),
+        warmup_steps: int = 100,
         patience: int = 10,
         per_layer: bool = True,
         layer_depth: int | None = None,
@@ -79,7 +96,20 @@ class GradientHealth(Callback):
             )
         if patience < 1:
             raise ValueError(f"patience={patience} must be >= 1; e.g. patience=10")
-        self.band = BandTracker(*band)
+        if not 0 < relative_band[0] < 1 < relative_band[1]:
+            raise ValueError(
+                f"relative_band={tuple(relative_band)} needs 0 < low < 1 < high (factors of the learned reference); "
+                "e.g. (0.1, 10.0)"
+            )
+        if warmup_steps < 1:
+            raise ValueError(f"warmup_steps={warmup_steps} must be >= 1; e.g. 100")
+        self.absolute_band = tuple(band) if band is not None else None
+        self.relative_band, self.warmup_steps = tuple(relative_band), warmup_steps
+        # absolute: the tracker is ready; relative: built when the warm-up ends (placeholder edges until then)
+        self.band = BandTracker(*band) if band is not None else BandTracker(*relative_band)
+        self.reference: float | None = None  # learned geometric-mean norm
+        self._log_sum: Tensor | None = None
+        self._log_n = 0
         self.log_every_n_steps, self.patience = log_every_n_steps, patience
         self.per_layer, self.layer_depth = per_layer, layer_depth
         self.cosine, self.microbatch_cosine, self.update_ratio = cosine, microbatch_cosine, update_ratio
@@ -94,6 +124,23 @@ class GradientHealth(Callback):
         self._micro: dict[str, Any] = {}
         self._pending: dict[str, Tensor] = {}
         self._groups: dict[str, list[str]] = {}
+
+    # -- band ------------------------------------------------------------------------------------------
+    def _track(self, total: Tensor) -> None:
+        """Feed the band; in relative mode, first learn the reference (log-norms summed on device)."""
+        if self.absolute_band is not None or self.reference is not None:
+            self.band.update(total)
+            return
+        log_norm = total.detach().float().clamp_min(1e-30).log()
+        self._log_sum = log_norm if self._log_sum is None else self._log_sum + log_norm
+        self._log_n += 1
+        if self._log_n >= self.warmup_steps:  # one sync, once
+            self._set_reference(float(torch.exp(self._log_sum / self._log_n)))
+
+    def _set_reference(self, reference: float) -> None:
+        self.reference = reference
+        low, high = self.relative_band
+        self.band = BandTracker(reference * low, reference * high)
 
     # -- cadence ----------------------------------------------------------------------------------
     def _every(self, trainer: pl.Trainer) -> int:
@@ -133,7 +180,7 @@ class GradientHealth(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
     ) -> None:
         total = global_grad_norm(trainer, pl_module, optimizer)
-        self.band.update(total)
+        self._track(total)
         step = trainer.global_step
         every = self._every(trainer)
         log_now = step % every == 0
@@ -153,6 +200,9 @@ class GradientHealth(Callback):
         m = self._pending
         m[self.prefix + "grad_norm"] = total
         m[self.prefix + "out_of_band_run"] = self.band.worst_run()
+        if self.absolute_band is not None or self.reference is not None:
+            m[self.prefix + "band_low"] = torch.tensor(self.band.low)
+            m[self.prefix + "band_high"] = torch.tensor(self.band.high)
         if self.per_layer:
             _, per = grad_norms(params, self._groups, scale=current_grad_scale(trainer, optimizer))
             m.update({f"{self.prefix}layer_norm/{k}": v for k, v in per.items()})
@@ -178,8 +228,14 @@ class GradientHealth(Callback):
         run = self.last_metrics.get(self.prefix + "out_of_band_run", 0.0)
         if run >= self.patience:
             side = "above" if self.band.last_side > 0 else "below"
+            how = (
+                f"absolute band {self.absolute_band}"
+                if self.absolute_band is not None
+                else f"{self.relative_band} x the warm-up reference {self.reference:.3g}"
+            )
             msg = (
-                f"GradientHealth: global grad norm stayed outside the band ({self.band.low}, {self.band.high}) for "
+                f"GradientHealth: global grad norm stayed outside the band ({self.band.low:.3g}, {self.band.high:.3g}; "
+                f"{how}) for "
                 f"{int(run)} consecutive steps (last {self.last_metrics[self.prefix + 'grad_norm']:.3g}, {side}); "
                 "check the learning rate, warmup and clipping"
             )
@@ -213,9 +269,17 @@ class GradientHealth(Callback):
             "band": self.band.state_dict(),
             "warnings": list(self.warnings),
             "ratio_offset": self._ratio_offset,
+            "reference": self.reference,
+            "log_sum": float(self._log_sum) if self._log_sum is not None else None,
+            "log_n": self._log_n,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.absolute_band is None and state_dict.get("reference") is not None:
+            self._set_reference(float(state_dict["reference"]))
+        log_sum = state_dict.get("log_sum")
+        self._log_sum = torch.tensor(log_sum) if log_sum is not None else None
+        self._log_n = int(state_dict.get("log_n", 0))
         self.band.load_state_dict(state_dict.get("band", {}))
         self.warnings = list(state_dict.get("warnings", []))
         self._ratio_offset = int(state_dict.get("ratio_offset", 0))

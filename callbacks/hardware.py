@@ -3,7 +3,13 @@
 MFU needs ``pl_module.flops_per_batch`` (FLOPs of one training batch on one device, forward +
 backward, the attribute Lightning's ThroughputMonitor also reads) and the device's peak FLOP/s
 (guessed from the CUDA device name or passed as ``peak_flops``). Data wait is the time between the
-end of one training batch and the start of the next, i.e. what the loop spent fetching data.
+end of one training batch and the start of the next, i.e. what the loop spent fetching data (plus the
+loop's own bookkeeping: logging, progress bar, other callbacks).
+
+The data-wait warning fires only when the wait is a real cost: its share of the step exceeds
+``data_wait_threshold`` **and** it costs at least ``min_data_wait_s`` per step **and** that holds for
+``patience`` logging windows in a row. On a fast model (a step of a few milliseconds) the loop's
+bookkeeping alone is a large share of a tiny step; warning there would teach users to ignore the warning.
 
 Everything it cannot read on this machine is reported once (``monitor.unavailable``) and skipped.
 
@@ -33,7 +39,10 @@ class HardwareMonitor(Callback):
     Args:
         log_every_n_steps: cadence in training batches (``None``: the Trainer's).
         gpu_util_threshold: warn when GPU utilisation (%) is below this (85).
-        data_wait_threshold: warn when the share of step time spent waiting for data exceeds this (0.10).
+        data_wait_threshold: share of step time spent waiting for data above which a window counts (0.10).
+        min_data_wait_s: ... and only if the wait per step is at least this many seconds (0.005): below it
+            the "wait" is loop bookkeeping, and a faster loader would not save anything that matters.
+        patience: consecutive logging windows over both bars before the data-wait warning fires (3).
         peak_flops: peak FLOP/s of one device for MFU (``None``: from the GPU name).
         warmup_steps: batches ignored before warnings (compilation, cudnn autotune, first fetch).
         sync_cuda: synchronise CUDA on logging steps so the step time covers queued kernels.
@@ -51,6 +60,8 @@ class HardwareMonitor(Callback):
         log_every_n_steps: int | None = None,
         gpu_util_threshold: float = 85.0,
         data_wait_threshold: float = 0.10,
+        min_data_wait_s: float = 0.005,
+        patience: int = 3,
         peak_flops: float | None = None,
         warmup_steps: int = 5,
         sync_cuda: bool = True,
@@ -66,6 +77,12 @@ class HardwareMonitor(Callback):
             )
         if not 0 <= data_wait_threshold <= 1:
             raise ValueError(f"data_wait_threshold={data_wait_threshold} is a share; use 0..1 (default 0.10)")
+        if min_data_wait_s < 0 or patience < 1:
+            raise ValueError(
+                f"min_data_wait_s={min_data_wait_s} must be >= 0 and patience={patience} >= 1 (defaults 0.005, 3)"
+            )
+        self.min_data_wait_s, self.patience = min_data_wait_s, patience
+        self._slow_windows = 0
         self.log_every_n_steps, self.gpu_util_threshold = log_every_n_steps, gpu_util_threshold
         self.data_wait_threshold, self.peak_flops = data_wait_threshold, peak_flops
         self.warmup_steps, self.sync_cuda, self.prefix = warmup_steps, sync_cuda, prefix
@@ -113,6 +130,7 @@ class HardwareMonitor(Callback):
         summary = self.timer.summary()
         m[self.prefix + "data_wait_share"] = summary["data_wait_share"]
         m[self.prefix + "step_time_s"] = summary["step_time_s"]
+        m[self.prefix + "data_wait_s"] = summary["step_time_s"] - summary["compute_time_s"]
         fpb = getattr(pl_module, "flops_per_batch", None)
         if fpb and self.peak_flops and summary["step_time_s"] > 0:
             m[self.prefix + "mfu"] = mfu(float(fpb), summary["step_time_s"], self.peak_flops)
@@ -131,11 +149,15 @@ class HardwareMonitor(Callback):
                     f"HardwareMonitor: {k.removeprefix(self.prefix)} = {v:.0f}% < {self.gpu_util_threshold:.0f}%; "
                     "the GPU idles: raise the batch size, use more dataloader workers / pin_memory, or compile"
                 )
-        wait = m[self.prefix + "data_wait_share"]
-        if wait > self.data_wait_threshold:
+        wait = m.get(self.prefix + "data_wait_share", 0.0)
+        per_step = m.get(self.prefix + "data_wait_s", 0.0)
+        costly = wait > self.data_wait_threshold and per_step >= self.min_data_wait_s
+        self._slow_windows = self._slow_windows + 1 if costly else 0
+        if self._slow_windows == self.patience:  # once per sustained episode
             self._warn(
-                f"HardwareMonitor: {100 * wait:.1f}% of step time spent waiting for data "
-                f"(> {100 * self.data_wait_threshold:.0f}%); raise num_workers, prefetch, or pre-tokenise"
+                f"HardwareMonitor: {100 * wait:.1f}% of step time ({1000 * per_step:.1f} ms per step) spent waiting "
+                f"for data for {self.patience} logging windows in a row (> {100 * self.data_wait_threshold:.0f}% and "
+                f">= {1000 * self.min_data_wait_s:.0f} ms); raise num_workers, prefetch, or pre-tokenise"
             )
 
     def _warn(self, msg: str) -> None:
@@ -156,8 +178,9 @@ class HardwareMonitor(Callback):
         return self._generate_state_key(prefix=self.prefix)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"batches": self._batches, "warnings": list(self.warnings)}
+        return {"batches": self._batches, "warnings": list(self.warnings), "slow_windows": self._slow_windows}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._batches = int(state_dict.get("batches", 0))
         self.warnings = list(state_dict.get("warnings", []))
+        self._slow_windows = int(state_dict.get("slow_windows", 0))

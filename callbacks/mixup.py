@@ -14,7 +14,9 @@ from collections.abc import MutableMapping, MutableSequence
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
 
 from kit.data.augment_image import MixUpTransform
 
@@ -57,14 +59,17 @@ class MixUpCutMix(Callback):
     Args:
         mixup_alpha, cutmix_alpha, prob, switch_prob, label_smoothing, seed: see ``MixUpTransform``
             (defaults: the DeiT recipe).
-        num_classes: number of classes; ``None`` reads ``pl_module.num_classes`` or
-            ``pl_module.hparams.num_classes`` at setup and raises a ``ValueError`` there if neither exists.
+        num_classes: number of classes; ``None`` finds it, in this order: ``pl_module.num_classes`` or
+            ``pl_module.hparams.num_classes`` (at setup); the width of the first soft target ``(B, C)``; the width
+            of the module's output ``(B, C)`` on the first batch's inputs (one forward pass in eval mode, no
+            gradients, integer targets). If none applies, the first batch raises a ``ValueError`` naming the fix.
         input_key, target_key: dict-batch keys.
         log: log the draws.
 
     Raises:
-        ValueError: invalid probabilities or alphas (at construction); no class count (at setup); a tuple
-            batch (at the first batch); each with the fix in the message.
+        ValueError: invalid probabilities or alphas (at construction); integer inputs such as token ids, which
+            cannot be interpolated, a tuple batch, or no way to find the class count (at the first batch); each
+            with the fix in the message.
 
     Example:
         >>> cb = MixUpCutMix.from_preset("deit", num_classes=10)
@@ -102,12 +107,39 @@ class MixUpCutMix(Callback):
             return
         hparams = getattr(pl_module, "hparams", {})
         n = getattr(pl_module, "num_classes", None) or (hparams.get("num_classes") if hparams else None)
-        if not n:
-            raise ValueError(
-                f"MixUpCutMix needs the class count and {type(pl_module).__name__} has no num_classes attribute "
-                "or hyperparameter: pass MixUpCutMix(num_classes=C) or set self.num_classes in the module"
+        if n:
+            self.transform.num_classes = int(n)
+        else:
+            rank_zero_info(
+                f"MixUpCutMix: {type(pl_module).__name__} has no num_classes; the class count will come from the "
+                "first batch (soft target width, else the module's output width); pass num_classes=C to fix it"
             )
-        self.transform.num_classes = int(n)
+
+    def _infer_num_classes(self, pl_module: pl.LightningModule, x: Any, y: Any) -> int:
+        """The class count from a soft target ``(B, C)`` or the module's output ``(B, C)`` on ``x``."""
+        if torch.is_tensor(y) and y.dim() == 2 and y.is_floating_point():
+            return int(y.shape[1])
+        was_training = pl_module.training
+        try:
+            pl_module.eval()
+            with torch.no_grad():
+                out = pl_module(x)
+        except Exception as err:  # any forward signature: the fix is the same
+            raise ValueError(
+                f"MixUpCutMix needs the class count: {type(pl_module).__name__} has no num_classes, the targets are "
+                f"class indices, and calling the module on the inputs failed ({type(err).__name__}: {err}); pass "
+                "MixUpCutMix(num_classes=C) or set self.num_classes in the module"
+            ) from err
+        finally:
+            pl_module.train(was_training)
+        if not (torch.is_tensor(out) and out.dim() == 2 and out.shape[0] == x.shape[0] and out.shape[1] > 1):
+            shape = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+            raise ValueError(
+                f"MixUpCutMix needs the class count: the targets are class indices and {type(pl_module).__name__}'s "
+                f"output is {shape}, not (batch, classes); pass MixUpCutMix(num_classes=C)"
+            )
+        rank_zero_info(f"MixUpCutMix: {out.shape[1]} classes, from the module's output width")
+        return int(out.shape[1])
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -121,6 +153,16 @@ class MixUpCutMix(Callback):
                 f"MixUpCutMix cannot modify a {type(batch).__name__} batch in place; return a list [x, y] or a "
                 "dict from your collate, or call MixUpTransform in your module's on_after_batch_transfer"
             )
+        if not torch.is_tensor(x) or not x.is_floating_point():
+            what = f"{x.dtype} inputs of shape {tuple(x.shape)}" if torch.is_tensor(x) else type(x).__name__
+            raise ValueError(
+                f"MixUpCutMix mixes continuous inputs (images, features) and got {what}: integer inputs such as "
+                "token ids cannot be interpolated. Convert images to float (e.g. ToDtype(torch.float32, scale=True)), "
+                "or for text mix embeddings inside the module (kit.data.augment_image.mixup_batch on the embedding "
+                "output) and drop this callback"
+            )
+        if self.transform.num_classes is None and not (y.dim() == 2 and y.is_floating_point()):
+            self.transform.num_classes = self._infer_num_classes(pl_module, x, y)
         x, t = self.transform(x, y)
         if isinstance(batch, MutableMapping):
             batch[self.input_key], batch[self.target_key] = x, t

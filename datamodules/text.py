@@ -23,6 +23,7 @@ from kit.data.corpus import (
     source_rank,
     unigram_cross_entropy,
 )
+from kit.data.decontaminate import decontaminate_split
 from kit.data.packing import pack_blocks, split_documents
 from kit.data.sampling import TemperatureSampler
 from kit.data.text import LoadReport
@@ -53,9 +54,12 @@ class BlockDataset(Dataset):
 class TextDataModule(pl.LightningDataModule):
     """Language-modelling data from text files, folders, globs or JSONL, or the embedded corpus by default.
 
-    Setup reads and cleans the documents (``kit.data.text.clean_text``), splits them train/val by document,
+    Setup reads and cleans the documents (``kit.data.text.clean_text``), splits them train/val/test by
+    document, moves every held-out document that shares a 13-gram with training into training (GPT-3's
+    contamination rule, ``kit.data.decontaminate``; the moved names are logged and kept in ``moved_docs``),
     trains (or loads from cache) a byte-level BPE tokenizer on the training documents only, and packs each
-    split into blocks of ``block_size + 1`` tokens with ``<|endoftext|>`` between documents.
+    split into blocks of ``block_size + 1`` tokens with ``<|endoftext|>`` between documents. ``kit test``
+    evaluates the test split, never the validation one.
 
     Args:
         paths: files, folders or globs; None uses the embedded ``pydoc_data`` corpus (79 topics, ~465 KB).
@@ -63,6 +67,10 @@ class TextDataModule(pl.LightningDataModule):
         block_size: context length T of each example.
         batch_size: examples per batch.
         val_fraction: share of documents held out for validation.
+        test_fraction: share of documents held out for testing (0: no test split; ``test_dataloader`` then
+            says so).
+        decontaminate_ngram: held-out documents sharing an n-gram of this many words with training move to
+            training before anything is tokenized; 0 turns the check off.
         seed: split and shuffle seed.
         num_workers: DataLoader worker processes.
         lowercase: lower-case during cleaning.
@@ -93,6 +101,8 @@ class TextDataModule(pl.LightningDataModule):
         block_size: int = 128,
         batch_size: int = 16,
         val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        decontaminate_ngram: int = 13,
         seed: int = 1234,
         num_workers: int = 0,
         lowercase: bool = False,
@@ -123,6 +133,15 @@ class TextDataModule(pl.LightningDataModule):
         if num_workers < 0:
             raise ValueError(f"num_workers={num_workers} must be >= 0")
         split_documents(["a", "b"], val_fraction)  # validates val_fraction with its own message
+        if not 0.0 <= test_fraction < 1.0 - val_fraction:
+            raise ValueError(
+                f"test_fraction={test_fraction} must lie in [0, 1 - val_fraction={val_fraction}); 0.1 is common, 0 "
+                "turns the test split off"
+            )
+        if decontaminate_ngram < 0:
+            raise ValueError(
+                f"decontaminate_ngram={decontaminate_ngram} must be >= 0 (13 as in GPT-3, 0 = off)"
+            )
         self.save_hyperparameters()
         self.paths = paths
         self.block_size = block_size
@@ -131,10 +150,13 @@ class TextDataModule(pl.LightningDataModule):
         self.tokenizer_path: str | None = None
         self.train_texts: list[str] = []
         self.val_texts: list[str] = []
+        self.test_texts: list[str] = []
+        self.moved_docs: dict[str, list[str]] = {"val": [], "test": []}  # held-out names moved to training
         self.report: LoadReport | None = None
         self.unigram_loss: float | None = None
         self.train_set: BlockDataset | None = None
         self.val_set: BlockDataset | None = None
+        self.test_set: BlockDataset | None = None
         self.multi_source = sources is not None or sources_from_topics
         self.train_groups: list[str] | None = None  # source of each training block
         self.source_counts: dict[str, int] = {}
@@ -174,7 +196,8 @@ class TextDataModule(pl.LightningDataModule):
         eos = tok.token_to_id(EOS)
         train_ids = [e.ids for e in tok.encode_batch(self.train_texts)]
         val_ids = [e.ids for e in tok.encode_batch(self.val_texts)]
-        self._pack(train_ids, val_ids, eos)
+        test_ids = [e.ids for e in tok.encode_batch(self.test_texts)]
+        self._pack(train_ids, val_ids, eos, test_ids)
         if self.multi_source:
             self._assign_sources(train_ids, train_sources, eos is not None)
         flat_train = [t for ids in train_ids for t in ids]
@@ -186,38 +209,87 @@ class TextDataModule(pl.LightningDataModule):
     def _split(
         self, docs: dict[str, str], source_of: dict[str, str], rank: dict[str, int] | None
     ) -> list[str]:
-        """Document-level train/val split; training documents grouped by source. Returns the train names."""
+        """Document-level train/val/test split, decontaminated; training grouped by source. Returns the train names."""
         hp = self.hparams
         train_names, val_names = split_documents(list(docs), hp.val_fraction, hp.seed)
+        test_names: list[str] = []
+        # from the training side, so the validation split is the same with or without it; a corpus of two or
+        # three documents has no test split (test_dataloader then says so)
+        if hp.test_fraction > 0 and len(train_names) >= 2:
+            train_names, test_names = split_documents(
+                train_names, hp.test_fraction / (1 - hp.val_fraction), hp.seed + 1
+            )
+        if hp.decontaminate_ngram:
+            held = {"val": val_names, "test": test_names}
+            try:
+                _, _, moved = decontaminate_split(
+                    [docs[n] for n in train_names],
+                    {k: [docs[n] for n in v] for k, v in held.items()},
+                    hp.decontaminate_ngram,
+                )
+            except ValueError as err:  # a templated corpus: every held-out document repeats training text
+                rank_zero_warn(f"TextDataModule: split kept as drawn, held-out losses are optimistic: {err}")
+                moved = {k: [] for k in held}
+            self.moved_docs = {k: [held[k][i] for i in idx] for k, idx in moved.items()}
+            gone = {n for names in self.moved_docs.values() for n in names}
+            train_names += [n for k in held for n in self.moved_docs[k]]
+            val_names = [n for n in val_names if n not in gone]
+            test_names = [n for n in test_names if n not in gone]
         if rank is not None:  # group training documents by source so each source's blocks are contiguous
             train_names = sorted(train_names, key=lambda n: rank[source_of[n]])
         self.train_texts = [docs[n] for n in train_names]
         self.val_texts = [docs[n] for n in val_names]
+        self.test_texts = [docs[n] for n in test_names]
         return train_names
 
-    def _pack(self, train_ids: list[list[int]], val_ids: list[list[int]], eos: int | None) -> None:
-        """Both splits into blocks; a too-short split names its size and the knob that grows it."""
+    def _pack(
+        self,
+        train_ids: list[list[int]],
+        val_ids: list[list[int]],
+        eos: int | None,
+        test_ids: list[list[int]] | None = None,
+    ) -> None:
+        """Every split into blocks; a too-short split names its size and the knob that grows it."""
         block_size = self.hparams.block_size
-        try:
-            self.train_set = BlockDataset(pack_blocks(train_ids, block_size, eos))
-            self.val_set = BlockDataset(pack_blocks(val_ids, block_size, eos))
-        except ValueError as err:
-            n_train, n_val = sum(map(len, train_ids)), sum(map(len, val_ids))
-            raise ValueError(
-                f"{err} (train split {n_train:,} tokens in {len(train_ids)} docs, val split {n_val:,} tokens "
-                f"in {len(val_ids)} docs; raising data.val_fraction also grows the val split)"
-            ) from None
+        splits = {"train": train_ids, "val": val_ids, "test": test_ids or []}
+        packed = {}
+        for name, ids in splits.items():
+            if name == "test" and not ids:
+                continue
+            try:
+                packed[name] = BlockDataset(pack_blocks(ids, block_size, eos))
+            except ValueError as err:
+                sizes = ", ".join(
+                    f"{k} split {sum(map(len, v)):,} tokens in {len(v)} docs" for k, v in splits.items()
+                )
+                knob = "" if name == "train" else f"; raising data.{name}_fraction grows the {name} split"
+                raise ValueError(f"{err} ({sizes}{knob})") from None
+        self.train_set, self.val_set = packed["train"], packed["val"]
+        self.test_set = packed.get("test")
 
     def _log_setup(self, path: os.PathLike, cached: bool, n_train: int, n_val: int) -> None:
         hp, report = self.hparams, self.report
         source = "embedded pydoc_data corpus" if hp.paths is None else f"{report.files} file(s)"
         rank_zero_info(
             f"TextDataModule: {source}, {report.documents} documents ({len(self.train_texts)} train / "
-            f"{len(self.val_texts)} val); tokenizer {'loaded from' if cached else 'trained and cached at'} "
+            f"{len(self.val_texts)} val / {len(self.test_texts)} test); tokenizer {'loaded from' if cached else 'trained and cached at'} "
             f"{path} (vocab {self.vocab_size}); {n_train:,} train / {n_val:,} val tokens -> "
             f"{len(self.train_set)} / {len(self.val_set)} blocks of {hp.block_size}; "
             f"unigram baseline val loss {self.unigram_loss:.3f}"
         )
+        if hp.decontaminate_ngram:
+            moved = {k: v for k, v in self.moved_docs.items() if v}
+            rank_zero_info(
+                f"TextDataModule: {hp.decontaminate_ngram}-gram decontamination moved "
+                + (
+                    "; ".join(
+                        f"{len(v)} {k} document(s) to training ({', '.join(v[:5])}{' ...' if len(v) > 5 else ''})"
+                        for k, v in moved.items()
+                    )
+                    if moved
+                    else "nothing: no held-out document shares an n-gram with training"
+                )
+            )
         if self.multi_source:
             top = sorted(self.source_proportions.items(), key=lambda kv: -kv[1])
             shown = ", ".join(
@@ -292,7 +364,13 @@ class TextDataModule(pl.LightningDataModule):
         return self._loader(self.val_set, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        if self.test_set is None:
+            raise ValueError(
+                f"TextDataModule has no test split (test_fraction={self.hparams.test_fraction}, "
+                f"{len(self.train_texts) + len(self.val_texts)} documents); set data.test_fraction (e.g. 0.1) on a "
+                "corpus of 3+ documents, or run `kit validate` for the validation split"
+            )
+        return self._loader(self.test_set, shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)

@@ -12,6 +12,7 @@ targets)`` batches of shape ``(B, block_size)``, the format of ``kit.models.gpt.
 from __future__ import annotations
 
 import io
+import os
 import random
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,6 +24,7 @@ import webdataset as wds
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
+from kit.data.shard_meta import read_shard_metadata
 from kit.data.shards import ShardErrorHandler, expand_urls
 
 __all__ = ["WebDataModule"]
@@ -104,6 +106,12 @@ class WebDataModule(pl.LightningDataModule):
         decode: ``"lm"`` (``input_ids.npy`` -> ``(input_ids, targets)``), ``"text"`` (``txt`` -> ``str``),
             ``"raw"`` (the sample dict), or a callable ``sample -> item``.
         on_error: corrupt/truncated shard policy: ``"warn"`` (skip, warn, count), ``"skip"`` or ``"raise"``.
+        vocab_size: the tokenizer size you expect; ``None`` takes it from ``kit-shards.json`` beside the shards
+            (written by ``kit data shards --tokenizer``). Given both and they differ: a ``ValueError`` naming both.
+
+    After construction, ``vocab_size``, ``block_size``, ``tokenizer_path`` and ``tokenizer`` (the
+    ``tokenizers.Tokenizer``, when its file exists) come from that metadata, so ``CausalLM`` with
+    ``vocab_size: null`` sizes its embedding from the shards.
 
     Raises:
         ValueError: no shards, an unknown ``decode`` or ``on_error``, or ``resampled`` without
@@ -123,6 +131,7 @@ class WebDataModule(pl.LightningDataModule):
         epoch_length: int | None = None,
         decode: str | Callable[[dict[str, Any]], Any] = "lm",
         on_error: str = "warn",
+        vocab_size: int | None = None,
     ) -> None:
         super().__init__()
         self.train_shards = expand_urls(train_urls)
@@ -137,6 +146,22 @@ class WebDataModule(pl.LightningDataModule):
         self.shuffle_buffer, self.shard_shuffle, self.seed = shuffle_buffer, shard_shuffle, seed
         self.resampled, self.epoch_length, self.decode = resampled, epoch_length, decode
         self.error_handler = ShardErrorHandler(on_error)
+        self.metadata = read_shard_metadata(self.train_shards) or {}
+        recorded = self.metadata.get("vocab_size")
+        if vocab_size is not None and recorded is not None and int(vocab_size) != int(recorded):
+            raise ValueError(
+                f"vocab_size={vocab_size} but the shards were tokenized with a {recorded}-token tokenizer "
+                f"({self.metadata.get('tokenizer')}); drop data.vocab_size or rewrite the shards with the tokenizer "
+                "you mean"
+            )
+        self.vocab_size: int | None = vocab_size if vocab_size is not None else recorded
+        self.block_size: int | None = self.metadata.get("block_size")
+        self.tokenizer_path: str | None = self.metadata.get("tokenizer")
+        self.tokenizer = None
+        if self.tokenizer_path and os.path.isfile(self.tokenizer_path):
+            from tokenizers import Tokenizer
+
+            self.tokenizer = Tokenizer.from_file(self.tokenizer_path)
 
     @property
     def shard_errors(self) -> int:

@@ -50,14 +50,35 @@ _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = ["__version__", *sorted(_WHERE)]
 
 
+# Subpackages resolve lazily too (``kit.health``, ``kit.models``), and so does a core module by its own name
+# when one core subpackage holds it (``kit.planner`` is ``kit.health.planner``).
+_SUBPACKAGES = ("callbacks", "cli", "data", "datamodules", "health", "models", "parallel", "precision")
+_CORE = ("data", "health", "parallel", "precision")
+
+
+def _module_for(name: str) -> str | None:
+    from importlib.util import find_spec
+
+    if name.startswith("_"):
+        return None
+    if name in _SUBPACKAGES or find_spec(f"kit.{name}") is not None:
+        return f"kit.{name}"
+    found = [f"kit.{sub}.{name}" for sub in _CORE if find_spec(f"kit.{sub}.{name}") is not None]
+    return found[0] if len(found) == 1 else None
+
+
 def __getattr__(name: str) -> Any:
     module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'kit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+    else:
+        path = _module_for(name)
+        if path is None:
+            raise AttributeError(f"module 'kit' has no attribute {name!r}")
+        value = importlib.import_module(path)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE))
+    return sorted(set(globals()) | set(_WHERE) | set(_SUBPACKAGES))

@@ -322,8 +322,20 @@ class CausalLM(pl.LightningModule):
             self.configure_model()
 
     # -- model construction -------------------------------------------------------------------------------
+    def _check_vocab(self) -> None:
+        """The embedding must cover the data's tokenizer (shards or TextDataModule), or ids fail deep inside it."""
+        dm = self._trainer.datamodule if self._trainer is not None else None
+        dm_vocab = getattr(dm, "vocab_size", None)
+        if dm_vocab is not None and self.config.vocab_size < int(dm_vocab):
+            raise ValueError(
+                f"model.config.vocab_size={self.config.vocab_size} is smaller than the data's tokenizer "
+                f"({int(dm_vocab)} tokens): ids past the embedding would fail; set it to null (the data's size) "
+                f"or >= {int(dm_vocab)}"
+            )
+
     def configure_model(self) -> None:
         if self.model is not None:
+            self._check_vocab()  # built in __init__ (vocab_size given): still check it against the data
             return
         if self.config.vocab_size is None:
             dm = self._trainer.datamodule if self._trainer is not None else None
@@ -334,6 +346,7 @@ class CausalLM(pl.LightningModule):
                 )
             self.config = replace(self.config, vocab_size=int(vocab))
             self.hparams["config"] = asdict(self.config)  # so checkpoints rebuild the same shape
+        self._check_vocab()
         dm = self._trainer.datamodule if self._trainer is not None else None
         dm_block = getattr(dm, "block_size", None)
         if dm_block is not None and dm_block > self.config.block_size:
@@ -391,8 +404,20 @@ class CausalLM(pl.LightningModule):
         self.log("test/loss", loss, sync_dist=True)
         self.log("test/ppl", torch.exp(loss), sync_dist=True)
 
-    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self.model(batch[0]).argmax(dim=-1)
+    def predict_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> dict[str, torch.Tensor]:
+        """Per example: the input ids, the greedy next-token prediction at every position, and, when the
+        batch has targets, the example's loss and next-token accuracy (``kit predict`` writes them as JSONL)."""
+        x = batch[0]
+        logits = self.model(x)  # (B, T, V)
+        out = {"input_ids": x, "predicted_ids": logits.argmax(dim=-1)}
+        if len(batch) > 1:
+            y = batch[1]
+            loss = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), y, reduction="none")
+            out["loss"] = loss.mean(dim=1)
+            out["next_token_accuracy"] = (out["predicted_ids"] == y).float().mean(dim=1)
+        return out
 
     # -- optimisation ---------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict:

@@ -22,3 +22,74 @@ def test_throughput_benchmark_runs_both_sides_and_reports_the_ratio(tmp_path) ->
     assert sides == {"plain", "trainer"}
     assert saved["trainer_tokens_per_s"] > 0 and saved["plain_tokens_per_s"] > 0
     assert (tmp_path / "throughput.md").read_text().startswith("# Training throughput")
+
+
+def test_interleave_alternates_the_order_and_summarize_reports_median_and_spread() -> None:
+    from benchmarks._common import interleave, summarize
+
+    calls: list[str] = []
+
+    def side(name: str, value: float):
+        return lambda: calls.append(name) or value
+
+    times = interleave({"a": side("a", 1.0), "b": side("b", 3.0)}, repeats=3, quiet=True)
+    assert calls == ["a", "b", "b", "a", "a", "b"]
+    assert times == {"a": [1.0, 1.0, 1.0], "b": [3.0, 3.0, 3.0]}
+    s = summarize([1.0, 2.0, 4.0])
+    assert s["median"] == 2.0 and s["spread_pct"] == 150.0 and s["n"] == 3
+
+
+def test_kit_bench_runs_from_another_directory_into_a_run_folder(tmp_path) -> None:
+    """A real subprocess, away from the repository root, with no PYTHONPATH: what a user types."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    kit_exe = Path(sys.executable).with_name("kit")
+    committed = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "precision.json"
+    before = committed.read_bytes()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    args = ["precision", "--config", "debug", "--steps", "2", "--warmup", "1", "--repeats", "1"]
+    proc = subprocess.run(
+        [str(kit_exe), "bench", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "[bench precision" in proc.stderr and "torch thread(s)" in proc.stderr  # progress on stderr
+    (run_dir,) = (tmp_path / "runs" / "bench").iterdir()
+    saved = json.loads((run_dir / "precision.json").read_text())
+    assert saved["threads"] == 1 and {r["precision"] for r in saved["rows"]} == {"fp32", "bf16-mixed"}
+    assert committed.read_bytes() == before  # a run never writes over the committed results
+
+
+def test_publish_copies_a_run_and_refreshes_the_readme_block(tmp_path) -> None:
+    from benchmarks.__main__ import publish, readme_block
+
+    run_dir, results = tmp_path / "run", tmp_path / "results"
+    run_dir.mkdir()
+    (run_dir / "x.json").write_text("{}")
+    (run_dir / "x.md").write_text("# X figures\n\n| a |\n|---|\n| 2 |\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:x.md -->\nold table\n<!-- /results -->\nend\n")
+    publish(run_dir, results, readme)
+    assert (results / "x.json").exists()
+    assert (
+        readme.read_text()
+        == "intro\n<!-- results:x.md -->\n**X figures**\n\n| a |\n|---|\n| 2 |\n<!-- /results -->\nend\n"
+    )
+    assert readme_block((results / "x.md").read_text()) in readme.read_text()
+
+
+def test_readme_result_blocks_match_the_committed_results() -> None:
+    """The README's published figures are the committed files' figures (python -m benchmarks --publish)."""
+    import re
+    from pathlib import Path
+
+    from benchmarks.__main__ import README, RESULTS, readme_block
+
+    blocks = re.findall(r"<!-- results:([\w.\-]+) -->\n(.*?)<!-- /results -->", README.read_text(), re.S)
+    for name, body in blocks:
+        assert body == readme_block((RESULTS / name).read_text()), (
+            f"README block {name} is stale; run --publish"
+        )
+    assert Path(RESULTS).is_dir()

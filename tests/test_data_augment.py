@@ -168,10 +168,47 @@ def test_callback_reads_num_classes_and_rejects_tuples():
         make_trainer(None, [MixUpCutMix(num_classes=3)], max_steps=1).fit(
             TinyClassifier(), TupleLoader(ds, batch_size=4)
         )
-    module = TinyRegressor()  # no num_classes anywhere: the callback cannot guess the class count
+    module = TinyRegressor()  # no num_classes, integer targets, and a forward that cannot take the images
     with pytest.raises(ValueError, match=r"TinyRegressor has no num_classes.*MixUpCutMix\(num_classes=C\)"):
         make_trainer(None, [MixUpCutMix()], max_steps=1).fit(module, DataLoader(ds, batch_size=4))
-    assert module.global_step == 0  # failed at setup, before any batch
+    assert module.global_step == 0  # failed at the first batch, before any step
+
+
+class _NoCountClassifier(TinyClassifier):
+    """A plain classifier that never states its class count (what a user's module often looks like)."""
+
+    def __init__(self, classes: int) -> None:
+        super().__init__(num_classes=classes)
+        del self.num_classes
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_callback_infers_the_class_count_from_soft_targets_or_the_output_width():
+    images = torch.randn(16, 1, 4, 4)
+    model = _NoCountClassifier(5)  # integer targets: the count comes from the logits' width
+    cb = MixUpCutMix()
+    make_trainer(None, [cb], max_steps=2).fit(
+        model, DataLoader(TensorDataset(images, torch.randint(0, 5, (16,))), 8)
+    )
+    assert cb.transform.num_classes == 5 and model.seen[-1].shape == (8, 5) and model.training
+    soft = torch.softmax(torch.randn(16, 4), -1)  # soft targets: their width is the count, no forward needed
+    cb = MixUpCutMix()
+    make_trainer(None, [cb], max_steps=1).fit(
+        _NoCountClassifier(4), DataLoader(TensorDataset(images, soft), 8)
+    )
+    assert cb.transform.num_classes is None and cb.transform.last["mixed"] == 1.0
+
+
+def test_callback_rejects_integer_inputs_at_the_first_batch_naming_the_fix():
+    tokens = TensorDataset(torch.randint(0, 50, (8, 16)), torch.randint(0, 3, (8,)))
+    with pytest.raises(
+        ValueError, match=r"torch.int64 inputs of shape \(4, 16\).*token ids cannot be interpolated"
+    ):
+        make_trainer(None, [MixUpCutMix(num_classes=3)], max_steps=1).fit(
+            TinyClassifier(), DataLoader(tokens, 4)
+        )
 
 
 def test_digits_datamodule_and_classifier_learn():

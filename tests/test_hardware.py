@@ -169,3 +169,23 @@ def test_gpu_reader_falls_back_to_nvidia_smi(tmp_path, monkeypatch) -> None:
         "gpu1_mem_used_gb": pytest.approx(100 * 2**20 / 1e9),
         "gpu1_mem_percent": pytest.approx(100 * 100 / 81559),
     }
+
+
+def test_data_wait_warns_only_when_costly_and_sustained() -> None:
+    cb = HardwareMonitor(patience=2)
+    bookkeeping = {"hw/data_wait_share": 0.5, "hw/data_wait_s": 0.001}  # 1 ms of loop overhead on a 1 ms step
+    for _ in range(5):
+        cb._check(bookkeeping)
+    assert cb.warnings == []
+    costly = {"hw/data_wait_share": 0.5, "hw/data_wait_s": 0.05}
+    cb._check(costly)
+    assert cb.warnings == []  # one window is not a pattern
+    cb._check(costly)
+    cb._check(costly)
+    assert len(cb.warnings) == 1 and "50.0% of step time (50.0 ms per step)" in cb.warnings[0]
+    cb._check(bookkeeping)
+    cb._check(costly)
+    cb._check(costly)
+    assert len(cb.warnings) == 2  # a new episode warns again
+    with pytest.raises(ValueError, match="patience=0"):
+        HardwareMonitor(patience=0)

@@ -161,13 +161,42 @@ def test_cosine_prev_step_is_exact_for_small_models() -> None:
 def test_warns_when_norm_leaves_band() -> None:
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
-        cb = GradientHealth(log_every_n_steps=5, patience=3)
-        fit(Plain(loss_scale=1e-4), [cb], steps=12)  # tiny gradients: far below the 0.5 band edge
+        cb = GradientHealth(log_every_n_steps=5, patience=3, band=GradientHealth.SEED_BAND)
+        fit(Plain(loss_scale=1e-4), [cb], steps=12)  # tiny gradients: far below the seed band's 0.5 edge
     assert cb.warnings and "below" in cb.warnings[0]
     assert any("outside the band" in str(w.message) for w in rec)
     quiet = GradientHealth(log_every_n_steps=5, patience=3, band=(0.0, 1e6))
     fit(Plain(loss_scale=1e-4), [quiet], steps=12)
     assert quiet.warnings == []
+
+
+class Collapsing(Plain):
+    """Gradients shrink 10^4x after step 8: a real change against the model's own scale."""
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        return loss * (1e-4 if self.trainer.global_step >= 8 else 1.0)
+
+
+def test_default_band_is_relative_to_the_models_own_warmup_scale() -> None:
+    # stable but tiny gradients (the seed band's 0.5 edge would warn): the learned band stays quiet
+    steady = GradientHealth(log_every_n_steps=4, patience=3, warmup_steps=5)
+    fit(Plain(loss_scale=1e-4), [steady], steps=24)
+    assert steady.reference is not None and steady.reference < 0.05 and steady.warnings == []
+    assert steady.band.low == pytest.approx(0.1 * steady.reference)
+    assert steady.last_metrics["grad_health/band_high"] == pytest.approx(10 * steady.reference, rel=1e-5)
+    # a collapse relative to the warm-up reference warns, naming the reference
+    collapse = GradientHealth(log_every_n_steps=4, patience=3, warmup_steps=5)
+    fit(Collapsing(), [collapse], steps=24)
+    assert (
+        collapse.warnings and "below" in collapse.warnings[0] and "warm-up reference" in collapse.warnings[0]
+    )
+    # the reference survives a resume
+    restored = GradientHealth(warmup_steps=5)
+    restored.load_state_dict(collapse.state_dict())
+    assert restored.reference == collapse.reference and restored.band.high == collapse.band.high
+    with pytest.raises(ValueError, match="relative_band"):
+        GradientHealth(relative_band=(2.0, 10.0))
 
 
 @pytest.mark.parametrize("fused", [False, True])
@@ -179,7 +208,7 @@ def test_reads_unscaled_gradients_under_fp16(fused: bool) -> None:
         "16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=scale, growth_interval=10**6)
     )
     module = Plain(adam=True, lr=1e-3, fused=fused)
-    cb = GradientHealth(log_every_n_steps=3)
+    cb = GradientHealth(log_every_n_steps=3, band=GradientHealth.SEED_BAND)
     fit(module, [cb], steps=4, plugins=[plugin])
     logged, seen = cb.last_metrics["grad_health/grad_norm"], module.seen_norms[3]
     expected = seen / scale if fused else seen
@@ -204,10 +233,10 @@ def test_constructor_validates() -> None:
 
 
 def test_state_dict_round_trip() -> None:
-    cb = GradientHealth(log_every_n_steps=2)
+    cb = GradientHealth(log_every_n_steps=2, band=GradientHealth.SEED_BAND)
     fit(Plain(loss_scale=1e-4), [cb], steps=6)
     state = cb.state_dict()
-    other = GradientHealth()
+    other = GradientHealth(band=GradientHealth.SEED_BAND)
     other.load_state_dict(state)
     assert other.band.state_dict() == state["band"] and state["band"]["run"] > 0
 

@@ -30,7 +30,13 @@ def _write_corpus(folder, n_docs=12, words=200):
 def test_user_files_are_cleaned_split_tokenized_and_packed(tmp_path) -> None:
     _write_corpus(tmp_path)
     dm = TextDataModule(
-        paths=str(tmp_path / "*.txt"), vocab_size=300, block_size=16, batch_size=4, val_fraction=0.25
+        paths=str(tmp_path / "*.txt"),
+        vocab_size=300,
+        block_size=16,
+        batch_size=4,
+        val_fraction=0.25,
+        test_fraction=0.0,
+        decontaminate_ngram=0,  # the synthetic documents share every 13-gram
     )
     dm.setup("fit")
     assert len(dm.train_texts) == 9 and len(dm.val_texts) == 3
@@ -46,7 +52,12 @@ def test_user_files_are_cleaned_split_tokenized_and_packed(tmp_path) -> None:
 def test_setup_is_reproducible_and_the_tokenizer_is_cached(tmp_path) -> None:
     _write_corpus(tmp_path)
     kwargs = dict(
-        paths=str(tmp_path), vocab_size=300, block_size=16, batch_size=4, tokenizer_dir=str(tmp_path / "tok")
+        paths=str(tmp_path),
+        vocab_size=300,
+        block_size=16,
+        batch_size=4,
+        tokenizer_dir=str(tmp_path / "tok"),
+        decontaminate_ngram=0,
     )
     a, b = TextDataModule(**kwargs), TextDataModule(**kwargs)
     a.setup("fit")
@@ -98,7 +109,7 @@ def test_bad_arguments_and_missing_paths(tmp_path) -> None:
 def test_embedded_corpus_default_and_unigram_baseline() -> None:
     dm = TextDataModule(vocab_size=512, block_size=64)
     dm.setup("fit")
-    assert len(dm.train_texts) + len(dm.val_texts) == 79
+    assert len(dm.train_texts) + len(dm.val_texts) + len(dm.test_texts) == 79
     assert 4.0 < dm.unigram_loss < 7.0  # log(512) = 6.24 is the uniform bound; frequencies beat it
 
 
@@ -108,3 +119,53 @@ def test_unigram_cross_entropy_matches_hand_computation() -> None:
 
     value = unigram_cross_entropy([0, 0, 0, 1], [0, 1], vocab_size=2)
     assert value == pytest.approx(-(math.log(4 / 6) + math.log(2 / 6)) / 2)
+
+
+def test_decontaminate_split_moves_contaminated_held_out_documents_until_clean() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from kit.data.decontaminate import decontaminate_split
+    from kit.health.doctor import ngram_overlap
+
+    words = st.lists(st.sampled_from(["a", "b", "c", "d"]), min_size=0, max_size=12).map(" ".join)
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(words, min_size=1, max_size=5), st.lists(words, min_size=1, max_size=5))
+    def check(train, val):
+        try:
+            new_train, held, moved = decontaminate_split(train, {"val": val}, n=3)
+        except ValueError as err:  # every val document contaminated: the error names the way out
+            assert "decontaminate_ngram 0" in str(err)
+            return
+        assert sorted(new_train + held["val"]) == sorted(train + val)  # nothing lost, nothing duplicated
+        assert ngram_overlap(new_train, held["val"], 3)["contaminated"] == []
+        assert [val[i] for i in moved["val"]] == new_train[len(train) :]
+
+    check()
+    # a moved document can contaminate another: the second hop is caught too
+    _, held, moved = decontaminate_split(["w x y z"], {"val": ["x y z q", "y z q r", "k l m n"]}, n=3)
+    assert moved == {"val": [0, 1]} and held == {"val": ["k l m n"]}
+
+
+def test_default_corpus_has_a_clean_test_split_distinct_from_validation() -> None:
+    from kit.health.doctor import ngram_overlap
+
+    dm = TextDataModule(vocab_size=512, block_size=64)
+    dm.setup("fit")
+    assert dm.test_texts and set(dm.test_texts).isdisjoint(dm.val_texts)
+    assert set(dm.test_texts).isdisjoint(dm.train_texts)
+    for held in (dm.val_texts, dm.test_texts):  # what kit doctor's leakage check computes
+        assert ngram_overlap(dm.train_texts, held, 13)["contaminated"] == []
+    assert sum(map(len, dm.moved_docs.values())) > 0  # the embedded corpus does share boilerplate
+    assert not torch.equal(dm.test_set.blocks[:1], dm.val_set.blocks[:1])
+
+
+def test_no_test_split_is_a_clear_error_not_the_validation_split(tmp_path) -> None:
+    _write_corpus(tmp_path, n_docs=4, words=60)
+    off = TextDataModule(
+        paths=str(tmp_path), vocab_size=300, block_size=16, test_fraction=0.0, decontaminate_ngram=0
+    )
+    off.setup("fit")
+    with pytest.raises(ValueError, match="no test split .*data.test_fraction"):
+        off.test_dataloader()

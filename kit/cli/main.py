@@ -16,7 +16,7 @@ import sys
 import warnings
 from pathlib import Path
 
-__all__ = ["DEFAULT_RECIPE", "import_object", "list_recipes", "main", "resolve_recipe"]
+__all__ = ["DEFAULT_RECIPE", "import_object", "list_recipes", "main", "one_line", "resolve_recipe"]
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 DEFAULT_RECIPE = "gpt-tiny"
@@ -135,6 +135,24 @@ def _lightning_cli():
             trainer.save_checkpoint(path)
             ckpt.last_model_path = path
 
+    class FinalValidation(Callback):
+        """Remembers the step of the last validation, so ``fit`` can end with one when its last step had none."""
+
+        def __init__(self) -> None:
+            self.validated_step = -1
+
+        def on_validation_end(self, trainer, pl_module) -> None:
+            if not trainer.sanity_checking:
+                self.validated_step = trainer.global_step
+
+        def run_if_behind(self, trainer, model, datamodule) -> None:
+            """A final validation (weights as trained, not the best checkpoint) when the last step had none."""
+            if trainer.state.status.value != "finished" or self.validated_step == trainer.global_step:
+                return
+            if trainer.limit_val_batches == 0 or not _has_validation(model, datamodule):
+                return
+            trainer.validate(model, datamodule=datamodule, verbose=False)
+
     class KitCLI(LightningCLI):
         """LightningCLI that ends ``fit`` with a summary: checkpoint, logs, val loss/perplexity, a sample."""
 
@@ -148,15 +166,39 @@ def _lightning_cli():
             if trainer.get("enable_progress_bar") is not False and not any(map(_is_progress_bar, callbacks)):
                 from jsonargparse import Namespace
 
-                bar = Namespace(class_path="lightning.pytorch.callbacks.RichProgressBar", init_args=Namespace())
+                bar = Namespace(class_path="kit.cli.progress.StepRichProgressBar", init_args=Namespace())
                 trainer.callbacks = [*callbacks, bar]
 
         def before_fit(self) -> None:
             self._final_last = FinalLastCheckpoint()
-            self.trainer.callbacks.append(self._final_last)
+            self._final_val = FinalValidation()
+            self.trainer.callbacks += [self._final_last, self._final_val]
+
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.add_argument(
+                "--predictions",
+                default=None,
+                help="kit predict: JSON Lines output (default: <log dir>/predictions.jsonl, or runs/predictions.jsonl)",
+            )
+
+        def before_predict(self) -> None:
+            from kit.cli.predictions import JSONLPredictionWriter
+
+            path = self.config[self.subcommand].get("predictions")
+            if not path:
+                log_dir = self.trainer.logger.log_dir if self.trainer.logger is not None else None
+                path = os.path.join(log_dir or "runs", "predictions.jsonl")
+            self._writer = JSONLPredictionWriter(path)
+            self.trainer.callbacks.append(self._writer)
+
+        def after_predict(self) -> None:
+            if self.trainer.is_global_zero:
+                print(f"kit predict: wrote {self._writer.rows:,} rows to {self._writer.path}", flush=True)
 
         def after_fit(self) -> None:
             self._final_last.save_if_behind(self.trainer)
+            # every fit ends validated, so the summary can compare the model with the baseline
+            self._final_val.run_if_behind(self.trainer, self.model, self.datamodule)
             _print_fit_summary(self.trainer, self.model, self.datamodule)
 
     return KitCLI
@@ -173,6 +215,19 @@ def import_object(path: str):
     if not module:
         raise ValueError(f"{path!r} is not a dotted class path such as kit.datamodules.text.TextDataModule")
     return getattr(importlib.import_module(module), name)
+
+
+def _has_validation(model, datamodule) -> bool:
+    """Whether the module validates and the data has a validation loader (overridden, not Lightning's stub)."""
+    import lightning.pytorch as pl
+
+    step = getattr(type(model), "validation_step", None)
+    if step is None or step is pl.LightningModule.validation_step:
+        return False
+    source = datamodule if datamodule is not None else model
+    loader = getattr(type(source), "val_dataloader", None)
+    base = pl.LightningDataModule if datamodule is not None else pl.LightningModule
+    return loader is not None and loader is not getattr(base, "val_dataloader", None)
 
 
 def _is_progress_bar(callback) -> bool:
@@ -266,6 +321,31 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kit {command}: not available in this install", file=sys.stderr)
             return 2
         return int(module.main(argv[1:]) or 0)
+    debug = "--debug" in argv or os.environ.get("KIT_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        return _run_lightning_cli(argv)
+    except (ValueError, OSError) as err:  # config values and paths: the message names the fix
+        if debug:
+            raise
+        print(f"kit {command}: error: {one_line(err)}", file=sys.stderr)
+        print("  (full traceback: add --debug, or set KIT_DEBUG=1)", file=sys.stderr)
+        return 2
+
+
+def one_line(err: BaseException) -> str:
+    """The message of the exception that started a chain (``raise ... from``), which is the one naming the fix.
+
+    jsonargparse wraps a module's own ``ValueError`` in a ``ValueError`` listing every Union subtype; the
+    original, at the bottom of the chain, is the one a user can act on.
+    """
+    while err.__cause__ is not None or (err.__context__ is not None and not err.__suppress_context__):
+        err = err.__cause__ or err.__context__
+    text = str(err).strip() or type(err).__name__
+    return text if isinstance(err, (ValueError, OSError)) else f"{type(err).__name__}: {text}"
+
+
+def _run_lightning_cli(argv: list[str]) -> int:
     _wandb_offline_unless_configured()
     _register_extensions()
     # Lightning 2.6 on torch 2.13 warns about its own pytree use; nothing a user can act on.

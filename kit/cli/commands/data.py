@@ -165,8 +165,15 @@ def _tokenizer(args: argparse.Namespace, console: Console) -> int:
     if args.save:
         size = sizes[-1]
         all_texts = (text for _, text in documents())
-        train_bpe(all_texts, vocab_size=size, min_frequency=args.min_frequency).save(args.save)
-        console.print(f"saved the {size}-token tokenizer (trained on all documents) to {args.save}")
+        saved = train_bpe(all_texts, vocab_size=size, min_frequency=args.min_frequency)
+        saved.save(args.save)
+        # the table's rows were trained on the training documents only; the saved one saw them all, so its
+        # vocabulary differs: print the number the model needs (kit data shards records it beside the shards)
+        console.print(
+            f"saved the tokenizer (asked for {size:,}, trained on all documents) to {args.save}: "
+            f"vocabulary {saved.get_vocab_size():,} tokens; give the model vocab_size={saved.get_vocab_size()} "
+            "(kit data shards --tokenizer records it beside the shards, and WebDataModule reads it)"
+        )
     return 0
 
 
@@ -213,6 +220,22 @@ def _shards(args: argparse.Namespace, console: Console) -> int:
         paths = write_shards(samples(progress, task), pattern, args.max_count, args.max_size_mb * 1e6)
     size = sum(os.path.getsize(p) for p in paths)
     kind = f"token blocks of {args.block_size}" if tokenizer else "text documents"
+    if tokenizer is not None and paths:
+        from kit.data.shard_meta import file_sha256, write_shard_metadata
+
+        meta_path = write_shard_metadata(
+            args.output,
+            {
+                "tokenizer": os.path.abspath(args.tokenizer),
+                "tokenizer_sha256": file_sha256(args.tokenizer),
+                "vocab_size": tokenizer.get_vocab_size(),
+                "eos_id": eos,
+                "block_size": args.block_size,
+                "samples": stats["samples"],
+                "shards": [os.path.basename(p) for p in paths],
+            },
+        )
+        console.print(f"tokenizer vocabulary {tokenizer.get_vocab_size():,} recorded in {meta_path}")
     _print_read(console, reader)
     console.print(
         f"{stats['docs']:,} documents -> {stats['samples']:,} samples ({kind}) in {len(paths)} shard(s), "
