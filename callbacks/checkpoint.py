@@ -85,6 +85,7 @@ class KitCheckpoint(ModelCheckpoint):
         preemption: on SIGTERM/SIGUSR1, checkpoint at the next step boundary and stop cleanly.
         exact_rng: save and restore every RNG state so a resumed run draws the same numbers.
         verbose: log each save.
+        auto_insert_metric_name: ModelCheckpoint's: write ``name=value`` into best-k file names.
 
     Raises:
         ValueError: ``keep_last < 1``.
@@ -106,6 +107,7 @@ class KitCheckpoint(ModelCheckpoint):
         preemption: bool = True,
         exact_rng: bool = True,
         verbose: bool = False,
+        auto_insert_metric_name: bool = True,
     ) -> None:
         if keep_last < 1:
             raise ValueError(
@@ -120,6 +122,7 @@ class KitCheckpoint(ModelCheckpoint):
             save_last=save_last,
             every_n_train_steps=0,
             verbose=verbose,
+            auto_insert_metric_name=auto_insert_metric_name,
             enable_version_counter=False,
         )
         self.keep_last, self.every = keep_last, every_n_train_steps or 0
@@ -387,7 +390,9 @@ class KitCheckpoint(ModelCheckpoint):
             raise err if isinstance(err, CheckpointWriteError) else write_error(Path(self.dirpath), err)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_train_end(trainer, pl_module)
+        # the final step is always saved, so a later resume (or fine-tune) starts from where fit stopped
+        if self._last_global_step_saved != trainer.global_step and not trainer.sanity_checking:
+            self._save_periodic(trainer)
         self._drain()
 
     def on_exception(

@@ -54,7 +54,7 @@ class Net(pl.LightningModule):
         return nn.functional.mse_loss(self.net(x), y)
 
     def validation_step(self, batch, batch_idx):
-        ids, x, y = batch
+        _, x, y = batch
         self.log("val_loss", nn.functional.mse_loss(self.net(x), y))
 
     def configure_optimizers(self):
