@@ -107,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.data == "webdataset":
         from kit.datamodules.webdataset import WebDataModule
 
-        data = WebDataModule(args.shards, batch_size=8, shuffle_buffer=16, decode=decode_sample, seed=3)
+        data = WebDataModule(
+            args.shards, batch_size=8, shuffle_buffer=16, decode=decode_sample, seed=3, epoch_length=12
+        )
     else:
         data = Data(args.data, args.shards)
     ckpt = KitCheckpoint(dirpath=str(out / "ckpt"), every_n_train_steps=args.every, keep_last=2)

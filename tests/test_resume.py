@@ -113,3 +113,14 @@ def test_sigterm_checkpoints_and_resumes_bitwise(reference, tmp_path):
 @pytest.mark.slow
 def test_temperature_sampled_run_resumes_bitwise(reference, tmp_path):
     _kill_and_resume(reference, tmp_path, signal.SIGKILL, "temperature")
+
+
+@pytest.mark.slow
+def test_webdataset_run_resumes_bitwise(reference, tmp_path_factory, tmp_path):
+    from kit.data.shards import write_shards
+
+    shards = tmp_path_factory.mktemp("shards")
+    write_shards(({"__key__": f"s_{i}", "txt": str(i)} for i in range(96)), str(shards / "train-%03d.tar"), 16)
+    _kill_and_resume(
+        reference, tmp_path, signal.SIGKILL, "webdataset", "--shards", str(shards / "train-{000..005}.tar")
+    )
