@@ -145,7 +145,7 @@ class KitCheckpoint(ModelCheckpoint):
     # -- setup: config check, signals --------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        if stage == "fit" and trainer.ckpt_path and self._hook is None:
+        if stage == "fit" and self._hook is None:  # the resume (if any) loads weights before on_train_start
             self._hook = pl_module.register_load_state_dict_pre_hook(_mismatch_hook)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -226,7 +226,17 @@ class KitCheckpoint(ModelCheckpoint):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.every == 0 and not self._should_skip_saving_checkpoint(trainer):
             self._save_periodic(trainer)
-        super().on_train_epoch_end(trainer, pl_module)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # best-k after each validation, even when a periodic checkpoint of the same step is already written
+        # (ModelCheckpoint would skip it); last.ckpt follows the periodic saves instead
+        if self.monitor is None or trainer.sanity_checking or trainer.fast_dev_run:
+            return
+        if trainer.state.fn != "fit":
+            return
+        candidates = self._monitor_candidates(trainer)
+        if self.monitor in candidates:
+            self._save_topk_checkpoint(trainer, candidates)
 
     def _save_periodic(self, trainer: pl.Trainer) -> None:
         filepath = os.path.join(self.dirpath, f"step{trainer.global_step:08d}{self.FILE_EXTENSION}")
