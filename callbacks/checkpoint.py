@@ -142,6 +142,11 @@ class KitCheckpoint(ModelCheckpoint):
     def state_key(self) -> str:
         return self._generate_state_key(monitor=self.monitor, mode=self.mode, every=self.every)
 
+    @property
+    def every_n_train_steps(self) -> int:
+        """The periodic interval (0: each training epoch end)."""
+        return self.every
+
     # -- setup: config check, signals --------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -220,6 +225,9 @@ class KitCheckpoint(ModelCheckpoint):
             stop = trainer.strategy.reduce_boolean_decision(self._signal is not None, all=False)
         if (due or stop) and not self._should_skip_saving_checkpoint(trainer):
             self._save_periodic(trainer)
+            pl_module.log("checkpoint/stall_s", self.save_times[-1]["stall_s"], on_step=True, on_epoch=False)
+        # every step, so a monitor sees it from the start
+        pl_module.log("checkpoint/saves", float(len(self.save_times)), on_step=True, on_epoch=False)
         if stop:
             self._preempt(trainer)
 
@@ -426,8 +434,12 @@ class KitCheckpoint(ModelCheckpoint):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # A resumed run writes into its own version folder: best-k bookkeeping restarts there, quietly.
+        # (Outside a Trainer, before setup resolved a folder, the state is taken whole.)
+        if self.dirpath is None:
+            self.dirpath = state_dict.get("dirpath")
         if state_dict.get("dirpath") == self.dirpath:
             super().load_state_dict(state_dict)
+            self.current_score = state_dict.get("current_score")
         else:
             self.best_model_path = state_dict.get("best_model_path", "")
 
