@@ -137,6 +137,7 @@ class KitCheckpoint(ModelCheckpoint):
         self._kind = "best"
         self._hook: Any = None
         self.save_times: list[dict[str, float]] = []  # per save: stall (seconds the step waited) and total
+        self.background_write_s: list[float] = []  # async: seconds each background write took
 
     @property
     def state_key(self) -> str:
@@ -275,8 +276,8 @@ class KitCheckpoint(ModelCheckpoint):
         sharded = trainer.strategy.__class__.__name__.startswith(("FSDP", "DeepSpeed", "ModelParallel"))
         if self.async_save and not sharded and trainer.world_size == 1:
             cpu = _to_cpu(checkpoint)
-            stall = time.perf_counter() - start
             self._submit(self._write_async, trainer, cpu, tmp, filepath, (kind, step, epoch, score))
+            stall = time.perf_counter() - start  # includes waiting for a previous write still in flight
         else:
             if self.async_save:
                 rank_zero_warn(
@@ -312,12 +313,14 @@ class KitCheckpoint(ModelCheckpoint):
     def _write_async(
         self, trainer: pl.Trainer, checkpoint: dict, tmp: str, filepath: str, meta: tuple
     ) -> None:
+        start = time.perf_counter()
         try:
             trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, tmp)
         except Exception as err:
             remove_path(tmp)
             raise write_error(Path(filepath), err) from err
         self._commit(tmp, filepath, meta)
+        self.background_write_s.append(time.perf_counter() - start)
 
     def _commit(self, tmp: str, filepath: str, meta: tuple) -> None:
         """Rank zero: rename into place, record in the manifest, prune old periodic checkpoints."""
