@@ -83,6 +83,11 @@ class KitCheckpoint(ModelCheckpoint):
         async_save: write in a background thread after copying the state to CPU (single-file checkpoints
             only; sharded strategies save synchronously and say so once).
         preemption: on SIGTERM/SIGUSR1, checkpoint at the next step boundary and stop cleanly.
+        hang_timeout_s: if no training step (or validation batch) finishes for this many seconds, print which
+            step and checkpoint to resume from and exit the process with code 3: under DDP a rank that died
+            leaves the others blocked in a collective, and this bounds the wait below the process group's
+            own timeout (30 minutes by default). ``None`` (default) disarms it; set it well above the
+            slowest step, validation batch and save.
         exact_rng: save and restore every RNG state so a resumed run draws the same numbers.
         verbose: log each save.
         auto_insert_metric_name: ModelCheckpoint's: write ``name=value`` into best-k file names.
@@ -105,6 +110,7 @@ class KitCheckpoint(ModelCheckpoint):
         save_last: bool = True,
         async_save: bool = False,
         preemption: bool = True,
+        hang_timeout_s: float | None = None,
         exact_rng: bool = True,
         verbose: bool = False,
         auto_insert_metric_name: bool = True,
@@ -127,6 +133,12 @@ class KitCheckpoint(ModelCheckpoint):
         )
         self.keep_last, self.every = keep_last, every_n_train_steps or 0
         self.async_save, self.preemption, self.exact_rng = async_save, preemption, exact_rng
+        if hang_timeout_s is not None and hang_timeout_s <= 0:
+            raise ValueError(f"hang_timeout_s={hang_timeout_s} must be > 0 seconds (or None to disarm)")
+        self.hang_timeout_s = hang_timeout_s
+        self._heartbeat = time.monotonic()
+        self._watchdog: threading.Thread | None = None
+        self._watch_stop = threading.Event()
         self.preempted_by: str | None = None
         self._signal: str | None = None
         self._old_handlers: dict[int, Any] = {}
@@ -156,6 +168,13 @@ class KitCheckpoint(ModelCheckpoint):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
+        if self.hang_timeout_s is not None and self._watchdog is None:
+            self._heartbeat = time.monotonic()
+            self._watch_stop.clear()
+            self._watchdog = threading.Thread(
+                target=self._watch, args=(trainer,), name="kit-ckpt-watchdog", daemon=True
+            )
+            self._watchdog.start()
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
@@ -174,6 +193,25 @@ class KitCheckpoint(ModelCheckpoint):
         self._old_handlers.clear()
 
     # -- RNG ---------------------------------------------------------------------------------------------
+    def _watch(self, trainer: pl.Trainer) -> None:
+        while not self._watch_stop.wait(min(5.0, self.hang_timeout_s / 4)):
+            idle = time.monotonic() - self._heartbeat
+            if idle > self.hang_timeout_s:
+                import sys
+
+                print(
+                    f"KitCheckpoint: rank {trainer.global_rank}: no training step finished for {idle:.0f} s "
+                    f"(hang_timeout_s={self.hang_timeout_s}) after step {trainer.global_step}; another rank has "
+                    f"probably died and this one is blocked in a collective. Exiting (code 3). Resume with "
+                    f"--ckpt_path last (newest: {self.last_model_path or self._last_checkpoint_saved or 'none yet'})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                os._exit(3)
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+        self._heartbeat = time.monotonic()
+
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int
     ) -> None:
@@ -216,6 +254,7 @@ class KitCheckpoint(ModelCheckpoint):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, idx
     ) -> None:
+        self._heartbeat = time.monotonic()
         if self.exact_rng:
             self._step_rng = capture_rng()
             self._rng_to_restore = self._step_rng  # the next step starts from exactly this state
@@ -425,6 +464,8 @@ class KitCheckpoint(ModelCheckpoint):
             self._restore_signals()
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._watch_stop.set()
+        self._watchdog = None
         self._restore_signals()
         self._drain()
         if self._executor is not None:

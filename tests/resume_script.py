@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--every", type=int, default=2)
     p.add_argument("--step-sleep", type=float, default=0.0)
+    p.add_argument("--hang-at", type=int, default=None, help="block forever at this step (a dead peer's effect)")
+    p.add_argument("--hang-timeout", type=float, default=None)
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -112,8 +114,19 @@ def main(argv: list[str] | None = None) -> int:
         )
     else:
         data = Data(args.data, args.shards)
-    ckpt = KitCheckpoint(dirpath=str(out / "ckpt"), every_n_train_steps=args.every, keep_last=2)
+    ckpt = KitCheckpoint(
+        dirpath=str(out / "ckpt"), every_n_train_steps=args.every, keep_last=2, hang_timeout_s=args.hang_timeout
+    )
     callbacks: list[pl.Callback] = [ckpt]
+    if args.hang_at is not None:
+        import threading
+
+        class Hang(pl.Callback):
+            def on_train_batch_start(self, trainer, *a):
+                if trainer.global_step == args.hang_at:
+                    threading.Event().wait()  # like a collective whose peer is gone
+
+        callbacks.append(Hang())
     if args.step_sleep:
         import time
 

@@ -105,6 +105,15 @@ def test_sigkill_at_random_step_resumes_bitwise(reference, tmp_path):
     _kill_and_resume(reference, tmp_path, signal.SIGKILL)
 
 
+def test_a_blocked_rank_exits_after_the_hang_timeout_with_a_message(tmp_path):
+    start = time.monotonic()
+    done = _run(tmp_path, "--hang-at", "5", "--hang-timeout", "2")
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert "no training step finished" in done.stderr and "--ckpt_path last" in done.stderr
+    assert "step00000004.ckpt" in done.stderr or "last.ckpt" in done.stderr
+    assert time.monotonic() - start < 300
+
+
 @pytest.mark.slow
 def test_sigterm_checkpoints_and_resumes_bitwise(reference, tmp_path):
     _kill_and_resume(reference, tmp_path, signal.SIGTERM)
