@@ -194,3 +194,30 @@ def test_sigterm_saves_at_the_next_step_and_stops_cleanly(tmp_path, capsys):
     assert ckpt.preempted_by == "SIGTERM" and trainer.global_step == 3
     assert torch.load(tmp_path / "c" / "last.ckpt", weights_only=True)["global_step"] == 3
     assert signal.getsignal(signal.SIGTERM) is not ckpt._on_signal  # handlers restored
+
+
+def test_sharded_folder_checkpoints_take_the_same_atomic_path(tmp_path, monkeypatch):
+    """A strategy that saves folders of shards (as FSDP/DeepSpeed do) goes through the same write and manifest."""
+    ckpt = KitCheckpoint(dirpath=str(tmp_path / "c"), every_n_train_steps=2, keep_last=2)
+    trainer = make_trainer(tmp_path, [ckpt], max_steps=6, enable_checkpointing=True)
+
+    def save_shards(checkpoint, path, **kw):
+        os.makedirs(path)
+        state = checkpoint["state_dict"]
+        for rank, keys in enumerate((list(state)[:2], list(state)[2:])):
+            torch.save({k: state[k] for k in keys}, os.path.join(path, f"rank{rank}.pt"))
+        torch.save({k: v for k, v in checkpoint.items() if k != "state_dict"}, os.path.join(path, "meta.pt"))
+
+    monkeypatch.setattr(trainer.strategy, "save_checkpoint", save_shards)
+    trainer.fit(TinyRegressor(), regression_loader())
+    folder = tmp_path / "c"
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == [
+        "last.ckpt", "manifest.json", "step00000004.ckpt", "step00000006.ckpt"
+    ]
+    entry = Manifest(folder).entries["step00000006.ckpt"]
+    assert sorted(entry.files) == ["meta.pt", "rank0.pt", "rank1.pt"] and (folder / "last.ckpt").is_dir()
+    assert newest_good(folder).name in ("last.ckpt", "step00000006.ckpt")
+    (folder / "step00000006.ckpt" / "rank1.pt").write_bytes(b"")  # a lost shard
+    (folder / "last.ckpt" / "rank1.pt").write_bytes(b"")
+    with pytest.warns(UserWarning, match="rank1.pt is 0 bytes"):
+        assert newest_good(folder).name == "step00000004.ckpt"
