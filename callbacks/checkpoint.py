@@ -83,6 +83,8 @@ class KitCheckpoint(ModelCheckpoint):
         async_save: write in a background thread after copying the state to CPU (single-file checkpoints
             only; sharded strategies save synchronously and say so once).
         preemption: on SIGTERM/SIGUSR1, checkpoint at the next step boundary and stop cleanly.
+        preemption_every_n_steps: how often the ranks compare their signal flags (under DDP each check is
+            one small all-reduce with a host sync); a signal is acted on within this many steps.
         hang_timeout_s: if no training step (or validation batch) finishes for this many seconds, print which
             step and checkpoint to resume from and exit the process with code 3: under DDP a rank that died
             leaves the others blocked in a collective, and this bounds the wait below the process group's
@@ -111,6 +113,7 @@ class KitCheckpoint(ModelCheckpoint):
         async_save: bool = False,
         preemption: bool = True,
         hang_timeout_s: float | None = None,
+        preemption_every_n_steps: int = 1,
         exact_rng: bool = True,
         verbose: bool = False,
         auto_insert_metric_name: bool = True,
@@ -136,6 +139,9 @@ class KitCheckpoint(ModelCheckpoint):
         if hang_timeout_s is not None and hang_timeout_s <= 0:
             raise ValueError(f"hang_timeout_s={hang_timeout_s} must be > 0 seconds (or None to disarm)")
         self.hang_timeout_s = hang_timeout_s
+        if preemption_every_n_steps < 1:
+            raise ValueError(f"preemption_every_n_steps={preemption_every_n_steps} must be >= 1")
+        self.preemption_every_n_steps = preemption_every_n_steps
         self._heartbeat = time.monotonic()
         self._watchdog: threading.Thread | None = None
         self._watch_stop = threading.Event()
@@ -192,7 +198,6 @@ class KitCheckpoint(ModelCheckpoint):
             signal.signal(signum, handler)
         self._old_handlers.clear()
 
-    # -- RNG ---------------------------------------------------------------------------------------------
     def _watch(self, trainer: pl.Trainer) -> None:
         while not self._watch_stop.wait(min(5.0, self.hang_timeout_s / 4)):
             idle = time.monotonic() - self._heartbeat
@@ -212,6 +217,7 @@ class KitCheckpoint(ModelCheckpoint):
     def on_validation_batch_end(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
         self._heartbeat = time.monotonic()
 
+    # -- RNG ---------------------------------------------------------------------------------------------
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int
     ) -> None:
@@ -261,10 +267,12 @@ class KitCheckpoint(ModelCheckpoint):
         step = trainer.global_step
         due = self.every > 0 and step % self.every == 0
         stop = False
-        if self.preemption:
+        if self.preemption and step % self.preemption_every_n_steps == 0:
+            # under DDP: one tiny all-reduce (and host sync) per check, so every rank stops at the same step
             stop = trainer.strategy.reduce_boolean_decision(self._signal is not None, all=False)
         if (due or stop) and not self._should_skip_saving_checkpoint(trainer):
             self._save_periodic(trainer)
+            self._heartbeat = time.monotonic()  # a long save is progress, not a hang
             pl_module.log("checkpoint/stall_s", self.save_times[-1]["stall_s"], on_step=True, on_epoch=False)
         # every step, so a monitor sees it from the start
         pl_module.log("checkpoint/saves", float(len(self.save_times)), on_step=True, on_epoch=False)
