@@ -153,6 +153,7 @@ class KitCheckpoint(ModelCheckpoint):
         self._step_rng: dict[str, Any] | None = None
         self._rng_to_restore: dict[str, Any] | None = None
         self._kind = "best"
+        self._last_periodic_step = -1
         self._hook: Any = None
         self.save_times: list[dict[str, float]] = []  # per save: stall (seconds the step waited) and total
         self.background_write_s: list[float] = []  # async: seconds each background write took
@@ -296,6 +297,7 @@ class KitCheckpoint(ModelCheckpoint):
 
     def _save_periodic(self, trainer: pl.Trainer) -> None:
         filepath = os.path.join(self.dirpath, f"step{trainer.global_step:08d}{self.FILE_EXTENSION}")
+        self._last_periodic_step = trainer.global_step
         self._kind = "step"
         try:
             self._save_checkpoint(trainer, filepath)
@@ -459,8 +461,8 @@ class KitCheckpoint(ModelCheckpoint):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # the final step is always saved, so a later resume (or fine-tune) starts from where fit stopped
-        if self._last_global_step_saved != trainer.global_step and not trainer.sanity_checking:
-            self._save_periodic(trainer)
+        if self._last_periodic_step != trainer.global_step and not trainer.sanity_checking:
+            self._save_periodic(trainer)  # (a best-k save of this step alone would leave last.ckpt behind)
         self._drain()
 
     def on_exception(

@@ -221,3 +221,10 @@ def test_sharded_folder_checkpoints_take_the_same_atomic_path(tmp_path, monkeypa
     (folder / "last.ckpt" / "rank1.pt").write_bytes(b"")
     with pytest.warns(UserWarning, match="rank1.pt is 0 bytes"):
         assert newest_good(folder).name == "step00000004.ckpt"
+
+
+def test_the_final_step_is_saved_and_linked_as_last_even_after_a_best_k_save(tmp_path):
+    ckpt = KitCheckpoint(dirpath=str(tmp_path / "c"), every_n_train_steps=50, monitor="val_loss")
+    _fit(tmp_path, ckpt, steps=6, val_check_interval=3, limit_val_batches=1)  # best-k saves step 6 first
+    assert torch.load(tmp_path / "c" / "last.ckpt", weights_only=True)["global_step"] == 6
+    assert (tmp_path / "c" / "step00000006.ckpt").exists()
