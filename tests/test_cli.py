@@ -109,7 +109,9 @@ def test_fit_then_validate_then_resume_from_last(tmp_path) -> None:
 
     out = kit(["fit", *FAST, "--trainer.max_steps=10", "--ckpt_path", "last"], tmp_path).stdout
     assert "--ckpt_path last -> runs/gpt-tiny/version_0/checkpoints/" in out  # newest complete, any version
-    resumed = tmp_path / "runs/gpt-tiny/version_1/checkpoints/last.ckpt"  # each run has its own version
+    # each run (validate and test too) has its own logger version; the resumed fit wrote into the newest
+    resumed = max(tmp_path.glob("runs/gpt-tiny/version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    assert resumed != last
     assert torch.load(resumed, weights_only=False)["global_step"] == 10
     assert torch.load(last, weights_only=False)["global_step"] == 6
     steps = [int(r["step"]) for r in _metrics(tmp_path / "runs") if r.get("train/loss")]
