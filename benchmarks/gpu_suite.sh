@@ -5,7 +5,7 @@
 #         checks (correctness on the GPU: distributed monitoring data pytest), all (both; over 10 minutes,
 #         so split it across two device calls).
 # Steps: perf (raw loop vs Trainer vs monitors, precisions, activation checkpointing; gpu_perf.py),
-#        throughput (the older Trainer/plain ratio), distributed, monitoring, data, pytest.
+#        throughput (the older Trainer/plain ratio), distributed, monitoring, data, checkpoint, pytest.
 # Wheels the GPU image lacks (deepspeed and its needs) may be put in .whl/; they are installed to /tmp/site.
 # Each step is time-boxed and the suite goes on past a failing step. Results, logs and a summary are packed
 # into $OUT/results.tgz (and summary.txt beside it).
@@ -31,8 +31,8 @@ expanded=()
 for s in "${steps[@]}"; do
   case $s in
     perf) expanded+=(perf-main architecture) ;;
-    checks) expanded+=(distributed monitoring data pytest) ;;
-    all) expanded+=(perf-main architecture distributed monitoring data pytest) ;;
+    checks) expanded+=(distributed monitoring data checkpoint pytest) ;;
+    all) expanded+=(perf-main architecture distributed monitoring data checkpoint pytest) ;;
     *) expanded+=("$s") ;;
   esac
 done
@@ -53,6 +53,7 @@ for s in "${steps[@]}"; do
     distributed) step distributed 150 python3 benchmarks/gpu_distributed.py --out "$RES" ;;
     monitoring) step monitoring 110 python3 benchmarks/gpu_monitoring.py --steps 30 --out "$RES/monitoring" ;;
     data) step data 45 python3 benchmarks/gpu_data.py --out "$RES" ;;
+    checkpoint) step checkpoint 150 python3 -m benchmarks checkpoint --out "$RES" --suffix=-gpu ;;
     pytest) step pytest 70 python3 -m pytest -q -p no:cacheprovider tests/test_gpu_foundation.py tests/test_hardware.py ;;
     *) echo "unknown step $s" ;;
   esac

@@ -5,6 +5,7 @@ arguments, logs through ``pl_module.log``, writes files on rank zero, round-trip
 ``state_key`` of its distinguishing arguments, and gives the same result wherever it sits in the list.
 """
 
+from kit.callbacks.checkpoint import KitCheckpoint
 from kit.callbacks.clipping import GradientClipping
 from kit.callbacks.compression import GradientCompression
 from kit.callbacks.doctor import TrainingDoctor
@@ -22,6 +23,7 @@ __all__ = [
     "GradientHealth",
     "HardwareMonitor",
     "HessianMonitor",
+    "KitCheckpoint",
     "LossScaleMonitor",
     "MixUpCutMix",
     "SpikeGuard",

@@ -6,8 +6,11 @@ the gradient norm in ``on_before_optimizer_step``; the decision is taken there, 
 - ``"skip"``: the update is dropped by setting every ``.grad`` to ``None``, which makes
   torch optimizers (fused and foreach included) leave those parameters and their state untouched.
 - ``"rewind"``: reload model and optimizer state from the last checkpoint written by a
-  ``ModelCheckpoint`` and drop the updates of the next ``skip_batches`` batches (PaLM restarted
-  ~100 steps before a spike and skipped 200-500 batches). Without a checkpoint it falls back to skip.
+  ``ModelCheckpoint`` (for ``KitCheckpoint``: the newest one whose checksums verify) and drop the updates of
+  the next ``skip_batches`` batches (PaLM restarted ~100 steps before a spike and skipped 200-500 batches).
+  Without a checkpoint yet it skips the update and warns. Under strategies that write sharded checkpoint
+  folders (DeepSpeed, FSDP ``state_dict_type='sharded'``, distributed ModelParallel) it refuses at setup
+  with a message, instead of silently becoming ``"skip"``.
 - ``"stop"``: drop the update, write a Markdown report and stop the Trainer.
 
 Deciding per step needs the loss on the host: one sync per step (two floats). Under DDP the verdict
@@ -20,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +34,26 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from kit.callbacks._common import current_grad_scale, global_grad_norm, trainable_params
+from kit.callbacks.checkpoint import KitCheckpoint
+from kit.checkpoint import newest_good
 from kit.health.spikes import SpikeDetector, SpikeVerdict
 
 __all__ = ["SpikeGuard"]
 
 ACTIONS = ("skip", "rewind", "stop")
+_HISTORY = 1_000_000  # (step, loss) pairs kept for the plot: 16 MB at most
+
+
+def _sharded_checkpoints(strategy: Any) -> str | None:
+    """Why ``strategy`` writes checkpoints as folders of shards, or ``None`` when it writes one file."""
+    name = type(strategy).__name__
+    if name.startswith("DeepSpeed"):
+        return f"{name} saves each checkpoint as a folder of per-rank shards"
+    if name.startswith("FSDP") and getattr(strategy, "_state_dict_type", "full") == "sharded":
+        return f"{name}(state_dict_type='sharded') saves each checkpoint as a folder of shards"
+    if name.startswith("ModelParallel") and getattr(strategy, "_save_distributed_checkpoint", False):
+        return f"{name} saves distributed checkpoints (folders of shards)"
+    return None
 
 
 class SpikeGuard(Callback):
@@ -82,8 +101,19 @@ class SpikeGuard(Callback):
         self.skipped: list[dict[str, int]] = []
         self.pending_skips = 0
         self.rewinds = 0
+        self.history: list[tuple[int, float]] = []  # (step, loss) of every judged step, for the plot
         self._loss: Tensor | None = None
         self._batch: tuple[int, int] = (0, 0)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.action == "rewind" and stage == "fit":
+            reason = _sharded_checkpoints(trainer.strategy)
+            if reason:
+                raise ValueError(
+                    f"SpikeGuard(action='rewind') reloads a checkpoint in the middle of a step, which this kit does "
+                    f"only for single-file checkpoints; {reason}. Use action='skip' or action='stop' (then resume "
+                    "with --ckpt_path last), or save full state dicts (FSDPStrategy(state_dict_type='full'))"
+                )
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -131,6 +161,8 @@ class SpikeGuard(Callback):
             signals.append(global_grad_norm(trainer, pl_module, optimizer))
         device = signals[0].device
         values = torch.stack([s.reshape(()).to(device) for s in signals]).tolist()
+        if "loss" in self.monitor and len(self.history) < _HISTORY:
+            self.history.append((trainer.global_step, values[0]))
         verdicts = {m: self.detectors[m].update(v) for m, v in zip(self.monitor, values)}
         if (
             "loss" in self.monitor and self._loss is None
@@ -188,7 +220,10 @@ class SpikeGuard(Callback):
             return self.ckpt_path
         paths = []
         for cb in trainer.checkpoint_callbacks:
-            if isinstance(cb, ModelCheckpoint):
+            if isinstance(cb, KitCheckpoint) and cb.dirpath:  # its manifest knows which ones are complete
+                good = newest_good(cb.dirpath)
+                paths += [str(good)] if good is not None else []
+            elif isinstance(cb, ModelCheckpoint):
                 paths += [p for p in (cb.last_model_path, cb.best_model_path, *cb.best_k_models) if p]
         paths = [p for p in paths if Path(p).is_file()]
         return max(paths, key=lambda p: Path(p).stat().st_mtime) if paths else None
@@ -236,6 +271,38 @@ class SpikeGuard(Callback):
         ]
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text("\n".join(lines) + "\n")
+        if self.history:
+            self.plot(str(Path(path).with_suffix(".png")))
+        return path
+
+    def plot(self, path: str) -> str:
+        """PNG of the loss per step with each spike marked (and the dropped updates shaded); returns the path."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        steps, losses = zip(*self.history) if self.history else ((), ())
+        fig, ax = plt.subplots(figsize=(8, 3.5))
+        ax.plot(steps, losses, lw=0.8, label="loss")
+        spikes = [(e["step"], e.get("loss", float("nan"))) for e in self.events]
+        if spikes:
+            finite = [lo for lo in losses if math.isfinite(lo)]
+            top = max(finite) if finite else 1.0
+            xs = [st for st, _ in spikes]
+            ys = [lo if math.isfinite(lo) else top for _, lo in spikes]
+            ax.scatter(xs, ys, color="red", marker="x", zorder=3, label=f"spike ({self.action})")
+        for s in self.skipped:
+            if s["rewind"]:
+                ax.axvspan(s["step"] - 0.5, s["step"] + 0.5, color="orange", alpha=0.2, lw=0)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.set_title(f"SpikeGuard: {len(self.events)} spike(s), {len(self.skipped)} update(s) dropped")
+        ax.legend(loc="upper right")
+        fig.tight_layout()
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
         return path
 
     @property
@@ -249,6 +316,7 @@ class SpikeGuard(Callback):
             "skipped": list(self.skipped),
             "pending_skips": self.pending_skips,
             "rewinds": self.rewinds,
+            "history": list(self.history),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -259,3 +327,4 @@ class SpikeGuard(Callback):
         self.skipped = list(state_dict.get("skipped", []))
         self.pending_skips = int(state_dict.get("pending_skips", 0))
         self.rewinds = int(state_dict.get("rewinds", 0))
+        self.history = [tuple(h) for h in state_dict.get("history", [])]

@@ -31,7 +31,10 @@ from kit.data.tokenizer import EOS, load_or_train_bpe
 
 try:  # resumable mid-epoch; Lightning saves and restores its state in checkpoints
     from torchdata.stateful_dataloader import StatefulDataLoader as _Loader
+    from torchdata.stateful_dataloader.sampler import RandomSampler as _RandomSampler
 except ImportError:  # pragma: no cover - torchdata is a core dependency, this keeps the module importable
+    from torch.utils.data import RandomSampler as _RandomSampler
+
     _Loader = DataLoader
 
 __all__ = ["BlockDataset", "TextDataModule"]
@@ -335,7 +338,11 @@ class TextDataModule(pl.LightningDataModule):
             self._log_proportions()
             order = {"sampler": self.sampler}
         elif shuffle:
-            order = {"shuffle": True, "generator": torch.Generator().manual_seed(self.hparams.seed)}
+            # The sampler owns its generator and saves it in the loader's state. A loader-level generator would
+            # also seed each iterator's base seed, so the next epoch's order would depend on how many iterators
+            # were made (a resumed run makes one more) and a resume would not be exact.
+            generator = torch.Generator().manual_seed(self.hparams.seed)
+            order = {"sampler": _RandomSampler(dataset, generator=generator)}
         with warnings.catch_warnings():
             # torchdata 0.11 calls torch.set_vital, which torch deprecates; nothing a user can act on
             warnings.filterwarnings("ignore", message="'set_vital' is deprecated")

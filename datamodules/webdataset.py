@@ -12,8 +12,9 @@ targets)`` batches of shape ``(B, block_size)``, the format of ``kit.models.gpt.
 from __future__ import annotations
 
 import io
+import itertools
 import os
-import random
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -22,7 +23,8 @@ import numpy as np
 import torch
 import webdataset as wds
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from kit.data.shard_meta import read_shard_metadata
 from kit.data.shards import ShardErrorHandler, expand_urls
@@ -32,25 +34,67 @@ __all__ = ["WebDataModule"]
 _DECODERS = ("lm", "text", "raw")
 
 
-class _EpochShuffle:
-    """Buffer shuffle seeded by ``seed + epoch``: deterministic for a seed, different every epoch."""
+class _ResumableStream(IterableDataset):
+    """A training pipeline that knows its epoch and how many samples it has served, so it resumes mid-epoch.
 
-    def __init__(self, bufsize: int, seed: int) -> None:
-        self.bufsize, self.seed, self.epoch = bufsize, seed, -1
+    Every epoch-dependent stage (``wds.detshuffle``, ``wds.ResampledShards``) advances its own epoch each time it
+    is iterated; here each is set to this stream's epoch first, so a resumed reader rebuilds the very same
+    order, then skips the samples already served (before decoding). ``StatefulDataLoader`` calls
+    ``state_dict``/``load_state_dict`` in each worker, so every (rank, worker) reader resumes its own part.
+    """
 
-    def __call__(self, src: Iterator[Any]) -> Iterator[Any]:
-        self.epoch += 1
-        rng = random.Random(self.seed + self.epoch)
-        buf: list[Any] = []
-        for item in src:
-            if len(buf) < self.bufsize:
-                buf.append(item)
+    def __init__(
+        self,
+        pipeline: wds.DataPipeline,
+        decode: Callable[[Any], Any],
+        length: int | None,
+        handler: Callable[[Exception], bool],
+        total: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.pipeline, self.decode, self.length, self.handler = pipeline, decode, length, handler
+        self.total = total
+        self.epoch, self.position = -1, 0  # epoch -1: none started yet
+        self._skip: int | None = None
+
+    def _epoch_stages(self) -> list[Any]:
+        return [s for s in self.pipeline.pipeline if isinstance(s, (wds.detshuffle, wds.ResampledShards))]
+
+    def __iter__(self) -> Iterator[Any]:
+        if self._skip is None:  # a new epoch; after load_state_dict, the loaded one continues
+            self.epoch += 1
+            self.position = 0
+        skip, self._skip = self._skip or 0, None
+        for stage in self._epoch_stages():
+            stage.epoch = self.epoch - 1  # each stage adds one as it starts
+        it = iter(self.pipeline)
+        if self.length is not None:
+            it = itertools.islice(it, self.length)
+        for n, sample in enumerate(it, 1):
+            if n <= skip:
                 continue
-            k = rng.randrange(len(buf))
-            buf[k], item = item, buf[k]
+            self.position = n
+            try:
+                item = self.decode(sample)
+            except Exception as err:  # the same policy as wds.map(..., handler=) on the other loaders
+                if self.handler(err):
+                    continue
+                raise
             yield item
-        rng.shuffle(buf)
-        yield from buf
+
+    def __len__(self) -> int:
+        # Only with a set epoch length (samples per rank, all workers together). A sized loader also stops
+        # Lightning from fetching a batch ahead, which would put the saved position one batch past training.
+        if self.total is None:
+            raise TypeError("the stream's length is unknown; set WebDataModule(epoch_length=...)")
+        return self.total
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._skip = self.position
 
 
 def _tar_samples(
@@ -88,8 +132,13 @@ class WebDataModule(pl.LightningDataModule):
     """Stream training (and validation) samples from tar shards.
 
     Shards are split across nodes (``split_by_node``) and DataLoader workers (``split_by_worker``), shuffled
-    per epoch with ``seed + epoch`` (shard order, then a sample buffer), so the order is deterministic for a
-    given seed, world size and worker count. In ``resampled`` mode every rank/worker draws shards with
+    per epoch by ``wds.detshuffle`` with ``seed + epoch`` (shard order, then a sample buffer), so the order is
+    deterministic for a given seed, world size and worker count. The training loader is a
+    ``StatefulDataLoader`` over a stream that records its epoch and position, so a checkpoint taken mid-epoch
+    resumes with the next sample (each reader skips what it already served, before decoding). The resume is
+    exact when ``epoch_length`` is set: the loader then has a length, and Lightning reads no batch ahead.
+    Without it, Lightning fetches one batch ahead of an unsized stream to detect the epoch's end, so the
+    saved position is one batch past training and a resumed run skips that batch. In ``resampled`` mode every rank/worker draws shards with
     replacement forever (the multi-node recipe: no rank runs out early); ``epoch_length`` then sets the
     batches per epoch.
 
@@ -173,8 +222,16 @@ class WebDataModule(pl.LightningDataModule):
             return self.decode
         return {"lm": _decode_lm, "text": _decode_text, "raw": lambda s: s}[self.decode]
 
-    def make_dataset(self, shards: list[str], train: bool) -> wds.DataPipeline:
-        """The webdataset pipeline for ``shards`` (public so users can iterate it without a Trainer)."""
+    def _decode_one(self, sample: dict[str, Any]) -> Any:
+        return self._decoder()(sample)
+
+    def make_dataset(self, shards: list[str], train: bool, decode: bool = True) -> wds.DataPipeline:
+        """The webdataset pipeline for ``shards`` (public so users can iterate it without a Trainer).
+
+        Shuffling uses ``wds.detshuffle`` (seeded by ``seed`` and the epoch) for the shard order and the sample
+        buffer. With ``decode=False`` the pipeline yields raw samples (the training loader decodes after its
+        resume bookkeeping).
+        """
         handler = self.error_handler
         if train and self.resampled:
             stages: list[Any] = [wds.ResampledShards(shards, seed=self.seed, deterministic=True)]
@@ -184,15 +241,20 @@ class WebDataModule(pl.LightningDataModule):
                 self._check_split(len(shards))
             stages += [wds.split_by_node, wds.split_by_worker]
             if train and self.shard_shuffle:
-                stages.append(_EpochShuffle(len(shards), self.seed))
+                stages.append(wds.detshuffle(len(shards), initial=len(shards), seed=self.seed))
         stages.append(wds.pipelinefilter(_tar_samples)(handler))
         if train and self.shuffle_buffer:
-            stages.append(_EpochShuffle(self.shuffle_buffer, self.seed + 1))
-        stages.append(wds.map(self._decoder(), handler=handler))
+            initial = min(self.shuffle_buffer, 100)
+            stages.append(wds.detshuffle(self.shuffle_buffer, initial=initial, seed=self.seed + 1))
+        if decode:
+            stages.append(wds.map(self._decoder(), handler=handler))
         pipeline = wds.DataPipeline(*stages)
-        if train and self.epoch_length:
-            pipeline = pipeline.with_epoch(self.epoch_length * self.batch_size // max(self.num_workers, 1))
+        if train and self.epoch_length and decode:
+            pipeline = pipeline.with_epoch(self._samples_per_epoch())
         return pipeline
+
+    def _samples_per_epoch(self) -> int:
+        return self.epoch_length * self.batch_size // max(self.num_workers, 1)
 
     def _check_split(self, n_shards: int) -> None:
         world = self.trainer.world_size if self.trainer is not None else 1
@@ -210,6 +272,20 @@ class WebDataModule(pl.LightningDataModule):
 
     def _loader(self, shards: list[str], train: bool) -> DataLoader:
         collate = _collate_list if self.decode in ("text", "raw") else None
+        if train:  # resumable mid-epoch: StatefulDataLoader saves each reader's epoch and position
+            length = self._samples_per_epoch() if self.epoch_length else None
+            raw = self.make_dataset(shards, train, decode=False)
+            total = self.epoch_length * self.batch_size if self.epoch_length else None
+            dataset = _ResumableStream(raw, self._decode_one, length, self.error_handler, total)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
+                return StatefulDataLoader(
+                    dataset,
+                    batch_size=self.batch_size,
+                    num_workers=self.num_workers,
+                    persistent_workers=self.num_workers > 0,
+                    collate_fn=collate,
+                )
         return DataLoader(
             self.make_dataset(shards, train),
             batch_size=self.batch_size,

@@ -71,6 +71,7 @@ SPECS: dict[str, Spec] = {
     "HessianMonitor": Spec(
         {"prefix": "hessian2/"}, {"log_every_n_steps": 1, "max_iter": 5}, key="hessian/top_eigenvalue"
     ),
+    "KitCheckpoint": Spec({"every_n_train_steps": 2}, {"every_n_train_steps": 1}, key="checkpoint/saves"),
     "LossScaleMonitor": Spec({"min_scale": 1.0}, key="loss_scale/scale", fp16=True),
     "MixUpCutMix": Spec({"seed": 1}, key="mixup/lam", classifier=True),
     "SpikeGuard": Spec({"action": "stop"}, key="spike_guard/spikes"),
@@ -114,6 +115,7 @@ def _fit(
     else:
         kw.setdefault("limit_val_batches", 0)
         val = None
+    kw.setdefault("enable_checkpointing", any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks))
     trainer = make_trainer(tmp_path, callbacks, max_steps=steps, **kw)
     trainer.fit(module, loader, val, ckpt_path=ckpt_path)
     return trainer

@@ -96,7 +96,7 @@ def _metrics(log_dir: Path) -> list[dict]:
 def test_fit_then_validate_then_resume_from_last(tmp_path) -> None:
     out = kit(["fit", *FAST], tmp_path).stdout
     assert "kit fit finished" in out and "unigram baseline val loss" in out and "sample:" in out
-    last = tmp_path / "runs/gpt-tiny/checkpoints/last.ckpt"
+    last = tmp_path / "runs/gpt-tiny/version_0/checkpoints/last.ckpt"
     assert last.exists()
     assert torch.load(last, weights_only=False)["global_step"] == 6
     rows = _metrics(tmp_path / "runs")
@@ -107,8 +107,13 @@ def test_fit_then_validate_then_resume_from_last(tmp_path) -> None:
     out = kit(["test", *FAST, "--ckpt_path", str(last)], tmp_path).stdout
     assert "test/ppl" in out
 
-    kit(["fit", *FAST, "--trainer.max_steps=10", "--ckpt_path", "last"], tmp_path)
-    assert torch.load(last, weights_only=False)["global_step"] == 10
+    out = kit(["fit", *FAST, "--trainer.max_steps=10", "--ckpt_path", "last"], tmp_path).stdout
+    assert "--ckpt_path last -> runs/gpt-tiny/version_0/checkpoints/" in out  # newest complete, any version
+    # each run (validate and test too) has its own logger version; the resumed fit wrote into the newest
+    resumed = max(tmp_path.glob("runs/gpt-tiny/version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    assert resumed != last
+    assert torch.load(resumed, weights_only=False)["global_step"] == 10
+    assert torch.load(last, weights_only=False)["global_step"] == 6
     steps = [int(r["step"]) for r in _metrics(tmp_path / "runs") if r.get("train/loss")]
     assert max(steps) >= 9 and min(s for s in steps if s >= 6) >= 6
 

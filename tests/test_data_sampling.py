@@ -216,3 +216,82 @@ def test_mid_epoch_resume_through_lightning_checkpoint(tmp_path):
     resumed = BatchRecorder()
     make_trainer(tmp_path, max_steps=8).fit(resumed, loader(), ckpt_path=ckpt)
     assert resumed.seen == full.seen[20:]  # the killed run continues with exactly the next samples
+
+
+# -- the sampler's contract: groups with replacement (the mix), members without replacement within a group --
+
+
+@given(
+    groups=st.lists(st.integers(0, 4), min_size=1, max_size=120),
+    t=st.floats(0.5, 8.0),
+    world=st.integers(1, 4),
+    seed=st.integers(0, 50),
+)
+def test_sampler_members_repeat_only_after_their_whole_group(groups, t, world, seed):
+    s = TemperatureSampler(groups, temperature=t, seed=seed, num_replicas=world, rank=0)
+    drawn = s.global_indices(0).tolist()
+    size = Counter(groups)
+    per_group = Counter(groups[i] for i in drawn)
+    times = Counter(drawn)
+    for g, k in per_group.items():
+        members = [i for i, gi in enumerate(groups) if gi == g]
+        counts = [times.get(i, 0) for i in members]
+        # dealt from whole permutations: counts differ by at most one, so at most ceil(k / n) each
+        assert max(counts) - min(counts) <= 1
+        assert max(counts) == -(-k // size[g])
+        if k <= size[g]:  # a downsampled group never repeats a sample, on one rank or across ranks
+            assert max(counts) == 1
+
+
+def test_sampler_ranks_share_no_sample_of_a_downsampled_group():
+    groups = [0] * 900 + [1] * 100  # T=3 draws group 0 about 593 times of its 900: downsampled
+    shares = [
+        set(TemperatureSampler(groups, 3.0, seed=1, num_replicas=2, rank=r)) for r in range(2)
+    ]
+    assert not {i for i in shares[0] & shares[1] if groups[i] == 0}
+
+
+class _CountingSeq:
+    """A sequence that counts how often each item is read."""
+
+    def __init__(self, n: int, base: int) -> None:
+        self.n, self.base, self.reads = n, base, Counter()
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        self.reads[i] += 1
+        return self.base + i
+
+
+@pytest.mark.parametrize("kind", ["sequence", "callable"])
+def test_mixer_reads_each_item_once_per_epoch_across_readers(kind, monkeypatch):
+    a, b = _CountingSeq(60, 0), _CountingSeq(20, 1000)
+    opened: list[tuple[int, int]] = []
+
+    def part(seq):  # a callable source opens only its own part, as a shard lister would
+        def open_part(index: int, count: int):
+            opened.append((index, count))
+            return (seq[i] for i in range(index, len(seq), count))
+
+        return open_part
+
+    sources = {"a": a, "b": b} if kind == "sequence" else {"a": part(a), "b": part(b)}
+    readers, served = 3, []
+    for index in range(readers):  # 3 readers = e.g. 3 ranks x 1 worker, or 1 rank x 3 workers
+        mix = TemperatureMixer(sources, sizes={"a": 60, "b": 20}, seed=0)
+        monkeypatch.setattr(mix, "_part", lambda i=index: (i, readers))
+        served += list(mix)
+    assert sorted(served) == list(range(60)) + list(range(1000, 1020))  # every item served once
+    assert set(a.reads.values()) == {1} and set(b.reads.values()) == {1}  # and read once
+    assert kind == "sequence" or sorted(opened) == [(i, 3) for i in range(3) for _ in range(2)]
+
+
+def test_mixer_warns_that_a_plain_iterable_is_read_by_every_reader(monkeypatch):
+    mix = TemperatureMixer({"a": iter(range(9))}, sizes={"a": 9}, seed=0)
+    monkeypatch.setattr(mix, "_part", lambda: (1, 3))
+    with pytest.warns(UserWarning, match="walks all of it"):
+        assert list(mix) == [1, 4, 7]

@@ -302,3 +302,40 @@ def test_ranks_agree_when_only_one_rank_spikes(tmp_path) -> None:
     r0 = json.loads((tmp_path / "rank0.json").read_text())
     r1 = json.loads((tmp_path / "rank1.json").read_text())
     assert r0["skipped"] == r1["skipped"] == [20]
+
+
+def test_rewind_refuses_sharded_checkpoint_strategies_at_setup() -> None:
+    from types import SimpleNamespace
+
+    class FSDPStrategy:
+        _state_dict_type = "sharded"
+
+    class DeepSpeedStrategy:
+        pass
+
+    for strategy in (FSDPStrategy(), DeepSpeedStrategy()):
+        with pytest.raises(ValueError, match=r"rewind.*folder.*action='skip'"):
+            SpikeGuard(action="rewind").setup(SimpleNamespace(strategy=strategy), None, "fit")
+        SpikeGuard(action="skip").setup(SimpleNamespace(strategy=strategy), None, "fit")  # skip/stop are fine
+    FSDPStrategy._state_dict_type = "full"
+    SpikeGuard(action="rewind").setup(SimpleNamespace(strategy=FSDPStrategy()), None, "fit")
+
+
+def test_rewind_uses_the_newest_verified_kit_checkpoint(tmp_path) -> None:
+    from kit.callbacks import KitCheckpoint
+
+    ckpt = KitCheckpoint(dirpath=str(tmp_path), every_n_train_steps=10, keep_last=5)
+    guard = SpikeGuard(action="rewind", window=32, skip_batches=2)
+    _trainer, module, log = run(guard, 60, spikes={45: "big"}, extra=[ckpt])
+    assert guard.events[0]["rewound_to"]  # step00000040.ckpt or last.ckpt, its hard link at the time
+    saved = torch.load(tmp_path / "step00000040.ckpt", weights_only=True)["state_dict"]
+    assert torch.equal(log.before[46], torch.cat([saved[k].reshape(-1) for k in module.state_dict()]))
+
+
+def test_stop_report_has_a_loss_plot_with_the_spike(tmp_path) -> None:
+    report = tmp_path / "spikes.md"
+    guard = SpikeGuard(action="stop", window=32, report_path=str(report))
+    run(guard, 60, spikes={40: "big"})
+    png = report.with_suffix(".png")
+    assert png.stat().st_size > 5_000 and png.read_bytes()[:4] == b"\x89PNG"
+    assert len(guard.history) == 41 and guard.history[40][0] == 40

@@ -16,7 +16,7 @@ import sys
 import warnings
 from pathlib import Path
 
-__all__ = ["DEFAULT_RECIPE", "import_object", "list_recipes", "main", "one_line", "resolve_recipe"]
+__all__ = ["DEFAULT_RECIPE", "import_object", "list_recipes", "main", "one_line", "resolve_ckpt_path", "resolve_recipe"]
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 DEFAULT_RECIPE = "gpt-tiny"
@@ -173,6 +173,7 @@ def _lightning_cli():
             self._final_last = FinalLastCheckpoint()
             self._final_val = FinalValidation()
             self.trainer.callbacks += [self._final_last, self._final_val]
+            self._resolve_ckpt_path()
 
         def add_arguments_to_parser(self, parser) -> None:
             parser.add_argument(
@@ -182,6 +183,7 @@ def _lightning_cli():
             )
 
         def before_predict(self) -> None:
+            self._resolve_ckpt_path()
             from kit.cli.predictions import JSONLPredictionWriter
 
             path = self.config[self.subcommand].get("predictions")
@@ -195,6 +197,19 @@ def _lightning_cli():
             if self.trainer.is_global_zero:
                 print(f"kit predict: wrote {self._writer.rows:,} rows to {self._writer.path}", flush=True)
 
+        def before_validate(self) -> None:
+            self._resolve_ckpt_path()
+
+        def before_test(self) -> None:
+            self._resolve_ckpt_path()
+
+        def _resolve_ckpt_path(self) -> None:
+            config = self.config_init[self.subcommand]
+            value = config.get("ckpt_path")
+            resolved = resolve_ckpt_path(value, self.trainer)
+            if resolved != value:
+                config["ckpt_path"] = resolved
+
         def after_fit(self) -> None:
             self._final_last.save_if_behind(self.trainer)
             # every fit ends validated, so the summary can compare the model with the baseline
@@ -202,6 +217,33 @@ def _lightning_cli():
             _print_fit_summary(self.trainer, self.model, self.datamodule)
 
     return KitCLI
+
+
+def resolve_ckpt_path(value: str | None, trainer) -> str | None:
+    """``--ckpt_path`` as the run will use it: ``last`` becomes the newest complete checkpoint of any version
+    of this recipe's runs (``<logger save_dir>/<name>/version_*/``); a path that fails its checksum becomes
+    the previous good checkpoint beside it (``kit.checkpoint`` warns, naming both)."""
+    if not value or value in ("best", "hpc", "registry"):
+        return value
+    from kit.checkpoint import find_latest, resolve_checkpoint
+
+    if value == "last":
+        logger = trainer.logger
+        if logger is not None and getattr(logger, "save_dir", None):
+            root = Path(logger.save_dir) / (logger.name or "")
+        else:
+            root = Path(trainer.default_root_dir)
+        found = find_latest(root)
+        if found is None:
+            if trainer.is_global_zero:
+                print(f"kit: --ckpt_path last: no complete checkpoint under {root}; starting from scratch", flush=True)
+            return None
+        if trainer.is_global_zero:
+            print(f"kit: --ckpt_path last -> {found}", flush=True)
+        return str(found)
+    if Path(value).exists():
+        return str(resolve_checkpoint(value))
+    return value
 
 
 def import_object(path: str):

@@ -17,7 +17,8 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -71,13 +72,20 @@ def _dist_defaults(num_replicas: int | None, rank: int | None) -> tuple[int, int
 
 
 class TemperatureSampler(DistributedSampler):
-    """Map-style sampler drawing samples with probability ``p_group / n_group`` (with replacement).
+    """Map-style sampler: groups drawn with temperature weights, members without replacement within a group.
 
     Each epoch draws one global sequence of ``num_replicas * len(self)`` indices from a generator seeded
-    with ``seed + epoch``: first a group from ``temperature_weights(group sizes, T)``, then a uniform member
-    of that group. Rank ``r`` takes positions ``r, r + R, r + 2R, ...`` of that sequence, so the ranks'
-    shares are disjoint, together cover the whole draw, and have equal length. Small groups are upsampled
-    (their members repeat within an epoch), large groups downsampled.
+    with ``seed + epoch``. The group of each position is drawn from ``temperature_weights(group sizes, T)``
+    (with replacement: that is what sets the mix). The members of each group are dealt from a random
+    permutation of the group, so within an epoch:
+
+    - a group drawn at most as often as it has members (a downsampled group) yields distinct samples;
+    - an upsampled group (drawn ``k > n`` times) runs through whole permutations, so each member appears
+      ``floor(k/n)`` or ``ceil(k/n)`` times, never more.
+
+    Rank ``r`` takes positions ``r, r + R, r + 2R, ...`` of that sequence, so the ranks' shares are disjoint
+    slices of one draw with equal length; two ranks can hold the same sample only when its group is
+    upsampled, and then no more often than the counts above.
 
     The position advances as indices are yielded; ``state_dict()`` taken mid-epoch and loaded into a fresh
     sampler resumes with the very next index (``torchdata``'s ``StatefulDataLoader`` calls these methods
@@ -171,12 +179,22 @@ class TemperatureSampler(DistributedSampler):
         return {g: c / n for g, c in zip(self.groups, self.counts)}
 
     def global_indices(self, epoch: int | None = None) -> torch.Tensor:
-        """The whole epoch's draw over all ranks (``total_size`` indices); rank r owns ``[r::R]``."""
+        """The whole epoch's draw over all ranks (``total_size`` indices); rank r owns ``[r::R]``.
+
+        The group of each position is drawn with replacement (the temperature mix); the members of a group
+        are then dealt from a fresh random permutation of that group, so a member repeats only after every
+        member of its group has been dealt (a new permutation follows for an upsampled group).
+        """
         g = torch.Generator().manual_seed(self.seed + (self.epoch if epoch is None else epoch))
         group = torch.multinomial(self._weights, self.total_size, replacement=True, generator=g)
-        offset = (torch.rand(self.total_size, generator=g, dtype=torch.double) * self._sizes[group]).long()
-        offset = torch.minimum(offset, self._sizes[group] - 1)  # guards the rare rand()*n rounding to n
-        return self._order[self._starts[group] + offset]
+        out = torch.empty(self.total_size, dtype=torch.long)
+        for code in torch.unique(group).tolist():  # sorted, so the draw is deterministic
+            where = (group == code).nonzero().squeeze(1)
+            size = int(self._sizes[code])
+            rounds = -(-where.numel() // size)
+            deal = torch.cat([torch.randperm(size, generator=g) for _ in range(rounds)])[: where.numel()]
+            out[where] = self._order[self._starts[code] + deal]
+        return out
 
     def __iter__(self) -> Iterator[int]:
         replicas, rank = _dist_defaults(self._replicas_arg, self._rank_arg)
@@ -229,7 +247,8 @@ class TemperatureMixer(IterableDataset):
     """Interleave several iterable sources, picking the next source with temperature weights.
 
     Args:
-        sources: ``{name: iterable}``; each is re-iterated (``iter()``) when the mixer starts or cycles.
+        sources: ``{name: iterable | sequence | callable(index, count)}``; each is re-opened when the mixer
+            starts or cycles (see ``split`` for how readers share it).
         sizes: ``{name: size}`` used for the weights (documents, tokens, bytes); streams rarely know their
             length, so it is passed in. Missing names raise.
         temperature: T > 0 as in ``temperature_weights``.
@@ -237,9 +256,19 @@ class TemperatureMixer(IterableDataset):
         exhausted: what happens when a source runs out: ``"drop"`` (renormalise over the rest; the stream ends
             when all are empty), ``"stop"`` (end the stream), or ``"cycle"`` (restart it; the stream is
             infinite).
-        split: in DataLoader workers and under ``torch.distributed``, each (rank, worker) keeps every n-th item
-            of every source (n = world size x workers) and seeds its choices with its own index, so no item
-            is served twice. Turn off when the sources split themselves (e.g. webdataset pipelines).
+        split: in DataLoader workers and under ``torch.distributed``, the n = world size x workers readers
+            share each source, and each seeds its choices with its own index, so no item is served twice.
+            How a source is shared decides what each reader reads:
+
+            - a sequence (``len`` and indexing: a list, a map-style ``Dataset``): reader i indexes items
+              ``i, i + n, ...`` only;
+            - a callable ``source(index, count) -> iterable`` (e.g. one that opens every count-th shard):
+              called with the reader's part, it reads only that part;
+            - any other iterable: every reader must walk the whole stream and keep every n-th item, so each
+              item is read n times; the mixer warns once. Pass a callable or a sequence instead.
+
+            Turn ``split`` off when the sources split themselves (e.g. webdataset pipelines with
+            ``split_by_node``/``split_by_worker``).
 
     ``state_dict()`` records the choice RNG state and how many items each source gave, and ``load_state_dict``
     fast-forwards each source by that count, so a resumed stream continues exactly (in the process that
@@ -256,7 +285,7 @@ class TemperatureMixer(IterableDataset):
 
     def __init__(
         self,
-        sources: Mapping[str, Iterable[Any]],
+        sources: Mapping[str, Iterable[Any] | Callable[[int, int], Iterable[Any]]],
         sizes: Mapping[str, float],
         temperature: float = 1.0,
         seed: int = 0,
@@ -278,6 +307,7 @@ class TemperatureMixer(IterableDataset):
         self.counts: dict[str, int] = {n: 0 for n in self.names}
         self._rng = random.Random(seed)
         self._resume: dict[str, int] | None = None
+        self._warned: set[str] = set()
 
     @property
     def proportions(self) -> dict[str, float]:
@@ -295,8 +325,22 @@ class TemperatureMixer(IterableDataset):
 
     def _raw(self, name: str) -> Iterator[Any]:
         index, count = self._part()
-        it = iter(self.sources[name])
-        return itertools.islice(it, index, None, count) if count > 1 else it
+        source = self.sources[name]
+        if callable(source) and not hasattr(source, "__iter__"):
+            return iter(source(index, count))
+        if count == 1:
+            return iter(source)
+        if isinstance(source, Sequence) or (hasattr(source, "__len__") and hasattr(source, "__getitem__")):
+            return (source[i] for i in range(index, len(source), count))
+        if name not in self._warned:
+            self._warned.add(name)
+            warnings.warn(
+                f"TemperatureMixer: source {name!r} is a plain iterable, so each of the {count} readers walks all of "
+                "it and keeps every n-th item; pass a sequence or a callable (index, count) -> iterable so each "
+                "reader reads only its own part",
+                stacklevel=2,
+            )
+        return itertools.islice(iter(source), index, None, count)
 
     def _open(self, name: str, skip: int = 0) -> Iterator[Any]:
         it = self._raw(name)

@@ -1,0 +1,230 @@
+"""kit.checkpoint (atomic write, manifest, recovery, RNG, compatibility) and the KitCheckpoint callback."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from conftest import TinyRegressor, make_trainer, regression_loader
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from kit.callbacks.checkpoint import KitCheckpoint
+from kit.checkpoint import (
+    CheckpointWriteError,
+    Manifest,
+    atomic_write,
+    capture_rng,
+    describe_mismatch,
+    find_latest,
+    newest_good,
+    resolve_checkpoint,
+    restore_rng,
+    upgrade_checkpoint,
+    verify,
+)
+
+
+def _fit(tmp_path, ckpt: KitCheckpoint, steps: int = 6, model=None, ckpt_path=None, **kw) -> pl.Trainer:
+    trainer = make_trainer(tmp_path, [ckpt], max_steps=steps, enable_checkpointing=True, **kw)
+    trainer.fit(model or TinyRegressor(), regression_loader(), regression_loader(n=16), ckpt_path=ckpt_path)
+    return trainer
+
+
+# -- the core ---------------------------------------------------------------------------------------------
+
+
+def test_atomic_write_failure_keeps_the_previous_file_and_says_so(tmp_path):
+    target = tmp_path / "last.ckpt"
+    atomic_write(target, lambda p: p.write_bytes(b"good"))
+
+    def disk_full(path):
+        path.write_bytes(b"half")  # a partial write, then the disk fills up
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(CheckpointWriteError, match=r"last.ckpt failed .*No space left.*is intact"):
+        atomic_write(target, disk_full)
+    assert target.read_bytes() == b"good"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary left behind
+
+
+def test_atomic_write_replaces_a_sharded_folder_whole(tmp_path):
+    target = tmp_path / "step10.ckpt"
+    for content in ("old", "new"):
+        atomic_write(target, lambda p, c=content: (p.mkdir(), (p / "shard0").write_text(c)))
+    assert (target / "shard0").read_text() == "new" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_truncated_or_corrupt_newest_falls_back_with_a_warning_naming_both(tmp_path):
+    for step in (1, 2, 3):
+        torch.save({"step": step, "w": torch.randn(100)}, tmp_path / f"step{step}.ckpt")
+    manifest = Manifest(tmp_path)
+    for step in (1, 2, 3):
+        manifest.add(f"step{step}.ckpt", step=step)
+    manifest.save()
+    assert newest_good(tmp_path).name == "step3.ckpt"
+    data = (tmp_path / "step3.ckpt").read_bytes()
+    (tmp_path / "step3.ckpt").write_bytes(data[: len(data) // 2])  # truncated
+    raw = bytearray((tmp_path / "step2.ckpt").read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # one flipped byte
+    (tmp_path / "step2.ckpt").write_bytes(bytes(raw))
+    with pytest.warns(UserWarning, match=r"step3.ckpt \(.*truncated.*step2.ckpt \(.*corrupt.*step1.ckpt"):
+        assert newest_good(tmp_path).name == "step1.ckpt"
+    with pytest.warns(UserWarning, match=r"step3.ckpt is unusable .*previous good one.*step1.ckpt"):
+        assert resolve_checkpoint(tmp_path / "step3.ckpt").name == "step1.ckpt"
+
+
+def test_without_a_manifest_torch_zip_crcs_catch_corruption(tmp_path):
+    path = tmp_path / "plain.ckpt"
+    torch.save({"w": torch.arange(1000.0)}, path)
+    assert verify(path) is None
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 3] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    assert verify(path) is not None
+
+
+def test_rng_round_trip_covers_python_numpy_torch():
+    import random
+
+    import numpy as np
+
+    state = capture_rng()
+    first = (random.random(), np.random.rand(), torch.rand(1).item())
+    restore_rng(state)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
+
+
+def test_mismatch_report_lists_keys_and_shapes():
+    text = describe_mismatch(
+        {"a.weight": torch.zeros(4, 8), "b": torch.zeros(1)}, {"a.weight": torch.zeros(4, 16), "c": torch.zeros(1)}
+    )
+    assert "a.weight checkpoint (4, 16) vs model (4, 8)" in text and "['b']" in text and "['c']" in text
+    assert describe_mismatch({"a": torch.zeros(2)}, {"a": torch.ones(2)}) is None
+
+
+def test_old_checkpoints_load_with_a_note_and_newer_ones_are_refused():
+    assert "RNG states are not restored" in upgrade_checkpoint({"state_dict": {}})[0]
+    with pytest.raises(ValueError, match="newer than this kit"):
+        upgrade_checkpoint({"kit": {"format": 99, "kit_version": "9.0"}})
+
+
+# -- the callback -----------------------------------------------------------------------------------------
+
+
+def test_keeps_last_k_and_best_k_with_a_verified_manifest(tmp_path):
+    ckpt = KitCheckpoint(dirpath=str(tmp_path / "c"), every_n_train_steps=1, keep_last=2, monitor="val_loss")
+    _fit(tmp_path, ckpt, steps=6, val_check_interval=2, limit_val_batches=2)
+    names = sorted(p.name for p in (tmp_path / "c").glob("*.ckpt"))
+    periodic = [n for n in names if n.startswith("step")]
+    assert periodic == ["step00000005.ckpt", "step00000006.ckpt"]
+    assert "last.ckpt" in names and any(n.startswith("epoch=") for n in names)  # the best by val_loss
+    manifest = Manifest(tmp_path / "c")
+    assert sorted(manifest.entries) == names
+    assert all(verify(tmp_path / "c" / e.name, e.files) is None for e in manifest.entries.values())
+    assert torch.load(tmp_path / "c" / "last.ckpt", weights_only=True)["global_step"] == 6
+    assert find_latest(tmp_path).parent == tmp_path / "c"
+
+
+def test_a_failed_write_raises_and_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    ckpt = KitCheckpoint(dirpath=str(tmp_path / "c"), every_n_train_steps=2, keep_last=3)
+    trainer = make_trainer(tmp_path, [ckpt], max_steps=6, enable_checkpointing=True)
+    real = trainer.strategy.save_checkpoint
+
+    def flaky(checkpoint, path, **kw):
+        if checkpoint["global_step"] >= 4:
+            real(checkpoint, path, **kw)
+            with open(path, "r+b") as f:
+                f.truncate(100)  # half written when the disk filled up
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(checkpoint, path, **kw)
+
+    monkeypatch.setattr(trainer.strategy, "save_checkpoint", flaky)
+    with pytest.raises(CheckpointWriteError, match=r"step00000004.ckpt failed .*No space left"):
+        trainer.fit(TinyRegressor(), regression_loader())
+    good = newest_good(tmp_path / "c")
+    assert good.name in ("last.ckpt", "step00000002.ckpt")
+    assert torch.load(good, weights_only=True)["global_step"] == 2
+    assert not [p for p in (tmp_path / "c").iterdir() if p.name.startswith(".")]  # no temporaries
+
+
+def test_resume_into_a_different_model_names_keys_and_shapes(tmp_path):
+    ckpt = KitCheckpoint(dirpath=str(tmp_path / "c"), every_n_train_steps=2)
+    _fit(tmp_path, ckpt, steps=2)
+    with pytest.raises(ValueError, match=r"net.0.weight checkpoint \(16, 8\) vs model \(32, 8\)"):
+        _fit(tmp_path, KitCheckpoint(dirpath=str(tmp_path / "d")), steps=4, model=TinyRegressor(hidden=32),
+             ckpt_path=str(tmp_path / "c" / "last.ckpt"))
+
+
+def test_a_plain_model_checkpoint_file_resumes_with_a_note(tmp_path):
+    trainer = make_trainer(tmp_path, [ModelCheckpoint(dirpath=str(tmp_path / "old"), save_last=True)],
+                           max_steps=2, enable_checkpointing=True)
+    trainer.fit(TinyRegressor(), regression_loader())
+    with pytest.warns(UserWarning, match="RNG states are not restored"):
+        trainer = _fit(tmp_path, KitCheckpoint(dirpath=str(tmp_path / "new")), steps=4,
+                       ckpt_path=str(tmp_path / "old" / "last.ckpt"))
+    assert trainer.global_step == 4
+
+
+def test_async_save_writes_the_same_checkpoint(tmp_path):
+    states = {}
+    for mode in (False, True):
+        ckpt = KitCheckpoint(dirpath=str(tmp_path / str(mode)), every_n_train_steps=3, async_save=mode)
+        torch.manual_seed(0)
+        _fit(tmp_path, ckpt, steps=6)
+        states[mode] = torch.load(tmp_path / str(mode) / "step00000006.ckpt", weights_only=True)
+        assert newest_good(tmp_path / str(mode)) is not None and len(ckpt.save_times) >= 2
+    for key, value in states[False]["state_dict"].items():
+        assert torch.equal(value, states[True]["state_dict"][key])
+    assert states[False]["optimizer_states"][0]["state"].keys() == states[True]["optimizer_states"][0]["state"].keys()
+
+
+def test_sigterm_saves_at_the_next_step_and_stops_cleanly(tmp_path, capsys):
+    class Preempt(pl.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    ckpt = KitCheckpoint(dirpath=str(tmp_path / "c"), every_n_train_steps=100)
+    trainer = make_trainer(tmp_path, [Preempt(), ckpt], max_steps=50, enable_checkpointing=True)
+    trainer.fit(TinyRegressor(), regression_loader())
+    assert ckpt.preempted_by == "SIGTERM" and trainer.global_step == 3
+    assert torch.load(tmp_path / "c" / "last.ckpt", weights_only=True)["global_step"] == 3
+    assert signal.getsignal(signal.SIGTERM) is not ckpt._on_signal  # handlers restored
+
+
+def test_sharded_folder_checkpoints_take_the_same_atomic_path(tmp_path, monkeypatch):
+    """A strategy that saves folders of shards (as FSDP/DeepSpeed do) goes through the same write and manifest."""
+    ckpt = KitCheckpoint(dirpath=str(tmp_path / "c"), every_n_train_steps=2, keep_last=2)
+    trainer = make_trainer(tmp_path, [ckpt], max_steps=6, enable_checkpointing=True)
+
+    def save_shards(checkpoint, path, **kw):
+        os.makedirs(path)
+        state = checkpoint["state_dict"]
+        for rank, keys in enumerate((list(state)[:2], list(state)[2:])):
+            torch.save({k: state[k] for k in keys}, os.path.join(path, f"rank{rank}.pt"))
+        torch.save({k: v for k, v in checkpoint.items() if k != "state_dict"}, os.path.join(path, "meta.pt"))
+
+    monkeypatch.setattr(trainer.strategy, "save_checkpoint", save_shards)
+    trainer.fit(TinyRegressor(), regression_loader())
+    folder = tmp_path / "c"
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == [
+        "last.ckpt", "manifest.json", "step00000004.ckpt", "step00000006.ckpt"
+    ]
+    entry = Manifest(folder).entries["step00000006.ckpt"]
+    assert sorted(entry.files) == ["meta.pt", "rank0.pt", "rank1.pt"] and (folder / "last.ckpt").is_dir()
+    assert newest_good(folder).name in ("last.ckpt", "step00000006.ckpt")
+    (folder / "step00000006.ckpt" / "rank1.pt").write_bytes(b"")  # a lost shard
+    (folder / "last.ckpt" / "rank1.pt").write_bytes(b"")
+    with pytest.warns(UserWarning, match="rank1.pt is 0 bytes"):
+        assert newest_good(folder).name == "step00000004.ckpt"
+
+
+def test_the_final_step_is_saved_and_linked_as_last_even_after_a_best_k_save(tmp_path):
+    ckpt = KitCheckpoint(dirpath=str(tmp_path / "c"), every_n_train_steps=50, monitor="val_loss")
+    _fit(tmp_path, ckpt, steps=6, val_check_interval=3, limit_val_batches=1)  # best-k saves step 6 first
+    assert torch.load(tmp_path / "c" / "last.ckpt", weights_only=True)["global_step"] == 6
+    assert (tmp_path / "c" / "step00000006.ckpt").exists()
