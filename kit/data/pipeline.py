@@ -1,7 +1,9 @@
 """Streaming data pipeline: clean -> filter -> exact dedup -> near dedup, with a report.
 
 Documents flow through one at a time, so a corpus larger than memory only costs the dedup indexes
-(16 bytes per kept document for exact dedup, one MinHash signature plus LSH entries for near dedup).
+(16 bytes per kept document for exact dedup, one MinHash signature plus LSH entries for near dedup). Each
+text is normalised once for both dedup steps. For many processes and indexes on disk, the same decisions
+come from ``kit.data.scaleout.clean_corpus`` (``kit data clean --workers N``).
 
 Example:
     >>> pipe = DataPipeline(filters=[], near_dedup=False)
@@ -16,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from kit.data.dedup import ExactDeduplicator, MinHashDeduplicator
+from kit.data.dedup import ExactDeduplicator, MinHashDeduplicator, fingerprint
 from kit.data.filters import DocFilter, FilterChain, default_filters
 
 __all__ = ["DataPipeline", "PipelineReport"]
@@ -137,12 +139,25 @@ class DataPipeline:
         self.text_key = text_key
         self.report = PipelineReport(minhash=self._near.describe() if self._near is not None else {})
 
-    def _remove(self, reason: str, text: str) -> None:
+    def record_removed(self, reason: str, text: str) -> None:
+        """Count a removal for ``reason`` and keep ``text`` as an example while there is room."""
         self.report.removed[reason] = self.report.removed.get(reason, 0) + 1
         if self.keep_examples:
             bucket = self.report.examples.setdefault(reason, [])
             if len(bucket) < self.keep_examples:
                 bucket.append(text[:300])
+
+    def screen(self, text: str) -> tuple[str, str | None]:
+        """Clean and filter one text without touching the report or the dedup indexes.
+
+        Returns:
+            ``(cleaned_text, None)`` if it passes, else ``(cleaned_text, reason)``.
+        """
+        if self._clean is not None:
+            text = self._clean(text)
+        if not text.strip():
+            return text, "clean:empty"
+        return text, self.filter.reason(text)
 
     def check(self, text: str) -> tuple[str, str | None]:
         """Run one text through every step, updating the report and dedup indexes.
@@ -154,19 +169,17 @@ class DataPipeline:
         rep.docs_in += 1
         rep.bytes_in += len(text.encode("utf-8"))
         raw = text
-        if self._clean is not None:
-            text = self._clean(text)
-        reason: str | None = None
-        if not text.strip():
-            reason = "clean:empty"
-        if reason is None:
-            reason = self.filter.reason(text)
-        if reason is None and self._exact is not None and not self._exact.add(text):
-            reason = "exact_dup"
-        if reason is None and self._near is not None and self._near.add(rep.docs_in, text) is not None:
-            reason = "near_dup"
+        text, reason = self.screen(text)
+        if reason is None and (self._exact is not None or self._near is not None):
+            norm, digest = fingerprint(text)  # one normalisation for both dedup steps
+            if self._exact is not None and not self._exact.add_digest(digest):
+                reason = "exact_dup"
+            if reason is None and self._near is not None:
+                sig = self._near.hasher.signature(norm)
+                if self._near.add_signature(rep.docs_in, sig) is not None:
+                    reason = "near_dup"
         if reason is not None:
-            self._remove(reason, raw)
+            self.record_removed(reason, raw)
             return text, reason
         rep.docs_out += 1
         rep.bytes_out += len(text.encode("utf-8"))
