@@ -131,7 +131,7 @@ def test_repetition_filter_matches_reference_on_real_text():
     rng = random.Random(0)
     docs = [clean_text(t) for t in embedded_corpus().values()]
     # spliced copies make repeated n-grams of every length, near each threshold
-    for i in range(60):
+    for _ in range(60):
         base = rng.choice(docs).split(" ")
         start = rng.randrange(max(1, len(base) - 400))
         piece = base[start : start + 400]
