@@ -83,3 +83,15 @@ def test_worker_counts_agree_without_verify_and_without_filters(shards: Path, tm
 def test_bad_workers(tmp_path: Path):
     with pytest.raises(ValueError, match="workers=0"):
         clean_corpus(tmp_path, tmp_path / "o.jsonl", workers=0)
+
+
+def test_cli_workers_flag(shards: Path, tmp_path: Path):
+    from kit.cli.commands.data import main
+
+    for workers in (1, 2):
+        args = ["clean", str(shards), "-o", str(tmp_path / f"w{workers}.jsonl"), "--workers", str(workers)]
+        assert main([*args, "--report", str(tmp_path / f"r{workers}.json")]) == 0
+    assert (tmp_path / "w1.jsonl").read_bytes() == (tmp_path / "w2.jsonl").read_bytes()
+    r1, r2 = (json.loads((tmp_path / f"r{w}.json").read_text()) for w in (1, 2))
+    assert r1 == r2 and r1["removed"]["near_dup"]["docs"] > 0
+    assert main(["clean", str(shards), "-o", str(tmp_path / "x.jsonl"), "--workers", "0"]) == 2
