@@ -10,13 +10,13 @@ import pytest
 
 pytest.importorskip("datatrove")
 
-from datatrove.executor import LocalPipelineExecutor  # noqa: E402
-from datatrove.pipeline.readers import JsonlReader  # noqa: E402
-from datatrove.pipeline.writers import JsonlWriter  # noqa: E402
+from datatrove.executor import LocalPipelineExecutor
+from datatrove.pipeline.readers import JsonlReader
+from datatrove.pipeline.writers import JsonlWriter
 
-from kit.data.datatrove_steps import KitCleaner, KitFilter, kit_minhash_config  # noqa: E402
-from kit.data.pipeline import DataPipeline  # noqa: E402
-from kit.data.text import embedded_corpus  # noqa: E402
+from kit.data.datatrove_steps import KitCleaner, KitFilter, kit_minhash_config
+from kit.data.pipeline import DataPipeline
+from kit.data.text import embedded_corpus
 
 
 def test_kit_steps_on_datatrove_executor_match_data_pipeline(tmp_path: Path):
