@@ -203,7 +203,9 @@ class MinHasher:
         x = self.shingle_hashes(raw)
         sig = np.full(self.num_perm, np.iinfo(np.uint64).max, dtype=np.uint64)
         for i in range(0, len(x), 4096):  # blocks bound the shingles x permutations matrix on long texts
-            block = (x[i : i + 4096, None] * self.a + self.b) >> _S32
+            block = np.multiply.outer(x[i : i + 4096], self.a)
+            block += self.b
+            block >>= _S32
             np.minimum(sig, block.min(axis=0), out=sig)
         return sig.astype(np.uint32)
 

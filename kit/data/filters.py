@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from kit.data.ngrams import NGramIndex, duplicate_items
 
@@ -48,6 +50,10 @@ class DocFilter(ABC):
     @abstractmethod
     def reason(self, text: str) -> str | None:
         """Return ``None`` to keep ``text`` or ``"<name>:<rule>"`` naming why it is removed."""
+
+    def reasons(self, texts: Sequence[str]) -> list[str | None]:
+        """:meth:`reason` for each text; filters with batched work (the repetition rules) override it."""
+        return [self.reason(text) for text in texts]
 
     def __call__(self, text: str) -> bool:
         return self.reason(text) is None
@@ -198,6 +204,34 @@ class GopherRepetitionFilter(DocFilter):
     name: str = "gopher_repetition"
 
     def reason(self, text: str) -> str | None:
+        return self.reasons([text])[0]
+
+    def reasons(self, texts: Sequence[str]) -> list[str | None]:
+        """:meth:`reason` for many texts at once: the n-gram counting runs once over the whole batch."""
+        tag = self.name + ":"
+        out: list[str | None] = [self._line_reason(text) for text in texts]
+        alive = [i for i, why in enumerate(out) if why is None]
+        if not alive:
+            return out
+        grams = NGramIndex([texts[i].split() for i in alive])  # integer n-gram ids (kit/data/ngrams.py)
+        word_chars = np.maximum(grams.word_chars(), 1)
+        open_ = np.ones(len(alive), dtype=bool)  # no rule has fired yet
+        for n, limit in self.top_ngrams:
+            fired = open_ & (grams.top_chars(n) / word_chars > limit)
+            for j in np.flatnonzero(fired).tolist():
+                out[alive[j]] = tag + f"top_{n}gram"
+            open_ &= ~fired
+        for n, limit in sorted(self.dup_ngrams):
+            if not open_.any():
+                break
+            chars = grams.duplicate_chars(n, stop_frac=limit, totals=word_chars)
+            fired = open_ & (chars / word_chars > limit)
+            for j in np.flatnonzero(fired).tolist():
+                out[alive[j]] = tag + f"dup_{n}gram"
+            open_ &= ~fired & (chars != 0)  # no repeated n-gram means no repeated longer one either
+        return out
+
+    def _line_reason(self, text: str) -> str | None:
         tag = self.name + ":"
         total = max(len(text), 1)
         paragraphs = [p for p in _PARAGRAPH.split(text.strip()) if p.strip()]
@@ -214,17 +248,6 @@ class GopherRepetitionFilter(DocFilter):
                 return tag + "dup_line_frac"
             if self.dup_line_char_frac is not None and chars / total > self.dup_line_char_frac:
                 return tag + "dup_line_char_frac"
-        grams = NGramIndex(text.split())  # integer word ids; n-gram ids built once per n (kit/data/ngrams.py)
-        word_chars = max(int(grams.prefix[-1]), 1)
-        for n, limit in self.top_ngrams:
-            if grams.top_chars(n) / word_chars > limit:
-                return tag + f"top_{n}gram"
-        for n, limit in sorted(self.dup_ngrams):
-            chars = grams.duplicate_chars(n, stop_frac=limit, total=word_chars)
-            if chars / word_chars > limit:
-                return tag + f"dup_{n}gram"
-            if chars == 0:  # no repeated n-gram means no repeated longer one either
-                break
         return None
 
 
@@ -254,6 +277,19 @@ class FilterChain(DocFilter):
             if why is not None:
                 return why
         return None
+
+    def reasons(self, texts: Sequence[str]) -> list[str | None]:
+        """:meth:`reason` for many texts: each filter sees, as one batch, the texts the earlier ones kept."""
+        out: list[str | None] = [None] * len(texts)
+        todo = list(range(len(texts)))
+        for f in self.filters:
+            if not todo:
+                break
+            whys = f.reasons([texts[i] for i in todo])
+            for i, why in zip(todo, whys):
+                out[i] = why
+            todo = [i for i, why in zip(todo, whys) if why is None]
+        return out
 
 
 def default_filters(min_chars: int = 100, max_chars: int | None = 1_000_000) -> FilterChain:

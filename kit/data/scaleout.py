@@ -147,25 +147,34 @@ def _screen_shard(task: _Shard) -> _ShardResult:
             digests.clear()
             sigs.clear()
 
-        for name, text, _ in iter_documents([task.path], reader, settings.text_key):
+        def screen(batch: list[tuple[str, str]]) -> None:
+            nonlocal n_pass
             rep = pipe.report
-            rep.docs_in += 1
-            rep.bytes_in += len(text.encode("utf-8"))
-            cleaned, reason = pipe.screen(text)
-            if reason is not None:
-                pipe.record_removed(reason, text)
-                continue
-            n_pass += 1
-            record = {"id": name, "text": cleaned}
-            if settings.keep_examples:
-                record["raw"] = text[:300]
-            texts.write(json.dumps(record, ensure_ascii=False) + "\n")
-            norm, digest = fingerprint(cleaned)
-            digests.append(digest)
-            if near is not None:
-                sigs.append(near.hasher.signature(norm))
+            for (name, text), (cleaned, reason) in zip(batch, pipe.screen_many([t for _, t in batch])):
+                rep.docs_in += 1
+                rep.bytes_in += len(text.encode("utf-8"))
+                if reason is not None:
+                    pipe.record_removed(reason, text)
+                    continue
+                n_pass += 1
+                record = {"id": name, "text": cleaned}
+                if settings.keep_examples:
+                    record["raw"] = text[:300]
+                texts.write(json.dumps(record, ensure_ascii=False) + "\n")
+                norm, digest = fingerprint(cleaned)
+                digests.append(digest)
+                if near is not None:
+                    sigs.append(near.hasher.signature(norm))
             if len(digests) >= block:
                 flush()
+
+        batch: list[tuple[str, str]] = []
+        for name, text, _ in iter_documents([task.path], reader, settings.text_key):
+            batch.append((name, text))
+            if len(batch) >= 256:
+                screen(batch)
+                batch = []
+        screen(batch)
         flush()
     return _ShardResult(task.index, n_pass, reader.bytes_read, pipe.report, reader)
 
