@@ -13,8 +13,9 @@
    similarity reaches the threshold. So the output is the same as :class:`kit.data.pipeline.DataPipeline`
    run over the shards in order, cross-shard duplicates included, whatever ``workers`` is.
 
-What stays in memory: one byte per document (its decision), about 150 bytes per LSH bucket collision (a
-document sharing a band with an earlier one: rare outside near duplicates), and one partition at a time.
+What stays in memory: one byte per document (its decision), 24 bytes per LSH bucket collision (a document
+sharing a band with an earlier one: rare outside near duplicates), and one partition at a time
+(``records_in_memory`` records of 16-24 bytes, plus the sort's copies).
 
 Example:
     >>> import tempfile, pathlib, json
@@ -35,6 +36,8 @@ import os
 import resource
 import shutil
 import tempfile
+from array import array
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,8 +230,12 @@ class _Merge:
     def _base(self, shard: int) -> Path:
         return self.folder / f"{shard:06d}"
 
-    def _chunks(self, shard: int, suffix: str, width: int, dtype: str, rows: int = 1 << 16):
-        """(first global index, array) blocks of a shard's fixed-width file, read without mapping it."""
+    def _chunks(self, shard: int, suffix: str, width: int, dtype: str):
+        """(first global index, array) blocks of a shard's fixed-width file, read without mapping it.
+
+        Blocks hold about a million values, so their temporaries (band keys: a few uint64 copies) stay small.
+        """
+        rows = max(256, (1 << 20) // width)
         n = int(self.counts[shard])
         with open(f"{self._base(shard)}.{suffix}", "rb") as f:
             for start in range(0, n, rows):
@@ -286,21 +293,25 @@ class _Merge:
                 progress("near dedup: sort bands", 1, n_parts)
         slots = np.concatenate(link_slot) if link_slot else np.empty(0, np.int64)
         order = np.argsort(slots, kind="stable")
-        slots = slots[order].tolist()
-        prevs = (np.concatenate(link_prev)[order] if link_slot else np.empty(0, np.int64)).tolist()
-        self._walk(slots, prevs, bands)
+        prevs = np.concatenate(link_prev)[order] if link_slot else np.empty(0, np.int64)
+        # compact int64 arrays (24 bytes per link), searched with bisect: no per-link Python objects
+        self._walk(array("q", slots[order].tobytes()), array("q", prevs.tobytes()), bands)
 
-    def _walk(self, slots: list[int], prevs: list[int], bands: int) -> None:
+    def _walk(self, slots: array, prevs: array, bands: int) -> None:
         """In document order: near duplicate iff an earlier kept document in a shared bucket verifies."""
         near, decision = self.near, self.decision
-        position = {s: t for t, s in enumerate(slots)}
-        below = [-1] * len(slots)  # per link: latest kept document before it in the bucket
+        below = array("q", bytes(8 * len(slots)))  # per link: latest kept document before it in the bucket
+
+        def link(doc: int, band: int) -> int:  # position of (doc, band) among the links, or -1
+            slot = doc * bands + band
+            t = bisect_left(slots, slot)
+            return t if t < len(slots) and slots[t] == slot else -1
 
         def latest_kept(band: int, doc: int) -> int:  # at or before ``doc`` in its bucket
             if decision[doc] == 0:
                 return doc
-            t = position.get(doc * bands + band)
-            return -1 if t is None else below[t]
+            t = link(doc, band)
+            return -1 if t < 0 else below[t]
 
         t = 0
         while t < len(slots):
@@ -320,8 +331,8 @@ class _Merge:
                         ):
                             decision[j] = 2
                             break
-                        k = position.get(i * bands + band)
-                        i = -1 if k is None else below[k]
+                        k = link(i, band)
+                        i = -1 if k < 0 else below[k]
                     if decision[j]:
                         break
             for u in range(t, end):
