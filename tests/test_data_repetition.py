@@ -104,7 +104,7 @@ def repetitive_text(draw) -> str:
 
 
 @given(st.lists(WORDS, max_size=120))
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 def test_ngram_counts_match_tuple_counting(words):
     grams = NGramIndex([words])
     prefix = [0, *accumulate(len(w) for w in words)]
@@ -114,7 +114,7 @@ def test_ngram_counts_match_tuple_counting(words):
 
 
 @given(st.lists(st.lists(WORDS, max_size=40), min_size=1, max_size=6))
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 def test_batched_counts_match_per_document(docs):
     grams = NGramIndex(docs)
     for n in range(1, 8):
@@ -124,7 +124,7 @@ def test_batched_counts_match_per_document(docs):
 
 
 @given(repetitive_text(), st.floats(0.0, 0.5), st.floats(0.0, 0.5))
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=120, deadline=None)
 def test_repetition_filter_matches_reference(text, line_frac, gram_frac):
     default = GopherRepetitionFilter()
     assert default.reason(text) == reference_reason(default, text)
