@@ -289,7 +289,7 @@ def memory_rows(folder: Path, sizes_mb: list[float], workers: int, records: int)
     rows = []
     for mb in sizes_mb:
         shards = folder / f"mem-{mb:g}"
-        written = write_shards(shards, mb, shard_mb=64.0, seed=1)
+        written = write_shards(shards, mb, shard_mb=max(1.0, min(64.0, mb / 4)), seed=1)
         res = run_clean(shards, folder / f"mem-{mb:g}.jsonl", workers, records)
         rows.append(
             {

@@ -35,6 +35,7 @@ import multiprocessing
 import os
 import resource
 import shutil
+import sys
 import tempfile
 from array import array
 from bisect import bisect_left
@@ -50,7 +51,7 @@ from kit.data.filters import DocFilter
 from kit.data.pipeline import DataPipeline, PipelineReport
 from kit.data.text import LoadReport, iter_documents, resolve_paths
 
-__all__ = ["CleanSettings", "CleanStats", "clean_corpus"]
+__all__ = ["CleanSettings", "CleanStats", "clean_corpus", "peak_rss_mb"]
 
 Progress = Callable[[str, int, int], None]  # (stage, advance, total)
 
@@ -125,6 +126,7 @@ class _ShardResult:
     bytes_read: int
     report: PipelineReport
     reader: LoadReport
+    peak_rss_mb: float = 0.0  # of the process that screened it, when it finished
 
 
 def _screen_shard(task: _Shard) -> _ShardResult:
@@ -179,7 +181,7 @@ def _screen_shard(task: _Shard) -> _ShardResult:
                 batch = []
         screen(batch)
         flush()
-    return _ShardResult(task.index, n_pass, reader.bytes_read, pipe.report, reader)
+    return _ShardResult(task.index, n_pass, reader.bytes_read, pipe.report, reader, peak_rss_mb())
 
 
 class _Partitions:
@@ -225,7 +227,7 @@ class _Merge:
         self.total = int(self.offsets[-1])
         self.records = records  # records per partition held in memory at once
         self.decision = np.zeros(self.total, dtype=np.uint8)  # 0 kept, 1 exact_dup, 2 near_dup
-        self._sig_maps: dict[int, np.ndarray] = {}
+        self._sig_files: dict[int, int] = {}  # shard -> open file descriptor
 
     def _base(self, shard: int) -> Path:
         return self.folder / f"{shard:06d}"
@@ -260,12 +262,18 @@ class _Merge:
                 progress("exact dedup", 1, parts.n)
 
     def _signature(self, idx: int) -> np.ndarray:
+        """One signature read from its shard file (a read, not a mapping: mapped pages would pile up in RSS)."""
         shard = int(np.searchsorted(self.offsets, idx, side="right")) - 1
-        if shard not in self._sig_maps:
-            path = f"{self._base(shard)}.sig"
-            shape = (int(self.counts[shard]), self.near.num_perm)
-            self._sig_maps[shard] = np.memmap(path, dtype=np.uint32, mode="r", shape=shape)
-        return np.asarray(self._sig_maps[shard][idx - int(self.offsets[shard])])
+        if shard not in self._sig_files:
+            self._sig_files[shard] = os.open(f"{self._base(shard)}.sig", os.O_RDONLY)
+        width = self.near.num_perm * 4
+        raw = os.pread(self._sig_files[shard], width, (idx - int(self.offsets[shard])) * width)
+        return np.frombuffer(raw, dtype=np.uint32)
+
+    def close(self) -> None:
+        for fd in self._sig_files.values():
+            os.close(fd)
+        self._sig_files.clear()
 
     def near_dups(self, progress: Progress | None) -> None:
         near = self.near
@@ -340,8 +348,21 @@ class _Merge:
             t = end
 
 
-def _peak_rss_mb(who: int) -> float:
-    return resource.getrusage(who).ru_maxrss / 1024  # Linux reports KiB
+def peak_rss_mb() -> float:
+    """This process's peak resident set in MB.
+
+    ``VmHWM`` from ``/proc/self/status`` where there is one: ``getrusage``'s ``ru_maxrss`` survives ``execve``,
+    so a process started from a large parent would report the parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale / 1024
 
 
 def clean_corpus(
@@ -405,6 +426,7 @@ def clean_corpus(
         if settings.near_dedup:
             index_bytes += merge.total * merge.near.bands * 16  # the band records, written while merging
             merge.near_dups(progress)
+            merge.close()
         report, reader = _write(folder, results, merge.decision, settings, output, progress)
         return CleanStats(
             report=report,
@@ -412,8 +434,10 @@ def clean_corpus(
             shards=len(tasks),
             workers=workers,
             index_bytes=index_bytes,
-            peak_rss_mb=_peak_rss_mb(resource.RUSAGE_SELF),
-            peak_worker_rss_mb=_peak_rss_mb(resource.RUSAGE_CHILDREN) if pool is not None else 0.0,
+            peak_rss_mb=peak_rss_mb(),
+            peak_worker_rss_mb=max((r.peak_rss_mb for r in results), default=0.0)
+            if pool is not None
+            else 0.0,
         )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
