@@ -235,9 +235,9 @@ class _Merge:
     def _chunks(self, shard: int, suffix: str, width: int, dtype: str):
         """(first global index, array) blocks of a shard's fixed-width file, read without mapping it.
 
-        Blocks hold about a million values, so their temporaries (band keys: a few uint64 copies) stay small.
+        Blocks hold about 256k values, so their temporaries (band keys: a few uint64 copies) stay a few MB.
         """
-        rows = max(256, (1 << 20) // width)
+        rows = max(256, (1 << 18) // width)
         n = int(self.counts[shard])
         with open(f"{self._base(shard)}.{suffix}", "rb") as f:
             for start in range(0, n, rows):
