@@ -380,7 +380,8 @@ def clean_corpus(
         inputs: files, folders or globs; each file is one shard.
         output: the JSONL file to write.
         settings: what to do to each document (default: the kit's default pipeline).
-        workers: processes for the per-shard phase; ``1`` runs it in this process.
+        workers: processes for the per-shard phase; ``1`` runs it in this process. Workers are spawned, so
+            a script that calls this with ``workers > 1`` needs the ``if __name__ == "__main__":`` guard.
         work_dir: where the shard files go (a temporary folder inside it, removed at the end); default: next
             to ``output``. It needs about 1 KB per document.
         records_in_memory: partition size for the merge's sorts (24 or 16 bytes per record).
