@@ -237,11 +237,9 @@ def _reference_dup_chars(words, n):
 @given(st.lists(st.sampled_from(["a", "bb", "ccc", "the", "x1"]), max_size=80))
 @settings(max_examples=150, deadline=None)
 def test_repetition_fast_path_matches_reference(words):
-    from itertools import accumulate
+    from kit.data.ngrams import NGramIndex
 
-    from kit.data.filters import _duplicate_ngram_chars
-
-    prefix = [0, *accumulate(len(w) for w in words)]
+    grams = NGramIndex([words])
     for n in range(5, 11):
         # tuples vs joined strings differ only when joins collide ("a"+"bb" == "ab"+"b"); these words never do
-        assert _duplicate_ngram_chars(words, n, prefix) == _reference_dup_chars(words, n)
+        assert grams.duplicate_chars(n)[0] == _reference_dup_chars(words, n)

@@ -1,7 +1,9 @@
-"""Exact and near-duplicate detection: normalised-text hashing and MinHash LSH (``datasketch``).
+"""Exact and near-duplicate detection: normalised-text hashing and MinHash LSH, in numpy.
 
 Both deduplicators stream: feed documents one at a time, each call says whether the document is new, and the
-first occurrence is always the one kept.
+first occurrence is always the one kept. The text is normalised once (:func:`normalize_for_hash`) and its UTF-8
+bytes feed both the exact digest and the MinHash shingles (:func:`fingerprint`). ``kit/data/scaleout.py``
+makes the same decisions over many processes, with the signatures and LSH bands on disk.
 
 Example:
     >>> exact = ExactDeduplicator()
@@ -15,18 +17,22 @@ import hashlib
 import re
 import unicodedata
 from collections.abc import Hashable, Iterable
+from functools import lru_cache
 
 import numpy as np
-from datasketch import MinHash, MinHashLSH
 
 __all__ = [
     "ExactDeduplicator",
     "MinHashDeduplicator",
+    "MinHasher",
+    "band_keys",
     "candidate_probability",
     "exact_dedup",
+    "fingerprint",
     "lsh_threshold",
     "normalize_for_hash",
     "shingles",
+    "signature_similarity",
     "text_hash",
 ]
 
@@ -50,6 +56,17 @@ def text_hash(text: str) -> bytes:
     return hashlib.blake2b(normalize_for_hash(text).encode("utf-8"), digest_size=16).digest()
 
 
+def fingerprint(text: str) -> tuple[bytes, bytes]:
+    """``(normalised UTF-8 bytes, exact digest)``: one normalisation shared by exact and near dedup.
+
+    Example:
+        >>> fingerprint("Hello,  World!")[1] == text_hash("hello world")
+        True
+    """
+    raw = normalize_for_hash(text).encode("utf-8")
+    return raw, hashlib.blake2b(raw, digest_size=16).digest()
+
+
 class ExactDeduplicator:
     """Remembers normalised-text hashes (16 bytes per distinct document) and flags repeats.
 
@@ -64,7 +81,10 @@ class ExactDeduplicator:
 
     def add(self, text: str) -> bool:
         """Record ``text``; return ``True`` if it is new (keep it), ``False`` if an earlier document matched."""
-        digest = text_hash(text)
+        return self.add_digest(text_hash(text))
+
+    def add_digest(self, digest: bytes) -> bool:
+        """:meth:`add` for a digest already computed (:func:`fingerprint`)."""
         if digest in self._seen:
             return False
         self._seen.add(digest)
@@ -103,6 +123,119 @@ def candidate_probability(similarity: float, bands: int, rows: int) -> float:
     return 1.0 - (1.0 - similarity**rows) ** bands
 
 
+_M1 = np.uint64(0xFF51AFD7ED558CCD)
+_M2 = np.uint64(0xC4CEB9FE1A85EC53)
+_BASE = 0x100000001B3  # odd, so it is invertible modulo 2**64
+_S32 = np.uint64(32)
+_S33 = np.uint64(33)
+
+
+def _fmix64(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finaliser, elementwise on uint64 (wrapping arithmetic)."""
+    h = h ^ (h >> _S33)
+    h = h * _M1
+    h = h ^ (h >> _S33)
+    h = h * _M2
+    return h ^ (h >> _S33)
+
+
+class MinHasher:
+    """MinHash signatures of word n-gram shingles, computed with numpy (no per-shingle Python).
+
+    Each shingle is a byte range of the normalised text (words are single-space separated there), so every
+    shingle hash comes from one prefix sum: a polynomial hash modulo 2**64 over the UTF-8 bytes, finalised
+    with MurmurHash3's mixer and cut to 32 bits. The ``num_perm`` permutations are drawn once from ``seed``
+    (multiply-add-shift, a 2-universal family on 32-bit keys) and applied as one shingles x permutations
+    operation per document. Same ``seed`` in every process gives the same signatures.
+
+    Args:
+        ngram: words per shingle; a text of at most ``ngram`` words is one shingle.
+        num_perm: signature length.
+        seed: permutation seed.
+
+    Example:
+        >>> h = MinHasher(num_perm=16)
+        >>> a, b = h.signature(b"a b c d e f g"), h.signature(b"a b c d e f h")
+        >>> a.shape, a.dtype.name, float(np.mean(a == b)) > 0.3
+        ((16,), 'uint32', True)
+    """
+
+    _pow = np.ones(1, dtype=np.uint64)  # _BASE**t and its inverse, shared and grown on demand
+    _ipow = np.ones(1, dtype=np.uint64)
+
+    def __init__(self, ngram: int = 5, num_perm: int = 112, seed: int = 1) -> None:
+        self.ngram, self.num_perm, self.seed = ngram, num_perm, seed
+        rng = np.random.default_rng(seed)
+        self.a = rng.integers(1, 2**63, size=num_perm, dtype=np.uint64) | np.uint64(1)
+        self.b = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64)
+
+    @classmethod
+    def _powers(cls, n: int) -> tuple[np.ndarray, np.ndarray]:
+        if len(cls._pow) < n:
+            size = max(n, 2 * len(cls._pow))
+            with np.errstate(over="ignore"):
+                steps = np.full(size, _BASE, dtype=np.uint64)
+                steps[0] = 1
+                cls._pow = np.cumprod(steps, dtype=np.uint64)
+                steps[1:] = pow(_BASE, -1, 2**64)
+                cls._ipow = np.cumprod(steps, dtype=np.uint64)
+        return cls._pow[:n], cls._ipow[:n]
+
+    def shingle_hashes(self, raw: bytes) -> np.ndarray:
+        """32-bit hashes (as uint64) of the word ``ngram``-grams of normalised UTF-8 text ``raw``."""
+        b = np.frombuffer(raw, dtype=np.uint8)
+        spaces = np.flatnonzero(b == 32)
+        starts = np.concatenate(([0], spaces + 1))
+        ends = np.concatenate((spaces, [len(b)]))
+        if len(starts) <= self.ngram:
+            starts, ends = starts[:1], ends[-1:]
+        else:
+            starts, ends = starts[: len(starts) - self.ngram + 1], ends[self.ngram - 1 :]
+        pw, ipw = self._powers(len(b) + 1)
+        prefix = np.zeros(len(b) + 1, dtype=np.uint64)
+        np.cumsum((b.astype(np.uint64) + np.uint64(1)) * pw[: len(b)], out=prefix[1:])
+        h = (prefix[ends] - prefix[starts]) * ipw[starts]  # sum of byte * BASE**(t - start), mod 2**64
+        h = h + (ends - starts).astype(np.uint64)
+        return _fmix64(h) >> _S32
+
+    def signature(self, raw: bytes) -> np.ndarray:
+        """MinHash signature (``num_perm`` uint32) of normalised UTF-8 text ``raw`` (see :func:`fingerprint`)."""
+        x = self.shingle_hashes(raw)
+        sig = np.full(self.num_perm, np.iinfo(np.uint64).max, dtype=np.uint64)
+        for i in range(0, len(x), 4096):  # blocks bound the shingles x permutations matrix on long texts
+            block = np.multiply.outer(x[i : i + 4096], self.a)
+            block += self.b
+            block >>= _S32
+            np.minimum(sig, block.min(axis=0), out=sig)
+        return sig.astype(np.uint32)
+
+
+@lru_cache(maxsize=16)
+def _band_constants(bands: int, rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng([seed, 7])
+    mult = rng.integers(1, 2**63, size=rows, dtype=np.uint64) | np.uint64(1)
+    return mult, rng.integers(0, 2**63, size=bands, dtype=np.uint64)
+
+
+def band_keys(sigs: np.ndarray, bands: int, rows: int, seed: int = 1) -> np.ndarray:
+    """One 64-bit key per LSH band: equal keys mean equal rows (up to a 2**-64 chance), bands never collide.
+
+    Args:
+        sigs: ``(num_perm,)`` or ``(docs, num_perm)`` uint32 signatures, ``num_perm == bands * rows``.
+
+    Returns:
+        ``(bands,)`` or ``(docs, bands)`` uint64.
+    """
+    mult, salt = _band_constants(bands, rows, seed)
+    shaped = sigs.astype(np.uint64).reshape(*sigs.shape[:-1], bands, rows)
+    return _fmix64((shaped * mult).sum(axis=-1, dtype=np.uint64) + salt)
+
+
+def signature_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Estimated Jaccard similarity: the share of equal signature entries."""
+    return float(np.mean(a == b))
+
+
 class MinHashDeduplicator:
     """Near-duplicate detection with MinHash over word n-grams and banded LSH.
 
@@ -110,6 +243,11 @@ class MinHashDeduplicator:
     bands x 8 rows, which puts the LSH threshold near Jaccard 0.72 (``self.threshold``). With ``verify=True``
     an LSH candidate only counts as a duplicate if its estimated Jaccard similarity is at least
     ``verify_threshold`` (default: the LSH threshold), which removes most false positives.
+
+    The index holds, per kept document, its signature (for verifying), and per band one dict entry (band key
+    -> the latest kept document in that bucket) plus a link to the previous kept document of the bucket, so
+    a query walks exactly the kept documents that share a band. ``kit.data.scaleout`` makes the same
+    decisions from sorted band files on disk.
 
     Args:
         ngram: words per shingle.
@@ -146,15 +284,16 @@ class MinHashDeduplicator:
         self.verify = verify
         self.threshold = lsh_threshold(bands, rows)
         self.verify_threshold = self.threshold if verify_threshold is None else verify_threshold
-        self._lsh = MinHashLSH(num_perm=self.num_perm, params=(bands, rows))
-        self._sigs: dict[Hashable, np.ndarray] = {}
-        self._count = 0
+        self.hasher = MinHasher(ngram, self.num_perm, seed)
+        self._latest: dict[int, int] = {}  # band key -> latest kept document in that bucket
+        self._below = np.empty((64, bands), dtype=np.int64)  # per kept doc and band: previous kept in bucket
+        self._sigs = np.empty((64 if verify else 0, self.num_perm), dtype=np.uint32)
+        self._keys: list[Hashable] = []
+        self._key_set: set[Hashable] = set()
 
-    def signature(self, text: str) -> MinHash:
-        """MinHash of ``text``'s shingles (one batched, vectorised update)."""
-        m = MinHash(num_perm=self.num_perm, seed=self.seed)
-        m.update_batch(shingles(text, self.ngram))
-        return m
+    def signature(self, text: str) -> np.ndarray:
+        """MinHash signature of ``text``'s shingles (``num_perm`` uint32)."""
+        return self.hasher.signature(normalize_for_hash(text).encode("utf-8"))
 
     def add(self, key: Hashable, text: str) -> Hashable | None:
         """Insert ``text`` unless it near-duplicates an earlier one.
@@ -166,22 +305,43 @@ class MinHashDeduplicator:
         Raises:
             ValueError: ``key`` was already used.
         """
-        if key in self._sigs:
+        if key in self._key_set:
             raise ValueError(f"key {key!r} already indexed; pass a unique key per document")
-        m = self.signature(text)
-        for other in self._lsh.query(m):
-            if not self.verify:
-                return other
-            sim = float(np.mean(self._sigs[other] == m.hashvalues))
-            if sim >= self.verify_threshold:
-                return other
-        self._lsh.insert(key, m, check_duplication=False)
-        self._sigs[key] = m.hashvalues if self.verify else np.empty(0)
-        self._count += 1
+        return self.add_signature(key, self.signature(text))
+
+    def query(self, sig: np.ndarray, keys: np.ndarray | None = None) -> int | None:
+        """Index (insertion order among kept documents) of a kept document ``sig`` duplicates, or ``None``."""
+        keys = band_keys(sig, self.bands, self.rows, self.seed) if keys is None else keys
+        for b, k in enumerate(keys.tolist()):
+            i = self._latest.get(k, -1)
+            while i >= 0:
+                if not self.verify or signature_similarity(self._sigs[i], sig) >= self.verify_threshold:
+                    return i
+                i = int(self._below[i, b])
+        return None
+
+    def add_signature(self, key: Hashable, sig: np.ndarray) -> Hashable | None:
+        """:meth:`add` for a signature already computed (``self.hasher.signature``)."""
+        keys = band_keys(sig, self.bands, self.rows, self.seed)
+        hit = self.query(sig, keys)
+        if hit is not None:
+            return self._keys[hit]
+        n = len(self._keys)
+        if n == len(self._below):
+            self._below = np.concatenate((self._below, np.empty_like(self._below)))
+            if self.verify:
+                self._sigs = np.concatenate((self._sigs, np.empty_like(self._sigs)))
+        for b, k in enumerate(keys.tolist()):
+            self._below[n, b] = self._latest.get(k, -1)
+            self._latest[k] = n
+        if self.verify:
+            self._sigs[n] = sig
+        self._keys.append(key)
+        self._key_set.add(key)
         return None
 
     def __len__(self) -> int:
-        return self._count
+        return len(self._keys)
 
     def describe(self) -> dict[str, float | int]:
         """Settings and the S-curve at a few similarities, for reports."""

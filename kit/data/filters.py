@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate
+
+import numpy as np
+
+from kit.data.ngrams import NGramIndex, duplicate_items
 
 __all__ = [
     "GOPHER_STOP_WORDS",
@@ -48,6 +50,10 @@ class DocFilter(ABC):
     @abstractmethod
     def reason(self, text: str) -> str | None:
         """Return ``None`` to keep ``text`` or ``"<name>:<rule>"`` naming why it is removed."""
+
+    def reasons(self, texts: Sequence[str]) -> list[str | None]:
+        """:meth:`reason` for each text; filters with batched work (the repetition rules) override it."""
+        return [self.reason(text) for text in texts]
 
     def __call__(self, text: str) -> bool:
         return self.reason(text) is None
@@ -169,49 +175,6 @@ class GopherQualityFilter(DocFilter):
         return None
 
 
-def _duplicates(items: Sequence[str]) -> tuple[int, int]:
-    """(number of items seen before, characters in them): the Gopher/datatrove counting."""
-    seen: set[str] = set()
-    dup_items = dup_chars = 0
-    for item in items:
-        if item in seen:
-            dup_items += 1
-            dup_chars += len(item)
-        else:
-            seen.add(item)
-    return dup_items, dup_chars
-
-
-def _ngrams(words: Sequence[str], n: int) -> list[tuple[str, ...]]:
-    return list(zip(*(words[k:] for k in range(n))))  # built in C: the hot loop of the repetition rules
-
-
-def _top_ngram_chars(words: Sequence[str], n: int) -> int:
-    counts = Counter(_ngrams(words, n))
-    if not counts:
-        return 0
-    gram, count = counts.most_common(1)[0]
-    return sum(len(w) for w in gram) * count
-
-
-def _duplicate_ngram_chars(words: Sequence[str], n: int, prefix: Sequence[int]) -> int:
-    # Non-overlapping: once an n-gram repeats, skip past it so no character is counted twice.
-    grams = _ngrams(words, n)
-    if len(set(grams)) == len(grams):  # fast path: nothing repeats
-        return 0
-    seen: set[tuple[str, ...]] = set()
-    chars, i, m = 0, 0, len(grams)
-    while i < m:
-        gram = grams[i]
-        if gram in seen:
-            chars += prefix[i + n] - prefix[i]
-            i += n
-        else:
-            seen.add(gram)
-            i += 1
-    return chars
-
-
 @dataclass
 class GopherRepetitionFilter(DocFilter):
     """Gopher repetition rules (Rae et al. 2021, table A1), datatrove defaults.
@@ -241,34 +204,50 @@ class GopherRepetitionFilter(DocFilter):
     name: str = "gopher_repetition"
 
     def reason(self, text: str) -> str | None:
+        return self.reasons([text])[0]
+
+    def reasons(self, texts: Sequence[str]) -> list[str | None]:
+        """:meth:`reason` for many texts at once: the n-gram counting runs once over the whole batch."""
+        tag = self.name + ":"
+        out: list[str | None] = [self._line_reason(text) for text in texts]
+        alive = [i for i, why in enumerate(out) if why is None]
+        if not alive:
+            return out
+        grams = NGramIndex([texts[i].split() for i in alive])  # integer n-gram ids (kit/data/ngrams.py)
+        word_chars = np.maximum(grams.word_chars(), 1)
+        open_ = np.ones(len(alive), dtype=bool)  # no rule has fired yet
+        for n, limit in self.top_ngrams:
+            fired = open_ & (grams.top_chars(n) / word_chars > limit)
+            for j in np.flatnonzero(fired).tolist():
+                out[alive[j]] = tag + f"top_{n}gram"
+            open_ &= ~fired
+        for n, limit in sorted(self.dup_ngrams):
+            if not open_.any():
+                break
+            chars = grams.duplicate_chars(n, stop_frac=limit, totals=word_chars)
+            fired = open_ & (chars / word_chars > limit)
+            for j in np.flatnonzero(fired).tolist():
+                out[alive[j]] = tag + f"dup_{n}gram"
+            open_ &= ~fired & (chars != 0)  # no repeated n-gram means no repeated longer one either
+        return out
+
+    def _line_reason(self, text: str) -> str | None:
         tag = self.name + ":"
         total = max(len(text), 1)
         paragraphs = [p for p in _PARAGRAPH.split(text.strip()) if p.strip()]
         if paragraphs:
-            items, chars = _duplicates(paragraphs)
+            items, chars = duplicate_items(paragraphs)
             if self.dup_para_frac is not None and items / len(paragraphs) > self.dup_para_frac:
                 return tag + "dup_para_frac"
             if self.dup_para_char_frac is not None and chars / total > self.dup_para_char_frac:
                 return tag + "dup_para_char_frac"
         lines = [line for line in text.split("\n") if line.strip()]
         if lines:
-            items, chars = _duplicates(lines)
+            items, chars = duplicate_items(lines)
             if self.dup_line_frac is not None and items / len(lines) > self.dup_line_frac:
                 return tag + "dup_line_frac"
             if self.dup_line_char_frac is not None and chars / total > self.dup_line_char_frac:
                 return tag + "dup_line_char_frac"
-        words = text.split()
-        prefix = [0, *accumulate(len(w) for w in words)]  # prefix[i] = characters in words[:i]
-        word_chars = max(prefix[-1], 1)
-        for n, limit in self.top_ngrams:
-            if _top_ngram_chars(words, n) / word_chars > limit:
-                return tag + f"top_{n}gram"
-        for n, limit in sorted(self.dup_ngrams):
-            chars = _duplicate_ngram_chars(words, n, prefix)
-            if chars / word_chars > limit:
-                return tag + f"dup_{n}gram"
-            if chars == 0:  # no repeated n-gram means no repeated longer one either
-                break
         return None
 
 
@@ -298,6 +277,19 @@ class FilterChain(DocFilter):
             if why is not None:
                 return why
         return None
+
+    def reasons(self, texts: Sequence[str]) -> list[str | None]:
+        """:meth:`reason` for many texts: each filter sees, as one batch, the texts the earlier ones kept."""
+        out: list[str | None] = [None] * len(texts)
+        todo = list(range(len(texts)))
+        for f in self.filters:
+            if not todo:
+                break
+            whys = f.reasons([texts[i] for i in todo])
+            for i, why in zip(todo, whys):
+                out[i] = why
+            todo = [i for i, why in zip(todo, whys) if why is None]
+        return out
 
 
 def default_filters(min_chars: int = 100, max_chars: int | None = 1_000_000) -> FilterChain:

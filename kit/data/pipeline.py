@@ -1,7 +1,9 @@
 """Streaming data pipeline: clean -> filter -> exact dedup -> near dedup, with a report.
 
 Documents flow through one at a time, so a corpus larger than memory only costs the dedup indexes
-(16 bytes per kept document for exact dedup, one MinHash signature plus LSH entries for near dedup).
+(16 bytes per kept document for exact dedup, one MinHash signature plus LSH entries for near dedup). Each
+text is normalised once for both dedup steps. For many processes and indexes on disk, the same decisions
+come from ``kit.data.scaleout.clean_corpus`` (``kit data clean --workers N``).
 
 Example:
     >>> pipe = DataPipeline(filters=[], near_dedup=False)
@@ -12,11 +14,11 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kit.data.dedup import ExactDeduplicator, MinHashDeduplicator
+from kit.data.dedup import ExactDeduplicator, MinHashDeduplicator, fingerprint
 from kit.data.filters import DocFilter, FilterChain, default_filters
 
 __all__ = ["DataPipeline", "PipelineReport"]
@@ -137,12 +139,30 @@ class DataPipeline:
         self.text_key = text_key
         self.report = PipelineReport(minhash=self._near.describe() if self._near is not None else {})
 
-    def _remove(self, reason: str, text: str) -> None:
+    def record_removed(self, reason: str, text: str) -> None:
+        """Count a removal for ``reason`` and keep ``text`` as an example while there is room."""
         self.report.removed[reason] = self.report.removed.get(reason, 0) + 1
         if self.keep_examples:
             bucket = self.report.examples.setdefault(reason, [])
             if len(bucket) < self.keep_examples:
                 bucket.append(text[:300])
+
+    def screen(self, text: str) -> tuple[str, str | None]:
+        """Clean and filter one text without touching the report or the dedup indexes.
+
+        Returns:
+            ``(cleaned_text, None)`` if it passes, else ``(cleaned_text, reason)``.
+        """
+        return self.screen_many([text])[0]
+
+    def screen_many(self, texts: Sequence[str]) -> list[tuple[str, str | None]]:
+        """:meth:`screen` for a batch: filters with batched work (the repetition rules) run once over it."""
+        cleaned = [self._clean(t) for t in texts] if self._clean is not None else list(texts)
+        reasons: list[str | None] = [None if t.strip() else "clean:empty" for t in cleaned]
+        todo = [i for i, why in enumerate(reasons) if why is None]
+        for i, why in zip(todo, self.filter.reasons([cleaned[i] for i in todo])):
+            reasons[i] = why
+        return list(zip(cleaned, reasons))
 
     def check(self, text: str) -> tuple[str, str | None]:
         """Run one text through every step, updating the report and dedup indexes.
@@ -150,47 +170,53 @@ class DataPipeline:
         Returns:
             ``(cleaned_text, None)`` if kept, else ``(cleaned_text, reason)``.
         """
+        return self.admit(text, *self.screen(text))
+
+    def admit(self, raw: str, text: str, reason: str | None) -> tuple[str, str | None]:
+        """Count a screened text (``raw`` before cleaning, ``text`` after) and run it through dedup."""
         rep = self.report
         rep.docs_in += 1
-        rep.bytes_in += len(text.encode("utf-8"))
-        raw = text
-        if self._clean is not None:
-            text = self._clean(text)
-        reason: str | None = None
-        if not text.strip():
-            reason = "clean:empty"
-        if reason is None:
-            reason = self.filter.reason(text)
-        if reason is None and self._exact is not None and not self._exact.add(text):
-            reason = "exact_dup"
-        if reason is None and self._near is not None and self._near.add(rep.docs_in, text) is not None:
-            reason = "near_dup"
+        rep.bytes_in += len(raw.encode("utf-8"))
+        if reason is None and (self._exact is not None or self._near is not None):
+            norm, digest = fingerprint(text)  # one normalisation for both dedup steps
+            if self._exact is not None and not self._exact.add_digest(digest):
+                reason = "exact_dup"
+            if reason is None and self._near is not None:
+                sig = self._near.hasher.signature(norm)
+                if self._near.add_signature(rep.docs_in, sig) is not None:
+                    reason = "near_dup"
         if reason is not None:
-            self._remove(reason, raw)
+            self.record_removed(reason, raw)
             return text, reason
         rep.docs_out += 1
         rep.bytes_out += len(text.encode("utf-8"))
         return text, None
 
-    def process(self, docs: Iterable[Document]) -> Iterator[Document]:
+    def process(self, docs: Iterable[Document], batch_size: int = 256) -> Iterator[Document]:
         """Yield the kept documents (same type as the input; dicts get their text field replaced).
+
+        Documents are screened ``batch_size`` at a time (the batched filters' sorts serve the whole batch)
+        and deduplicated one by one in input order, so the result does not depend on ``batch_size``.
 
         Raises:
             KeyError: a dict document lacks ``text_key``.
         """
+        batch: list[Document] = []
         for doc in docs:
-            if isinstance(doc, dict):
-                if self.text_key not in doc:
-                    raise KeyError(
-                        f"document has no {self.text_key!r} field (keys: {sorted(doc)}); set text_key"
-                    )
-                text, reason = self.check(str(doc[self.text_key]))
-                if reason is None:
-                    yield {**doc, self.text_key: text}
-            else:
-                text, reason = self.check(doc)
-                if reason is None:
-                    yield text
+            if isinstance(doc, dict) and self.text_key not in doc:
+                raise KeyError(f"document has no {self.text_key!r} field (keys: {sorted(doc)}); set text_key")
+            batch.append(doc)
+            if len(batch) >= batch_size:
+                yield from self._process_batch(batch)
+                batch = []
+        yield from self._process_batch(batch)
+
+    def _process_batch(self, batch: list[Document]) -> Iterator[Document]:
+        raws = [str(d[self.text_key]) if isinstance(d, dict) else d for d in batch]
+        for doc, raw, (text, reason) in zip(batch, raws, self.screen_many(raws)):
+            text, reason = self.admit(raw, text, reason)
+            if reason is None:
+                yield {**doc, self.text_key: text} if isinstance(doc, dict) else text
 
     def run(self, docs: Iterable[Document]) -> tuple[list[Document], PipelineReport]:
         """Process everything into a list; convenient for corpora that fit in memory."""

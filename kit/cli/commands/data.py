@@ -2,7 +2,7 @@
 
 Usage::
 
-    kit data clean 'raw/**/*.jsonl' notes.txt -o clean.jsonl --report report.json --examples 3
+    kit data clean 'raw/**/*.jsonl' notes.txt -o clean.jsonl --report report.json --examples 3 --workers 2
     kit data tokenizer clean.jsonl --vocab-sizes 1000,4000,16000 --d-model 768 --save tok.json
     kit data shards clean.jsonl -o shards/ --tokenizer tok.json --block-size 256 --max-count 10000
 
@@ -57,37 +57,47 @@ def _progress(console: Console, bytes_mode: bool = True) -> Progress:
 
 def _clean(args: argparse.Namespace, console: Console) -> int:
     from kit.data.filters import FilterChain, GopherQualityFilter, GopherRepetitionFilter, LengthFilter
-    from kit.data.pipeline import DataPipeline
+    from kit.data.scaleout import CleanSettings, clean_corpus
 
     filters: list = [] if args.no_filters else [LengthFilter(args.min_chars, args.max_chars)]
     if not args.no_filters:
         filters.append(GopherQualityFilter(min_words=args.min_words))
         filters.append(GopherRepetitionFilter())
-    pipe = DataPipeline(
+    settings = CleanSettings(
         filters=FilterChain(filters),
         lowercase=args.lowercase,
         exact_dedup=not args.no_exact_dedup,
         near_dedup=not args.no_near_dedup,
         minhash={"bands": args.bands, "rows": args.rows, "ngram": args.ngram},
         keep_examples=args.examples,
+        text_key=args.text_key,
     )
-    total = _total_bytes(args.inputs)
+    if args.workers < 1:
+        console.print(
+            f"[red]--workers {args.workers} must be >= 1 (one process per shard file, up to N)[/red]"
+        )
+        return 2
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    reader = LoadReport()
-    with _progress(console) as progress, open(out, "w", encoding="utf-8") as sink:
-        task = progress.add_task("cleaning", total=total)
-        for name, text, nbytes in iter_documents(args.inputs, reader, args.text_key):
-            cleaned, reason = pipe.check(text)
-            if reason is None:
-                sink.write(json.dumps({"id": name, args.text_key: cleaned}, ensure_ascii=False) + "\n")
-            progress.advance(task, nbytes)
-    report = pipe.report
-    _print_read(console, reader)
+    with _progress(console) as progress:
+        tasks: dict[str, int] = {}
+
+        def advance(stage: str, step: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total)
+            progress.advance(tasks[stage], step)
+
+        stats = clean_corpus(
+            args.inputs, out, settings, workers=args.workers, work_dir=args.work_dir, progress=advance
+        )
+    report = stats.report
+    _print_read(console, stats.reader)
     console.print(report.format())
-    console.print(f"wrote {report.docs_out:,} documents to {out}")
+    console.print(
+        f"wrote {report.docs_out:,} documents to {out} ({stats.shards} shard(s), {stats.workers} worker(s); "
+        f"dedup index on disk {stats.bytes_per_doc():.0f} B/doc)"
+    )
     if args.report:
-        data = {**report.to_dict(), "input": asdict(reader)}
+        data = {**report.to_dict(), "input": asdict(stats.reader)}
         Path(args.report).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
         console.print(f"report: {args.report}")
     if args.examples and report.examples:
@@ -267,6 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bands", type=int, default=14)
     p.add_argument("--rows", type=int, default=8)
     p.add_argument("--ngram", type=int, default=5)
+    p.add_argument(
+        "--workers", type=int, default=1, help="processes for clean/filter/signatures (one shard file each)"
+    )
+    p.add_argument("--work-dir", help="folder for the on-disk dedup index (~1 KB/doc); default: beside -o")
 
     p = sub.add_parser("tokenizer", help="train byte-level BPE at several vocab sizes and compare them")
     p.add_argument("inputs", nargs="*", help="files, folders or globs; none = the embedded pydoc corpus")

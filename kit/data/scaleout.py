@@ -1,0 +1,488 @@
+"""Clean, filter and deduplicate a corpus over many processes, with the dedup indexes on disk.
+
+``kit data clean --workers N`` runs here. Two phases, like datatrove's MinHash pipeline:
+
+1. **Per shard, in parallel** (one input file = one shard, ``workers`` processes): clean, filter, and for
+   every document that passes, its exact digest (16 bytes), MinHash signature (``num_perm`` x 4 bytes) and
+   LSH band keys (``bands`` x 8 bytes). All of it goes to files in a work folder: about 0.6 KB per document
+   at the defaults, so memory does not grow with the corpus.
+2. **One global merge**: exact digests and band keys are partitioned by hash into files small enough to sort
+   in memory; sorting finds every document's earlier twin (exact) and its previous document in each LSH
+   bucket (near). A pass in document order then makes the streaming pipeline's decisions: a document is a
+   near duplicate if an earlier *kept* document shares a band and (with ``verify``) its estimated Jaccard
+   similarity reaches the threshold. So the output is the same as :class:`kit.data.pipeline.DataPipeline`
+   run over the shards in order, cross-shard duplicates included, whatever ``workers`` is.
+
+What stays in memory: one byte per document (its decision), 24 bytes per LSH bucket collision (a document
+sharing a band with an earlier one: rare outside near duplicates), and one partition at a time
+(``records_in_memory`` records of 16-24 bytes, plus the sort's copies).
+
+Example:
+    >>> import tempfile, pathlib, json
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "a.txt").write_text("hello world " * 30)
+    >>> _ = (d / "b.txt").write_text("Hello, world! " * 30)
+    >>> stats = clean_corpus([d], d / "out.jsonl", CleanSettings(filters=[]), workers=1)
+    >>> stats.report.docs_out, stats.report.removed
+    (1, {'exact_dup': 1})
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import resource
+import shutil
+import sys
+import tempfile
+from array import array
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kit.data.dedup import fingerprint, signature_similarity
+from kit.data.filters import DocFilter
+from kit.data.pipeline import DataPipeline, PipelineReport
+from kit.data.text import LoadReport, iter_documents, resolve_paths
+
+__all__ = ["CleanSettings", "CleanStats", "clean_corpus", "peak_rss_mb"]
+
+Progress = Callable[[str, int, int], None]  # (stage, advance, total)
+
+
+@dataclass
+class CleanSettings:
+    """What :func:`clean_corpus` does to each document: the :class:`DataPipeline` arguments, picklable.
+
+    Args:
+        filters: ``None`` for ``default_filters()``, ``[]`` for none, or filters / a ``FilterChain``
+            (module-level objects, so worker processes can unpickle them).
+        clean: run ``clean_text`` first.
+        lowercase: passed to ``clean_text``.
+        exact_dedup: drop repeats of a normalised text.
+        near_dedup: drop MinHash near duplicates of earlier kept documents.
+        minhash: ``MinHashDeduplicator`` arguments (ngram, bands, rows, seed, verify, verify_threshold).
+        keep_examples: removed texts kept per reason in the report.
+        text_key: the JSONL field holding the text.
+    """
+
+    filters: DocFilter | Sequence[Any] | None = None
+    clean: bool = True
+    lowercase: bool = False
+    exact_dedup: bool = True
+    near_dedup: bool = True
+    minhash: dict[str, Any] = field(default_factory=dict)
+    keep_examples: int = 0
+    text_key: str = "text"
+
+    def pipeline(self) -> DataPipeline:
+        """The single-process pipeline that makes the same decisions."""
+        return DataPipeline(
+            filters=self.filters,
+            clean=self.clean,
+            lowercase=self.lowercase,
+            exact_dedup=self.exact_dedup,
+            near_dedup=self.near_dedup,
+            minhash=self.minhash,
+            keep_examples=self.keep_examples,
+            text_key=self.text_key,
+        )
+
+
+@dataclass
+class CleanStats:
+    """What :func:`clean_corpus` did: the report, the reader's counts, and its resources."""
+
+    report: PipelineReport
+    reader: LoadReport
+    shards: int
+    workers: int
+    index_bytes: int  # signatures, band keys and digests written to the work folder
+    peak_rss_mb: float  # the main process
+    peak_worker_rss_mb: float  # the largest worker process (0 with one worker: it runs in the main one)
+
+    def bytes_per_doc(self) -> float:
+        return self.index_bytes / max(self.report.docs_in, 1)
+
+
+@dataclass
+class _Shard:
+    index: int
+    path: str
+    folder: str
+    settings: CleanSettings
+
+
+@dataclass
+class _ShardResult:
+    index: int
+    n_pass: int
+    bytes_read: int
+    report: PipelineReport
+    reader: LoadReport
+    peak_rss_mb: float = 0.0  # of the process that screened it, when it finished
+
+
+def _screen_shard(task: _Shard) -> _ShardResult:
+    """Phase 1 for one shard: clean, filter, fingerprint; everything that passes goes to disk."""
+    settings = task.settings
+    pipe = settings.pipeline()
+    near = pipe._near
+    reader = LoadReport()
+    base = Path(task.folder) / f"{task.index:06d}"
+    n_pass, block = 0, 4096
+    digests: list[bytes] = []
+    sigs: list[np.ndarray] = []
+    with (
+        open(f"{base}.jsonl", "w", encoding="utf-8") as texts,
+        open(f"{base}.digest", "wb") as dig_f,
+        open(f"{base}.sig", "wb") as sig_f,
+    ):
+
+        def flush() -> None:
+            dig_f.write(b"".join(digests))
+            if sigs:
+                sig_f.write(np.stack(sigs).tobytes())
+            digests.clear()
+            sigs.clear()
+
+        def screen(batch: list[tuple[str, str]]) -> None:
+            nonlocal n_pass
+            rep = pipe.report
+            for (name, text), (cleaned, reason) in zip(batch, pipe.screen_many([t for _, t in batch])):
+                rep.docs_in += 1
+                rep.bytes_in += len(text.encode("utf-8"))
+                if reason is not None:
+                    pipe.record_removed(reason, text)
+                    continue
+                n_pass += 1
+                record = {"id": name, "text": cleaned}
+                if settings.keep_examples:
+                    record["raw"] = text[:300]
+                texts.write(json.dumps(record, ensure_ascii=False) + "\n")
+                norm, digest = fingerprint(cleaned)
+                digests.append(digest)
+                if near is not None:
+                    sigs.append(near.hasher.signature(norm))
+            if len(digests) >= block:
+                flush()
+
+        batch: list[tuple[str, str]] = []
+        for name, text, _ in iter_documents([task.path], reader, settings.text_key):
+            batch.append((name, text))
+            if len(batch) >= 256:
+                screen(batch)
+                batch = []
+        screen(batch)
+        flush()
+    return _ShardResult(task.index, n_pass, reader.bytes_read, pipe.report, reader, peak_rss_mb())
+
+
+class _Partitions:
+    """Append fixed-size records to ``n`` files by a hash column, then read them back one file at a time."""
+
+    def __init__(self, folder: Path, name: str, n: int, dtype: np.dtype) -> None:
+        self.paths = [folder / f"{name}-{i:04d}.part" for i in range(n)]
+        self.files = [open(p, "wb") for p in self.paths]  # noqa: SIM115 - closed in close()
+        self.n, self.dtype = n, dtype
+
+    def add(self, records: np.ndarray, hash_column: np.ndarray) -> None:
+        part = (hash_column % np.uint64(self.n)).astype(np.int64)
+        order = np.argsort(part, kind="stable")
+        bounds = np.searchsorted(part[order], np.arange(self.n + 1))
+        for i in range(self.n):
+            if bounds[i + 1] > bounds[i]:
+                self.files[i].write(records[order[bounds[i] : bounds[i + 1]]].tobytes())
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+
+    def __iter__(self):
+        for p in self.paths:
+            yield np.fromfile(p, dtype=self.dtype)
+            p.unlink()
+
+
+class _Merge:
+    """Phase 2: global exact and near decisions from the shard files; one byte per document in memory."""
+
+    _EXACT = np.dtype([("h0", "<u8"), ("h1", "<u8"), ("idx", "<i8")])
+    _BAND = np.dtype([("key", "<u8"), ("slot", "<i8")])
+
+    def __init__(
+        self, folder: Path, shards: list[_ShardResult], settings: CleanSettings, records: int
+    ) -> None:
+        self.folder, self.settings = folder, settings
+        pipe = settings.pipeline()
+        self.near = pipe._near
+        self.counts = np.array([s.n_pass for s in shards], dtype=np.int64)
+        self.offsets = np.concatenate(([0], np.cumsum(self.counts)))
+        self.total = int(self.offsets[-1])
+        self.records = records  # records per partition held in memory at once
+        self.decision = np.zeros(self.total, dtype=np.uint8)  # 0 kept, 1 exact_dup, 2 near_dup
+        self._sig_files: dict[int, int] = {}  # shard -> open file descriptor
+
+    def _base(self, shard: int) -> Path:
+        return self.folder / f"{shard:06d}"
+
+    def _chunks(self, shard: int, suffix: str, width: int, dtype: str):
+        """(first global index, array) blocks of a shard's fixed-width file, read without mapping it.
+
+        Blocks hold about 256k values, so their temporaries (band keys: a few uint64 copies) stay a few MB.
+        """
+        rows = max(256, (1 << 18) // width)
+        n = int(self.counts[shard])
+        with open(f"{self._base(shard)}.{suffix}", "rb") as f:
+            for start in range(0, n, rows):
+                count = min(rows, n - start)
+                block = np.fromfile(f, dtype=dtype, count=count * width).reshape(count, width)
+                yield int(self.offsets[shard]) + start, block
+
+    def exact(self, progress: Progress | None) -> None:
+        parts = _Partitions(self.folder, "exact", max(1, math.ceil(self.total / self.records)), self._EXACT)
+        for shard in range(len(self.counts)):
+            for first, block in self._chunks(shard, "digest", 2, "<u8"):
+                rec = np.empty(len(block), dtype=self._EXACT)
+                rec["h0"], rec["h1"] = block[:, 0], block[:, 1]
+                rec["idx"] = np.arange(first, first + len(block))
+                parts.add(rec, rec["h0"])
+        parts.close()
+        for rec in parts:
+            rec = rec[np.lexsort((rec["idx"], rec["h1"], rec["h0"]))]
+            same = (rec["h0"][1:] == rec["h0"][:-1]) & (rec["h1"][1:] == rec["h1"][:-1])
+            self.decision[rec["idx"][1:][same]] = 1
+            if progress:
+                progress("exact dedup", 1, parts.n)
+
+    def _signature(self, idx: int) -> np.ndarray:
+        """One signature read from its shard file (a read, not a mapping: mapped pages would pile up in RSS)."""
+        shard = int(np.searchsorted(self.offsets, idx, side="right")) - 1
+        if shard not in self._sig_files:
+            self._sig_files[shard] = os.open(f"{self._base(shard)}.sig", os.O_RDONLY)
+        width = self.near.num_perm * 4
+        raw = os.pread(self._sig_files[shard], width, (idx - int(self.offsets[shard])) * width)
+        return np.frombuffer(raw, dtype=np.uint32)
+
+    def close(self) -> None:
+        for fd in self._sig_files.values():
+            os.close(fd)
+        self._sig_files.clear()
+
+    def near_dups(self, progress: Progress | None) -> None:
+        near = self.near
+        bands = near.bands
+        n_parts = max(1, math.ceil(self.total * bands / self.records))
+        parts = _Partitions(self.folder, "bands", n_parts, self._BAND)
+        from kit.data.dedup import band_keys
+
+        for shard in range(len(self.counts)):
+            for first, sigs in self._chunks(shard, "sig", near.num_perm, "<u4"):
+                keys = band_keys(sigs, bands, near.rows, near.seed)  # (docs, bands)
+                rec = np.empty(keys.size, dtype=self._BAND)
+                rec["key"] = keys.ravel()
+                idx = np.arange(first, first + len(sigs), dtype=np.int64)
+                rec["slot"] = (idx[:, None] * bands + np.arange(bands)).ravel()
+                parts.add(rec, rec["key"])
+        parts.close()
+        link_slot, link_prev = [], []
+        for rec in parts:
+            rec = rec[np.lexsort((rec["slot"], rec["key"]))]
+            same = rec["key"][1:] == rec["key"][:-1]
+            link_slot.append(rec["slot"][1:][same])
+            link_prev.append(rec["slot"][:-1][same] // bands)  # the previous document in the same bucket
+            if progress:
+                progress("near dedup: sort bands", 1, n_parts)
+        slots = np.concatenate(link_slot) if link_slot else np.empty(0, np.int64)
+        order = np.argsort(slots, kind="stable")
+        prevs = np.concatenate(link_prev)[order] if link_slot else np.empty(0, np.int64)
+        # compact int64 arrays (24 bytes per link), searched with bisect: no per-link Python objects
+        self._walk(array("q", slots[order].tobytes()), array("q", prevs.tobytes()), bands)
+
+    def _walk(self, slots: array, prevs: array, bands: int) -> None:
+        """In document order: near duplicate iff an earlier kept document in a shared bucket verifies."""
+        near, decision = self.near, self.decision
+        below = array("q", bytes(8 * len(slots)))  # per link: latest kept document before it in the bucket
+
+        def link(doc: int, band: int) -> int:  # position of (doc, band) among the links, or -1
+            slot = doc * bands + band
+            t = bisect_left(slots, slot)
+            return t if t < len(slots) and slots[t] == slot else -1
+
+        def latest_kept(band: int, doc: int) -> int:  # at or before ``doc`` in its bucket
+            if decision[doc] == 0:
+                return doc
+            t = link(doc, band)
+            return -1 if t < 0 else below[t]
+
+        t = 0
+        while t < len(slots):
+            j = slots[t] // bands
+            end = t
+            while end < len(slots) and slots[end] // bands == j:
+                end += 1
+            if decision[j] == 0:
+                sig = self._signature(j) if near.verify else None
+                for u in range(t, end):
+                    band = slots[u] % bands
+                    i = latest_kept(band, prevs[u])
+                    while i >= 0:
+                        if (
+                            not near.verify
+                            or signature_similarity(self._signature(i), sig) >= near.verify_threshold
+                        ):
+                            decision[j] = 2
+                            break
+                        k = link(i, band)
+                        i = -1 if k < 0 else below[k]
+                    if decision[j]:
+                        break
+            for u in range(t, end):
+                below[u] = latest_kept(slots[u] % bands, prevs[u])
+            t = end
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set in MB.
+
+    ``VmHWM`` from ``/proc/self/status`` where there is one: ``getrusage``'s ``ru_maxrss`` survives ``execve``,
+    so a process started from a large parent would report the parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale / 1024
+
+
+def clean_corpus(
+    inputs: str | os.PathLike | Iterable[str | os.PathLike],
+    output: str | os.PathLike,
+    settings: CleanSettings | None = None,
+    workers: int = 1,
+    work_dir: str | os.PathLike | None = None,
+    records_in_memory: int = 4_000_000,
+    progress: Progress | None = None,
+) -> CleanStats:
+    """Clean, filter and deduplicate ``inputs`` into ``output`` (JSONL ``{"id", text_key}``), shards in parallel.
+
+    Args:
+        inputs: files, folders or globs; each file is one shard.
+        output: the JSONL file to write.
+        settings: what to do to each document (default: the kit's default pipeline).
+        workers: processes for the per-shard phase; ``1`` runs it in this process. Workers are spawned, so
+            a script that calls this with ``workers > 1`` needs the ``if __name__ == "__main__":`` guard.
+        work_dir: where the shard files go (a temporary folder inside it, removed at the end); default: next
+            to ``output``. It needs about 1 KB per document.
+        records_in_memory: partition size for the merge's sorts (24 or 16 bytes per record).
+        progress: called as ``progress(stage, advance, total)``.
+
+    Returns:
+        :class:`CleanStats`.
+
+    Raises:
+        ValueError: ``workers < 1``.
+        FileNotFoundError: an input matches nothing.
+    """
+    if workers < 1:
+        raise ValueError(f"workers={workers} must be >= 1")
+    settings = settings or CleanSettings()
+    paths = resolve_paths(inputs)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="kit-clean-", dir=work_dir or output.parent))
+    try:
+        tasks = [_Shard(i, str(p), str(folder), settings) for i, p in enumerate(paths)]
+        total_bytes = sum(p.stat().st_size for p in paths)
+        results: list[_ShardResult] = [None] * len(tasks)  # type: ignore[list-item]
+        if workers == 1 or len(tasks) == 1:
+            mapped: Iterable[_ShardResult] = map(_screen_shard, tasks)
+            pool = None
+        else:
+            pool = multiprocessing.get_context("spawn").Pool(min(workers, len(tasks)))
+            mapped = pool.imap_unordered(_screen_shard, tasks)
+        try:
+            for res in mapped:
+                results[res.index] = res
+                if progress:
+                    progress("clean + filter + signatures", res.bytes_read, total_bytes)
+        finally:
+            if pool is not None:
+                pool.close()
+                pool.join()
+        index_bytes = sum(f.stat().st_size for f in folder.iterdir() if f.suffix in (".sig", ".digest"))
+        merge = _Merge(folder, results, settings, records_in_memory)
+        if settings.exact_dedup:
+            merge.exact(progress)
+        if settings.near_dedup:
+            index_bytes += merge.total * merge.near.bands * 16  # the band records, written while merging
+            merge.near_dups(progress)
+            merge.close()
+        report, reader = _write(folder, results, merge.decision, settings, output, progress)
+        return CleanStats(
+            report=report,
+            reader=reader,
+            shards=len(tasks),
+            workers=workers,
+            index_bytes=index_bytes,
+            peak_rss_mb=peak_rss_mb(),
+            peak_worker_rss_mb=max((r.peak_rss_mb for r in results), default=0.0)
+            if pool is not None
+            else 0.0,
+        )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _write(
+    folder: Path,
+    results: list[_ShardResult],
+    decision: np.ndarray,
+    settings: CleanSettings,
+    output: Path,
+    progress: Progress | None,
+) -> tuple[PipelineReport, LoadReport]:
+    """Write kept documents in input order and build the report the single-process pipeline would give."""
+    pipe = settings.pipeline()
+    report, reader = pipe.report, LoadReport()
+    for res in results:  # filter removals and input counts, in shard order
+        reader.merge(res.reader)
+        report.docs_in += res.report.docs_in
+        report.bytes_in += res.report.bytes_in
+        for reason, n in res.report.removed.items():
+            report.removed[reason] = report.removed.get(reason, 0) + n
+        for reason, texts in res.report.examples.items():
+            bucket = report.examples.setdefault(reason, [])
+            bucket += texts[: max(0, settings.keep_examples - len(bucket))]
+    g = 0
+    with open(output, "w", encoding="utf-8") as sink:
+        for res in results:
+            with open(folder / f"{res.index:06d}.jsonl", encoding="utf-8") as f:
+                for line in f:
+                    record = json.loads(line)
+                    verdict = decision[g]
+                    g += 1
+                    if verdict:
+                        pipe.record_removed(
+                            "exact_dup" if verdict == 1 else "near_dup", record.get("raw", "")
+                        )
+                        continue
+                    text = record["text"]
+                    report.docs_out += 1
+                    report.bytes_out += len(text.encode("utf-8"))
+                    sink.write(
+                        json.dumps({"id": record["id"], settings.text_key: text}, ensure_ascii=False) + "\n"
+                    )
+            if progress:
+                progress("write", 1, len(results))
+    return report, reader
