@@ -343,3 +343,44 @@ def test_checkpointing_errors_name_the_fix() -> None:
     with pytest.raises(ValueError, match="activation_checkpointing='mlp' is not one of"):
         GPTConfig(activation_checkpointing="mlp")
     assert isinstance(GPT(GPTConfig.from_name("debug")).blocks[0], Block)
+
+
+# -- the recipes, end to end through the real CLI ----------------------------------------------------------------
+RECIPE_LOGS = {
+    "gpt-tiny-moe": {
+        "train/aux/moe/balance",
+        "train/aux/moe/z_loss",
+        "train/aux/moe/dropped",
+        "train/aux/moe/load/7",
+    },
+    "gpt-tiny-universal": {"train/aux/act/ponder", "train/aux/act/steps_mean", "train/aux/act/steps_max"},
+    "gpt-tiny-sliding": set(),
+}
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        "gpt-tiny-moe",  # the one run by default (about 15 s): it exercises the aux-loss path end to end
+        pytest.param("gpt-tiny-universal", marks=pytest.mark.slow),
+        pytest.param("gpt-tiny-sliding", marks=pytest.mark.slow),
+    ],
+)
+def test_recipe_trains_end_to_end_and_logs_its_aux_values(recipe: str, tmp_path) -> None:
+    from test_cli import FAST, _metrics, kit
+
+    # a window shorter than the test's 32-token blocks, so the sliding pattern is really sparse
+    extra = ["--model.init_args.config.attn_window=8"] if recipe == "gpt-tiny-sliding" else []
+    out = kit(["fit", "--config", recipe, *FAST, *extra], tmp_path).stdout
+    assert "kit fit finished" in out
+    rows = _metrics(tmp_path / "runs")
+    logged = {k for r in rows for k, v in r.items() if v}
+    assert {"val/loss", "train/loss"} | RECIPE_LOGS[recipe] <= logged
+    ckpt = torch.load(tmp_path / f"runs/{recipe}/checkpoints/last.ckpt", weights_only=False)
+    cfg = ckpt["hyper_parameters"]["config"]
+    assert (cfg["attention"], cfg["ffn"], cfg["depth"]) == {
+        "gpt-tiny-moe": ("dense", "moe", "stack"),
+        "gpt-tiny-universal": ("dense", "mlp", "universal"),
+        "gpt-tiny-sliding": ("sliding_window", "mlp", "stack"),
+    }[recipe]
+    assert CausalLM.load_from_checkpoint(tmp_path / f"runs/{recipe}/checkpoints/last.ckpt").model is not None
