@@ -91,6 +91,13 @@ def _attention_at(
         med, spread = _timed(step, a.iters, a.warmup)
         result[name] = (med, spread, _peak_mb())
     base = result["dense causal SDPA"][0]
+    check = {}
+    if a.lengths[0] == T:  # the two paths agree (a global token too): checked once, SDPA's mask is T x T
+        with torch.no_grad():
+            kw = {"window": window, "global_positions": (0, T // 2), "causal": True}
+            flex = sliding_window_attention(q, k, v, backend=backend, **kw).float()
+            sdpa = sliding_window_attention(q, k, v, backend="sdpa", **kw).float()
+        check = {"max |flex - sdpa|": float((flex - sdpa).abs().max())}
     return [
         {
             "part": "attention",
@@ -100,6 +107,7 @@ def _attention_at(
             "spread ms": round(spread * 1e3, 3),
             "peak MB": None if peak is None else round(peak, 1),
             "speedup vs dense": round(base / med, 2),
+            **(check if name.startswith("kit") else {}),
         }
         for name, (med, spread, peak) in result.items()
     ]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check and benchmark of the kit in one run (about 6-7 minutes on one H100/H200).
+# Every GPU check and benchmark of the kit in one run (about 10-11 minutes on one H100/H200).
 # Usage, from the repository root on a CUDA machine: OUT=/some/dir bash benchmarks/gpu_suite.sh [STEP...]
 # STEP names (default: all): throughput distributed monitoring data architecture pytest.
 # Wheels the GPU image lacks (deepspeed and its needs) may be put in .whl/; they are installed to /tmp/site.
