@@ -334,6 +334,9 @@ class CausalLM(pl.LightningModule):
 
     Batches are ``(input_ids, targets)`` of shape (B, T). The network is built in ``configure_model`` so
     ``config.vocab_size=None`` can be filled from the datamodule's tokenizer.
+    Auxiliary losses recorded by the layers (MoE load balancing and z-loss, the ACT ponder cost) are added to the
+    training loss and logged as ``train/aux/...`` by :func:`kit.models.layers.add_aux_losses`; ``train/loss`` and
+    the validation loss stay the plain NLL.
 
     Args:
         config: model shape; ``GPTConfig.from_name("tiny")`` if omitted.
