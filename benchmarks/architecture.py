@@ -184,17 +184,35 @@ def moe_quality(a: argparse.Namespace, device: torch.device) -> tuple[list[dict]
 
 
 def _saved_bytes(model: GPT, x: torch.Tensor) -> int:
-    """Bytes of distinct storages autograd saves for backward in one forward (the activation memory)."""
+    """Bytes of distinct storages kept for backward by one forward: what autograd saves (seen through
+    ``saved_tensors_hooks``) plus the inputs each checkpointed region holds for its recompute (seen through
+    forward pre-hooks on the wrappers); parameters excluded."""
     seen: dict[int, int] = {}
 
+    def note(t: torch.Tensor) -> None:
+        st = t.untyped_storage()
+        seen[st.data_ptr()] = st.nbytes()
+
     def pack(t: torch.Tensor):
-        if t.device.type != "meta" and not isinstance(t, torch.nn.Parameter):
-            st = t.untyped_storage()
-            seen[st.data_ptr()] = st.nbytes()
+        note(t)
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = model(x)
+    def pre_hook(module, args):
+        for t in args:
+            if isinstance(t, torch.Tensor):
+                note(t)
+
+    hooks = [
+        m.register_forward_pre_hook(pre_hook)
+        for m in model.modules()
+        if type(m).__name__ == "CheckpointWrapper"
+    ]
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = model(x)
+    finally:
+        for h in hooks:
+            h.remove()
     out.float().sum().backward()
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     return sum(n for ptr, n in seen.items() if ptr not in params)
@@ -236,7 +254,8 @@ def checkpointing(a: argparse.Namespace, device: torch.device) -> tuple[list[dic
         )
     notes = [
         f"checkpointing: gpt-tiny shape, batch {a.batch}x{a.block}, fp32, forward+backward; saved activations are "
-        "the distinct storages autograd keeps for backward (parameters excluded), counted exactly; peak memory on "
+        "the distinct storages kept for backward (autograd's saved tensors plus the checkpointed regions' inputs, "
+        "parameters excluded), counted exactly; peak memory on "
         "GPU is in benchmarks/gpu_architecture.py"
     ]
     return rows, notes
