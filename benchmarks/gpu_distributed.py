@@ -107,7 +107,9 @@ def check_fp16_clipping(root: Path) -> dict:
     clip = GradientClipping(max_norm=0.5)
     scale = LossScaleMonitor(init_scale=1024, min_scale=8, max_scale=1024, growth_interval=2)
     model = CausalLM(SMOKE, lr=1e-3, warmup_steps=1, max_steps=8, fused=True)
-    trainer = _trainer("auto", 8, root, plugins=[scale.precision_plugin("cuda")], callbacks=[scale, probe, clip])
+    trainer = _trainer(
+        "auto", 8, root, plugins=[scale.precision_plugin("cuda")], callbacks=[scale, probe, clip]
+    )
     trainer.fit(model, _data())
     opt = trainer.optimizers[0]
     post = float(clip.last["grad_norm/post_clip"])

@@ -18,8 +18,11 @@ Cases (``--cases`` picks a subset; default all):
   HardwareMonitor, TrainingDoctor, HessianMonitor). Bar: >= 0.95x raw.
 - ``fp32``, ``tf32``, ``fp16``: the ``trainer`` case at strict fp32, fp32 with TF32 matmuls, and 16-mixed
   with the kit's ``ScaledFP16Precision`` loss scaler and ``LossScaleMonitor``.
-- ``ac-full``, ``ac-<mode>``: the ``trainer`` case with activation checkpointing (modes from
-  ``GPTConfig.activation_checkpointing``'s accepted values).
+- ``ac-full``, ``ac-ffn``, ``ac-attention``: the ``trainer`` case with activation checkpointing, whole blocks
+  or selectively (``kit.models.transforms.CHECKPOINT_MODES``); ``ac-ffn`` is in the default set.
+- ``moe``: the ``trainer`` case with ``ffn="moe"`` (8 experts, top-1): the same active parameters per token as
+  the dense ``trainer`` row, so its ``x raw`` beside ``trainer``'s is MoE against dense at equal active
+  parameters (MFU counts active parameters).
 
 ``raw`` and ``trainer`` run twice in the order raw, trainer, monitors, ..., trainer, raw, so a drifting
 clock favours neither; their rows report the median of the two. Results are written after every case,
@@ -51,7 +54,7 @@ from kit.callbacks.clipping import GradientClipping  # noqa: E402
 from kit.health.flops import peak_flops_for  # noqa: E402
 from kit.models.gpt import CausalLM, GPTConfig  # noqa: E402
 
-CASES = ("raw", "trainer", "monitors", "fp32", "tf32", "fp16", "ac-full", "ac-selective")
+CASES = ("raw", "trainer", "monitors", "fp32", "tf32", "fp16", "ac-full", "ac-ffn", "moe")
 
 
 def _config(args) -> GPTConfig:
@@ -145,18 +148,6 @@ def _monitors() -> list[pl.Callback]:
     return all_monitors()
 
 
-def _ac_modes() -> list[object]:
-    """The non-default values ``GPTConfig.activation_checkpointing`` accepts, full first."""
-    modes: list[object] = [True]
-    try:
-        from kit.models.transforms import AC_MODES  # type: ignore[attr-defined]
-
-        modes += [m for m in AC_MODES if m not in (True, False, None, "none", "off", "full")]
-    except ImportError:
-        pass
-    return modes
-
-
 def run_case(name: str, config: GPTConfig, data, args) -> float:
     bf16 = "bf16-mixed" if args.bf16 else "32-true"
     if name == "raw":
@@ -182,11 +173,14 @@ def run_case(name: str, config: GPTConfig, data, args) -> float:
             plugins=[ScaledFP16Precision("cuda")], callbacks=[LossScaleMonitor()],
         )
     if name.startswith("ac-"):
-        modes = _ac_modes()
-        mode = True if name == "ac-full" else next((m for m in modes if f"ac-{m}" == name), None)
-        if mode is None:
-            raise LookupError(f"GPTConfig.activation_checkpointing has no mode {name[3:]!r} in this version")
+        from kit.models.transforms import CHECKPOINT_MODES
+
+        mode = name.removeprefix("ac-")
+        if mode not in CHECKPOINT_MODES:
+            raise LookupError(f"activation checkpointing has no mode {mode!r}; modes: {CHECKPOINT_MODES}")
         return run_trainer(replace(config, activation_checkpointing=mode), data, args, precision=bf16)
+    if name == "moe":
+        return run_trainer(replace(config, ffn="moe"), data, args, precision=bf16)
     raise ValueError(f"unknown case {name!r}; choose from {CASES}")
 
 

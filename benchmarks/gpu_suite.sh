@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Every GPU check and benchmark of the kit, by step, each time-boxed.
 # Usage, from the repository root on a CUDA machine: OUT=/some/dir bash benchmarks/gpu_suite.sh [STEP|GROUP...]
-# Groups: perf (default; issue 15's performance suite, under 8 minutes: perf architecture),
+# Groups: perf (default; issue 15's performance suite, under 8 minutes: perf-main sliding),
 #         checks (correctness on the GPU: distributed monitoring data pytest), all (both; over 10 minutes,
 #         so split it across two device calls).
-# Steps: perf (raw loop vs Trainer vs monitors, precisions, activation checkpointing; gpu_perf.py),
+# Steps: perf-main (raw loop vs Trainer vs monitors, precisions, activation checkpointing, MoE; gpu_perf.py),
+#        sliding (the attention part of gpu_architecture.py), architecture (all of it),
 #        throughput (the older Trainer/plain ratio), distributed, monitoring, data, checkpoint, pytest.
 # Wheels the GPU image lacks (deepspeed and its needs) may be put in .whl/; they are installed to /tmp/site.
 # Each step is time-boxed and the suite goes on past a failing step. Results, logs and a summary are packed
@@ -30,7 +31,7 @@ steps=("$@")
 expanded=()
 for s in "${steps[@]}"; do
   case $s in
-    perf) expanded+=(perf-main architecture) ;;
+    perf) expanded+=(perf-main sliding) ;;
     checks) expanded+=(distributed monitoring data checkpoint pytest) ;;
     all) expanded+=(perf-main architecture distributed monitoring data checkpoint pytest) ;;
     *) expanded+=("$s") ;;
@@ -48,12 +49,14 @@ step() {  # step NAME SECONDS COMMAND...
 }
 for s in "${steps[@]}"; do
   case $s in
-    perf-main) step perf 330 python3 benchmarks/gpu_perf.py --out "$RES/perf" ;;
+    perf-main) step perf 320 python3 benchmarks/gpu_perf.py --out "$RES/perf" ;;
     throughput) step throughput 130 python3 -m benchmarks throughput --repeats 1 --out "$RES" --suffix=-gpu ;;
     distributed) step distributed 150 python3 benchmarks/gpu_distributed.py --out "$RES" ;;
     monitoring) step monitoring 110 python3 benchmarks/gpu_monitoring.py --steps 30 --out "$RES/monitoring" ;;
     data) step data 45 python3 benchmarks/gpu_data.py --out "$RES" ;;
     checkpoint) step checkpoint 150 python3 -m benchmarks checkpoint --out "$RES" --suffix=-gpu ;;
+    sliding) step sliding 150 python3 benchmarks/gpu_architecture.py --parts attention --out "$RES" ;;
+    architecture) step architecture 360 python3 benchmarks/gpu_architecture.py --out "$RES" ;;
     pytest) step pytest 70 python3 -m pytest -q -p no:cacheprovider tests/test_gpu_foundation.py tests/test_hardware.py ;;
     *) echo "unknown step $s" ;;
   esac

@@ -9,7 +9,7 @@ overrides (``GPTConfig.from_name``), with the attention and feed-forward layers 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import lightning.pytorch as pl
 import torch
@@ -19,8 +19,8 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from kit.health.flops import transformer_flops
-from kit.models.layers import get_attention, get_ffn
-from kit.models.transforms import apply_transforms
+from kit.models.layers import add_aux_losses, clear_aux, get_attention, get_depth, get_ffn
+from kit.models.transforms import CHECKPOINT_MODES, apply_transforms
 from kit.optim import SCHEDULES, fused_available, lr_lambda, param_groups
 
 __all__ = ["GPT", "Block", "CausalLM", "GPTConfig"]
@@ -41,6 +41,7 @@ _BASE: dict[str, object] = {
     "tie_embeddings": True,
     "attention": "dense",
     "ffn": "mlp",
+    "depth": "stack",
 }
 _NO_DROPOUT = {"dropout": 0.0, "attn_dropout": 0.0, "embd_dropout": 0.0}
 _PRESETS: dict[str, dict[str, object]] = {
@@ -97,9 +98,30 @@ class GPTConfig:
     causal: bool | None = None  # False gives bidirectional attention (MLM encoders)
     mlp_ratio: int | None = None  # hidden width of the MLP as a multiple of n_embd
     tie_embeddings: bool | None = None  # share the token embedding with the output head
-    attention: str | None = None  # a name in kit.models.layers.ATTENTION: "dense"
-    ffn: str | None = None  # a name in kit.models.layers.FFN: "mlp"
-    activation_checkpointing: bool = False  # recompute each block in backward (kit.models.transforms)
+    attention: str | None = None  # a name in kit.models.layers.ATTENTION: "dense", "sliding_window"
+    ffn: str | None = None  # a name in kit.models.layers.FFN: "mlp", "moe"
+    depth: str | None = None  # a name in kit.models.layers.DEPTH: "stack", "universal"
+    # attention="sliding_window" (Longformer): a query sees keys fewer than attn_window positions away
+    # (earlier ones only when causal) plus the attn_global positions, which see and are seen by every token
+    attn_window: int = 64
+    attn_global: list[int] = field(default_factory=list)
+    # ffn="moe" (Switch Transformer): experts of width mlp_ratio * n_embd, top-k routing with capacity
+    moe_experts: int = 8
+    moe_top_k: int = 1  # 1 is Switch; 2 is GShard
+    moe_capacity_factor: float = 1.25  # expert capacity = factor * tokens * top_k / experts; <= 0: no limit
+    moe_eval_capacity_factor: float = 2.0  # the same in evaluation
+    moe_aux_alpha: float = 0.01  # load-balancing loss weight alpha (alpha * E * sum f_i P_i)
+    moe_z_loss: float = 1e-3  # router z-loss weight (ST-MoE)
+    moe_jitter: float = 0.0  # multiplicative router-input noise in training, e.g. 0.01 (Switch)
+    moe_expert_dropout: float = 0.0  # dropout inside the experts (Switch fine-tuning uses 0.4)
+    # depth="universal" (Universal Transformer + ACT): one shared block, at most ut_max_steps applications
+    ut_max_steps: int | None = None  # None: n_layer
+    act_eps: float = 0.01  # a token halts when its summed halting probability passes 1 - act_eps
+    act_ponder_cost: float = 0.01  # tau: weight of the ponder cost mean(N + R) in the loss
+    # recompute activations in backward (kit.models.transforms): False/"none", True/"full" (whole blocks),
+    # "attention" or "ffn" (only that sublayer); checkpoint_every=k does it on every k-th block only
+    activation_checkpointing: bool | str = False
+    checkpoint_every: int = 1
 
     def __post_init__(self) -> None:
         if self.name is not None and self.name not in _PRESETS:
@@ -133,6 +155,37 @@ class GPTConfig:
                 )
         get_attention(self.attention)  # unknown names raise here, listing the registered ones
         get_ffn(self.ffn)
+        get_depth(self.depth)
+        self._check_variants()
+
+    def _check_variants(self) -> None:
+        self.attn_global = [int(g) for g in self.attn_global]
+        if self.attn_window < 1:
+            raise ValueError(f"attn_window={self.attn_window} must be >= 1 (1: each token sees only itself)")
+        if any(g < 0 for g in self.attn_global):
+            raise ValueError(
+                f"attn_global={self.attn_global} must hold positions >= 0, e.g. [0] for the first token"
+            )
+        if self.moe_experts < 1 or not 1 <= self.moe_top_k <= self.moe_experts:
+            raise ValueError(
+                f"moe_experts={self.moe_experts}, moe_top_k={self.moe_top_k}: need 1 <= moe_top_k <= moe_experts"
+            )
+        for name in ("moe_aux_alpha", "moe_z_loss", "moe_jitter", "act_ponder_cost"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0 (0 turns it off)")
+        if not 0.0 <= self.moe_expert_dropout < 1.0:
+            raise ValueError(f"moe_expert_dropout={self.moe_expert_dropout} must be in [0, 1)")
+        if self.ut_max_steps is not None and self.ut_max_steps < 1:
+            raise ValueError(f"ut_max_steps={self.ut_max_steps} must be >= 1, or None for n_layer")
+        if not 0.0 < self.act_eps < 1.0:
+            raise ValueError(f"act_eps={self.act_eps} must be in (0, 1); Graves uses 0.01")
+        mode = self.activation_checkpointing
+        if mode not in (True, False) and mode not in CHECKPOINT_MODES:
+            raise ValueError(
+                f"activation_checkpointing={mode!r} is not one of {[False, True, *CHECKPOINT_MODES]}"
+            )
+        if self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every={self.checkpoint_every} must be >= 1 (1: every block)")
 
     @property
     def head_size(self) -> int:
@@ -188,7 +241,9 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.embd_dropout)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        depth = get_depth(config.depth)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(depth.num_blocks(config)))
+        self.depth = depth(config)  # how the blocks are applied: once each, or one shared block with ACT
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
@@ -213,6 +268,16 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.wpe.weight.numel() if exclude_positions else n
 
+    def num_active_params(self) -> float:
+        """Parameters one token's forward multiplies by: what FLOPs and MFU count (``num_params`` for a dense
+        stack). MoE layers count ``top_k`` of their experts; a shared Universal Transformer block counts once
+        per application."""
+        n = float(self.num_params())
+        inactive = sum(m.inactive_params() for m in self.modules() if hasattr(m, "inactive_params"))
+        block = sum(p.numel() for p in self.blocks.parameters()) - inactive
+        extra = get_depth(self.config.depth).applications(self.config) - len(self.blocks)
+        return n - inactive + extra * block
+
     def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
         """Final-norm hidden states, shape (B, T, n_embd)."""
         T = idx.size(1)
@@ -221,9 +286,9 @@ class GPT(nn.Module):
                 f"sequence length {T} exceeds block_size={self.config.block_size}; crop the input"
             )
         pos = torch.arange(T, device=idx.device)
+        clear_aux(self)  # auxiliary losses and statistics belong to one forward
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
-        for block in self.blocks:
-            x = block(x)
+        x = self.depth(x, self.blocks)
         return self.ln_f(x)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
@@ -231,9 +296,12 @@ class GPT(nn.Module):
         return self.lm_head(self.hidden_states(idx))
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
-        """Training FLOPs per token (forward + backward): 6N + 12 * n_layer * n_embd * T (PaLM, appendix B)."""
+        """Training FLOPs per token (forward + backward): 6N + 12 * L * n_embd * T (PaLM, appendix B), with N the
+        *active* parameters (:meth:`num_active_params`) and L the block applications, so MFU stays true for
+        MoE and Universal Transformer variants."""
         T = seq_len or self.config.block_size
-        return transformer_flops(self.num_params(), self.config.n_layer, self.config.n_embd, T)
+        layers = get_depth(self.config.depth).applications(self.config)
+        return transformer_flops(self.num_active_params(), layers, self.config.n_embd, T)
 
     @torch.no_grad()
     def generate(
@@ -266,6 +334,9 @@ class CausalLM(pl.LightningModule):
 
     Batches are ``(input_ids, targets)`` of shape (B, T). The network is built in ``configure_model`` so
     ``config.vocab_size=None`` can be filled from the datamodule's tokenizer.
+    Auxiliary losses recorded by the layers (MoE load balancing and z-loss, the ACT ponder cost) are added to the
+    training loss and logged as ``train/aux/...`` by :func:`kit.models.layers.add_aux_losses`; ``train/loss`` and
+    the validation loss stay the plain NLL.
 
     Args:
         config: model shape; ``GPTConfig.from_name("tiny")`` if omitted.
@@ -357,6 +428,7 @@ class CausalLM(pl.LightningModule):
         self.model = apply_transforms(
             GPT(self.config),
             activation_checkpointing=self.config.activation_checkpointing,
+            checkpoint_every=self.config.checkpoint_every,
             compile=self.hparams.compile,
         )
 
@@ -379,12 +451,17 @@ class CausalLM(pl.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch, self.hparams.label_smoothing)
+        # MoE balance/z-losses, the ACT ponder cost: added and logged as train/aux/...; loss itself stays the NLL
+        total = add_aux_losses(self.model, loss, log=self._log_aux)
         B, T = batch[0].shape
         self._flops_per_batch = self.model.flops_per_token(T) * B * T
         self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False)
         # includes label smoothing when it is on; val/ppl is the true perplexity
         self.log("train/ppl", torch.exp(loss.detach()), on_step=True, on_epoch=False)
-        return loss
+        return total
+
+    def _log_aux(self, name: str, value: torch.Tensor) -> None:
+        self.log(f"train/{name}", value, on_step=True, on_epoch=False)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self.val_loss.update(self._loss(batch, 0.0), weight=batch[0].numel())

@@ -8,24 +8,44 @@ import torch.nn.functional as F
 from torch import nn
 
 from kit.models.gpt import GPT, GPTConfig
-from kit.models.layers import ATTENTION, FFN, DenseAttention, dense_attention, get_attention, get_ffn
+from kit.models.layers import (
+    ATTENTION,
+    DEPTH,
+    FFN,
+    DenseAttention,
+    dense_attention,
+    get_attention,
+    get_ffn,
+)
 
-CHOICES = [("attention", name) for name in ATTENTION] + [("ffn", name) for name in FFN]
+CHOICES = (
+    [("attention", name) for name in ATTENTION]
+    + [("ffn", name) for name in FFN]
+    + [("depth", name) for name in DEPTH]
+)
+# settings that make each variant do something at T=12 (a window shorter than the sequence, a global token,
+# several experts with a capacity that drops, more than one recurrent step)
+SETTINGS = {
+    "sliding_window": {"attn_window": 3, "attn_global": [0]},
+    "moe": {"moe_experts": 4, "moe_capacity_factor": 1.0, "moe_eval_capacity_factor": 1.0},
+    "universal": {"ut_max_steps": 3},
+}
 
 
 @pytest.mark.parametrize(("field", "name"), CHOICES, ids=[f"{f}={n}" for f, n in CHOICES])
 def test_every_registered_layer_trains_and_keeps_causality(field: str, name: str) -> None:
     torch.manual_seed(0)
-    config = GPTConfig.from_name("debug", **{field: name})
+    config = GPTConfig.from_name("debug", **{field: name}, **SETTINGS.get(name, {}))
     model = GPT(config)
-    layer = model.blocks[0].attn if field == "attention" else model.blocks[0].mlp
-    assert isinstance(layer, (ATTENTION if field == "attention" else FFN)[name])
+    layer = {"attention": model.blocks[0].attn, "ffn": model.blocks[0].mlp, "depth": model.depth}[field]
+    registry = {"attention": ATTENTION, "ffn": FFN, "depth": DEPTH}[field]
+    assert isinstance(layer, registry[name])
     x = torch.randint(0, 64, (2, 12))
     logits = model(x)
     assert logits.shape == (2, 12, 64)
     F.cross_entropy(logits.view(-1, 64), x.view(-1)).backward()
-    layer_params = list(layer.parameters())
-    assert layer_params and all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer_params)
+    layer_params = list(model.blocks[0].parameters()) + list(layer.parameters())
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer_params)
     # a causal model's outputs before the last position never see the last token
     model.eval()
     y = x.clone()
@@ -36,16 +56,16 @@ def test_every_registered_layer_trains_and_keeps_causality(field: str, name: str
 def test_factories_take_a_name_or_a_class_and_list_the_names_on_error() -> None:
     assert get_attention("dense") is DenseAttention and get_attention(DenseAttention) is DenseAttention
     assert get_ffn("mlp") is FFN["mlp"] and get_ffn(nn.Identity) is nn.Identity
-    with pytest.raises(ValueError, match=r"attention='sliding' is not one of \['dense'\]"):
+    with pytest.raises(ValueError, match=r"attention='sliding' is not one of \['dense', 'sliding_window'\]"):
         get_attention("sliding")
-    with pytest.raises(ValueError, match=r"ffn='moe' is not one of \['mlp'\]; set GPTConfig.ffn"):
-        get_ffn("moe")
+    with pytest.raises(ValueError, match=r"ffn='glu' is not one of \['mlp', 'moe'\]; set GPTConfig.ffn"):
+        get_ffn("glu")
     with pytest.raises(ValueError, match="ffn=<class 'int'> is not one of"):
         get_ffn(int)
 
 
 def test_config_rejects_unknown_or_unserialisable_layer_choices() -> None:
-    with pytest.raises(ValueError, match=r"attention='flash' is not one of \['dense'\]"):
+    with pytest.raises(ValueError, match=r"attention='flash' is not one of \['dense', 'sliding_window'\]"):
         GPTConfig(attention="flash")
     with pytest.raises(ValueError, match=r"ffn=.*must be a registered name.*layers\.FFN\['mine'\] = MyClass"):
         GPTConfig(ffn=nn.Identity)

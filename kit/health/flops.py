@@ -10,6 +10,10 @@ backward 4N) plus ``12 L d T`` for the attention scores and the weighted sum (``
 ``2 L d T`` forward per token, times three for forward + backward). ``N`` excludes position
 embeddings; ``T`` is the sequence length the tokens were trained at.
 
+For sparse models ``N`` is the *active* parameter count, what one token multiplies by
+(:func:`moe_active_params`: a top-k mixture of E experts uses k of them), so the MFU of a mixture of
+experts is not inflated by experts it never ran.
+
 Example:
     >>> transformer_flops(n_params=124e6, n_layer=12, d_model=768, seq_len=1024, tokens=1)
     857246208.0
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["GPUS", "GPUSpec", "peak_flops_for", "transformer_flops"]
+__all__ = ["GPUS", "GPUSpec", "moe_active_params", "peak_flops_for", "transformer_flops"]
 
 
 def transformer_flops(
@@ -53,6 +57,32 @@ def transformer_flops(
             f"seq_len={seq_len}, tokens={tokens}"
         )
     return float(tokens) * (6.0 * n_params + 12.0 * n_layer * d_model * seq_len)
+
+
+def moe_active_params(n_params: float, expert_params: float, n_experts: int, top_k: int = 1) -> float:
+    """Parameters one token uses in a mixture of experts: all but the experts, plus ``top_k / n_experts`` of them.
+
+    Args:
+        n_params: total parameter count (experts included).
+        expert_params: parameters inside all experts together.
+        n_experts: experts per MoE layer, E.
+        top_k: experts each token is routed to.
+
+    Returns:
+        ``n_params - expert_params * (1 - top_k / n_experts)``.
+
+    Raises:
+        ValueError: if ``top_k`` is not in ``1..n_experts`` or ``expert_params`` exceeds ``n_params``.
+
+    Example:
+        >>> moe_active_params(1.0e9, 0.8e9, n_experts=8, top_k=1) / 1e6
+        300.0
+    """
+    if not 1 <= top_k <= n_experts:
+        raise ValueError(f"top_k={top_k} must be in 1..n_experts={n_experts}")
+    if not 0 <= expert_params <= n_params:
+        raise ValueError(f"expert_params={expert_params} must be in [0, n_params={n_params}]")
+    return n_params - expert_params * (1.0 - top_k / n_experts)
 
 
 @dataclass(frozen=True)

@@ -196,6 +196,9 @@ class TrainingPlan:
         n_layer: layers (guessed from N when ``None``).
         d_model: width (guessed from N when ``None``).
         flash_attention: attention matrix not materialised.
+        active_params: parameters one token uses (a mixture of experts: see
+            :func:`kit.health.flops.moe_active_params`); FLOPs and time count these, memory counts ``params``.
+            None: ``params`` (a dense model).
 
     Raises:
         ValueError: on non-positive sizes or ``mfu`` outside (0, 1].
@@ -211,11 +214,17 @@ class TrainingPlan:
     n_layer: int | None = None
     d_model: int | None = None
     flash_attention: bool = True
+    active_params: float | None = None
     fits: dict[str, int | None] = field(init=False)
 
     def __post_init__(self) -> None:
         if self.params <= 0 or self.tokens <= 0:
             raise ValueError(f"params={self.params} and tokens={self.tokens} must be > 0, e.g. --params 7e9")
+        if self.active_params is not None and not 0 < self.active_params <= self.params:
+            raise ValueError(
+                f"active_params={self.active_params} must be in (0, params={self.params}]; "
+                "for a top-k mixture of E experts see kit.health.flops.moe_active_params"
+            )
         if not 0 < self.mfu <= 1:
             raise ValueError(f"mfu={self.mfu} must be in (0, 1]; 0.4 is a typical large-run value")
         self.spec = get_gpu(self.gpu)
@@ -241,12 +250,14 @@ class TrainingPlan:
     @property
     def total_flops(self) -> float:
         """Training FLOPs (6ND + attention)."""
-        return training_flops(self.params, self.tokens, self.n_layer, self.d_model, self.seq_len)
+        active = self.params if self.active_params is None else self.active_params
+        return training_flops(active, self.tokens, self.n_layer, self.d_model, self.seq_len)
 
     @property
     def attention_share(self) -> float:
         """Fraction of the FLOPs spent in attention scores."""
-        return 1.0 - 6.0 * self.params * self.tokens / self.total_flops
+        active = self.params if self.active_params is None else self.active_params
+        return 1.0 - 6.0 * active * self.tokens / self.total_flops
 
     @property
     def gpu_hours(self) -> float:

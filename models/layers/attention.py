@@ -1,5 +1,14 @@
 """Self-attention layers, chosen by ``GPTConfig.attention`` through :func:`get_attention`.
 
+- ``"dense"``: every query over every (earlier, when causal) key, through SDPA.
+- ``"sliding_window"``: the Longformer pattern (Beltagy et al. 2020): each query sees the keys less than
+  ``attn_window`` positions away (only earlier ones when causal), plus ``attn_global`` positions that see every
+  key and are seen by every query. On CUDA it runs through FlexAttention with a ``BlockMask`` built once per
+  shape and cached, so blocks the window never reaches are skipped and time and memory grow linearly with
+  length; elsewhere (CPU, attention dropout, no FlexAttention) an exact masked-SDPA path runs, with the same
+  result. Where the kit differs from Longformer: in a causal model a global token attends to every *earlier*
+  token (not the future ones, which would leak the targets), and the window is one-sided.
+
 Each variant is a function over ``(B, nh, T, hs)`` heads plus a module that owns the projections and calls it
 (timm's ``drop_path`` / ``DropPath`` split). A new variant is one function/module pair and one ``ATTENTION``
 entry; ``tests/test_layers.py`` then runs it through the whole model.
@@ -7,6 +16,8 @@ entry; ``tests/test_layers.py`` then runs it through the whole model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import torch
@@ -18,7 +29,15 @@ from kit.models.layers._factory import resolve
 if TYPE_CHECKING:
     from kit.models.gpt import GPTConfig
 
-__all__ = ["ATTENTION", "DenseAttention", "dense_attention", "get_attention"]
+__all__ = [
+    "ATTENTION",
+    "DenseAttention",
+    "SlidingWindowAttention",
+    "dense_attention",
+    "get_attention",
+    "sliding_window_attention",
+    "sliding_window_mask",
+]
 
 
 def dense_attention(
@@ -42,6 +61,148 @@ def dense_attention(
         torch.Size([1, 2, 5, 8])
     """
     return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal)
+
+
+def sliding_window_mask(
+    seq_len: int,
+    window: int,
+    global_positions: Sequence[int] = (),
+    *,
+    causal: bool = True,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The (T, T) boolean pattern of :func:`sliding_window_attention`: True where query ``i`` sees key ``j``.
+
+    ``|i - j| < window`` (and ``j <= i`` when causal), or ``i`` or ``j`` a global position (still ``j <= i``
+    when causal). Global positions at or past ``seq_len`` are ignored.
+
+    Example:
+        >>> sliding_window_mask(4, 2, causal=True).int().tolist()
+        [[1, 0, 0, 0], [1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1]]
+        >>> sliding_window_mask(4, 1, [0], causal=False).int().tolist()
+        [[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 1, 0], [1, 0, 0, 1]]
+    """
+    pos = torch.arange(seq_len, device=device)
+    dist = pos[:, None] - pos[None, :]  # (T, T): query minus key
+    mask = dist.abs() < window
+    glob = _global_flags(seq_len, tuple(global_positions), pos.device)
+    mask |= glob[:, None] | glob[None, :]
+    if causal:
+        mask &= dist >= 0
+    return mask
+
+
+def _global_flags(seq_len: int, global_positions: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    flags = torch.zeros(seq_len, dtype=torch.bool, device=device)
+    inside = [g for g in global_positions if g < seq_len]
+    if inside:
+        flags[torch.tensor(inside, device=device)] = True
+    return flags
+
+
+@lru_cache(maxsize=32)
+def _cached_mask(seq_len: int, window: int, glob: tuple[int, ...], causal: bool, device: torch.device):
+    return sliding_window_mask(seq_len, window, glob, causal=causal, device=device)
+
+
+@lru_cache(maxsize=32)
+def _cached_block_mask(seq_len: int, window: int, glob: tuple[int, ...], causal: bool, device: torch.device):
+    """FlexAttention's ``BlockMask`` for one shape: built once, then reused by every layer and step."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    flags = _global_flags(seq_len, glob, device)
+
+    def mask_mod(b, h, q_idx, kv_idx):  # FlexAttention passes batch and head too
+        dist = q_idx - kv_idx
+        keep = (dist.abs() < window) | flags[q_idx] | flags[kv_idx]
+        return keep & (dist >= 0) if causal else keep
+
+    return create_block_mask(mask_mod, None, None, seq_len, seq_len, device=device)
+
+
+_FLEX = None
+
+
+def _flex_attention():
+    """``torch.compile(flex_attention)``, built on first use (compiling is what makes it sparse and fast)."""
+    global _FLEX
+    if _FLEX is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _FLEX = torch.compile(flex_attention, dynamic=False)
+    return _FLEX
+
+
+def flex_available(device: torch.device) -> bool:
+    """True where the FlexAttention path runs: a CUDA device and a torch that has it."""
+    if device.type != "cuda":
+        return False
+    try:
+        import torch.nn.attention.flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def sliding_window_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    window: int,
+    global_positions: Sequence[int] = (),
+    causal: bool = True,
+    dropout_p: float = 0.0,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Longformer attention: a local window plus global positions (see :func:`sliding_window_mask`).
+
+    Args:
+        q: queries, shape (B, nh, T, hs).
+        k: keys, shape (B, nh, T, hs).
+        v: values, shape (B, nh, T, hs).
+        window: each query sees keys fewer than ``window`` positions away (on both sides unless causal).
+        global_positions: positions that see all keys and are seen by all queries.
+        causal: never attend to later keys.
+        dropout_p: dropout on the attention probabilities (forces the SDPA path: FlexAttention has none).
+        backend: ``"flex"`` (FlexAttention, compiled, with a cached ``BlockMask``), ``"sdpa"`` (SDPA with a
+            cached dense boolean mask: exact, but memory quadratic in T), or ``"auto"`` (flex on CUDA without
+            dropout, else sdpa).
+
+    Returns:
+        The attended values, shape (B, nh, T, hs).
+
+    Raises:
+        ValueError: on ``window < 1`` or an unknown ``backend``.
+
+    Example:
+        >>> q = torch.randn(1, 2, 6, 8)
+        >>> torch.allclose(sliding_window_attention(q, q, q, window=6), dense_attention(q, q, q), atol=1e-6)
+        True
+    """
+    if window < 1:
+        raise ValueError(f"window={window} must be >= 1 (the query's own position)")
+    if backend not in ("auto", "flex", "sdpa"):
+        raise ValueError(f"backend={backend!r} is not one of ['auto', 'flex', 'sdpa']")
+    T = q.size(-2)
+    glob = tuple(sorted({int(g) for g in global_positions if g < T}))
+    if backend == "auto":
+        backend = "flex" if dropout_p == 0.0 and flex_available(q.device) else "sdpa"
+    if backend == "flex":
+        block_mask = _cached_block_mask(T, window, glob, causal, q.device)
+        # compiled on CUDA (fast and sparse); eager elsewhere (forward only, for tests of the flex path on CPU)
+        fn = _flex_attention() if q.is_cuda else _eager_flex()
+        return fn(q, k, v, block_mask=block_mask)
+    if window >= T and not glob:  # the pattern is dense: let SDPA pick its fused kernel
+        return dense_attention(q, k, v, causal=causal, dropout_p=dropout_p)
+    mask = _cached_mask(T, window, glob, causal, q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+
+def _eager_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return flex_attention
 
 
 class DenseAttention(nn.Module):
@@ -72,14 +233,45 @@ class DenseAttention(nn.Module):
         q, k, v = (
             t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v)
         )  # (B, nh, T, hs)
-        y = dense_attention(
-            q, k, v, causal=self.causal, dropout_p=self.attn_dropout if self.training else 0.0
-        )
+        y = self._attend(q, k, v, self.attn_dropout if self.training else 0.0)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.proj(y))
 
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
+        return dense_attention(q, k, v, causal=self.causal, dropout_p=dropout_p)
 
-ATTENTION: dict[str, type[nn.Module]] = {"dense": DenseAttention}
+
+class SlidingWindowAttention(DenseAttention):
+    """:class:`DenseAttention`'s projections over :func:`sliding_window_attention`.
+
+    Args:
+        config: as :class:`DenseAttention`, plus ``attn_window`` and ``attn_global``.
+
+    Example:
+        >>> from kit.models.gpt import GPTConfig
+        >>> cfg = GPTConfig.from_name("debug", attention="sliding_window", attn_window=4, attn_global=(0,))
+        >>> SlidingWindowAttention(cfg)(torch.randn(2, 8, 32)).shape
+        torch.Size([2, 8, 32])
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__(config)
+        self.window = config.attn_window
+        self.global_positions = tuple(config.attn_global)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
+        return sliding_window_attention(
+            q,
+            k,
+            v,
+            window=self.window,
+            global_positions=self.global_positions,
+            causal=self.causal,
+            dropout_p=dropout_p,
+        )
+
+
+ATTENTION: dict[str, type[nn.Module]] = {"dense": DenseAttention, "sliding_window": SlidingWindowAttention}
 
 
 def get_attention(kind: str | type[nn.Module]) -> type[nn.Module]:

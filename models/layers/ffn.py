@@ -1,6 +1,7 @@
 """Feed-forward layers, chosen by ``GPTConfig.ffn`` through :func:`get_ffn`.
 
-A new variant (a mixture of experts, a gated MLP) is one module taking the config, one ``FFN`` entry, and
+``"mlp"`` is the dense GELU MLP; ``"moe"`` is the Switch Transformer mixture of experts
+(:class:`kit.models.layers.moe.SwitchMoE`). A new variant (a gated MLP, say) is one module taking the config, one ``FFN`` entry, and
 nothing else; ``tests/test_layers.py`` then runs it through the whole model.
 """
 
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kit.models.layers._factory import resolve
+from kit.models.layers.moe import SwitchMoE
 
 if TYPE_CHECKING:
     from kit.models.gpt import GPTConfig
@@ -43,7 +45,7 @@ class MLP(nn.Module):
         return self.dropout(self.proj(F.gelu(self.fc(x))))  # (B, T, C) -> (B, T, hidden) -> (B, T, C)
 
 
-FFN: dict[str, type[nn.Module]] = {"mlp": MLP}
+FFN: dict[str, type[nn.Module]] = {"mlp": MLP, "moe": SwitchMoE}
 
 
 def get_ffn(kind: str | type[nn.Module]) -> type[nn.Module]:
