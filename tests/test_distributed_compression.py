@@ -40,7 +40,7 @@ def _run(tmp_path: Path, *args: str, timeout: int = 240) -> dict[str, dict]:
 @pytest.mark.distributed
 def test_every_hook_trains_and_cuts_bytes(tmp_path: Path) -> None:
     res = _run(tmp_path, "--steps", "20", "--start-iter", "5")
-    assert set(res) == {"allreduce", "fp16", "bf16", "powersgd", "topk", "1bit"}
+    assert set(res) == {"allreduce", "fp16", "bf16", "powersgd", "topk", "1bit", "1bit-adam"}
     dense = res["allreduce"]
     for name, r in res.items():
         assert r["replicas_in_sync"], name  # every worker applied the same averaged gradient
@@ -50,6 +50,7 @@ def test_every_hook_trains_and_cuts_bytes(tmp_path: Path) -> None:
     assert res["bf16"]["bytes_cut_total"] == pytest.approx(0.5)
     assert res["topk"]["bytes_cut_total"] >= 0.9
     assert res["1bit"]["bytes_cut_total"] >= 0.9
+    assert res["1bit-adam"]["bytes_cut_steady"] >= 0.96  # after freeze_step (20 // 8 = 2 dense steps)
     assert res["powersgd"]["bytes_cut_steady"] >= 0.9  # rank 4 on d=128 matrices, after the dense start
     for name in ("fp16", "bf16"):
         assert res[name]["val_loss"] == pytest.approx(dense["val_loss"], rel=0.02), name

@@ -1,10 +1,13 @@
 """DDP communication hooks with byte accounting: fp16/bf16, PowerSGD, top-k and 1-bit sign with error feedback.
 
 A hook is ``hook(state, bucket) -> Future[Tensor]`` as ``DistributedDataParallel.register_comm_hook``
-expects. Every state here carries a :class:`CommStats` that counts the payload bytes this worker sent and
-the bytes a dense fp32 all-reduce of the same bucket would have sent, so the compression ratio can be
-logged. fp16/bf16 and PowerSGD delegate the communication to torch's own hooks; top-k and 1-bit use one
-``all_gather`` each (sparse/packed messages cannot be summed by all-reduce).
+expects. Every state here carries a :class:`CommStats` that counts, per collective, the wire bytes this
+worker sends at the group's world size, and the bytes a dense fp32 ring all-reduce of the same bucket would
+send at that world size, so the compression ratio can be logged honestly at any W. fp16/bf16 and PowerSGD
+delegate the communication to torch's own hooks; top-k and 1-bit average through the two-phase compressed
+all-reduce of :mod:`kit.parallel.two_phase` (``scheme="2phase"``, bytes per worker independent of W) or one
+``all_gather`` of every worker's message (``scheme="allgather"``, a small-W method).
+:func:`onebit_adam_hook` is the gradient side of :class:`kit.parallel.onebit_adam.OneBitAdam`.
 
 Use :func:`make_comm_hook` to build a (state, hook) pair by name:
 
@@ -38,6 +41,7 @@ from kit.parallel.two_phase import ErrorFeedback, SignCodec, TopKCodec, compress
 
 __all__ = [
     "HOOKS",
+    "SCHEMES",
     "CommStats",
     "HookState",
     "OneBitAdamHookState",

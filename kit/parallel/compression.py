@@ -2,9 +2,10 @@
 
 Both compressors take the residual left over from the previous step (error feedback, Seide et al. 2014;
 Stich et al. 2018): what was not transmitted is added back before the next compression, so over many
-steps nothing is lost: ``sum(transmitted) + residual == sum(gradients)``. The byte counters describe
-the payload one worker contributes to a collective, so ``dense_bytes / sent_bytes`` is the compression
-ratio against a dense all-reduce of the same tensor.
+steps nothing is lost: ``sum(transmitted) + residual == sum(gradients)``. ``*_bytes`` give the size of one
+message; :func:`wire_bytes` turns the tensor a worker passes to a collective into the bytes it puts on the
+wire at world size W, and :func:`method_wire_bytes` gives a whole method's bytes per step (the formulas the
+kit's ``CommStats`` and the paper table in ``benchmarks/compression.py --paper`` use).
 
 Example:
     >>> g = torch.tensor([0.1, -2.0, 0.3, 4.0])
