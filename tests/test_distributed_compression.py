@@ -76,26 +76,17 @@ def test_seed_claim_with_momentum_sgd(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_seed_claim_with_adamw(tmp_path: Path) -> None:
-    """With AdamW the claim holds for PowerSGD rank 4 only (about 92% fewer bytes, +3.5% loss).
-
-    Top-k 1% and 1-bit cut >= 94% of the bytes but end 9-15% above the dense loss after 200 steps, so for
-    them this test pins the measured bound (20%), not the seed's 5%; the README (Distributed, measured figures) has them.
-    """
+@pytest.mark.parametrize("world", [2, 4])
+def test_seed_claim_with_onebit_adam(tmp_path: Path, world: int) -> None:
+    """The seed's claim for AdamW, met by 1-bit Adam: >= 90% fewer wire bytes than dense AdamW over the
+    compression stage, final held-out loss within 5% of dense AdamW (600 steps, freeze_step 75 = 12.5%).
+    The README (Measured figures, compression-w2/w4) has the whole-run figures beside it."""
     res = _run(
-        tmp_path,
-        "--steps",
-        "200",
-        "--hooks",
-        "allreduce,powersgd,topk,1bit",
-        "--dense-start",
-        "5",
-        timeout=900,
-    )
-    dense = res["allreduce"]["val_loss"]
-    psgd = res["powersgd"]
-    assert psgd["bytes_cut_total"] >= 0.9
-    assert psgd["val_loss"] <= 1.05 * dense
-    for name in ("topk", "1bit"):
-        assert res[name]["bytes_cut_total"] >= 0.9, name
-        assert res[name]["val_loss"] <= 1.20 * dense, (name, res[name]["val_loss"], dense)
+        tmp_path, "--world", str(world), "--steps", "600", "--freeze-step", "75", "--hooks", "allreduce,1bit-adam",
+        timeout=3600,
+    )  # fmt: skip
+    dense, onebit = res["allreduce"], res["1bit-adam"]
+    assert onebit["replicas_in_sync"]
+    assert onebit["bytes_cut_steady"] >= 0.9
+    assert onebit["bytes_cut_total"] >= 0.9 * (1 - 75 / 600)  # the warm-up is dense
+    assert onebit["val_loss"] <= 1.05 * dense["val_loss"], (onebit["val_loss"], dense["val_loss"])

@@ -168,3 +168,19 @@ def test_preset_converts_adamw_and_resumes_mid_compression(tmp_path) -> None:
     assert resumed.optimizers[0].steps == 10
     for p, q in zip(full_model.parameters(), resumed_model.parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+def test_two_phase_hook_state_round_trips_through_a_checkpoint(tmp_path) -> None:
+    from kit.parallel.comm_hooks import hook_state_dict, load_hook_state_dict, make_comm_hook
+
+    state, _ = make_comm_hook("1bit")
+    state.feedback[0] = ErrorFeedback(worker=torch.randn(16), server=torch.randn(8))
+    state.stats.collective("all_gather", 10, world=4)
+    torch.save(hook_state_dict(state), tmp_path / "s.pt")
+    fresh, _ = make_comm_hook("1bit")
+    load_hook_state_dict(fresh, torch.load(tmp_path / "s.pt", weights_only=True))
+    assert torch.equal(fresh.feedback[0].worker, state.feedback[0].worker)
+    assert torch.equal(fresh.feedback[0].server, state.feedback[0].server)
+    assert fresh.stats.sent == 30.0
+    with pytest.raises(ValueError, match="scheme='ring'"):
+        make_comm_hook("1bit", scheme="ring")
