@@ -40,6 +40,7 @@ from kit.parallel.onebit_adam import OneBitAdamW
 # "fork": workers start without re-importing torch and the kit.
 START_METHOD = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
 HOOK_NAMES = ("allreduce", "fp16", "bf16", "powersgd", "topk", "1bit", "1bit-adam")
+# also: "1bit-adam-paper" = OneBitAdamW(compress="momentum"), the paper's / DeepSpeed's choice
 CURVE_POINTS = 6  # training-loss curve columns in the table
 
 
@@ -86,7 +87,7 @@ def _worker(rank: int, world: int, port: int, args: dict, out: str) -> None:
         model = GPT(cfg)
         # one bucket: torch's PowerSGD over gloo mismatches collectives when two buckets are in flight
         ddp = DistributedDataParallel(model, bucket_cap_mb=1024)
-        if name == "1bit-adam":
+        if name.startswith("1bit-adam"):
             state, hook = OneBitAdamHookState(), onebit_adam_hook
         else:
             state, hook = make_comm_hook(
@@ -271,7 +272,7 @@ def _formula_bytes(name: str, numel: int, shapes: list, world: int, args: argpar
     method = {
         "allreduce": "dense", "fp16": "fp16", "bf16": "fp16", "powersgd": "powersgd",
         "topk": "topk-2phase" if two else "topk-allgather", "1bit": "1bit-2phase" if two else "1bit-allgather",
-        "1bit-adam": "1bit-2phase",
+        "1bit-adam": "1bit-2phase", "1bit-adam-paper": "1bit-2phase",
     }[name]  # fmt: skip
     n_scales = len(shapes) if method == "1bit-allgather" else 1
     return method_wire_bytes(method, numel, world, args.ratio, powersgd_bytes(shapes, args.rank), n_scales)
@@ -349,6 +350,7 @@ def main(argv: list[str]) -> dict:
         scheme=a.scheme,
     )
     if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(res, indent=2))
     from kit.models.gpt import GPT, GPTConfig
 
@@ -402,7 +404,8 @@ def main(argv: list[str]) -> dict:
                if a.scheme == "2phase" else "all-gather of every worker's message, one scale per tensor"),
             f"PowerSGD rank={a.rank}: dense all-reduce for the first {a.start_iter} steps; top-k/1bit dense "
             f"warm-up: {a.dense_start} steps; 1bit-adam = OneBitAdamW, freeze_step={freeze} (dense AdamW before, "
-            "then frozen variance and 1-bit two-phase momentum, no gradient all-reduce)",
+            "then frozen variance and 1-bit two-phase averaging of the update m/(sqrt(v)+eps), no gradient all-reduce); "
+            "1bit-adam-paper = the same with the momentum m compressed, as in the paper and DeepSpeed",
             "compression stage = the steps after each method's warm-up; 'all steps' includes the warm-up",
             "measured / formula: compression-stage bytes per step over kit.parallel.compression.method_wire_bytes",
             "val loss = held-out cross-entropy (nats/byte) after the same steps on the same batches; train loss @s "

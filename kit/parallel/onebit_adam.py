@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -51,6 +51,12 @@ class OneBitAdam(torch.optim.Optimizer):
             (the paper uses 15-25% of training); None never compresses (plain Adam).
         process_group: the group the momentum is averaged over (None = world; one process without
             ``torch.distributed`` is W = 1, where only the compression error remains).
+        compress: what the 1-bit all-reduce carries in the compression stage. ``"update"`` (default):
+            the momentum divided by the frozen ``sqrt(v_hat) + eps``, the same on every worker, so its
+            average is the averaged momentum's update exactly; one sign scale then fits every coordinate.
+            ``"momentum"``: the momentum itself, as in the paper and DeepSpeed, where coordinates with a
+            tiny variance (rare embedding rows) receive the chunk's mean momentum divided by their tiny
+            ``sqrt(v)``: on the kit's benchmark that ended 13.8% above dense AdamW (W=2, 600 steps).
 
     Raises:
         ValueError: for a negative ``lr``/``eps``/``weight_decay``, betas outside [0, 1), or ``freeze_step < 1``.
@@ -67,7 +73,10 @@ class OneBitAdam(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         freeze_step: int | None = 1000,
         process_group: Any = None,
+        compress: Literal["update", "momentum"] = "update",
     ) -> None:
+        if compress not in ("update", "momentum"):
+            raise ValueError(f"compress={compress!r} is not supported; choose 'update' or 'momentum'")
         if lr < 0 or eps < 0 or weight_decay < 0:
             raise ValueError(f"lr={lr}, eps={eps}, weight_decay={weight_decay} must all be >= 0")
         if not all(0.0 <= b < 1.0 for b in betas):
@@ -79,6 +88,7 @@ class OneBitAdam(torch.optim.Optimizer):
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
         self.freeze_step = freeze_step
         self.process_group = process_group
+        self.compress = compress
         self.steps = 0  # completed optimizer steps
         self.feedback = ErrorFeedback()
         self.codec = SignCodec()
@@ -134,13 +144,23 @@ class OneBitAdam(torch.optim.Optimizer):
         self.steps += 1
         return loss
 
+    def _denom(self, p: Tensor) -> Tensor:
+        """The frozen ``sqrt(v_hat) + eps`` of ``p`` (identical on every worker)."""
+        state, group = self.state[p], self._group_of[p]
+        bias2_sqrt = math.sqrt(1 - group["betas"][1] ** state["frozen_step"])
+        return (state["exp_avg_sq"].sqrt() / bias2_sqrt).add_(group["eps"])
+
     def _average_momenta(self, params: list[Tensor]) -> None:
+        self._group_of = {p: g for g in self.param_groups for p in g["params"]}
         momenta = [self.state[p]["exp_avg"] for p in params]
-        flat = torch.cat([m.reshape(-1).float() for m in momenta])
+        denoms = [self._denom(p) for p in params] if self.compress == "update" else None
+        parts = [m if denoms is None else m / d for m, d in zip(momenta, denoms or momenta, strict=True)]
+        flat = torch.cat([x.reshape(-1).float() for x in parts])
         averaged = compressed_allreduce(flat, self.codec, self.feedback, self.process_group, self.stats)
         offset = 0
-        for m in momenta:
-            m.copy_(averaged[offset : offset + m.numel()].view_as(m))
+        for i, m in enumerate(momenta):
+            chunk = averaged[offset : offset + m.numel()].view_as(m).to(m.dtype)
+            m.copy_(chunk if denoms is None else chunk * denoms[i])
             offset += m.numel()
 
     def state_dict(self) -> dict[str, Any]:
@@ -179,5 +199,6 @@ class OneBitAdamW(OneBitAdam):
         weight_decay: float = 1e-2,
         freeze_step: int | None = 1000,
         process_group: Any = None,
+        compress: Literal["update", "momentum"] = "update",
     ) -> None:
-        super().__init__(params, lr, betas, eps, weight_decay, freeze_step, process_group)
+        super().__init__(params, lr, betas, eps, weight_decay, freeze_step, process_group, compress)
