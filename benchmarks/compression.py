@@ -99,9 +99,10 @@ def _worker(rank: int, world: int, port: int, args: dict, out: str) -> None:
                 scheme=args["scheme"],
             )
         ddp.register_comm_hook(state, hook)
-        if name == "1bit-adam":
+        if name.startswith("1bit-adam"):
+            compress = "momentum" if name == "1bit-adam-paper" else "update"
             opt = OneBitAdamW(
-                model.parameters(), lr=args["lr"], weight_decay=0.0, freeze_step=args["freeze_step"]
+                model.parameters(), lr=args["lr"], weight_decay=0.0, freeze_step=args["freeze_step"], compress=compress
             )
             opt.stats, state.optimizer = state.stats, opt
         elif args["optimizer"] == "sgd":
@@ -110,9 +111,11 @@ def _worker(rank: int, world: int, port: int, args: dict, out: str) -> None:
             opt = torch.optim.AdamW(model.parameters(), lr=args["lr"], weight_decay=0.0)
         gen = torch.Generator().manual_seed(args["seed"] * 1000 + rank)
         sent_steady = dense_steady = 0
-        first = {"powersgd": args["start_iter"], "1bit-adam": args["freeze_step"]}.get(
-            name, args["dense_start"]
-        )
+        first = args["dense_start"]
+        if name == "powersgd":
+            first = args["start_iter"]
+        elif name.startswith("1bit-adam"):
+            first = args["freeze_step"]
         losses = []
         start = time.perf_counter()
         for step in range(args["steps"]):
@@ -332,6 +335,9 @@ def main(argv: list[str]) -> dict:
         return paper_table()
     freeze = a.freeze_step if a.freeze_step is not None else max(1, a.steps // 8)
     hooks = tuple(h for h in a.hooks.split(",") if h)
+    unknown = sorted(set(hooks) - {*HOOK_NAMES, "1bit-adam-paper"})
+    if unknown:
+        parser.error(f"--hooks {','.join(unknown)} unknown; choose from {', '.join(HOOK_NAMES)}, 1bit-adam-paper")
     if "allreduce" not in hooks:
         hooks = ("allreduce", *hooks)
     res = run_ddp(
