@@ -102,7 +102,11 @@ def _worker(rank: int, world: int, port: int, args: dict, out: str) -> None:
         if name.startswith("1bit-adam"):
             compress = "momentum" if name == "1bit-adam-paper" else "update"
             opt = OneBitAdamW(
-                model.parameters(), lr=args["lr"], weight_decay=0.0, freeze_step=args["freeze_step"], compress=compress
+                model.parameters(),
+                lr=args["lr"],
+                weight_decay=0.0,
+                freeze_step=args["freeze_step"],
+                compress=compress,
             )
             opt.stats, state.optimizer = state.stats, opt
         elif args["optimizer"] == "sgd":
@@ -337,7 +341,9 @@ def main(argv: list[str]) -> dict:
     hooks = tuple(h for h in a.hooks.split(",") if h)
     unknown = sorted(set(hooks) - {*HOOK_NAMES, "1bit-adam-paper"})
     if unknown:
-        parser.error(f"--hooks {','.join(unknown)} unknown; choose from {', '.join(HOOK_NAMES)}, 1bit-adam-paper")
+        parser.error(
+            f"--hooks {','.join(unknown)} unknown; choose from {', '.join(HOOK_NAMES)}, 1bit-adam-paper"
+        )
     if "allreduce" not in hooks:
         hooks = ("allreduce", *hooks)
     res = run_ddp(
