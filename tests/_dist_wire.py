@@ -107,3 +107,21 @@ def worker(rank: int, world: int, port: int, out: str, steps: int) -> None:
             json.dump(results, f)
     dist.barrier()
     dist.destroy_process_group()
+
+
+def main(world: int, out: str, steps: int) -> None:
+    """Fork ``world`` gloo workers from this fresh process (forking pytest itself can inherit live threads)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(worker, args=(world, port, out, steps), nprocs=world, start_method="fork")
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(int(sys.argv[1]), sys.argv[2], int(sys.argv[3]))

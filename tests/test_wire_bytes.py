@@ -10,17 +10,17 @@ tensor it passes in; this test turns those into wire bytes with its own copy of 
 from __future__ import annotations
 
 import json
-import socket
-import warnings
+import os
+import subprocess
+import sys
 from pathlib import Path
 
-import _dist_wire
 import pytest
-import torch.multiprocessing as mp
 
 from kit.parallel.compression import method_wire_bytes
 
 STEPS = 3
+HERE = Path(__file__).resolve().parent
 
 
 def _wire(kind: str, nbytes: int, world: int) -> float:
@@ -31,21 +31,16 @@ def _wire(kind: str, nbytes: int, world: int) -> float:
     }[kind]
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module", params=[2, 4], ids=["W2", "W4"])
 def run(request, tmp_path_factory) -> tuple[int, dict]:
     world = request.param
     out = tmp_path_factory.mktemp(f"wire{world}") / "out.json"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        mp.start_processes(
-            _dist_wire.worker, args=(world, _port(), str(out), STEPS), nprocs=world, start_method="fork"
-        )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "_dist_wire.py"), str(world), str(out), str(STEPS)],
+        cwd=HERE.parent, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads(Path(out).read_text())
     return world, {(r["name"], r.get("kwargs", {}).get("scheme", "")): r for r in results}
 
