@@ -56,7 +56,8 @@ class OneBitAdam(torch.optim.Optimizer):
             average is the averaged momentum's update exactly; one sign scale then fits every coordinate.
             ``"momentum"``: the momentum itself, as in the paper and DeepSpeed, where coordinates with a
             tiny variance (rare embedding rows) receive the chunk's mean momentum divided by their tiny
-            ``sqrt(v)``: on the kit's benchmark that ended 13.8% above dense AdamW (W=2, 600 steps).
+            ``sqrt(v)``. On the kit's 600-step benchmark: +13.8% loss vs dense AdamW at W=2 (update: +7.3%),
+            +5.4% at W=4 (update: +7.5%).
 
     Raises:
         ValueError: for a negative ``lr``/``eps``/``weight_decay``, betas outside [0, 1), or ``freeze_step < 1``.
