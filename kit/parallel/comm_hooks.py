@@ -131,7 +131,10 @@ class ResidualState(HookState):
     (all-to-all + all-gather, worker- and server-side error feedback; bytes per worker independent of W);
     ``scheme="allgather"`` all-gathers every worker's message (worker-side error feedback only; each worker
     receives W - 1 messages, so the cut shrinks as W grows: the hook warns once above the W where it falls
-    under 90%). ``start_iter`` steps of dense all-reduce come first (DGC's and 1-bit Adam's warm-up): the
+    under 90%). 1-bit's two-phase messages carry one scale per chunk (``block=None``, as 1-bit Adam) or
+    one per ``block`` entries; neither has been shown to keep momentum SGD within 5% of dense on the kit's
+    benchmark (per chunk: +32.5%; blocks of 256: diverged), unlike the all-gather scheme's per-tensor scales
+    (+1.7%): see the README. ``start_iter`` steps of dense all-reduce come first (DGC's and 1-bit Adam's warm-up): the
     early, fast-changing gradients are the ones compression hurts most.
     """
 
@@ -140,6 +143,7 @@ class ResidualState(HookState):
     start_iter: int = 0
     iter: int = 0
     scheme: str = "2phase"
+    block: int | None = None
     residuals: dict[int, torch.Tensor] = field(default_factory=dict)
     feedback: dict[int, ErrorFeedback] = field(default_factory=dict)
     warned: bool = False
@@ -339,15 +343,15 @@ def topk_hook(state: ResidualState, bucket: dist.GradBucket) -> torch.futures.Fu
 def onebit_hook(state: ResidualState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """1-bit sign compression with scales and error feedback (the 1-bit SGD/Adam idea).
 
-    ``scheme="2phase"``: signs + one fp32 scale per chunk through the two-phase compressed all-reduce
-    (``2(W-1)/W x n/8`` bytes per worker, ~97% cut at any W). ``scheme="allgather"``: ``ceil(n/8)`` bytes
+    ``scheme="2phase"``: signs + one fp32 scale per chunk (or per ``state.block`` entries) through the
+    two-phase compressed all-reduce (``2(W-1)/W x n/8`` bytes per worker plus scales, ~97% cut at any W). ``scheme="allgather"``: ``ceil(n/8)`` bytes
     of signs plus one scale per parameter tensor (one per bucket with ``per_tensor_scale=False``) in one
     ``all_gather`` (``W/64`` of dense's bytes: no cut left at W = 64).
     """
     if state.dense_phase(bucket):
         return allreduce_hook(state, bucket)
     if state.scheme == "2phase":
-        return _two_phase(state, bucket, SignCodec())
+        return _two_phase(state, bucket, SignCodec(state.block))
     grad = bucket.buffer()
     numel = grad.numel()
     _warn_allgather(state, "1bit-allgather", numel)

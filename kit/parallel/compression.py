@@ -269,6 +269,7 @@ def method_wire_bytes(
     topk_ratio: float = 0.01,
     powersgd_payload: int | None = None,
     n_scales: int = 1,
+    block: int | None = None,
 ) -> float:
     """Wire bytes one worker sends per step to average ``numel`` fp32 gradients (or momenta) with ``method``.
 
@@ -303,8 +304,8 @@ def method_wire_bytes(
     if method == "1bit-allgather":
         return wire_bytes("all_gather", sign_bytes(numel, n_scales), world)
     if method in ("topk-2phase", "1bit-2phase"):
-        codec = make_codec(method.split("-")[0], topk_ratio)
-        msg = codec.message_bytes(chunk_size(numel, world))
+        codec = make_codec(method.split("-")[0], topk_ratio, block)
+        msg = codec.message_bytes(chunk_size(numel, world, codec.multiple))
         return wire_bytes("all_to_all", world * msg, world) + wire_bytes("all_gather", msg, world)
     raise ValueError(
         f"method={method!r} is not supported; choose dense, fp16, powersgd, topk-allgather, 1bit-allgather, "

@@ -56,6 +56,8 @@ _BITS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
 class Codec(Protocol):
     """Row-wise compressor with fixed-size messages: ``encode`` -> ``(payload, residual)``, ``decode``."""
 
+    multiple: int
+
     def message_bytes(self, chunk: int) -> int: ...
 
     def encode(self, rows: Tensor) -> tuple[Tensor, Tensor]: ...
@@ -63,30 +65,48 @@ class Codec(Protocol):
     def decode(self, payload: Tensor, chunk: int) -> Tensor: ...
 
 
+@dataclass
 class SignCodec:
-    """1 bit per entry (sign) plus one fp32 scale ``mean |x|`` per row: ``c/8 + 4`` bytes for ``c`` entries."""
+    """1 bit per entry (sign) plus one fp32 scale ``mean |x|`` per block: ``c/8 + 4 c/block`` bytes per row.
+
+    ``block=None`` (1-bit Adam's choice) keeps one scale per row, i.e. per worker chunk; a block size gives
+    every ``block`` consecutive entries their own scale (0.125 extra bits per entry at 256), so layers with
+    small gradients are not drowned by layers with large ones.
+    """
+
+    block: int | None = None
+
+    @property
+    def multiple(self) -> int:
+        """Chunk sizes must be a multiple of this: whole sign bytes and whole blocks."""
+        return 8 if self.block is None else math.lcm(8, self.block)
 
     def message_bytes(self, chunk: int) -> int:
-        return math.ceil(chunk / 8) + 4
+        scales = 1 if self.block is None else math.ceil(chunk / self.block)
+        return math.ceil(chunk / 8) + 4 * scales
 
     def encode(self, rows: Tensor) -> tuple[Tensor, Tensor]:
-        """Rows ``(R, c)`` with ``c % 8 == 0`` -> ``(payload (R, c/8 + 4) uint8, residual (R, c))``."""
+        """Rows ``(R, c)``, ``c`` a multiple of :attr:`multiple` -> ``(payload (R, P) uint8, residual (R, c))``."""
         r, c = rows.shape
-        scale = rows.abs().mean(1, keepdim=True)  # (R, 1)
+        blocks = rows.view(r, -1, c if self.block is None else self.block)  # (R, nb, b)
+        scale = blocks.abs().mean(-1, keepdim=True)  # (R, nb, 1)
         positive = rows >= 0
-        residual = rows - torch.where(positive, scale, -scale)
+        sent = torch.where(blocks >= 0, scale, -scale).view(r, c)
         bits = (positive.view(r, c // 8, 8).to(torch.uint8) * _BITS.to(rows.device)).sum(
             -1, dtype=torch.uint8
         )
-        return torch.cat([bits, scale.contiguous().view(torch.uint8)], 1), residual
+        return torch.cat([bits, scale.reshape(r, -1).contiguous().view(torch.uint8)], 1), rows - sent
 
     def decode(self, payload: Tensor, chunk: int) -> Tensor:
         r = payload.shape[0]
-        scale = (
-            payload[:, chunk // 8 :].clone(memory_format=torch.contiguous_format).view(torch.float32)
-        )  # (R, 1)
-        positive = (payload[:, : chunk // 8].unsqueeze(-1) & _BITS.to(payload.device)).ne(0).reshape(r, chunk)
-        return torch.where(positive, scale, -scale)
+        scale = payload[:, chunk // 8 :].clone(memory_format=torch.contiguous_format).view(torch.float32)
+        positive = (
+            (payload[:, : chunk // 8].unsqueeze(-1) & _BITS.to(payload.device))
+            .ne(0)
+            .reshape(r, -1, chunk // scale.shape[1])
+        )
+        scale = scale.unsqueeze(-1)  # (R, nb, 1)
+        return torch.where(positive, scale, -scale).reshape(r, chunk)
 
 
 @dataclass
@@ -94,6 +114,7 @@ class TopKCodec:
     """The ``ratio`` largest-magnitude entries of each row as fp32 values + int32 indices: ``8 k`` bytes."""
 
     ratio: float = 0.01
+    multiple: int = 8
 
     def __post_init__(self) -> None:
         topk_count(1, self.ratio)  # validates the ratio
@@ -116,14 +137,14 @@ class TopKCodec:
         return torch.zeros(payload.shape[0], chunk, device=payload.device).scatter_(1, idx, values)
 
 
-def make_codec(name: str, topk_ratio: float = 0.01) -> Codec:
-    """``"1bit"`` -> :class:`SignCodec`, ``"topk"`` -> :class:`TopKCodec` (``topk_ratio``).
+def make_codec(name: str, topk_ratio: float = 0.01, block: int | None = None) -> Codec:
+    """``"1bit"`` -> :class:`SignCodec` (``block``), ``"topk"`` -> :class:`TopKCodec` (``topk_ratio``).
 
     Raises:
         ValueError: for another name.
     """
     if name == "1bit":
-        return SignCodec()
+        return SignCodec(block)
     if name == "topk":
         return TopKCodec(topk_ratio)
     raise ValueError(f"codec {name!r} is not supported; choose '1bit' or 'topk'")
@@ -146,9 +167,9 @@ class ErrorFeedback:
         self.worker, self.server = placed(state.get("worker")), placed(state.get("server"))
 
 
-def chunk_size(numel: int, world: int) -> int:
-    """Entries per worker chunk: ``ceil(numel / world)`` rounded up to a multiple of 8 (whole sign bytes)."""
-    return 8 * math.ceil(numel / (8 * world)) if numel else 8
+def chunk_size(numel: int, world: int, multiple: int = 8) -> int:
+    """Entries per worker chunk: ``ceil(numel / world)`` rounded up to ``multiple`` (whole sign bytes/blocks)."""
+    return multiple * math.ceil(numel / (multiple * world)) if numel else multiple
 
 
 def _matching(buf: Tensor | None, numel: int) -> Tensor | None:
@@ -173,7 +194,7 @@ def compressed_allreduce(
     """
     world = dist.get_world_size(group) if dist.is_available() and dist.is_initialized() else 1
     n = tensor.numel()
-    chunk = chunk_size(n, world)
+    chunk = chunk_size(n, world, getattr(codec, "multiple", 8))
     flat = torch.zeros(world * chunk, dtype=torch.float32, device=tensor.device)
     flat[:n] = tensor.detach().reshape(-1)
     worker = _matching(ef.worker, flat.numel())
