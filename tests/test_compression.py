@@ -150,9 +150,7 @@ def test_callback_state_carries_the_hook_state_across_a_resume(hook: str, tmp_pa
     resumed = GradientCompression(hook=hook)
     resumed.load_state_dict(saved)  # Lightning restores callbacks before DDP exists
     fresh, _ = make_comm_hook(hook, topk_ratio=0.05, powersgd_rank=2, powersgd_start_iter=2)
-    resumed._attach(
-        fresh, torch.device("cpu")
-    )  # on_fit_start: the hook is built, then the saved state applied
+    resumed._attach(fresh, torch.device("cpu"))  # on_fit_start: the hook is built, then the saved state applied
     assert (fresh.stats.sent, fresh.stats.dense) == (100, 1000)
     if isinstance(state, ResidualState):
         assert fresh.iter == 7 and set(fresh.residuals) == {0, 1}

@@ -131,16 +131,7 @@ def test_shards_command_text_and_tokens(corpus: Path, tmp_path: Path):
 def test_module_runs_as_subprocess(corpus: Path, tmp_path: Path):
     out = tmp_path / "sub.jsonl"
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kit.cli.commands.data",
-            "clean",
-            str(corpus),
-            "-o",
-            str(out),
-            "--no-near-dedup",
-        ],
+        [sys.executable, "-m", "kit.cli.commands.data", "clean", str(corpus), "-o", str(out), "--no-near-dedup"],
         capture_output=True,
         text=True,
         timeout=120,

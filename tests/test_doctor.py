@@ -281,15 +281,7 @@ def test_kit_doctor_on_a_checkpoint(tmp_path: Path) -> None:
     assert "| learning_rate | problem |" in report and "| leakage | problem |" in report
     assert doctor_main(["--ckpt", str(tmp_path / "missing.ckpt")]) == 2
     r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kit.cli.commands.doctor",
-            "--ckpt",
-            str(ckpt),
-            "--out",
-            str(tmp_path / "sub"),
-        ],
+        [sys.executable, "-m", "kit.cli.commands.doctor", "--ckpt", str(ckpt), "--out", str(tmp_path / "sub")],
         capture_output=True,
         text=True,
         timeout=300,

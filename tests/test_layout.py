@@ -53,11 +53,7 @@ def test_core_modules_are_found() -> None:
 def test_core_imports_without_lightning() -> None:
     names = core_modules()
     proc = subprocess.run(
-        [sys.executable, "-c", _BLOCK_LIGHTNING, *names],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
+        [sys.executable, "-c", _BLOCK_LIGHTNING, *names], capture_output=True, text=True, cwd=ROOT, timeout=300
     )
     assert proc.returncode == 0, f"a kit/ core module imports Lightning:\n{proc.stderr[-3000:]}"
     assert proc.stdout.strip() == f"ok {len(names)}"
@@ -67,10 +63,6 @@ def test_core_imports_without_lightning() -> None:
 def test_the_blocker_really_blocks(module: str) -> None:
     # The wrappers do import Lightning, so the same harness must fail on them: the check above can fail.
     proc = subprocess.run(
-        [sys.executable, "-c", _BLOCK_LIGHTNING, module],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
+        [sys.executable, "-c", _BLOCK_LIGHTNING, module], capture_output=True, text=True, cwd=ROOT, timeout=300
     )
     assert proc.returncode != 0 and "lightning is blocked" in proc.stderr

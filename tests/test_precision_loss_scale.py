@@ -131,9 +131,7 @@ def test_monitor_names_the_fix_when_the_scaler_is_not_configured_as_asked() -> N
     _fit(_Tiny(), [LossScaleMonitor(min_scale=8, max_scale=2.0**16)], steps=1, fp16=False, plugins=[plain])
     cb = LossScaleMonitor(init_scale=1024, growth_interval=1, max_scale=1024)
     plain = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
-    with pytest.raises(
-        ValueError, match=r"init_scale=1024 \(the Trainer's scaler has 65536.0\).*precision_plugin"
-    ):
+    with pytest.raises(ValueError, match=r"init_scale=1024 \(the Trainer's scaler has 65536.0\).*precision_plugin"):
         _fit(_Tiny(), [cb], steps=1, fp16=False, plugins=[plain])
     plugin = ScaledFP16Precision("cpu", init_scale=1024, growth_interval=1)
     assert plugin.scaler.get_scale() == 1024 and plugin.scaler.get_growth_interval() == 1

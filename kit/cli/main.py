@@ -148,9 +148,7 @@ def _lightning_cli():
             if trainer.get("enable_progress_bar") is not False and not any(map(_is_progress_bar, callbacks)):
                 from jsonargparse import Namespace
 
-                bar = Namespace(
-                    class_path="lightning.pytorch.callbacks.RichProgressBar", init_args=Namespace()
-                )
+                bar = Namespace(class_path="lightning.pytorch.callbacks.RichProgressBar", init_args=Namespace())
                 trainer.callbacks = [*callbacks, bar]
 
         def before_fit(self) -> None:
