@@ -1,11 +1,17 @@
-"""Gradient compression: bytes per step and loss after N steps, every comm hook vs dense all-reduce.
+"""Gradient compression and 1-bit Adam: wire bytes per step and loss, every method vs dense all-reduce.
 
 Trains the kit's GPT (bytes as tokens, the pydoc corpus that ships with CPython) with DDP in ``--world``
-gloo processes on CPU, once per hook, from the same seed and on the same batches, in one run. Reports
-per-worker payload bytes vs a dense fp32 all-reduce, the held-out loss after the same number of steps,
-and both as ratios to the uncompressed baseline.
+gloo processes on CPU, once per method, from the same seed and on the same batches, in one run. Reports
+the wire bytes one worker sends (counted per collective at this W: ring all-reduce, all-gather,
+all-to-all) vs a dense fp32 ring all-reduce at the same W, over the whole run and over the compression
+stage, the held-out loss after the same number of steps, the training-loss curve, and the ratios to the
+uncompressed baseline. ``1bit-adam`` is :class:`kit.parallel.onebit_adam.OneBitAdamW` (dense warm-up for
+``--freeze-step`` steps, then frozen variance and 1-bit two-phase momentum averaging); every other method
+is a DDP comm hook under the ``--optimizer``. ``--paper`` prints the formula table instead (no training).
 
     python -m benchmarks compression --steps 60
+    python -m benchmarks compression --suffix=-w4 --world 4 --steps 600 --freeze-step 75 --plot benchmarks/results/compression-w4.png
+    python -m benchmarks compression --suffix=-paper --paper
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import socket
 import tempfile
@@ -26,11 +33,15 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from kit.parallel.comm_hooks import make_comm_hook
+from kit.parallel.comm_hooks import OneBitAdamHookState, make_comm_hook, onebit_adam_hook
+from kit.parallel.compression import method_wire_bytes, powersgd_bytes
+from kit.parallel.onebit_adam import OneBitAdamW
 
 # "fork": workers start without re-importing torch and the kit.
 START_METHOD = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-HOOK_NAMES = ("allreduce", "fp16", "bf16", "powersgd", "topk", "1bit")
+HOOK_NAMES = ("allreduce", "fp16", "bf16", "powersgd", "topk", "1bit", "1bit-adam")
+# also: "1bit-adam-paper" = OneBitAdamW(compress="momentum"), the paper's / DeepSpeed's choice
+CURVE_POINTS = 6  # training-loss curve columns in the table
 
 
 def _corpus() -> torch.Tensor:
@@ -76,20 +87,40 @@ def _worker(rank: int, world: int, port: int, args: dict, out: str) -> None:
         model = GPT(cfg)
         # one bucket: torch's PowerSGD over gloo mismatches collectives when two buckets are in flight
         ddp = DistributedDataParallel(model, bucket_cap_mb=1024)
-        state, hook = make_comm_hook(
-            name,
-            topk_ratio=args["ratio"],
-            powersgd_rank=args["rank"],
-            powersgd_start_iter=args["start_iter"],
-            dense_start=args["dense_start"],
-        )
+        if name.startswith("1bit-adam"):
+            state, hook = OneBitAdamHookState(), onebit_adam_hook
+        else:
+            state, hook = make_comm_hook(
+                name,
+                topk_ratio=args["ratio"],
+                powersgd_rank=args["rank"],
+                powersgd_start_iter=args["start_iter"],
+                dense_start=args["dense_start"],
+                scheme=args["scheme"],
+            )
         ddp.register_comm_hook(state, hook)
-        if args["optimizer"] == "sgd":
+        if name.startswith("1bit-adam"):
+            compress = "momentum" if name == "1bit-adam-paper" else "update"
+            opt = OneBitAdamW(
+                model.parameters(),
+                lr=args["lr"],
+                weight_decay=0.0,
+                freeze_step=args["freeze_step"],
+                compress=compress,
+            )
+            opt.stats, state.optimizer = state.stats, opt
+        elif args["optimizer"] == "sgd":
             opt = torch.optim.SGD(model.parameters(), lr=args["lr"], momentum=0.9, nesterov=True)
         else:
             opt = torch.optim.AdamW(model.parameters(), lr=args["lr"], weight_decay=0.0)
         gen = torch.Generator().manual_seed(args["seed"] * 1000 + rank)
         sent_steady = dense_steady = 0
+        first = args["dense_start"]
+        if name == "powersgd":
+            first = args["start_iter"]
+        elif name.startswith("1bit-adam"):
+            first = args["freeze_step"]
+        losses = []
         start = time.perf_counter()
         for step in range(args["steps"]):
             x, y = _batch(train, gen, args["batch"], args["block"])
@@ -97,8 +128,9 @@ def _worker(rank: int, world: int, port: int, args: dict, out: str) -> None:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            losses.append(float(loss.detach()))
             sent, dense = state.stats.pop_step()
-            if step >= (args["start_iter"] if name == "powersgd" else args["dense_start"]):
+            if step >= first:
                 sent_steady += sent
                 dense_steady += dense
         elapsed = time.perf_counter() - start
@@ -109,11 +141,17 @@ def _worker(rank: int, world: int, port: int, args: dict, out: str) -> None:
         checksum = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).sum()
         sums = [torch.zeros(()) for _ in range(world)]
         dist.all_gather(sums, checksum)
+        curve = torch.tensor(losses)
+        dist.all_reduce(curve)  # the mean training loss over workers, step by step
         results[name] = {
+            "first_compressed_step": first,
+            "by_collective": dict(state.stats.by_collective),
+            "loss_curve": (curve / world).tolist(),
             "bytes_per_step": state.stats.sent / args["steps"],
             "dense_bytes_per_step": state.stats.dense / args["steps"],
-            "bytes_cut_total": 1 - state.stats.sent / state.stats.dense,
+            "bytes_cut_total": 1 - state.stats.sent / max(state.stats.dense, 1),
             "bytes_cut_steady": 1 - sent_steady / max(dense_steady, 1),
+            "bytes_steady": sent_steady,
             "val_loss": val_loss,
             "train_loss_last": float(loss.detach()),
             "step_ms": 1000 * elapsed / args["steps"],
@@ -150,11 +188,14 @@ def run_ddp(
     dense_start: int = 0,
     optimizer: str = "adamw",
     seed: int = 0,
+    freeze_step: int = 75,
+    scheme: str = "2phase",
 ) -> dict[str, dict]:
     """Train once per hook in ``world`` gloo processes; return per-hook metrics (see module docstring)."""
     args = {
         "hooks": list(hooks), "steps": steps, "n_embd": n_embd, "n_layer": n_layer, "block": block,
         "batch": batch, "lr": lr, "ratio": ratio, "rank": rank, "start_iter": start_iter, "dense_start": dense_start, "optimizer": optimizer, "seed": seed, "timeout_s": 180,
+        "freeze_step": freeze_step, "scheme": scheme,
     }  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "result.json")
@@ -162,6 +203,109 @@ def run_ddp(
             _worker, args=(world, _free_port(), args, out), nprocs=world, join=True, start_method=START_METHOD
         )
         return json.loads(Path(out).read_text())
+
+
+# Paper models as parameter shapes (weights as (out, in); PowerSGD views each as shape[0] x rest).
+def gpt2_124m_shapes() -> list[tuple[int, ...]]:
+    """GPT-2 small: 12 layers, d=768, 50257-token tied embedding, 1024 positions (124.4M parameters)."""
+    d, shapes = 768, [(50257, 768), (1024, 768), (768,), (768,)]
+    for _ in range(12):
+        shapes += [(768,), (768,), (3 * d, d), (3 * d,), (d, d), (d,), (768,), (768,), (4 * d, d), (4 * d,)]
+        shapes += [(d, 4 * d), (d,)]
+    return shapes
+
+
+def llama_7b_shapes() -> list[tuple[int, ...]]:
+    """A LLaMA-7B-shaped model: 32 layers, d=4096, SwiGLU 11008, 32000-token untied embedding/head (6.7B)."""
+    d, f, shapes = 4096, 11008, [(32000, 4096), (32000, 4096), (4096,)]
+    for _ in range(32):
+        shapes += [(d,), (d, d), (d, d), (d, d), (d, d), (d,), (f, d), (f, d), (d, f)]
+    return shapes
+
+
+PAPER_METHODS = (
+    ("dense", "fp32 ring all-reduce"),
+    ("fp16", "fp16 ring all-reduce"),
+    ("powersgd", "PowerSGD rank 4, ring all-reduce of P, Q (+ vectors dense)"),
+    ("topk-allgather", "top-1%, all-gather of values + int32 indices"),
+    ("topk-2phase", "top-1% per chunk, all-to-all + all-gather"),
+    ("1bit-allgather", "1-bit + one scale per tensor, all-gather"),
+    ("1bit-2phase", "1-bit + one scale per chunk, all-to-all + all-gather (ddp-1bit, 1-bit Adam)"),
+)
+
+
+def _readable(x: float) -> float | str:
+    return round(x, 2) if x < 1000 else f"{x:,.0f}"
+
+
+def paper_table(worlds: tuple[int, ...] = (8, 64, 512), links_gbps: tuple[float, ...] = (100, 400)) -> dict:
+    """Wire bytes per step and bandwidth time from the formulas, for GPT-2 124M and a 7B model."""
+    rows = []
+    for model, shapes in (("GPT-2 124M", gpt2_124m_shapes()), ("7B", llama_7b_shapes())):
+        numel = sum(math.prod(s) for s in shapes)
+        psgd = powersgd_bytes(shapes, rank=4)
+        for world in worlds:
+            dense = method_wire_bytes("dense", numel, world)
+            for method, _ in PAPER_METHODS:
+                n_scales = len(shapes) if method == "1bit-allgather" else 1
+                b = method_wire_bytes(method, numel, world, 0.01, psgd, n_scales)
+                row = {"model": model, "params": f"{numel / 1e6:,.1f}M", "W": world, "method": method,
+                       "MB sent/worker/step": _readable(b / 1e6), "cut vs dense": f"{1 - b / dense:.1%}"}  # fmt: skip
+                for gbps in links_gbps:
+                    row[f"ms @ {gbps:g} Gb/s"] = _readable(1000 * 8 * b / (gbps * 1e9))
+                rows.append(row)
+    return {
+        "title": "Gradient (or momentum) communication per step, from the formulas: GPT-2 124M and 7B at W = "
+        + ", ".join(str(w) for w in worlds),
+        "device": "none (closed-form: kit.parallel.compression.method_wire_bytes)",
+        "rows": rows,
+        "notes": [
+            "bytes = what one worker sends per step (= what it receives) with the bandwidth-optimal algorithm: ring "
+            "all-reduce 2(W-1)/W x B, ring all-gather (W-1) x B, pairwise all-to-all (W-1)/W x B",
+            "the same formulas match the bytes of the tensors passed to each collective in real gloo runs at W=2 "
+            "and W=4 (tests/test_wire_bytes.py) and the measured runs in compression-w2.md / compression-w4.md",
+            "ms = bytes x 8 / link rate: the bandwidth term only (no latency, no overlap with backward, no "
+            "compression compute); all-to-all sends W-1 messages per worker, so at W=512 latency adds to it",
+            "methods: " + "; ".join(f"{m} = {d}" for m, d in PAPER_METHODS),
+            "1-bit Adam communicates dense for its warm-up (freeze_step, 15-25% of the run in the paper): the "
+            "whole-run figure is warm-up share x dense + the rest x 1bit-2phase",
+        ],
+    }
+
+
+def _formula_bytes(name: str, numel: int, shapes: list, world: int, args: argparse.Namespace) -> float:
+    """Closed-form wire bytes of one compressed step of ``name`` (one DDP bucket) at ``world``."""
+    two = args.scheme == "2phase"
+    method = {
+        "allreduce": "dense", "fp16": "fp16", "bf16": "fp16", "powersgd": "powersgd",
+        "topk": "topk-2phase" if two else "topk-allgather", "1bit": "1bit-2phase" if two else "1bit-allgather",
+        "1bit-adam": "1bit-2phase", "1bit-adam-paper": "1bit-2phase",
+    }[name]  # fmt: skip
+    n_scales = len(shapes) if method == "1bit-allgather" else 1
+    return method_wire_bytes(method, numel, world, args.ratio, powersgd_bytes(shapes, args.rank), n_scales)
+
+
+def _plot(res: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, r in res.items():
+        curve = torch.tensor(r["loss_curve"])
+        window = max(1, len(curve) // 30)
+        smooth = curve.unfold(0, window, 1).mean(1) if len(curve) >= window else curve
+        ax.plot(range(window, window + len(smooth)), smooth.tolist(), label=name, lw=1.3)
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"training loss (mean over workers, {window}-step average)")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main(argv: list[str]) -> dict:
@@ -174,14 +318,32 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--rank", type=int, default=4, help="PowerSGD rank")
     parser.add_argument("--start-iter", type=int, default=5, help="PowerSGD first compressed step")
     parser.add_argument("--dense-start", type=int, default=0, help="top-k/1bit dense warm-up steps")
+    parser.add_argument(
+        "--freeze-step", type=int, default=None, help="1bit-adam warm-up (default: 12.5%% of steps)"
+    )
+    parser.add_argument(
+        "--scheme", choices=("2phase", "allgather"), default="2phase", help="top-k/1bit collective"
+    )
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument(
         "--optimizer", choices=("adamw", "sgd"), default="adamw", help="sgd = momentum 0.9, nesterov"
     )
     parser.add_argument("--hooks", default=",".join(HOOK_NAMES))
     parser.add_argument("--json", type=Path, default=None, help="also write the raw per-hook metrics here")
+    parser.add_argument("--plot", type=Path, default=None, help="write the loss curves as a PNG here")
+    parser.add_argument(
+        "--paper", action="store_true", help="the formula table for GPT-2 124M / 7B, no training"
+    )
     a = parser.parse_args(argv)
+    if a.paper:
+        return paper_table()
+    freeze = a.freeze_step if a.freeze_step is not None else max(1, a.steps // 8)
     hooks = tuple(h for h in a.hooks.split(",") if h)
+    unknown = sorted(set(hooks) - {*HOOK_NAMES, "1bit-adam-paper"})
+    if unknown:
+        parser.error(
+            f"--hooks {','.join(unknown)} unknown; choose from {', '.join(HOOK_NAMES)}, 1bit-adam-paper"
+        )
     if "allreduce" not in hooks:
         hooks = ("allreduce", *hooks)
     res = run_ddp(
@@ -196,38 +358,70 @@ def main(argv: list[str]) -> dict:
         start_iter=a.start_iter,
         dense_start=a.dense_start,
         optimizer=a.optimizer,
+        freeze_step=freeze,
+        scheme=a.scheme,
     )
     if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(res, indent=2))
+    from kit.models.gpt import GPT, GPTConfig
+
+    cfg = GPTConfig.from_name(
+        "debug", vocab_size=256, block_size=32, n_layer=a.n_layer, n_head=4, n_embd=a.n_embd
+    )
+    with torch.device("meta"):
+        shapes = [tuple(p.shape) for p in GPT(cfg).parameters()]
+    numel = sum(math.prod(s) for s in shapes)
     base = res["allreduce"]
+    points = [round(a.steps * (i + 1) / CURVE_POINTS) for i in range(CURVE_POINTS)]
     rows = []
     for name in hooks:
         r = res[name]
-        rows.append(
-            {
-                "hook": name,
-                "bytes/step": round(r["bytes_per_step"]),
-                "dense bytes/step": round(r["dense_bytes_per_step"]),
-                "bytes cut (all steps)": round(r["bytes_cut_total"], 4),
-                "bytes cut (after start)": round(r["bytes_cut_steady"], 4),
-                "val loss": round(r["val_loss"], 4),
-                "loss / dense": round(r["val_loss"] / base["val_loss"], 4),
-                "ms/step": round(r["step_ms"], 1),
-                "replicas in sync": r["replicas_in_sync"],
-            }
-        )
+        compressed = a.steps - r["first_compressed_step"]
+        formula = _formula_bytes(name, numel, shapes, a.world, a)
+        row = {
+            "method": name,
+            "bytes/step": round(r["bytes_per_step"]),
+            "dense bytes/step": round(r["dense_bytes_per_step"]),
+            "bytes cut (all steps)": round(r["bytes_cut_total"], 4),
+            "bytes cut (compression stage)": round(r["bytes_cut_steady"], 4),
+            "warm-up steps": r["first_compressed_step"] if name != "allreduce" else 0,
+            "measured / formula (compressed step)": round(
+                r["bytes_steady"] / max(compressed, 1) / formula, 4
+            ) if compressed > 0 and name != "allreduce" else "",
+            "val loss": round(r["val_loss"], 4),
+            "loss / dense": round(r["val_loss"] / base["val_loss"], 4),
+        }  # fmt: skip
+        curve = r["loss_curve"]
+        window = max(1, a.steps // (2 * CURVE_POINTS))
+        for p in points:
+            row[f"train loss @{p}"] = round(sum(curve[p - window : p]) / window, 3)
+        row["replicas in sync"] = r["replicas_in_sync"]
+        rows.append(row)
+    title = (
+        f"DDP gradient compression and 1-bit Adam, {a.world} gloo workers, GPT d={a.n_embd} L={a.n_layer}, "
+        f"{a.optimizer} lr={a.lr}, {a.steps} steps"
+    )
+    if a.plot:
+        _plot({h: res[h] for h in hooks}, a.plot, title)
     return {
-        "title": f"DDP gradient compression, {a.world} gloo workers, GPT d={a.n_embd} L={a.n_layer}, "
-        f"{a.optimizer} lr={a.lr}, {a.steps} steps",
+        "title": title,
         "device": f"CPU ({os.cpu_count()} cores), gloo",
         "rows": rows,
         "notes": [
-            "bytes = payload one worker contributes per step vs a dense fp32 all-reduce of the same gradients",
-            f"top-k ratio={a.ratio} (values + int32 indices), 1bit = packed signs + one fp32 scale per parameter tensor",
-            f"PowerSGD rank={a.rank}: dense all-reduce for the first {a.start_iter} steps (torch's start_powerSGD_iter); "
-            "'after start' counts only the compressed steps",
-            f"top-k/1bit dense warm-up: {a.dense_start} steps ('after start' counts only the compressed steps)",
-            "loss = held-out cross-entropy (nats/byte) after the same steps on the same batches; ratio to dense",
-            "ms/step on a shared 2-core CPU: communication cost is not representative of a GPU cluster",
+            "bytes = wire bytes one worker sends per step, counted per collective at this W (ring all-reduce "
+            "2(W-1)/W x B, all-gather (W-1) x B, all-to-all (W-1)/W x B), vs a dense fp32 ring all-reduce at the same W",
+            f"top-k ratio={a.ratio} and 1bit ({a.scheme}): "
+            + ("two-phase all-to-all + all-gather, worker+server error feedback, one scale per chunk"
+               if a.scheme == "2phase" else "all-gather of every worker's message, one scale per tensor"),
+            f"PowerSGD rank={a.rank}: dense all-reduce for the first {a.start_iter} steps; top-k/1bit dense "
+            f"warm-up: {a.dense_start} steps; 1bit-adam = OneBitAdamW, freeze_step={freeze} (dense AdamW before, "
+            "then frozen variance and 1-bit two-phase averaging of the update m/(sqrt(v)+eps), no gradient all-reduce); "
+            "1bit-adam-paper = the same with the momentum m compressed, as in the paper and DeepSpeed",
+            "compression stage = the steps after each method's warm-up; 'all steps' includes the warm-up",
+            "measured / formula: compression-stage bytes per step over kit.parallel.compression.method_wire_bytes",
+            "val loss = held-out cross-entropy (nats/byte) after the same steps on the same batches; train loss @s "
+            f"= mean over workers and the {max(1, a.steps // (2 * CURVE_POINTS))} steps before s",
+            "timing is not reported: the CPU is shared (2 cores, other jobs running)",
         ],
-    }
+    }  # fmt: skip

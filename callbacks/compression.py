@@ -11,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.nn.parallel import DistributedDataParallel
 
 from kit.parallel.comm_hooks import (
+    SCHEMES,
     CommStats,
     HookState,
     check_comm_settings,
@@ -30,9 +31,12 @@ class GradientCompression(Callback):
     :class:`kit.parallel.strategies.CompressedDDPStrategy` (``strategy="ddp-topk"``...) the strategy already owns the
     hook and the callback only logs its counters. Without DDP it warns once and does nothing.
 
-    Logged per optimizer step: ``compression/bytes_sent`` and ``compression/bytes_dense`` (payload bytes of
-    this worker vs a dense fp32 all-reduce), ``compression/ratio`` (dense / sent) and
-    ``compression/ratio_total`` (over the run so far).
+    Logged per optimizer step: ``compression/bytes_sent`` and ``compression/bytes_dense`` (wire bytes this
+    worker sent, counted per collective at the run's world size, vs what a dense fp32 ring all-reduce of the
+    same gradients would send at that world size), ``compression/ratio`` (dense / sent) and
+    ``compression/ratio_total`` (over the run so far, warm-up included). With one process nothing goes on
+    the wire and nothing is logged. With ``strategy="ddp-1bit-adam"`` the counters include the optimizer's
+    compressed momentum all-reduce.
 
     Its ``state_dict`` carries the hook's state (error-feedback residuals, warm-up step counter, PowerSGD's
     step counter, error and P/Q memories, byte totals), so a ``--ckpt_path`` resume continues compressing
@@ -44,6 +48,8 @@ class GradientCompression(Callback):
         topk_ratio: top-k's fraction of entries sent.
         powersgd_rank: PowerSGD's matrix approximation rank.
         powersgd_start_iter: PowerSGD's first compressed step (>= 2).
+        scheme: top-k's and 1bit's collective: ``2phase`` (default; the cut does not shrink with W) or
+            ``allgather`` (a small-W method: it warns above the W where it cuts less than 90%).
 
     Raises:
         ValueError: for an unknown hook or invalid setting.
@@ -59,8 +65,12 @@ class GradientCompression(Callback):
         topk_ratio: float = 0.01,
         powersgd_rank: int = 4,
         powersgd_start_iter: int = 10,
+        scheme: Literal["2phase", "allgather"] = "2phase",
     ) -> None:
         check_comm_settings(hook, topk_ratio, powersgd_rank, powersgd_start_iter)
+        if scheme not in SCHEMES:
+            raise ValueError(f"scheme={scheme!r} is not supported; choose one of {', '.join(SCHEMES)}")
+        self.scheme = scheme
         self.hook, self.topk_ratio = hook, topk_ratio
         self.powersgd_rank, self.powersgd_start_iter = powersgd_rank, powersgd_start_iter
         self.stats: CommStats | None = None
@@ -86,6 +96,7 @@ class GradientCompression(Callback):
             topk_ratio=self.topk_ratio,
             powersgd_rank=self.powersgd_rank,
             powersgd_start_iter=self.powersgd_start_iter,
+            scheme=self.scheme,
         )
         try:
             model.register_comm_hook(state, fn)
@@ -109,7 +120,7 @@ class GradientCompression(Callback):
             return
         sent, dense = self.stats.pop_step()
         if not dense:
-            return  # no all-reduce this batch (gradient accumulation)
+            return  # no all-reduce this batch (gradient accumulation), or one process (nothing on the wire)
         log = {
             "compression/bytes_sent": float(sent),
             "compression/bytes_dense": float(dense),

@@ -36,6 +36,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "kit.precision.clipping": ("AutoClip", "adaptive_clip_", "clip_by_norm", "clip_by_value"),
     "kit.parallel.compression": ("sign_compress", "sign_decompress", "topk_compress", "topk_decompress"),
     "kit.parallel.comm_hooks": ("make_comm_hook",),
+    "kit.parallel.two_phase": ("compressed_allreduce",),
+    "kit.parallel.onebit_adam": ("OneBitAdam", "OneBitAdamW"),
     "kit.precision.loss_scale": ("LossScaleConfig", "OverflowTracker", "make_grad_scaler"),
     "kit.health.grads": ("GradientSketch", "cosine_similarity", "grad_norms", "update_to_weight_ratios"),
     "kit.health.hessian": ("hessian_top_eigenvalue", "hutchinson_trace"),

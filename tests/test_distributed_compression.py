@@ -40,7 +40,7 @@ def _run(tmp_path: Path, *args: str, timeout: int = 240) -> dict[str, dict]:
 @pytest.mark.distributed
 def test_every_hook_trains_and_cuts_bytes(tmp_path: Path) -> None:
     res = _run(tmp_path, "--steps", "20", "--start-iter", "5")
-    assert set(res) == {"allreduce", "fp16", "bf16", "powersgd", "topk", "1bit"}
+    assert set(res) == {"allreduce", "fp16", "bf16", "powersgd", "topk", "1bit", "1bit-adam"}
     dense = res["allreduce"]
     for name, r in res.items():
         assert r["replicas_in_sync"], name  # every worker applied the same averaged gradient
@@ -50,6 +50,7 @@ def test_every_hook_trains_and_cuts_bytes(tmp_path: Path) -> None:
     assert res["bf16"]["bytes_cut_total"] == pytest.approx(0.5)
     assert res["topk"]["bytes_cut_total"] >= 0.9
     assert res["1bit"]["bytes_cut_total"] >= 0.9
+    assert res["1bit-adam"]["bytes_cut_steady"] >= 0.96  # after freeze_step (20 // 8 = 2 dense steps)
     assert res["powersgd"]["bytes_cut_steady"] >= 0.9  # rank 4 on d=128 matrices, after the dense start
     for name in ("fp16", "bf16"):
         assert res[name]["val_loss"] == pytest.approx(dense["val_loss"], rel=0.02), name
@@ -59,13 +60,15 @@ def test_every_hook_trains_and_cuts_bytes(tmp_path: Path) -> None:
 def test_seed_claim_with_momentum_sgd(tmp_path: Path) -> None:
     """The seed's claim: >= 90% fewer bytes with the final loss within 5% of dense, after the same steps.
 
-    Holds for top-k 3%, 1-bit and PowerSGD rank 4 when the optimizer is SGD with momentum (the setting the
+    Holds for top-k 3%, 1-bit and PowerSGD rank 4 with the all-gather scheme (per-tensor 1-bit scales) when
+    the optimizer is SGD with momentum; the two-phase 1-bit hook (one scale per chunk) ends 32.5% above dense
+    here (top-k two-phase -0.4%), see the README (the setting the
     1-bit SGD / DGC / PowerSGD papers use): GPT d=128 L=2, 200 steps, 2 workers, 5 dense warm-up steps;
     bytes counted over the whole run, warm-up included.
     """
     res = _run(
         tmp_path, "--steps", "200", "--hooks", "allreduce,powersgd,topk,1bit", "--dense-start", "5",
-        "--optimizer", "sgd", "--lr", "0.1", "--ratio", "0.03",
+        "--optimizer", "sgd", "--lr", "0.1", "--ratio", "0.03", "--scheme", "allgather",
     )  # fmt: skip
     dense = res["allreduce"]["val_loss"]
     for name in ("powersgd", "topk", "1bit"):
@@ -75,26 +78,18 @@ def test_seed_claim_with_momentum_sgd(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_seed_claim_with_adamw(tmp_path: Path) -> None:
-    """With AdamW the claim holds for PowerSGD rank 4 only (about 92% fewer bytes, +3.5% loss).
-
-    Top-k 1% and 1-bit cut >= 94% of the bytes but end 9-15% above the dense loss after 200 steps, so for
-    them this test pins the measured bound (20%), not the seed's 5%; the README (Distributed, measured figures) has them.
-    """
+@pytest.mark.parametrize("world", [2, 4])
+def test_seed_claim_with_onebit_adam(tmp_path: Path, world: int) -> None:
+    """The seed's claim for AdamW with 1-bit Adam: >= 90% fewer wire bytes than dense AdamW over the
+    compression stage holds (96.9%); the loss half does not: 600 steps, freeze_step 75 (12.5%) end 7.3% (W=2)
+    and 7.5% (W=4) above dense AdamW, so this pins the measured bound (10%), not the seed's 5%. The README
+    (Measured figures, compression-w2/w4) has the whole-run figures beside it."""
     res = _run(
-        tmp_path,
-        "--steps",
-        "200",
-        "--hooks",
-        "allreduce,powersgd,topk,1bit",
-        "--dense-start",
-        "5",
-        timeout=900,
-    )
-    dense = res["allreduce"]["val_loss"]
-    psgd = res["powersgd"]
-    assert psgd["bytes_cut_total"] >= 0.9
-    assert psgd["val_loss"] <= 1.05 * dense
-    for name in ("topk", "1bit"):
-        assert res[name]["bytes_cut_total"] >= 0.9, name
-        assert res[name]["val_loss"] <= 1.20 * dense, (name, res[name]["val_loss"], dense)
+        tmp_path, "--world", str(world), "--steps", "600", "--freeze-step", "75", "--hooks", "allreduce,1bit-adam",
+        timeout=3600,
+    )  # fmt: skip
+    dense, onebit = res["allreduce"], res["1bit-adam"]
+    assert onebit["replicas_in_sync"]
+    assert onebit["bytes_cut_steady"] >= 0.9
+    assert onebit["bytes_cut_total"] >= 0.9 * (1 - 75 / 600)  # the warm-up is dense
+    assert onebit["val_loss"] <= 1.10 * dense["val_loss"], (onebit["val_loss"], dense["val_loss"])

@@ -1,10 +1,13 @@
 """DDP communication hooks with byte accounting: fp16/bf16, PowerSGD, top-k and 1-bit sign with error feedback.
 
 A hook is ``hook(state, bucket) -> Future[Tensor]`` as ``DistributedDataParallel.register_comm_hook``
-expects. Every state here carries a :class:`CommStats` that counts the payload bytes this worker sent and
-the bytes a dense fp32 all-reduce of the same bucket would have sent, so the compression ratio can be
-logged. fp16/bf16 and PowerSGD delegate the communication to torch's own hooks; top-k and 1-bit use one
-``all_gather`` each (sparse/packed messages cannot be summed by all-reduce).
+expects. Every state here carries a :class:`CommStats` that counts, per collective, the wire bytes this
+worker sends at the group's world size, and the bytes a dense fp32 ring all-reduce of the same bucket would
+send at that world size, so the compression ratio can be logged honestly at any W. fp16/bf16 and PowerSGD
+delegate the communication to torch's own hooks; top-k and 1-bit average through the two-phase compressed
+all-reduce of :mod:`kit.parallel.two_phase` (``scheme="2phase"``, bytes per worker independent of W) or one
+``all_gather`` of every worker's message (``scheme="allgather"``, a small-W method).
+:func:`onebit_adam_hook` is the gradient side of :class:`kit.parallel.onebit_adam.OneBitAdam`.
 
 Use :func:`make_comm_hook` to build a (state, hook) pair by name:
 
@@ -14,6 +17,7 @@ Example:
 """
 
 # No ``from __future__ import annotations`` here: DDP checks the hooks' annotations as real objects.
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,19 +29,22 @@ from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as psgd
 
 from kit.parallel.compression import (
     dense_bytes,
+    method_wire_bytes,
     powersgd_bytes,
-    sign_bytes,
     sign_compress,
     sign_decompress,
-    topk_bytes,
     topk_compress,
     topk_count,
+    wire_bytes,
 )
+from kit.parallel.two_phase import ErrorFeedback, SignCodec, TopKCodec, compressed_allreduce
 
 __all__ = [
     "HOOKS",
+    "SCHEMES",
     "CommStats",
     "HookState",
+    "OneBitAdamHookState",
     "PowerSGDHookState",
     "ResidualState",
     "allreduce_hook",
@@ -46,6 +53,7 @@ __all__ = [
     "hook_state_dict",
     "load_hook_state_dict",
     "make_comm_hook",
+    "onebit_adam_hook",
     "onebit_hook",
     "powersgd_hook",
     "topk_hook",
@@ -54,28 +62,56 @@ __all__ = [
 
 @dataclass
 class CommStats:
-    """Bytes sent by this worker vs a dense all-reduce, in total and since the last :meth:`pop_step`."""
+    """Wire bytes this worker sent vs a dense fp32 ring all-reduce of the same tensors at the same world size.
 
-    sent: int = 0
-    dense: int = 0
-    step_sent: int = 0
-    step_dense: int = 0
+    Every collective a hook or optimizer issues is counted by :meth:`collective` from the bytes of the tensor
+    it passes in, through :func:`kit.parallel.compression.wire_bytes` (ring all-reduce ``2(W-1)/W x B``,
+    all-gather ``(W-1) x B``, all-to-all ``(W-1)/W x B``); :meth:`baseline` adds what a dense fp32 ring
+    all-reduce of the same ``numel`` would have sent. So ``ratio = dense / sent`` is the honest cut at this W,
+    not the payload ratio (which flatters all-gather schemes as W grows). Bytes received equal bytes sent
+    for all three collectives. With one worker nothing goes on the wire: both are 0 and ``ratio`` is 1.
 
-    def add(self, sent: int, dense: int) -> None:
+    Example:
+        >>> s = CommStats()
+        >>> s.collective("all_reduce", 4000, world=4); s.baseline(1000, world=4)
+        6000.0
+        >>> s.ratio, s.by_collective
+        (1.0, {'all_reduce': 6000.0})
+    """
+
+    sent: float = 0.0
+    dense: float = 0.0
+    step_sent: float = 0.0
+    step_dense: float = 0.0
+    by_collective: dict[str, float] = field(default_factory=dict)
+
+    def add(self, sent: float, dense: float) -> None:
+        """Add already-computed wire bytes (``sent``) and dense-baseline bytes (``dense``)."""
         self.sent += sent
         self.dense += dense
         self.step_sent += sent
         self.step_dense += dense
+
+    def collective(self, kind: str, tensor_bytes: float, world: int) -> float:
+        """Count one collective ``kind`` on a ``tensor_bytes`` input among ``world`` workers; returns its wire bytes."""
+        wire = wire_bytes(kind, tensor_bytes, world)
+        self.add(wire, 0.0)
+        self.by_collective[kind] = self.by_collective.get(kind, 0.0) + wire
+        return wire
+
+    def baseline(self, numel: int, world: int, element_size: int = 4) -> None:
+        """Count what a dense ring all-reduce of ``numel`` elements would have sent (the ratio's numerator)."""
+        self.add(0.0, wire_bytes("all_reduce", numel * element_size, world))
 
     @property
     def ratio(self) -> float:
         """Dense bytes / sent bytes over the whole run (1.0 before anything was sent)."""
         return self.dense / self.sent if self.sent else 1.0
 
-    def pop_step(self) -> tuple[int, int]:
+    def pop_step(self) -> tuple[float, float]:
         """Return and reset ``(sent, dense)`` accumulated since the previous call."""
         out = (self.step_sent, self.step_dense)
-        self.step_sent = self.step_dense = 0
+        self.step_sent = self.step_dense = 0.0
         return out
 
 
@@ -89,17 +125,32 @@ class HookState:
 
 @dataclass
 class ResidualState(HookState):
-    """State of top-k / 1-bit hooks: the setting, a dense warm-up, and one error-feedback residual per bucket.
+    """State of top-k / 1-bit hooks: the setting, the scheme, a dense warm-up, and the error-feedback buffers.
 
-    ``start_iter`` steps of dense all-reduce come first (DGC's and 1-bit Adam's warm-up): the early,
-    fast-changing gradients are the ones compression hurts most.
+    ``scheme="2phase"`` (default) averages through :func:`kit.parallel.two_phase.compressed_allreduce`
+    (all-to-all + all-gather, worker- and server-side error feedback; bytes per worker independent of W);
+    ``scheme="allgather"`` all-gathers every worker's message (worker-side error feedback only; each worker
+    receives W - 1 messages, so the cut shrinks as W grows: the hook warns once above the W where it falls
+    under 90%). 1-bit's two-phase messages carry one scale per chunk (``block=None``, as 1-bit Adam) or
+    one per ``block`` entries; neither has been shown to keep momentum SGD within 5% of dense on the kit's
+    benchmark (per chunk: +32.5%; blocks of 256: diverged), unlike the all-gather scheme's per-tensor scales
+    (+1.7%): see the README. ``start_iter`` steps of dense all-reduce come first (DGC's and 1-bit Adam's warm-up): the
+    early, fast-changing gradients are the ones compression hurts most.
     """
 
     ratio: float = 0.01
     per_tensor_scale: bool = True
     start_iter: int = 0
     iter: int = 0
+    scheme: str = "2phase"
+    block: int | None = None
     residuals: dict[int, torch.Tensor] = field(default_factory=dict)
+    feedback: dict[int, ErrorFeedback] = field(default_factory=dict)
+    warned: bool = False
+
+    def __post_init__(self) -> None:
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"scheme={self.scheme!r} is not supported; choose one of {', '.join(SCHEMES)}")
 
     def dense_phase(self, bucket: dist.GradBucket) -> bool:
         """True while ``iter < start_iter`` (warm-up with dense all-reduce); counts steps on the last bucket."""
@@ -107,6 +158,13 @@ class ResidualState(HookState):
         if bucket.is_last():
             self.iter += 1
         return dense
+
+
+@dataclass
+class OneBitAdamHookState(HookState):
+    """State of :func:`onebit_adam_hook`: the optimizer whose ``compressing`` flag says when to stop all-reducing."""
+
+    optimizer: Any = None
 
 
 class PowerSGDHookState(HookState):
@@ -156,21 +214,25 @@ def _completed(tensor: torch.Tensor) -> torch.futures.Future:
 def allreduce_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """Plain averaging all-reduce (DDP's default) with byte accounting: the uncompressed baseline."""
     numel, size = _bucket_numel_bytes(bucket)
-    state.stats.add(dense_bytes(numel, size), dense_bytes(numel, size))
+    world = _world(state)
+    state.stats.collective("all_reduce", numel * size, world)
+    state.stats.baseline(numel, world, size)
     return default_hooks.allreduce_hook(state.process_group, bucket)
 
 
 def fp16_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """torch's ``fp16_compress_hook``: all-reduce in float16 (half the bytes), with byte accounting."""
     numel, size = _bucket_numel_bytes(bucket)
-    state.stats.add(dense_bytes(numel, 2), dense_bytes(numel, size))
+    state.stats.collective("all_reduce", numel * 2, _world(state))
+    state.stats.baseline(numel, _world(state), size)
     return default_hooks.fp16_compress_hook(state.process_group, bucket)
 
 
 def bf16_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """torch's ``bf16_compress_hook``: all-reduce in bfloat16 (half the bytes), with byte accounting."""
     numel, size = _bucket_numel_bytes(bucket)
-    state.stats.add(dense_bytes(numel, 2), dense_bytes(numel, size))
+    state.stats.collective("all_reduce", numel * 2, _world(state))
+    state.stats.baseline(numel, _world(state), size)
     return default_hooks.bf16_compress_hook(state.process_group, bucket)
 
 
@@ -178,13 +240,14 @@ def powersgd_hook(state: PowerSGDHookState, bucket: dist.GradBucket) -> torch.fu
     """torch's ``powerSGD_hook`` (low-rank P/Q all-reduces with error feedback) with byte accounting."""
     numel, size = _bucket_numel_bytes(bucket)
     if state.psgd.iter < state.psgd.start_powerSGD_iter:
-        sent = dense_bytes(numel, size)
+        payload = dense_bytes(numel, size)
     else:
         shapes = [tuple(g.shape) for g in bucket.gradients()]
-        sent = powersgd_bytes(
+        payload = powersgd_bytes(
             shapes, state.psgd.matrix_approximation_rank, state.psgd.min_compression_rate, size
         )
-    state.stats.add(sent, dense_bytes(numel, size))
+    state.stats.collective("all_reduce", payload, _world(state))
+    state.stats.baseline(numel, _world(state), size)
     return psgd.powerSGD_hook(state.psgd, bucket)
 
 
@@ -200,6 +263,32 @@ def _residual(state: ResidualState, bucket: dist.GradBucket) -> torch.Tensor | N
     return residual
 
 
+def _two_phase(
+    state: ResidualState, bucket: dist.GradBucket, codec: Any
+) -> torch.futures.Future[torch.Tensor]:
+    grad = bucket.buffer()
+    ef = state.feedback.setdefault(bucket.index(), ErrorFeedback())
+    # synchronous: DDP calls the hooks of its buckets in the same order on every rank, so the collectives match
+    grad.copy_(compressed_allreduce(grad, codec, ef, state.process_group, state.stats))
+    return _completed(grad)
+
+
+def _warn_allgather(state: ResidualState, method: str, numel: int) -> None:
+    world = _world(state)
+    if state.warned:
+        return
+    state.warned = True
+    cut = 1 - method_wire_bytes(method, numel, world, state.ratio) / max(
+        method_wire_bytes("dense", numel, world), 1.0
+    )
+    if cut < 0.9:
+        warnings.warn(
+            f"{method} at W={world} cuts only {cut:.1%} of a dense all-reduce's wire bytes (each worker "
+            "receives W-1 messages); use scheme='2phase' (the default), whose cut does not shrink with W",
+            stacklevel=2,
+        )
+
+
 def _gather_and_average(
     state: ResidualState,
     grad: torch.Tensor,
@@ -208,6 +297,8 @@ def _gather_and_average(
 ) -> torch.futures.Future[torch.Tensor]:
     """All-gather every worker's compressed ``payload``; decode each into a dense sum and average it into ``grad``."""
     world = _world(state)
+    state.stats.collective("all_gather", payload.numel() * payload.element_size(), world)
+    state.stats.baseline(grad.numel(), world, grad.element_size())
     gathered = [torch.empty_like(payload) for _ in range(world)]
     work = dist.all_gather(gathered, payload, group=state.process_group, async_op=True)
 
@@ -222,21 +313,25 @@ def _gather_and_average(
 
 
 def topk_hook(state: ResidualState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
-    """Top-k sparsification with error feedback: each worker sends its ``ratio`` largest entries.
+    """Top-k sparsification with error feedback.
 
-    Values and int32 indices travel in one ``all_gather`` (indices bit-cast to the value dtype); every
-    worker then sums all messages densely and divides by the world size.
+    ``scheme="2phase"``: the ``ratio`` largest entries of each of the W chunks go through the two-phase
+    compressed all-reduce (``2 x ratio`` of dense's wire bytes at any W). ``scheme="allgather"``: values
+    and int32 indices of the bucket's top entries in one ``all_gather`` (``ratio x W`` of dense's bytes:
+    it stops paying at ``W = 1/ratio``).
     """
     if state.dense_phase(bucket):
         return allreduce_hook(state, bucket)
+    if state.scheme == "2phase":
+        return _two_phase(state, bucket, TopKCodec(state.ratio))
     grad = bucket.buffer()
-    numel, size = grad.numel(), grad.element_size()
+    numel = grad.numel()
+    _warn_allgather(state, "topk-allgather", numel)
     values, indices, state.residuals[bucket.index()] = topk_compress(
         grad, state.ratio, _residual(state, bucket)
     )
     values = values.float()
     payload = torch.cat([values, indices.to(torch.int32).view(torch.float32)])
-    state.stats.add(topk_bytes(topk_count(numel, state.ratio), 4, 4), dense_bytes(numel, size))
     k = values.numel()
 
     def add_message(total: torch.Tensor, msg: torch.Tensor) -> None:
@@ -246,20 +341,23 @@ def topk_hook(state: ResidualState, bucket: dist.GradBucket) -> torch.futures.Fu
 
 
 def onebit_hook(state: ResidualState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
-    """1-bit sign compression with a per-bucket scale and error feedback (the 1-bit SGD/Adam idea).
+    """1-bit sign compression with scales and error feedback (the 1-bit SGD/Adam idea).
 
-    Each worker sends ``ceil(n/8)`` bytes of signs plus one 4-byte scale (``mean |g + residual|``) per
-    parameter tensor in the bucket (one per bucket with ``per_tensor_scale=False``) in one ``all_gather``;
-    every worker averages the decoded ``sign * scale`` messages.
+    ``scheme="2phase"``: signs + one fp32 scale per chunk (or per ``state.block`` entries) through the
+    two-phase compressed all-reduce (``2(W-1)/W x n/8`` bytes per worker plus scales, ~97% cut at any W). ``scheme="allgather"``: ``ceil(n/8)`` bytes
+    of signs plus one scale per parameter tensor (one per bucket with ``per_tensor_scale=False``) in one
+    ``all_gather`` (``W/64`` of dense's bytes: no cut left at W = 64).
     """
     if state.dense_phase(bucket):
         return allreduce_hook(state, bucket)
+    if state.scheme == "2phase":
+        return _two_phase(state, bucket, SignCodec(state.block))
     grad = bucket.buffer()
-    numel, size = grad.numel(), grad.element_size()
+    numel = grad.numel()
+    _warn_allgather(state, "1bit-allgather", numel)
     segments = [g.numel() for g in bucket.gradients()] if state.per_tensor_scale else None
     packed, scales, state.residuals[bucket.index()] = sign_compress(grad, _residual(state, bucket), segments)
     payload = torch.cat([packed, scales.float().view(torch.uint8)])
-    state.stats.add(sign_bytes(numel, scales.numel()), dense_bytes(numel, size))
     nbytes = packed.numel()
 
     def add_message(total: torch.Tensor, msg: torch.Tensor) -> None:
@@ -270,7 +368,21 @@ def onebit_hook(state: ResidualState, bucket: dist.GradBucket) -> torch.futures.
     return _gather_and_average(state, grad, payload, add_message)
 
 
+def onebit_adam_hook(
+    state: OneBitAdamHookState, bucket: dist.GradBucket
+) -> torch.futures.Future[torch.Tensor]:
+    """The gradient side of 1-bit Adam: dense all-reduce during the warm-up, then no communication at all.
+
+    Once ``state.optimizer.compressing`` (a :class:`kit.parallel.onebit_adam.OneBitAdam` past its
+    ``freeze_step``), each worker keeps its local gradient and the optimizer averages the momentum instead.
+    """
+    if state.optimizer is None or not state.optimizer.compressing:
+        return allreduce_hook(state, bucket)
+    return _completed(bucket.buffer())
+
+
 HOOKS = ("allreduce", "fp16", "bf16", "powersgd", "topk", "1bit")
+SCHEMES = ("2phase", "allgather")
 
 
 def check_comm_settings(
@@ -298,6 +410,7 @@ def make_comm_hook(
     powersgd_rank: int = 4,
     powersgd_start_iter: int = 10,
     dense_start: int = 0,
+    scheme: str = "2phase",
     **powersgd_kwargs: Any,
 ) -> tuple[HookState, Any]:
     """Build a fresh ``(state, hook)`` pair for ``DistributedDataParallel.register_comm_hook``.
@@ -309,6 +422,8 @@ def make_comm_hook(
         powersgd_rank: PowerSGD's matrix approximation rank.
         powersgd_start_iter: PowerSGD's first compressed step (dense before; >= 2).
         dense_start: top-k's and 1bit's dense warm-up steps (0 = compress from the first step).
+        scheme: top-k's and 1bit's collective: ``2phase`` (all-to-all + all-gather, bytes independent of W)
+            or ``allgather`` (every worker's message to every worker: a small-W method).
         **powersgd_kwargs: extra ``PowerSGDState`` arguments.
 
     Returns:
@@ -328,7 +443,7 @@ def make_comm_hook(
         return PowerSGDHookState(
             process_group, rank=powersgd_rank, start_iter=powersgd_start_iter, **powersgd_kwargs
         ), powersgd_hook
-    state = ResidualState(process_group, ratio=topk_ratio, start_iter=dense_start)
+    state = ResidualState(process_group, ratio=topk_ratio, start_iter=dense_start, scheme=scheme)
     return state, topk_hook if name == "topk" else onebit_hook
 
 
@@ -341,9 +456,13 @@ def hook_state_dict(state: HookState) -> dict[str, Any]:
     Plain tensors, ints and lists only (loads with ``torch.load(weights_only=True)``); tensors stay where
     they are (a checkpoint moves them to the CPU).
     """
-    out: dict[str, Any] = {"sent": state.stats.sent, "dense": state.stats.dense}
+    out: dict[str, Any] = {"sent": float(state.stats.sent), "dense": float(state.stats.dense)}
     if isinstance(state, ResidualState):
-        out.update(iter=state.iter, residuals=dict(state.residuals))
+        out.update(
+            iter=state.iter,
+            residuals=dict(state.residuals),
+            feedback={k: ef.state_dict() for k, ef in state.feedback.items()},
+        )
     if isinstance(state, PowerSGDHookState):
         out.update({k: getattr(state.psgd, k) for k in _PSGD_STATE})
         _, keys, pos, has_gauss, gauss = state.psgd.rng.get_state()
@@ -366,10 +485,14 @@ def load_hook_state_dict(
     def placed(tensors: dict) -> dict:
         return {k: v.to(device) if device is not None else v for k, v in tensors.items()}
 
-    state.stats.sent, state.stats.dense = int(saved.get("sent", 0)), int(saved.get("dense", 0))
+    state.stats.sent, state.stats.dense = float(saved.get("sent", 0)), float(saved.get("dense", 0))
     if isinstance(state, ResidualState):
         state.iter = int(saved.get("iter", 0))
         state.residuals = placed(saved.get("residuals", {}))
+        state.feedback = {}
+        for k, ef_state in saved.get("feedback", {}).items():
+            state.feedback[int(k)] = ErrorFeedback()
+            state.feedback[int(k)].load_state_dict(ef_state, device)
     if isinstance(state, PowerSGDHookState):
         for k in _PSGD_STATE:
             if k in saved:

@@ -2,9 +2,10 @@
 
 Both compressors take the residual left over from the previous step (error feedback, Seide et al. 2014;
 Stich et al. 2018): what was not transmitted is added back before the next compression, so over many
-steps nothing is lost: ``sum(transmitted) + residual == sum(gradients)``. The byte counters describe
-the payload one worker contributes to a collective, so ``dense_bytes / sent_bytes`` is the compression
-ratio against a dense all-reduce of the same tensor.
+steps nothing is lost: ``sum(transmitted) + residual == sum(gradients)``. ``*_bytes`` give the size of one
+message; :func:`wire_bytes` turns the tensor a worker passes to a collective into the bytes it puts on the
+wire at world size W, and :func:`method_wire_bytes` gives a whole method's bytes per step (the formulas the
+kit's ``CommStats`` and the paper table in ``benchmarks/compression.py --paper`` use).
 
 Example:
     >>> g = torch.tensor([0.1, -2.0, 0.3, 4.0])
@@ -22,7 +23,9 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "COLLECTIVES",
     "dense_bytes",
+    "method_wire_bytes",
     "pack_bits",
     "powersgd_bytes",
     "sign_bytes",
@@ -33,6 +36,7 @@ __all__ = [
     "topk_count",
     "topk_decompress",
     "unpack_bits",
+    "wire_bytes",
 ]
 
 _BIT_WEIGHTS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
@@ -222,3 +226,88 @@ def powersgd_bytes(
         compressed = (n + m) * r
         total += compressed if compressed * min_compression_rate < n * m else n * m
     return total * element_size
+
+
+COLLECTIVES = ("all_reduce", "all_gather", "all_to_all")
+
+
+def wire_bytes(collective: str, tensor_bytes: float, world: int) -> float:
+    """Bytes one worker sends (and, symmetrically, receives) in a collective on a ``tensor_bytes`` input.
+
+    The bandwidth-optimal algorithms NCCL uses: ring all-reduce ``2 (W-1)/W x B`` (reduce-scatter then
+    all-gather), ring all-gather ``(W-1) x B`` (``B`` = this worker's contribution), pairwise all-to-all
+    ``(W-1)/W x B`` (``B`` = the whole input, one ``B/W`` slice per peer; the own slice stays local).
+    Gloo's CPU algorithms may move the data differently; these are the figures a GPU cluster sees.
+
+    Args:
+        collective: ``all_reduce``, ``all_gather`` or ``all_to_all``.
+        tensor_bytes: bytes of the tensor this worker passes in.
+        world: number of workers.
+
+    Raises:
+        ValueError: for another collective or ``world < 1``.
+
+    Example:
+        >>> wire_bytes("all_reduce", 400, 4), wire_bytes("all_gather", 100, 4), wire_bytes("all_to_all", 400, 4)
+        (600.0, 300.0, 300.0)
+    """
+    if world < 1:
+        raise ValueError(f"world={world} must be >= 1")
+    if collective == "all_reduce":
+        return 2 * (world - 1) / world * tensor_bytes
+    if collective == "all_gather":
+        return float((world - 1) * tensor_bytes)
+    if collective == "all_to_all":
+        return (world - 1) / world * tensor_bytes
+    raise ValueError(f"collective={collective!r} is not one of {', '.join(COLLECTIVES)}")
+
+
+def method_wire_bytes(
+    method: str,
+    numel: int,
+    world: int,
+    topk_ratio: float = 0.01,
+    powersgd_payload: int | None = None,
+    n_scales: int = 1,
+    block: int | None = None,
+) -> float:
+    """Wire bytes one worker sends per step to average ``numel`` fp32 gradients (or momenta) with ``method``.
+
+    Methods: ``dense`` (fp32 ring all-reduce), ``fp16`` (fp16 ring all-reduce), ``powersgd`` (ring
+    all-reduce of the P/Q (+ uncompressed) payload, pass ``powersgd_payload`` from :func:`powersgd_bytes`),
+    ``topk-allgather`` / ``1bit-allgather`` (every worker's message all-gathered), ``topk-2phase`` /
+    ``1bit-2phase`` (all-to-all of chunk messages, then all-gather of the re-compressed averages; see
+    :mod:`kit.parallel.two_phase`).
+
+    Raises:
+        ValueError: for an unknown method, or ``powersgd`` without ``powersgd_payload``.
+
+    Example:
+        >>> n = 1_000_000
+        >>> round(1 - method_wire_bytes("1bit-2phase", n, 64) / method_wire_bytes("dense", n, 64), 3)
+        0.969
+        >>> round(1 - method_wire_bytes("1bit-allgather", n, 64) / method_wire_bytes("dense", n, 64), 3)
+        -0.0
+    """
+    from kit.parallel.two_phase import chunk_size, make_codec
+
+    if method == "dense":
+        return wire_bytes("all_reduce", 4 * numel, world)
+    if method == "fp16":
+        return wire_bytes("all_reduce", 2 * numel, world)
+    if method == "powersgd":
+        if powersgd_payload is None:
+            raise ValueError("method='powersgd' needs powersgd_payload=powersgd_bytes(shapes, rank)")
+        return wire_bytes("all_reduce", powersgd_payload, world)
+    if method == "topk-allgather":
+        return wire_bytes("all_gather", topk_bytes(topk_count(numel, topk_ratio)), world)
+    if method == "1bit-allgather":
+        return wire_bytes("all_gather", sign_bytes(numel, n_scales), world)
+    if method in ("topk-2phase", "1bit-2phase"):
+        codec = make_codec(method.split("-")[0], topk_ratio, block)
+        msg = codec.message_bytes(chunk_size(numel, world, codec.multiple))
+        return wire_bytes("all_to_all", world * msg, world) + wire_bytes("all_gather", msg, world)
+    raise ValueError(
+        f"method={method!r} is not supported; choose dense, fp16, powersgd, topk-allgather, 1bit-allgather, "
+        "topk-2phase or 1bit-2phase"
+    )
