@@ -3,8 +3,9 @@
 Each transform is independent and optional; :func:`apply_transforms` runs the enabled ones in this order, and a
 new transform takes a slot here rather than a branch inside the model:
 
-1. adapters (LoRA, bottleneck adapters, prompt tuning): *slot*, they change which parameters train, so they
-   come first and everything after sees the final module tree.
+1. parameter-efficient fine-tuning (``peft=``: LoRA, QLoRA, bottleneck adapters, prompt tuning;
+   ``kit.models.adapters.apply_peft``): they freeze the backbone and change which parameters train, so they come
+   first and everything after sees the final module tree.
 2. activation checkpointing: each block (``kit.models.gpt.Block`` by default) is wrapped so its activations
    are recomputed in backward instead of stored.
 3. compile: ``nn.Module.compile()`` in place, after the tree is final, so the compiled graph includes the
@@ -30,6 +31,8 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
     apply_activation_checkpointing,
     checkpoint_wrapper,
 )
+
+from kit.models.adapters import PeftConfig, apply_peft
 
 __all__ = ["apply_transforms", "checkpoint_blocks"]
 
@@ -76,6 +79,7 @@ def apply_transforms(
     activation_checkpointing: bool = False,
     compile: bool = False,
     blocks: Iterable[type[nn.Module]] | None = None,
+    peft: PeftConfig | None = None,
 ) -> nn.Module:
     """Apply the enabled training transforms to ``model`` in the module docstring's order.
 
@@ -84,9 +88,10 @@ def apply_transforms(
         activation_checkpointing: recompute each block in backward (step 2).
         compile: ``torch.compile`` the network in place (step 3).
         blocks: the block classes step 2 wraps; default ``(kit.models.gpt.Block,)``.
+        peft: the parameter-efficient method of step 1 (``kit.models.adapters.PeftConfig``); None trains all.
 
     Returns:
-        ``model``, transformed in place (returned so calls chain).
+        ``model``, transformed in place (returned so calls chain); for LoRA/QLoRA a ``peft.PeftModel`` around it.
 
     Raises:
         ValueError: if checkpointing is asked for and ``model`` has no ``blocks``.
@@ -96,7 +101,8 @@ def apply_transforms(
         >>> apply_transforms(GPT(GPTConfig.from_name("debug"))).config.n_layer
         2
     """
-    # 1. adapters: slot (LoRA / adapters / prompt tuning go here)
+    if peft is not None:  # 1.
+        model = apply_peft(model, peft)
     if activation_checkpointing:  # 2.
         checkpoint_blocks(model, blocks)
     if compile:  # 3.
