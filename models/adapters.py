@@ -227,6 +227,10 @@ def quantize_4bit(model: nn.Module, targets: list[str], quant_type: str = "nf4")
         )
         weight = bnb.nn.Params4bit(lin.weight.data.contiguous(), requires_grad=False, quant_type=quant_type)
         q.weight = weight._quantize(lin.weight.device)
+        # bitsandbytes 0.50's CPU inference fast path (AVX512-bf16 CPUs, eval mode, no grad) repacks the weight in
+        # place and needs in_features to be a multiple of the 64-value block (it fails on a 32-wide model);
+        # the generic dequantize-and-matmul path works for every shape in training and evaluation alike
+        q.support_avx512bf16_for_cpu = False
         if lin.bias is not None:
             q.bias = nn.Parameter(lin.bias.data.clone(), requires_grad=False)
         setattr(parent, child, q)
