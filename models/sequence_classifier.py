@@ -155,6 +155,8 @@ class SequenceClassifier(pl.LightningModule):
         self.load_report: dict[str, list[str]] = {}
         self.cost: dict[str, float] = {}
         self.val_loss = MeanMetric(nan_strategy="disable")
+        # trainable-only checkpoints lack the frozen backbone, which init_from rebuilds: load them non-strictly
+        self.strict_loading = not (trainable_only_checkpoint and self.peft.method != "full")
         # the model is built once the vocabulary and class count are known (here, or in configure_model)
         if self.config.vocab_size is not None and num_classes is not None:
             self.configure_model()
@@ -307,8 +309,3 @@ class SequenceClassifier(pl.LightningModule):
             keep = set(self.adapter_state_dict())
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
             checkpoint["trainable_only"] = True
-            self.strict_loading = False
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if checkpoint.get("trainable_only"):
-            self.strict_loading = False  # the frozen backbone is rebuilt from init_from
