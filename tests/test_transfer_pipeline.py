@@ -98,3 +98,49 @@ def test_pretrained_start_beats_random_start_on_the_same_budget(tmp_path) -> Non
         trainer.fit(clf, dm)
         accs[name] = trainer.test(clf, dm, verbose=False)[0]["test/f1"]
     assert accs["pretrained"] > accs["random"] + 0.05, accs
+
+
+@pytest.mark.slow
+def test_recipes_pretrain_then_fine_tune_then_test_through_the_cli(tmp_path) -> None:
+    """bert-tiny-pretrain -> classifier-qlora (NF4 + LoRA + 8-bit AdamW) -> kit test on its trainable-only
+    checkpoint, through the real `kit` command, shrunk to a few steps."""
+    from test_cli import kit
+
+    data = [
+        "--data.init_args.vocab_size=300",
+        "--data.init_args.block_size=32",
+        "--data.init_args.batch_size=4",
+    ]
+    kit(
+        [
+            "fit",
+            "-c",
+            "bert-tiny-pretrain",
+            *data,
+            "--trainer.max_steps=4",
+            "--trainer.val_check_interval=2",
+            "--trainer.limit_val_batches=1",
+            "--model.init_args.config.n_layer=1",
+            "--model.init_args.config.n_embd=64",
+            "--model.init_args.config.n_head=2",
+            "--model.init_args.config.block_size=32",
+            "--model.init_args.warmup_steps=1",
+        ],
+        tmp_path,
+    )
+    pre = tmp_path / "runs/bert-tiny-pretrain/checkpoints/last.ckpt"
+    assert pre.exists()
+    fine = [
+        "-c",
+        "classifier-qlora",
+        *data,
+        "--trainer.limit_val_batches=1",
+        "--trainer.val_check_interval=2",
+    ]
+    out = kit(["fit", *fine, "--trainer.max_steps=4", "--model.init_args.warmup_steps=1"], tmp_path).stdout
+    assert "kit fit finished" in out
+    last = tmp_path / "runs/classifier-qlora/checkpoints/last.ckpt"
+    saved = torch.load(last, weights_only=False)
+    assert saved["trainable_only"] and all("lora_" in k or k.startswith("head.") for k in saved["state_dict"])
+    out = kit(["test", *fine, "--ckpt_path", str(last)], tmp_path).stdout
+    assert "test/f1" in out
