@@ -3,7 +3,8 @@
 Each topic's text is cut into passages of ``passage_words`` words. A seeded share of every labelled topic's
 passages goes to test; then every passage that shares a word 13-gram with any test passage is dropped from the
 training side (GPT-3's contamination rule, applied before training rather than measured after), so no 13-gram
-crosses from train to test. Passages of the other topics are unlabelled text for pretraining.
+crosses from train to test (the check is ``kit.health.doctor.ngram_overlap``, the one ``kit doctor`` uses).
+Passages of the other topics are unlabelled text for pretraining.
 
 Example:
     >>> docs = {"a": " ".join(f"a{i}" for i in range(400)), "b": " ".join(f"b{i}" for i in range(400))}
@@ -15,13 +16,12 @@ Example:
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["TopicTask", "ngrams", "passages", "split_passages", "subsample"]
+from kit.health.doctor import ngram_overlap
 
-_WORD = re.compile(r"\w+")
+__all__ = ["TopicTask", "passages", "split_passages", "subsample"]
 
 
 def passages(text: str, passage_words: int) -> list[str]:
@@ -31,12 +31,6 @@ def passages(text: str, passage_words: int) -> list[str]:
     if out and len(out[-1].split()) < passage_words // 2:
         out.pop()
     return out
-
-
-def ngrams(text: str, n: int = 13) -> set[tuple[str, ...]]:
-    """Lower-cased word ``n``-grams (punctuation ignored) of ``text``."""
-    words = _WORD.findall(text.lower())
-    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
 @dataclass
@@ -94,9 +88,11 @@ def split_passages(
         held = set(rng.sample(range(len(pieces)), max(1, round(test_fraction * len(pieces)))))
         test += [(p, label) for i, p in enumerate(pieces) if i in held]
         train += [(p, label) for i, p in enumerate(pieces) if i not in held]
-    test_grams = set().union(*(ngrams(p, n) for p, _ in test))
-    clean_train = [(p, y) for p, y in train if not ngrams(p, n) & test_grams]
-    clean_unlabelled = [(p, t) for p, t in unlabelled if not ngrams(p, n) & test_grams]
+    test_texts = [p for p, _ in test]
+    bad_train = set(ngram_overlap(test_texts, [p for p, _ in train], n)["contaminated"])
+    bad_unlabelled = set(ngram_overlap(test_texts, [p for p, _ in unlabelled], n)["contaminated"])
+    clean_train = [item for i, item in enumerate(train) if i not in bad_train]
+    clean_unlabelled = [item for i, item in enumerate(unlabelled) if i not in bad_unlabelled]
     dropped = len(train) - len(clean_train) + len(unlabelled) - len(clean_unlabelled)
     return TopicTask(clean_train, test, clean_unlabelled, list(classes), dropped)
 
