@@ -65,9 +65,8 @@ def bert_mask(
     to_mask = target & (kind < p_mask)
     to_random = target & (kind >= p_mask) & (kind < p_mask + p_random)
     # random replacements are ordinary tokens: draw over the non-special ids
-    ordinary = torch.tensor(
-        [i for i in range(vocab_size) if i not in set(special_ids) | {mask_id}], device=ids.device
-    )
+    ordinary = torch.arange(vocab_size, device=ids.device)
+    ordinary = ordinary[~torch.isin(ordinary, torch.tensor([*special_ids, mask_id], device=ids.device))]
     pick = torch.randint(0, ordinary.numel(), ids.shape, generator=generator, device=ids.device)
     inputs = torch.where(to_mask, torch.full_like(ids, mask_id), ids)
     inputs = torch.where(to_random, ordinary[pick].to(ids.dtype), inputs)
