@@ -6,7 +6,7 @@
 #         so split it across two device calls).
 # Steps: perf-main (raw loop vs Trainer vs monitors, precisions, activation checkpointing, MoE; gpu_perf.py),
 #        sliding (the attention part of gpu_architecture.py), architecture (all of it),
-#        throughput (the older Trainer/plain ratio), distributed, monitoring, data, checkpoint, pytest.
+#        throughput (the older Trainer/plain ratio), distributed, monitoring, data, checkpoint, transfer, pytest.
 # Wheels the GPU image lacks (deepspeed and its needs) may be put in .whl/; they are installed to /tmp/site.
 # Each step is time-boxed and the suite goes on past a failing step. Results, logs and a summary are packed
 # into $OUT/results.tgz (and summary.txt beside it).
@@ -32,8 +32,8 @@ expanded=()
 for s in "${steps[@]}"; do
   case $s in
     perf) expanded+=(perf-main sliding) ;;
-    checks) expanded+=(distributed monitoring data checkpoint pytest) ;;
-    all) expanded+=(perf-main architecture distributed monitoring data checkpoint pytest) ;;
+    checks) expanded+=(distributed monitoring data checkpoint transfer pytest) ;;
+    all) expanded+=(perf-main architecture distributed monitoring data checkpoint transfer pytest) ;;
     *) expanded+=("$s") ;;
   esac
 done
@@ -57,6 +57,7 @@ for s in "${steps[@]}"; do
     checkpoint) step checkpoint 150 python3 -m benchmarks checkpoint --out "$RES" --suffix=-gpu ;;
     sliding) step sliding 150 python3 benchmarks/gpu_architecture.py --parts attention --out "$RES" ;;
     architecture) step architecture 360 python3 benchmarks/gpu_architecture.py --out "$RES" ;;
+    transfer) step transfer 360 python3 benchmarks/gpu_transfer.py --out "$RES/transfer" ;;
     pytest) step pytest 70 python3 -m pytest -q -p no:cacheprovider tests/test_gpu_foundation.py tests/test_hardware.py ;;
     *) echo "unknown step $s" ;;
   esac

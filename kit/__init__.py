@@ -33,6 +33,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "kit.data.augment_image": ("MixUpTransform", "mixup_batch", "cutmix_batch"),
     "kit.data.sampling": ("TemperatureMixer", "TemperatureSampler", "temperature_weights"),
     "kit.data.shards": ("write_shards",),
+    "kit.data.masking": ("bert_mask", "nsp_pair"),
+    "kit.data.passages": ("split_passages", "subsample"),
     "kit.precision.clipping": ("AutoClip", "adaptive_clip_", "clip_by_norm", "clip_by_value"),
     "kit.parallel.compression": ("sign_compress", "sign_decompress", "topk_compress", "topk_decompress"),
     "kit.parallel.comm_hooks": ("make_comm_hook",),

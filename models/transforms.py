@@ -3,8 +3,9 @@
 Each transform is independent and optional; :func:`apply_transforms` runs the enabled ones in this order, and a
 new transform takes a slot here rather than a branch inside the model:
 
-1. adapters (LoRA, bottleneck adapters, prompt tuning): *slot*, they change which parameters train, so they
-   come first and everything after sees the final module tree.
+1. parameter-efficient fine-tuning (``peft=``: LoRA, QLoRA, bottleneck adapters, prompt tuning;
+   ``kit.models.adapters.apply_peft``): they freeze the backbone and change which parameters train, so they come
+   first and everything after sees the final module tree.
 2. activation checkpointing: each block (``kit.models.gpt.Block`` by default) is wrapped so its activations
    are recomputed in backward instead of stored. Selective forms: only every k-th block (``every=k``), or only
    a sublayer of each chosen block (``"attention"``: ``block.attn``; ``"ffn"``: ``block.mlp``), trading less
@@ -32,6 +33,8 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
     apply_activation_checkpointing,
     checkpoint_wrapper,
 )
+
+from kit.models.adapters import PeftConfig, apply_peft
 
 __all__ = ["CHECKPOINT_MODES", "apply_transforms", "checkpoint_blocks"]
 
@@ -113,6 +116,7 @@ def apply_transforms(
     compile: bool = False,
     blocks: Iterable[type[nn.Module]] | None = None,
     checkpoint_every: int = 1,
+    peft: PeftConfig | None = None,
 ) -> nn.Module:
     """Apply the enabled training transforms to ``model`` in the module docstring's order.
 
@@ -123,9 +127,10 @@ def apply_transforms(
         compile: ``torch.compile`` the network in place (step 3).
         blocks: the block classes step 2 wraps; default ``(kit.models.gpt.Block,)``.
         checkpoint_every: step 2 on every k-th block only.
+        peft: the parameter-efficient method of step 1 (``kit.models.adapters.PeftConfig``); None trains all.
 
     Returns:
-        ``model``, transformed in place (returned so calls chain).
+        ``model``, transformed in place (returned so calls chain); for LoRA/QLoRA a ``peft.PeftModel`` around it.
 
     Raises:
         ValueError: if checkpointing is asked for and ``model`` has no ``blocks``.
@@ -135,7 +140,8 @@ def apply_transforms(
         >>> apply_transforms(GPT(GPTConfig.from_name("debug"))).config.n_layer
         2
     """
-    # 1. adapters: slot (LoRA / adapters / prompt tuning go here)
+    if peft is not None:  # 1.
+        model = apply_peft(model, peft)
     mode = {True: "full", False: "none"}.get(activation_checkpointing, activation_checkpointing)
     if mode not in CHECKPOINT_MODES:
         raise ValueError(

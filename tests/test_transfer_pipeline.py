@@ -1,0 +1,151 @@
+"""Transfer through the Trainer: MLM(+NSP) pretraining on MLMDataModule, then SequenceClassifier fine-tuning on
+TopicDataModule from its checkpoint, with the fit-start cost report, torchmetrics and trainable-only checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_trainer
+
+from kit.datamodules.transfer import SPECIALS, MLMDataModule, TopicDataModule
+from kit.models.gpt import GPTConfig
+from kit.models.masked_lm import MaskedLM
+from kit.models.sequence_classifier import SequenceClassifier
+
+DATA = {"vocab_size": 300, "block_size": 32, "batch_size": 8, "passage_words": 24}
+CONFIG = GPTConfig.from_name("debug", causal=False, block_size=32, vocab_size=None)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> str:
+    """A few MLM + NSP steps; the checkpoint stage 2 starts from."""
+    torch.manual_seed(0)
+    dm = MLMDataModule(nsp=True, **DATA)
+    model = MaskedLM(CONFIG, nsp=True, warmup_steps=1)
+    trainer = make_trainer(
+        max_steps=3, limit_val_batches=1, val_check_interval=3, check_val_every_n_epoch=None
+    )
+    trainer.fit(model, dm)
+    assert {"val/loss", "val/mlm_acc", "val/nsp_acc"} <= set(trainer.callback_metrics)
+    batch = next(iter(dm.train_dataloader()))
+    specials = torch.tensor([dm.special_id(t) for t in SPECIALS])
+    assert not torch.isin(batch["input_ids"][batch["labels"] != -100], specials[:3]).any()
+    assert set(batch["next_sentence_label"].tolist()) <= {0, 1}
+    path = tmp_path_factory.mktemp("pre") / "mlm.ckpt"
+    trainer.save_checkpoint(path)
+    return str(path)
+
+
+def test_classifier_fine_tunes_from_the_pretraining_checkpoint_with_costs_and_small_checkpoints(
+    pretrained, tmp_path
+) -> None:
+    dm = TopicDataModule(train_fraction=0.05, **DATA)
+    clf = SequenceClassifier(
+        init_from=pretrained, peft={"method": "adapters", "adapter_size": 4}, warmup_steps=1
+    )
+    trainer = make_trainer(
+        tmp_path, max_steps=3, limit_val_batches=1, val_check_interval=3, enable_checkpointing=True
+    )
+    trainer.fit(clf, dm)
+    m = trainer.callback_metrics
+    assert {"val/acc", "val/f1", "val/loss"} <= set(m)
+    assert (
+        0 < m["cost/trainable_pct"] < 100 and m["cost/checkpoint_bytes"] < m["cost/full_checkpoint_bytes"] / 5
+    )
+    assert m["cost/optimizer_state_bytes_measured"] == m["cost/optimizer_state_bytes"]
+    assert clf.load_report["unexpected"] and not clf.load_report["missing"]
+    ckpt = next(tmp_path.rglob("*.ckpt"))
+    saved = torch.load(ckpt, weights_only=False)
+    assert set(saved["state_dict"]) == set(clf.adapter_state_dict())  # the frozen backbone is not stored
+    restored = SequenceClassifier.load_from_checkpoint(ckpt)  # the backbone comes back from init_from
+    restored.eval(), clf.eval()
+    x = dm.test_set.tensors[0][:4]
+    with torch.no_grad():
+        torch.testing.assert_close(restored(x), clf(x))
+    result = trainer.test(clf, dm, verbose=False)[0]
+    assert set(result) >= {"test/acc", "test/f1"}
+
+
+def test_topic_data_uses_the_pretraining_tokenizer_and_train_fraction(pretrained) -> None:
+    small = TopicDataModule(train_fraction=0.01, **DATA)
+    small.setup()
+    mlm = MLMDataModule(**DATA)
+    mlm.setup()
+    assert small.tokenizer.get_vocab() == mlm.tokenizer.get_vocab()  # both stages share one tokenizer
+    assert small.num_classes == 6 and set(small.train_set.tensors[1].tolist()) == set(range(6))
+    assert len(small.train_set) <= 0.02 * len(small.task.train)  # ~1% per class (at least one each)
+    test_rows = {tuple(r.tolist()) for r in small.test_set.tensors[0]}
+    assert not test_rows & {tuple(r.tolist()) for r in mlm.train_set.tensors[0]}  # test never pretrained on
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=False,
+    reason="not yet shown: the one run so far (2 busy CPU cores) gave test macro-F1 0.474 pretrained vs 0.507 "
+    "random after 400 MLM+NSP steps; a longer pretraining is the next thing to try (README, section 3)",
+)
+def test_pretrained_start_beats_random_start_on_the_same_budget(tmp_path) -> None:
+    """Stage 1 (MLM + NSP, 400 steps) then a 60-step full fine-tune on 10% of the labels, against the same
+    fine-tune from a random start: same seed, batches, steps and learning rate. About 10 minutes on 2 busy cores."""
+    data = {"vocab_size": 1024, "block_size": 64, "batch_size": 32}
+    config = GPTConfig(name="tiny", n_layer=2, n_embd=64, n_head=2, block_size=64, causal=False)
+    torch.manual_seed(0)
+    trainer = make_trainer(max_steps=400, limit_val_batches=0)
+    trainer.fit(MaskedLM(config, nsp=True, lr=2e-3, warmup_steps=40), MLMDataModule(nsp=True, **data))
+    ckpt = tmp_path / "mlm.ckpt"
+    trainer.save_checkpoint(ckpt)
+    accs = {}
+    for name, init in (("pretrained", str(ckpt)), ("random", None)):
+        torch.manual_seed(0)
+        dm = TopicDataModule(train_fraction=0.1, **data)
+        clf = SequenceClassifier(config=None if init else config, init_from=init, lr=1e-3, warmup_steps=6)
+        trainer = make_trainer(max_steps=60, limit_val_batches=0)
+        trainer.fit(clf, dm)
+        accs[name] = trainer.test(clf, dm, verbose=False)[0]["test/f1"]
+    assert accs["pretrained"] > accs["random"] + 0.05, accs
+
+
+@pytest.mark.slow
+def test_recipes_pretrain_then_fine_tune_then_test_through_the_cli(tmp_path) -> None:
+    """bert-tiny-pretrain -> classifier-qlora (NF4 + LoRA + 8-bit AdamW) -> kit test on its trainable-only
+    checkpoint, through the real `kit` command, shrunk to a few steps."""
+    from test_cli import kit
+
+    data = [
+        "--data.init_args.vocab_size=300",
+        "--data.init_args.block_size=32",
+        "--data.init_args.batch_size=4",
+    ]
+    kit(
+        [
+            "fit",
+            "-c",
+            "bert-tiny-pretrain",
+            *data,
+            "--trainer.max_steps=4",
+            "--trainer.val_check_interval=2",
+            "--trainer.limit_val_batches=1",
+            "--model.init_args.config.n_layer=1",
+            "--model.init_args.config.n_embd=64",
+            "--model.init_args.config.n_head=2",
+            "--model.init_args.config.block_size=32",
+            "--model.init_args.warmup_steps=1",
+        ],
+        tmp_path,
+    )
+    pre = tmp_path / "runs/bert-tiny-pretrain/checkpoints/last.ckpt"
+    assert pre.exists()
+    fine = [
+        "-c",
+        "classifier-qlora",
+        *data,
+        "--trainer.limit_val_batches=1",
+        "--trainer.val_check_interval=2",
+    ]
+    out = kit(["fit", *fine, "--trainer.max_steps=4", "--model.init_args.warmup_steps=1"], tmp_path).stdout
+    assert "kit fit finished" in out
+    last = tmp_path / "runs/classifier-qlora/checkpoints/last.ckpt"
+    saved = torch.load(last, weights_only=False)
+    assert saved["trainable_only"] and all("lora_" in k or k.startswith("head.") for k in saved["state_dict"])
+    out = kit(["test", *fine, "--ckpt_path", str(last)], tmp_path).stdout
+    assert "test/f1" in out
