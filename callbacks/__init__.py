@@ -8,6 +8,7 @@ arguments, logs through ``pl_module.log``, writes files on rank zero, round-trip
 from kit.callbacks.clipping import GradientClipping
 from kit.callbacks.compression import GradientCompression
 from kit.callbacks.doctor import TrainingDoctor
+from kit.callbacks.generative_augment import GenerativeAugment
 from kit.callbacks.gradient_health import GradientHealth
 from kit.callbacks.hardware import HardwareMonitor
 from kit.callbacks.hessian import HessianMonitor
@@ -17,6 +18,7 @@ from kit.callbacks.spike_guard import SpikeGuard
 from kit.callbacks.throughput import TokenThroughput
 
 __all__ = [
+    "GenerativeAugment",
     "GradientClipping",
     "GradientCompression",
     "GradientHealth",
