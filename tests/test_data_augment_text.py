@@ -81,7 +81,7 @@ def stub_translate(texts: list[str], src: str, tgt: str) -> list[str]:
     st.sampled_from(["synonym", "insert", "swap", "delete", "reorder", "backtranslate"]),
     st.integers(0, 999),
 )
-@settings(max_examples=250, deadline=None)
+@settings(max_examples=150, deadline=None)
 def test_augmented_document_keeps_lines_code_and_protected_words(text, op, seed):
     aug = TextAugmenter(
         p=1.0,
