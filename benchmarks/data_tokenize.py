@@ -71,7 +71,7 @@ def main(argv: list[str]) -> dict:
         "title": "Tokenization throughput and BPE vocabulary trade-off",
         "device": f"CPU ({platform.machine()}, {os.cpu_count()} cores visible), byte-level BPE {args.vocab_size}",
         "rows": rows,
-        "plots": [plot],
+        "plots": [Path(plot).name],  # written beside the JSON
         "notes": [
             f"encoded the embedded pydoc corpus x{args.repeat} ({mb:.1f} MB, {n_batch:,} tokens); both runs give identical ids",
             "trade-off rows: trained on 90% of the topics, measured on the other 10%; embedding params at d_model=768, tied",

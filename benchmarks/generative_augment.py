@@ -149,14 +149,15 @@ def sample_grid(gen: CondGenerator, path: Path, per_class: int = 8) -> None:
             torch.randn(len(labels), gen.latent_dim, generator=torch.Generator().manual_seed(0)), labels
         )
     imgs = (imgs * gen.std + gen.mean).clamp(0, 1).view(10, per_class, 8, 8)
-    grid = imgs.permute(0, 2, 1, 3).reshape(10 * 8, per_class * 8)
-    fig = Figure(figsize=(per_class * 0.5, 10 * 0.5))
+    imgs = nn.functional.pad(imgs, (1, 1, 1, 1))  # a blank pixel between images
+    grid = imgs.permute(0, 2, 1, 3).reshape(10 * 10, per_class * 10)  # rows: classes, columns: samples
+    fig = Figure(figsize=(per_class * 0.6 + 0.6, 10 * 0.6 + 0.5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    ax.imshow(grid.numpy(), cmap="gray_r")
-    ax.set_yticks([8 * c + 3.5 for c in range(10)], [str(c) for c in range(10)])
+    ax.imshow(grid.numpy(), cmap="gray_r", interpolation="nearest")
+    ax.set_yticks([10 * c + 4.5 for c in range(10)], [str(c) for c in range(10)])
     ax.set_xticks([])
-    ax.set_title("class-conditional GAN samples, one row per digit")
+    ax.set_title("conditional GAN samples\n(one row per class)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
 
@@ -212,7 +213,7 @@ def main(argv: list[str]) -> dict:
         "title": f"Generative augmentation on digits at {args.fraction:.0%} of the training data",
         "device": f"CPU, {args.threads} torch thread(s); accuracies do not depend on load",
         "rows": rows,
-        "plots": [str(args.png)],
+        "plots": [args.png.name],  # written beside the JSON
         "notes": [
             f"{len(x)} real training images ({args.fraction:.0%} of the stratified 80% train split, same subset for "
             f"the GAN and the classifiers); validation: all {len(dm.val_set)} held-out digits",
