@@ -102,7 +102,7 @@ def cutmix_box(
 
     Sides are ``int(size * sqrt(1 - lam))`` and the box spans ``cut // 2`` before the centre and
     ``(cut + 1) // 2`` after it, so an unclipped box has exactly the cut size, odd sizes included (timm 1.0's
-    ``rand_bbox``; ``cut // 2`` on both sides, as in timm before 1.0 and the CutMix reference code, loses a
+    ``rand_bbox``; ``cut // 2`` on both sides, as in older timm releases and the CutMix reference code, loses a
     row and a column on odd sizes: 4x4 instead of 5x5 on 8x8 digits at ``lam = 0.5``).
 
     Returns:
