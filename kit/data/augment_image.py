@@ -101,7 +101,7 @@ def cutmix_box(
     """A box covering about ``1 - lam`` of the image: side ratio ``sqrt(1 - lam)``, uniform centre, clipped.
 
     Sides are ``int(size * sqrt(1 - lam))`` and the box spans ``cut // 2`` before the centre and
-    ``(cut + 1) // 2`` after it, so an unclipped box has exactly the cut size, odd sizes included (timm 1.0's
+    ``(cut + 1) // 2`` after it, so an unclipped box has exactly the cut size, odd sizes included (timm 1.0.31's
     ``rand_bbox``; ``cut // 2`` on both sides, as in older timm releases and the CutMix reference code, loses a
     row and a column on odd sizes: 4x4 instead of 5x5 on 8x8 digits at ``lam = 0.5``).
 
