@@ -9,6 +9,7 @@ from kit.callbacks.checkpoint import KitCheckpoint
 from kit.callbacks.clipping import GradientClipping
 from kit.callbacks.compression import GradientCompression
 from kit.callbacks.doctor import TrainingDoctor
+from kit.callbacks.generative_augment import GenerativeAugment
 from kit.callbacks.gradient_health import GradientHealth
 from kit.callbacks.hardware import HardwareMonitor
 from kit.callbacks.hessian import HessianMonitor
@@ -18,6 +19,7 @@ from kit.callbacks.spike_guard import SpikeGuard
 from kit.callbacks.throughput import TokenThroughput
 
 __all__ = [
+    "GenerativeAugment",
     "GradientClipping",
     "GradientCompression",
     "GradientHealth",

@@ -139,7 +139,10 @@ class TrainingDoctor(Callback):
 
         try:
             with preserved_state(pl_module, eval_mode=False), torch.enable_grad():
-                suggested, _ = lr_range_test(step, steps=self.range_test_steps)
+                suggested, curve = lr_range_test(step, steps=self.range_test_steps)
+            # kept in the history (and so in the checkpoint): the report and `kit doctor` plot it
+            self.history.lr_range = [(float(lr), float(loss)) for lr, loss in curve]
+            self.history.lr_range_suggested = suggested
         finally:
             pl_module.load_state_dict(saved)
             for p in params:

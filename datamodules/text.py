@@ -85,8 +85,8 @@ class TextDataModule(pl.LightningDataModule):
         sources_from_topics: use the embedded corpus's 79 topics as sources (a ready long tail, 200 B - 62 KB).
         temperature: source temperature: 1 keeps natural proportions, larger flattens toward uniform.
         augment_p: probability that each training document also contributes an augmented copy
-            (``kit.data.augment_text.TextAugmenter``: EDA ops and sentence reordering, seeded by ``seed``). The
-            tokenizer is trained on the original documents only.
+            (``kit.data.augment_text.TextAugmenter``: EDA swap/delete and sentence reordering, seeded by ``seed``;
+            lines, punctuation, code and technical words kept). The tokenizer is trained on the originals only.
 
     After ``setup()`` in source mode, ``source_counts`` (training blocks per source), ``source_proportions``
     (effective sampling share per source) and ``natural_proportions`` are available and logged.

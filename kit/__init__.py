@@ -31,6 +31,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "kit.data.bpe_report": ("bpe_tradeoff",),
     "kit.data.augment_text": ("TextAugmenter", "eda", "reorder_sentences", "back_translate"),
     "kit.data.augment_image": ("MixUpTransform", "mixup_batch", "cutmix_batch"),
+    "kit.data.augment_generative": ("mix_generated",),
     "kit.data.sampling": ("TemperatureMixer", "TemperatureSampler", "temperature_weights"),
     "kit.data.shards": ("write_shards",),
     "kit.data.masking": ("bert_mask", "nsp_pair"),

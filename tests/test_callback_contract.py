@@ -58,7 +58,19 @@ class Spec:
     not_logged: str | None = None  # why (d) is not checked here
 
 
+class ClassMeans(torch.nn.Module):
+    """A class-conditional 'generator' for the contract: the class index plus noise, shaped like the inputs."""
+
+    latent_dim = 16
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return (z + labels.view(-1, 1).float()).view(-1, 1, 4, 4)
+
+
 SPECS: dict[str, Spec] = {
+    "GenerativeAugment": Spec(
+        {"ratio": 0.25}, {"generator": ClassMeans()}, key="gen_aug/synthetic_fraction", classifier=True
+    ),
     "GradientClipping": Spec(
         {"mode": "value"}, {"mode": "autoclip"}, key="grad_norm/pre_clip"
     ),  # autoclip: stateful

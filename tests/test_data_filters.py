@@ -58,7 +58,7 @@ def test_good_document_passes_default_chain():
             " ".join(["extraordinarily", "the", "and"] * 1) + " " + "incomprehensibilities " * 60,
             "gopher_quality:max_mean_word_length",
         ),
-        (GOOD + " #" * 40, "gopher_quality:symbol_word_ratio"),
+        (GOOD + " #" * 40, "gopher_quality:hash_word_ratio"),
         ("\n".join(f"- itemized the and thing {i}" for i in range(40)), "gopher_quality:bullet_lines_ratio"),
         (
             "\n".join(f"line the and thing with other words in it {i}..." for i in range(40)),

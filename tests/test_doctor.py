@@ -28,6 +28,7 @@ from kit.health.doctor import (
     lr_range_test,
     ngram_overlap,
     plot_history,
+    plot_lr_range,
     val_loss_rising,
 )
 
@@ -242,12 +243,27 @@ def test_planted_leakage_via_callback_and_range_test(tmp_path: Path) -> None:
     leak = next(f for f in doctor.last_diagnosis.findings if f.check == "leakage")
     assert leak.severity == "problem" and "2/7 validation documents are exact copies" in leak.saw
     assert doctor.range_test_lr is not None and 0 < doctor.range_test_lr < 1.0
+    # the curve is kept (history, so also the checkpoint) and drawn beside the report
+    assert len(doctor.history.lr_range) >= 3 and doctor.history.lr_range_suggested == doctor.range_test_lr
+    assert (tmp_path / "doc" / "lr_range.png").read_bytes()[:4] == b"\x89PNG"
+    assert "![lr_range](lr_range.png)" in (tmp_path / "doc" / "report.md").read_text()
     # the range test trains the module itself, then restores its weights exactly
     module = trainer.lightning_module
     before = [p.detach().clone() for p in module.parameters()]
     again = doctor._range_test(trainer, module)  # same weights, batch and seeds: the same suggestion
     assert again == pytest.approx(doctor.range_test_lr, rel=1e-6)
     assert all(torch.equal(a, b) for a, b in zip(before, module.parameters()))
+
+
+def test_lr_range_plot_from_a_saved_history(tmp_path: Path) -> None:
+    """`kit doctor` rebuilds the history from a checkpoint and calls plot_history: the curve survives that."""
+    h = history([2.0 - 0.01 * s for s in range(20)])
+    h.lr_range = [(1e-4, 2.0), (1e-3, 1.5), (1e-2, 1.2), (1e-1, 3.0), (1.0, float("inf"))]
+    h.lr_range_suggested = 1e-3
+    restored = TrainingHistory.from_state_dict(h.state_dict())
+    paths = plot_history(restored, tmp_path)
+    assert Path(paths[-1]).name == "lr_range.png" and Path(paths[-1]).read_bytes()[:4] == b"\x89PNG"
+    assert plot_lr_range([], None, tmp_path / "none") is None
 
 
 def test_kit_doctor_on_a_checkpoint(tmp_path: Path) -> None:

@@ -233,3 +233,24 @@ def test_finite_difference_matches_double_backward_on_a_small_gpt() -> None:
         )
     assert auto.method == "finite_difference" and auto.converged and exact.converged
     assert auto.eigenvalue == pytest.approx(exact.eigenvalue, rel=0.01)
+
+
+@pytest.mark.parametrize(("method", "warns"), [("finite_difference", False), ("auto", True)])
+def test_fallback_warning_only_when_auto_fell_back(method: str, warns: bool) -> None:
+    """Finite differences asked for by name need no warning; ``auto`` falling back to them gets one, once."""
+    import warnings
+
+    torch.manual_seed(0)
+    module = TinyClassifier(num_classes=2, in_dim=4, hidden=8)
+    cb = HessianMonitor(
+        method=method,
+        max_iter=3,
+        loss_fn=lambda m, b: nn.functional.cross_entropy(FusedTanh()(m.net(b[0])), b[1]),
+    )
+    cb.held_batch = (torch.randn(8, 4), torch.randint(0, 2, (8,)))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for step in (1, 2):
+            assert cb.probe(module, step)["hessian/iterations"] >= 1
+    fd = [w for w in seen if "double backward unsupported" in str(w.message)]
+    assert len(fd) == (1 if warns else 0)

@@ -100,15 +100,25 @@ def cutmix_box(
 ) -> tuple[int, int, int, int]:
     """A box covering about ``1 - lam`` of the image: side ratio ``sqrt(1 - lam)``, uniform centre, clipped.
 
+    Sides are ``int(size * sqrt(1 - lam))`` and the box spans ``cut // 2`` before the centre and
+    ``(cut + 1) // 2`` after it, so an unclipped box has exactly the cut size, odd sizes included (timm 1.0.31's
+    ``rand_bbox``; ``cut // 2`` on both sides, as in older timm releases and the CutMix reference code, loses a
+    row and a column on odd sizes: 4x4 instead of 5x5 on 8x8 digits at ``lam = 0.5``).
+
     Returns:
         ``(y0, y1, x0, x1)`` with half-open ranges.
+
+    Example:
+        >>> y0, y1, x0, x1 = cutmix_box(8, 8, 0.5, torch.Generator().manual_seed(12))
+        >>> (y1 - y0, x1 - x0)  # centre (3, 3): nothing clipped, so int(8 * sqrt(0.5)) = 5 a side
+        (5, 5)
     """
     ratio = math.sqrt(max(0.0, 1.0 - lam))
     cut_h, cut_w = int(height * ratio), int(width * ratio)
     cy = int(torch.randint(0, height, (1,), generator=generator).item())
     cx = int(torch.randint(0, width, (1,), generator=generator).item())
-    y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, height)
-    x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, width)
+    y0, y1 = max(cy - cut_h // 2, 0), min(cy + (cut_h + 1) // 2, height)
+    x0, x1 = max(cx - cut_w // 2, 0), min(cx + (cut_w + 1) // 2, width)
     return y0, y1, x0, x1
 
 

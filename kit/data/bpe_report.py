@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
-__all__ = ["bpe_tradeoff", "format_table", "measure_tokenizer"]
+__all__ = ["bpe_tradeoff", "format_table", "measure_tokenizer", "plot_tradeoff"]
 
 
 def measure_tokenizer(tokenizer: Any, texts: Sequence[str]) -> dict[str, float]:
@@ -117,3 +118,39 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
             "| " + " | ".join(f"{r[c]:,}" if isinstance(r[c], int) else str(r[c]) for c in cols) + " |"
         )
     return "\n".join(lines)
+
+
+def plot_tradeoff(rows: Sequence[dict[str, Any]], path: str | Path) -> str:
+    """Draw bytes/token (left axis) and the share of the vocabulary used on held-out text (right axis)
+    against the vocabulary size actually trained (log axis); write a PNG to ``path`` and return it.
+
+    Raises:
+        ValueError: no rows.
+    """
+    if not rows:
+        raise ValueError("no rows to plot; run bpe_tradeoff first")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = sorted(rows, key=lambda r: r["actual_vocab"])
+    vocab = [r["actual_vocab"] for r in rows]
+    fig = Figure(figsize=(6, 3.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(vocab, [r["bytes_per_token"] for r in rows], marker="o", color="tab:blue", label="bytes / token")
+    for r in rows:
+        ax.annotate(f"{r['bytes_per_token']:.2f}", (r["actual_vocab"], r["bytes_per_token"]), fontsize=7,
+                    textcoords="offset points", xytext=(0, 5), ha="center")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("vocabulary size (trained)")
+    ax.set_ylabel("held-out bytes per token", color="tab:blue")
+    right = ax.twinx()
+    right.plot(vocab, [r["vocab_used_pct"] for r in rows], marker="s", linestyle="--", color="tab:orange")
+    right.set_ylabel("% of vocabulary used on held-out text", color="tab:orange")
+    right.set_ylim(0, 100)
+    ax.set_title("BPE vocabulary size: compression against unused tokens")
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=80)
+    return str(out)

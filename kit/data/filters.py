@@ -9,7 +9,7 @@ Example:
     >>> chain = FilterChain([LengthFilter(min_chars=10), GopherQualityFilter(min_words=3)])
     >>> chain.reason("the quick brown fox jumps over the lazy dog and the cat")
     >>> chain.reason("$$$ ### @@@ !!!")
-    'gopher_quality:symbol_word_ratio'
+    'gopher_quality:hash_word_ratio'
 """
 
 from __future__ import annotations
@@ -113,8 +113,10 @@ class GopherQualityFilter(DocFilter):
     """Gopher quality heuristics (Rae et al. 2021, appendix A), datatrove defaults.
 
     Words are whitespace-separated tokens. Rules, in order: word count in ``[min_words, max_words]``; mean
-    word length in ``[min_mean_word_length, max_mean_word_length]``; ``#`` and ellipsis count per word at most
-    ``max_symbol_word_ratio``; at most ``max_bullet_lines_ratio`` of lines start with a bullet; at most
+    word length in ``[min_mean_word_length, max_mean_word_length]``; ``#`` count per word at most
+    ``max_symbol_word_ratio``, and, tested separately against the same bound, ellipsis (``...`` or ``…``)
+    count per word (the paper's "symbol-to-word ratio greater than 0.1 for either the hash symbol or the
+    ellipsis"; a document with 7% of each is kept); at most ``max_bullet_lines_ratio`` of lines start with a bullet; at most
     ``max_ellipsis_lines_ratio`` of lines end with an ellipsis; at least ``min_alpha_words_ratio`` of words
     contain a letter; at least ``min_stop_words`` distinct words of ``stop_words``. Any rule set to ``None``
     is skipped.
@@ -151,10 +153,11 @@ class GopherQualityFilter(DocFilter):
             return tag + "min_mean_word_length"
         if self.max_mean_word_length is not None and mean_len > self.max_mean_word_length:
             return tag + "max_mean_word_length"
-        if self.max_symbol_word_ratio is not None:
-            symbols = text.count("#") + sum(text.count(e) for e in _ELLIPSES)
-            if symbols / n > self.max_symbol_word_ratio:
-                return tag + "symbol_word_ratio"
+        if self.max_symbol_word_ratio is not None:  # each symbol against the bound on its own, not summed
+            if text.count("#") / n > self.max_symbol_word_ratio:
+                return tag + "hash_word_ratio"
+            if sum(text.count(e) for e in _ELLIPSES) / n > self.max_symbol_word_ratio:
+                return tag + "ellipsis_word_ratio"
         lines = [line for line in text.split("\n") if line.strip()]
         if lines and self.max_bullet_lines_ratio is not None:
             bullets = sum(line.lstrip().startswith(_BULLETS) for line in lines)

@@ -23,7 +23,11 @@ def cache_dir() -> Path:
 
 
 def train_bpe(
-    texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2, show_progress: bool = False
+    texts: Iterable[str],
+    vocab_size: int = 4096,
+    min_frequency: int = 2,
+    show_progress: bool = False,
+    length: int | None = None,
 ) -> Tokenizer:
     """Train a byte-level BPE tokenizer (GPT-2 style) with ``<|endoftext|>`` as its only special token.
 
@@ -31,7 +35,9 @@ def train_bpe(
         texts: training documents.
         vocab_size: target vocabulary including the 256 byte tokens and the special token.
         min_frequency: a pair must occur this often to be merged.
-        show_progress: let ``tokenizers`` draw its own progress bar.
+        show_progress: let ``tokenizers`` draw its own progress bar (reading, counting pairs, merges; it
+            draws only on a terminal).
+        length: number of documents, so the reading bar has a total.
 
     Returns:
         A ``tokenizers.Tokenizer``; ``token_to_id(EOS)`` is its document separator.
@@ -58,16 +64,30 @@ def train_bpe(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=show_progress,
     )
-    tok.train_from_iterator(texts, trainer=trainer)
+    tok.train_from_iterator(texts, trainer=trainer, length=length)
     return tok
 
 
+# Below this many characters training takes well under a second: a bar would only flash.
+PROGRESS_MIN_CHARS = 2_000_000
+
+
+def _rank_zero() -> bool:
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK"))
+
+
 def load_or_train_bpe(
-    texts: list[str], vocab_size: int, min_frequency: int = 2, directory: str | os.PathLike | None = None
+    texts: list[str],
+    vocab_size: int,
+    min_frequency: int = 2,
+    directory: str | os.PathLike | None = None,
+    show_progress: bool | None = None,
 ) -> tuple[Tokenizer, Path, bool]:
     """Return a tokenizer for ``texts``, training it only if no cached one matches corpus and settings.
 
-    The cache key hashes every document and the settings, so editing one file retrains.
+    The cache key hashes every document and the settings, so editing one file retrains. Training shows
+    ``tokenizers``' progress bar (rank zero, on a terminal) when ``show_progress`` is true, or, by default,
+    when the corpus has at least ``PROGRESS_MIN_CHARS`` characters (a user corpus, not the embedded one).
 
     Returns:
         ``(tokenizer, path_of_json, loaded_from_cache)``.
@@ -83,7 +103,15 @@ def load_or_train_bpe(
             return Tokenizer.from_file(str(path)), path, True
         except Exception:  # a truncated cache file from a killed run: retrain and overwrite it
             path.unlink(missing_ok=True)
-    tok = train_bpe(texts, vocab_size=vocab_size, min_frequency=min_frequency)
+    if show_progress is None:
+        show_progress = _rank_zero() and sum(map(len, texts)) >= PROGRESS_MIN_CHARS
+    tok = train_bpe(
+        texts,
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        show_progress=show_progress,
+        length=len(texts),
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tok.save(str(tmp))

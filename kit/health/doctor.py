@@ -44,6 +44,7 @@ __all__ = [
     "lr_range_test",
     "ngram_overlap",
     "plot_history",
+    "plot_lr_range",
     "val_loss_rising",
 ]
 
@@ -76,6 +77,8 @@ class TrainingHistory:
     val_steps: list[int] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
     layer_grad_norms: dict[str, list[float]] = field(default_factory=dict)
+    lr_range: list[tuple[float, float]] = field(default_factory=list)  # last LR range test: (lr, loss)
+    lr_range_suggested: float | None = None
 
     def record_train(
         self, step: int, loss: float, lr: float = float("nan"), grad_norm: float = float("nan")
@@ -412,8 +415,48 @@ def diagnose(
     )
 
 
+def plot_lr_range(
+    curve: Sequence[tuple[float, float]], suggested: float | None, out_dir: str | Path
+) -> str | None:
+    """Write ``lr_range.png``: loss against LR (log axis) with the suggested LR and the minimum marked.
+
+    Returns:
+        The path written, or ``None`` for an empty curve.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    points = [(lr, loss) for lr, loss in curve if math.isfinite(loss)]
+    if not points:
+        return None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fig = Figure(figsize=(6, 3.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    lrs, losses = zip(*points)
+    ax.plot(lrs, losses, marker="o", markersize=3, label="loss after one step at this LR")
+    best = min(points, key=lambda p: p[1])
+    ax.axvline(best[0], color="gray", linestyle=":", label=f"lowest loss at {best[0]:.2g}")
+    if suggested is not None:
+        ax.axvline(suggested, color="tab:green", linestyle="--", label=f"suggested LR {suggested:.2g}")
+    if len(points) < len(curve):
+        ax.set_title(f"LR range test ({len(curve) - len(points)} non-finite loss(es) at the top not shown)")
+    else:
+        ax.set_title("LR range test (Smith 2017)")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "lr_range.png"
+    fig.savefig(path, dpi=80)
+    return str(path)
+
+
 def plot_history(h: TrainingHistory, out_dir: str | Path) -> list[str]:
-    """Write loss, LR and grad-norm PNGs into ``out_dir``; returns the paths written."""
+    """Write loss, LR and grad-norm PNGs (and the LR range test's curve, if one ran) into ``out_dir``;
+    returns the paths written."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -448,4 +491,8 @@ def plot_history(h: TrainingHistory, out_dir: str | Path) -> list[str]:
         path = out / f"{name}.png"
         fig.savefig(path, dpi=80)
         paths.append(str(path))
+    if h.lr_range:
+        lr_path = plot_lr_range(h.lr_range, h.lr_range_suggested, out)
+        if lr_path:
+            paths.append(lr_path)
     return paths

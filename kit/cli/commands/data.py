@@ -172,6 +172,10 @@ def _tokenizer(args: argparse.Namespace, console: Console) -> int:
     console.print(format_table(rows))
     if args.report:
         Path(args.report).write_text(json.dumps(rows, indent=2) + "\n")
+    if args.plot:
+        from kit.data.bpe_report import plot_tradeoff
+
+        console.print(f"plot: {plot_tradeoff(rows, args.plot)}")
     if args.save:
         size = sizes[-1]
         all_texts = (text for _, text in documents())
@@ -291,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-frequency", type=int, default=2)
     p.add_argument("--text-key", default="text")
     p.add_argument("--report", help="write the table as JSON here")
+    p.add_argument("--plot", help="draw bytes/token and vocabulary use against vocab size as a PNG here")
     p.add_argument("--save", help="save a tokenizer at the last vocab size (trained on all documents) here")
 
     p = sub.add_parser("shards", help="write webdataset tar shards (text, or packed token blocks)")
