@@ -29,19 +29,19 @@ from kit.health.flops import GPUS, GPUSpec, transformer_flops
 
 __all__ = [
     "GPUS",
-    "Layout",
-    "bubble_fraction",
-    "layout_comm",
-    "layout_memory",
-    "suggest_layout",
     "STRATEGIES",
     "GPUSpec",
+    "Layout",
     "MemoryBreakdown",
     "TrainingPlan",
+    "bubble_fraction",
     "gpus_for_days",
+    "layout_comm",
+    "layout_memory",
     "memory_per_gpu",
     "min_gpus_that_fit",
     "model_shape",
+    "suggest_layout",
     "training_flops",
 ]
 
