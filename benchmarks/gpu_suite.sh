@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check and benchmark of the kit in one run (about 6-7 minutes on one H100/H200).
 # Usage, from the repository root on a CUDA machine: OUT=/some/dir bash benchmarks/gpu_suite.sh [STEP...]
-# STEP names (default: all): throughput distributed monitoring data pytest.
+# STEP names (default: all): throughput distributed parallel monitoring data pytest.
 # Wheels the GPU image lacks (deepspeed and its needs) may be put in .whl/; they are installed to /tmp/site.
 # Each step is time-boxed and the suite goes on past a failing step. Results, logs and a summary are packed
 # into $OUT/results.tgz (and summary.txt beside it).
@@ -22,7 +22,7 @@ cd /tmp/k
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$RES/gpu.txt"
 python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)" | tee -a "$RES/gpu.txt"
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(throughput distributed monitoring data pytest)
+[ ${#steps[@]} -eq 0 ] && steps=(throughput distributed parallel monitoring data pytest)
 summary=()
 step() {  # step NAME SECONDS COMMAND...
   local name=$1 limit=$2; shift 2
@@ -36,6 +36,7 @@ for s in "${steps[@]}"; do
   case $s in
     throughput) step throughput 130 python3 -m benchmarks throughput --repeats 1 --out "$RES" --suffix=-gpu ;;
     distributed) step distributed 150 python3 benchmarks/gpu_distributed.py --out "$RES" ;;
+    parallel) step parallel 300 python3 benchmarks/gpu_parallel.py --out "$RES" --model gpt2 ;;
     monitoring) step monitoring 110 python3 benchmarks/gpu_monitoring.py --steps 30 --out "$RES/monitoring" ;;
     data) step data 45 python3 benchmarks/gpu_data.py --out "$RES" ;;
     pytest) step pytest 70 python3 -m pytest -q -p no:cacheprovider tests/test_gpu_foundation.py tests/test_hardware.py ;;

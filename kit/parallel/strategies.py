@@ -10,6 +10,7 @@ Lightning's own names:
 | ``ddp-1bit`` | DDP + 1-bit sign with scale and error feedback | as top-k; fixed 32x cut |
 | ``ddp-fp16`` | DDP + fp16 all-reduce | a safe 2x cut on any DDP job |
 | ``fsdp-zero3`` | FSDP FULL_SHARD, one unit per transformer block, bf16 params, block activation checkpointing, sharded checkpoints | model + optimizer state do not fit one GPU |
+| ``fsdp2-tp`` | Lightning's ``ModelParallelStrategy``: FSDP2 over ``data_parallel_size`` x Megatron tensor parallel over ``tensor_parallel_size`` (default: nodes x GPUs per node); ``CausalLM`` applies ``kit.parallel.tensor.parallelize`` | a layer's matmuls are worth splitting inside a node (large width), or ZeRO-3's per-layer gathers dominate |
 | ``deepspeed-zero3`` / ``deepspeed-zero3-offload`` | DeepSpeed ZeRO-3 (+ CPU offload of params and optimizer) | FSDP is not enough, or GPU memory is tiny and CPU RAM is large |
 
 Example:
@@ -24,7 +25,13 @@ from collections.abc import Iterable
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy, StrategyRegistry
+from lightning.pytorch.strategies import (
+    DDPStrategy,
+    DeepSpeedStrategy,
+    FSDPStrategy,
+    ModelParallelStrategy,
+    StrategyRegistry,
+)
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -207,6 +214,11 @@ PRESETS: dict[str, tuple[type, str, dict[str, Any]]] = {
     "fsdp-zero3": (
         FSDPZero3Strategy,
         "FSDP FULL_SHARD, block wrapping, bf16, activation ckpt, sharded ckpt",
+        {},
+    ),
+    "fsdp2-tp": (
+        ModelParallelStrategy,
+        "FSDP2 over data_parallel x tensor parallel over tensor_parallel (kit.parallel.tensor.parallelize)",
         {},
     ),
     "deepspeed-zero3": (DeepSpeedStrategy, "DeepSpeed ZeRO stage 3", {"stage": 3}),

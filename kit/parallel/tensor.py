@@ -21,7 +21,8 @@ module              placement
 ==================  ==================================================================================
 
 Outside the blocks: ``wte`` is a vocab-parallel embedding (row-parallel: each rank holds ``V / tp`` rows,
-the partial lookups are all-reduced); ``wpe`` is replicated (``block_size x d``, small); ``blocks[0]``
+the partial lookups are all-reduced); ``wpe`` is replicated (``block_size x d``, small; a ``Replicate``
+DTensor, so every parameter is a DTensor for ``clip_grad_norm_``); ``blocks[0]``
 slices the replicated embedding output to its sequence shard (no communication); ``ln_f`` is sequence
 parallel; ``lm_head`` is column-parallel over the vocabulary (the same ``Shard(0)`` as ``wte``, so tied
 weights stay one parameter) and its logits are all-gathered to ``Replicate`` so ``CausalLM``'s plain
@@ -44,7 +45,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.distributed.tensor import Replicate, Shard, distribute_module, distribute_tensor
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_module, distribute_tensor
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     PrepareModuleInput,
@@ -224,6 +225,15 @@ def parallelize(
         parallelize_module(model, tp_mesh, tp_plan(model, sequence_parallel=sequence_parallel))
         if tied:  # both styles place the weight Shard(0) over the vocabulary: keep one parameter
             model.lm_head.weight = model.wte.weight
+        # every parameter a DTensor (wpe replicated), so clip_grad_norm_ and optimizers see one kind of tensor
+        distribute_module(
+            model.wpe,
+            tp_mesh,
+            input_fn=lambda mod, inputs, mesh: tuple(
+                DTensor.from_local(t, mesh, [Replicate()]) for t in inputs
+            ),
+            output_fn=lambda mod, outputs, mesh: outputs.to_local(),
+        )
     elif tp_mesh is None and not names and not fsdp:
         raise ValueError("device_mesh has no 'tensor_parallel' dimension and fsdp=False: nothing to do")
     if activation_checkpointing:
