@@ -1,4 +1,4 @@
-"""The ``fsdp2-tp`` preset end to end: Lightning's ModelParallelStrategy on CPU (gloo), 2 processes by torchrun.
+"""The ``fsdp2-tp`` and ``pipeline`` presets end to end: Lightning's ModelParallelStrategy on CPU (gloo), 2 processes by torchrun.
 
 ``CausalLM.configure_model`` sees the strategy's device mesh and applies ``kit.parallel.tensor.parallelize``;
 the test trains 4 steps straight, and 2 steps + a distributed checkpoint + 2 resumed steps, and wants the same
@@ -22,7 +22,7 @@ import lightning.pytorch as pl
 import kit.parallel.strategies  # registers fsdp2-tp
 from kit.models.gpt import CausalLM, GPTConfig
 
-out = sys.argv[1]
+out, preset = sys.argv[1], sys.argv[2]
 torch.set_num_threads(1)
 
 def data():
@@ -32,23 +32,29 @@ def data():
 
 def fit(steps, ckpt_in=None, ckpt_out=None):
     torch.manual_seed(0)
-    model = CausalLM(GPTConfig.from_name("debug"), lr=1e-2, warmup_steps=1, max_steps=4)
-    strategy = "fsdp2-tp"  # auto: data_parallel = nodes (1), tensor_parallel = devices (2)
+    if preset == "pipeline":
+        from kit.models.pipeline_lm import PipelineCausalLM
+        model = PipelineCausalLM(GPTConfig.from_name("debug"), lr=1e-2, warmup_steps=1, max_steps=4,
+                                 n_microbatches=2, gradient_clip_val=0.5)
+    else:
+        model = CausalLM(GPTConfig.from_name("debug"), lr=1e-2, warmup_steps=1, max_steps=4)
+    strategy = preset  # fsdp2-tp auto: data_parallel = nodes (1), tensor_parallel = devices (2); pipeline: 2 stages
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy=strategy, max_steps=steps, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+                         enable_checkpointing=False, limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, data(), ckpt_path=ckpt_in)
     if ckpt_out:
         trainer.save_checkpoint(ckpt_out)
     full = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone() for k, v in model.model.state_dict().items()}
     kinds = sorted({type(p).__name__ for p in model.model.parameters()})
-    return trainer, full, kinds
+    loss = float(trainer.callback_metrics["train/loss"])
+    return trainer, full, kinds, loss
 
-trainer, straight, kinds = fit(4)
+trainer, straight, kinds, loss = fit(4)
 fit(2, ckpt_out=f"{out}/ckpt")
-trainer2, resumed, _ = fit(4, ckpt_in=f"{out}/ckpt")
+trainer2, resumed, _, loss2 = fit(4, ckpt_in=f"{out}/ckpt")
 diff = max((straight[k] - resumed[k]).abs().max().item() for k in straight)
 mesh = trainer.strategy.device_mesh
-result = {"rank": trainer.global_rank, "kinds": kinds, "diff": diff, "steps": trainer2.global_step,
+result = {"rank": trainer.global_rank, "loss": loss, "loss2": loss2, "keys": sorted(straight), "kinds": kinds, "diff": diff, "steps": trainer2.global_step,
           "mesh": list(mesh.mesh_dim_names), "shape": list(mesh.shape), "strategy": type(trainer.strategy).__name__}
 open(f"{out}/rank{trainer.global_rank}.json", "w").write(json.dumps(result))
 """
@@ -62,7 +68,14 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_fsdp2_tp_preset_trains_and_resumes_exactly(tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("preset", "mesh", "kind"),
+    [
+        ("fsdp2-tp", ["data_parallel", "tensor_parallel"], "DTensor"),
+        ("pipeline", ["data_parallel", "pipeline_parallel"], "Parameter"),
+    ],
+)
+def test_preset_trains_and_resumes_exactly(tmp_path, preset: str, mesh: list, kind: str) -> None:
     torchrun = shutil.which("torchrun")
     if torchrun is None:
         pytest.skip("torchrun not on PATH")
@@ -77,15 +90,21 @@ def test_fsdp2_tp_preset_trains_and_resumes_exactly(tmp_path) -> None:
         f"--master-port={_free_port()}",
         str(script),
         str(tmp_path),
-        "1",
-        "2",
+        preset,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for res in results:
-        assert res["strategy"] == "ModelParallelStrategy"
-        assert res["mesh"] == ["data_parallel", "tensor_parallel"] and res["shape"] == [1, 2]
-        assert res["kinds"] == ["DTensor"]  # every parameter was parallelized by configure_model
+        assert res["mesh"] == mesh and res["shape"] == [1, 2]
+        assert res["kinds"] == [kind]  # fsdp2-tp: every parameter was parallelized by configure_model
         assert res["steps"] == 4
-        assert res["diff"] < 1e-5  # resume from the distributed checkpoint continues the same run
+        assert res["diff"] < 1e-5  # resume from the checkpoint continues the same run
+        assert res["loss"] == pytest.approx(res["loss2"], abs=1e-5)
+    assert results[0]["loss"] == pytest.approx(results[1]["loss"])  # the last stage's loss reached rank 0
+    if preset == "pipeline":  # each stage holds (and checkpoints) its own blocks only
+        assert (
+            "blocks.0.attn.qkv.weight" in results[0]["keys"]
+            and "blocks.1.attn.qkv.weight" in results[1]["keys"]
+        )
+        assert not set(results[0]["keys"]) & {k for k in results[1]["keys"] if k.startswith("blocks.")}

@@ -41,6 +41,7 @@ __all__ = [
     "PRESETS",
     "CompressedDDPStrategy",
     "FSDPZero3Strategy",
+    "PipelineStrategy",
     "block_classes",
     "register_presets",
 ]
@@ -202,6 +203,53 @@ class FSDPZero3Strategy(FSDPStrategy):
         self.block_classes = classes
 
 
+class PipelineStrategy(ModelParallelStrategy):
+    """``ModelParallelStrategy`` whose device mesh is ``(data_parallel, pipeline_parallel)``, for
+    :class:`kit.models.pipeline_lm.PipelineCausalLM` (which builds its stage and schedule from the mesh).
+
+    Args:
+        pipeline_parallel_size: stages p (``"auto"``: every process of the job).
+        save_distributed_checkpoint: each rank writes its stage's shard (default).
+        **kwargs: ``process_group_backend``, ``timeout``.
+
+    Raises:
+        ValueError: if the world size does not divide by ``pipeline_parallel_size``.
+    """
+
+    def __init__(
+        self,
+        pipeline_parallel_size: int | Literal["auto"] = "auto",
+        save_distributed_checkpoint: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            data_parallel_size="auto",
+            tensor_parallel_size=1,
+            save_distributed_checkpoint=save_distributed_checkpoint,
+            **kwargs,
+        )
+        self.pipeline_parallel_size = pipeline_parallel_size
+
+    def setup_environment(self) -> None:
+        from lightning.pytorch.strategies.parallel import ParallelStrategy
+        from torch.distributed.device_mesh import init_device_mesh
+
+        ParallelStrategy.setup_environment(self)
+        self._setup_distributed()
+        pp = self.world_size if self.pipeline_parallel_size == "auto" else int(self.pipeline_parallel_size)
+        if pp < 1 or self.world_size % pp:
+            raise ValueError(
+                f"pipeline_parallel_size={pp} does not divide the world size {self.world_size}; pick a divisor"
+            )
+        self._data_parallel_size = self.world_size // pp
+        self._device_mesh = init_device_mesh(
+            self.root_device.type,
+            (self.world_size // pp, pp),
+            mesh_dim_names=("data_parallel", "pipeline_parallel"),
+        )
+        self.lightning_module._device_mesh = self._device_mesh
+
+
 PRESETS: dict[str, tuple[type, str, dict[str, Any]]] = {
     "ddp-powersgd": (
         CompressedDDPStrategy,
@@ -219,6 +267,13 @@ PRESETS: dict[str, tuple[type, str, dict[str, Any]]] = {
     "fsdp2-tp": (
         ModelParallelStrategy,
         "FSDP2 over data_parallel x tensor parallel over tensor_parallel (kit.parallel.tensor.parallelize)",
+        # torch 2.13's distributed checkpoint plans the strided QKV shards as plain ones ("overlapping chunks"):
+        # save full (gathered) state dicts, which load back into any data x tensor layout
+        {"save_distributed_checkpoint": False},
+    ),
+    "pipeline": (
+        PipelineStrategy,
+        "pipeline stages over every process (torch.distributed.pipelining), for PipelineCausalLM",
         {},
     ),
     "deepspeed-zero3": (DeepSpeedStrategy, "DeepSpeed ZeRO stage 3", {"stage": 3}),
