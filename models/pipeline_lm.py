@@ -34,7 +34,7 @@ class PipelineCausalLM(CausalLM):
 
     Args:
         n_microbatches: micro-batches per step (the batch must divide by it; 1F1B needs at least the stage count).
-        schedule: ``"1f1b"`` or ``"gpipe"``.
+        pipeline_schedule: ``"1f1b"`` or ``"gpipe"`` (``schedule`` is CausalLM's LR schedule).
         gradient_clip_val: global-norm clip across stages (None: no clipping).
         **kwargs: ``CausalLM``'s arguments.
     """
@@ -43,17 +43,14 @@ class PipelineCausalLM(CausalLM):
         self,
         *args,
         n_microbatches: int = 4,
-        schedule: str = "1f1b",
+        pipeline_schedule: str = "1f1b",
         gradient_clip_val: float | None = 1.0,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.automatic_optimization = False
-        self.n_microbatches, self.schedule_name, self.gradient_clip_val = (
-            n_microbatches,
-            schedule,
-            gradient_clip_val,
-        )
+        self.n_microbatches, self.schedule_name = n_microbatches, pipeline_schedule
+        self.gradient_clip_val = gradient_clip_val
         self._schedule = None
 
     def configure_model(self) -> None:

@@ -11,6 +11,7 @@ Lightning's own names:
 | ``ddp-fp16`` | DDP + fp16 all-reduce | a safe 2x cut on any DDP job |
 | ``fsdp-zero3`` | FSDP FULL_SHARD, one unit per transformer block, bf16 params, block activation checkpointing, sharded checkpoints | model + optimizer state do not fit one GPU |
 | ``fsdp2-tp`` | Lightning's ``ModelParallelStrategy``: FSDP2 over ``data_parallel_size`` x Megatron tensor parallel over ``tensor_parallel_size`` (default: nodes x GPUs per node); ``CausalLM`` applies ``kit.parallel.tensor.parallelize`` | a layer's matmuls are worth splitting inside a node (large width), or ZeRO-3's per-layer gathers dominate |
+| ``pipeline`` | blocks split into stages over the processes (torch.distributed.pipelining), with ``kit.models.pipeline_lm.PipelineCausalLM`` | the model does not fit a node even tensor-parallel |
 | ``deepspeed-zero3`` / ``deepspeed-zero3-offload`` | DeepSpeed ZeRO-3 (+ CPU offload of params and optimizer) | FSDP is not enough, or GPU memory is tiny and CPU RAM is large |
 
 Example:
@@ -248,6 +249,35 @@ class PipelineStrategy(ModelParallelStrategy):
             mesh_dim_names=("data_parallel", "pipeline_parallel"),
         )
         self.lightning_module._device_mesh = self._device_mesh
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        """Load this stage's shard of a distributed checkpoint (Lightning's loader wants DTensor modules; a
+        stage's parameters are plain tensors, each stage owning distinct keys)."""
+        from pathlib import Path
+
+        from lightning.fabric.strategies.fsdp import _distributed_checkpoint_load
+        from lightning.fabric.utilities.load import _METADATA_FILENAME
+        from torch.distributed.checkpoint.state_dict import (
+            get_model_state_dict,
+            get_optimizer_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        path = Path(self.broadcast(checkpoint_path))
+        if not path.is_dir():
+            raise ValueError(
+                f"{path} is not a distributed checkpoint folder; the pipeline preset saves and resumes folders "
+                "(save_distributed_checkpoint=True)"
+            )
+        state = {"state_dict": get_model_state_dict(self.model)}
+        _distributed_checkpoint_load(state, path)
+        self.model.load_state_dict(state["state_dict"], strict=self.lightning_module.strict_loading)
+        for idx, optimizer in enumerate(self.optimizers):
+            key = f"optimizer_{idx}"
+            optim_state = {key: get_optimizer_state_dict(self.model, optimizer)}
+            _distributed_checkpoint_load(optim_state, path)
+            set_optimizer_state_dict(self.model, optimizer, optim_state_dict=optim_state[key])
+        return torch.load(path / _METADATA_FILENAME, weights_only=weights_only)
 
 
 PRESETS: dict[str, tuple[type, str, dict[str, Any]]] = {
