@@ -250,6 +250,14 @@ class PipelineStrategy(ModelParallelStrategy):
         )
         self.lightning_module._device_mesh = self._device_mesh
 
+    def optimizer_state(self, optimizer: Any) -> dict[str, Any]:
+        """The optimizer state flattened to ``{"state.<fqn>.exp_avg": ..., "param_groups.<fqn>.lr": ...}``: the
+        stages own distinct parameter names, and the nested form lost ``param_groups`` entries on load."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        options = StateDictOptions(flatten_optimizer_state_dict=True, cpu_offload=True)
+        return get_optimizer_state_dict(self.model, optimizer, options=options)
+
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
         """Load this stage's shard of a distributed checkpoint (Lightning's loader wants DTensor modules; a
         stage's parameters are plain tensors, each stage owning distinct keys)."""
@@ -258,6 +266,7 @@ class PipelineStrategy(ModelParallelStrategy):
         from lightning.fabric.strategies.fsdp import _distributed_checkpoint_load
         from lightning.fabric.utilities.load import _METADATA_FILENAME
         from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
             get_model_state_dict,
             get_optimizer_state_dict,
             set_optimizer_state_dict,
@@ -274,9 +283,10 @@ class PipelineStrategy(ModelParallelStrategy):
         self.model.load_state_dict(state["state_dict"], strict=self.lightning_module.strict_loading)
         for idx, optimizer in enumerate(self.optimizers):
             key = f"optimizer_{idx}"
-            optim_state = {key: get_optimizer_state_dict(self.model, optimizer)}
+            options = StateDictOptions(flatten_optimizer_state_dict=True)
+            optim_state = {key: get_optimizer_state_dict(self.model, optimizer, options=options)}
             _distributed_checkpoint_load(optim_state, path)
-            set_optimizer_state_dict(self.model, optimizer, optim_state_dict=optim_state[key])
+            set_optimizer_state_dict(self.model, optimizer, optim_state_dict=optim_state[key], options=options)
         return torch.load(path / _METADATA_FILENAME, weights_only=weights_only)
 
 
