@@ -167,6 +167,7 @@ def test_tp_plan_refuses_unknown_layers_and_bad_sizes() -> None:
         tp_plan(model)
 
 
+@pytest.mark.distributed
 def test_tensor_parallel_2_ranks_matches_one_process(tmp_path) -> None:
     out = str(tmp_path / "tp.pt")
     mp.spawn(_tp_worker, args=(2, _port(), (2,), ("tensor_parallel",), out), nprocs=2)
@@ -174,6 +175,7 @@ def test_tensor_parallel_2_ranks_matches_one_process(tmp_path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.distributed
 def test_data_x_tensor_parallel_4_ranks_matches_one_process(tmp_path) -> None:
     out = str(tmp_path / "dptp.pt")
     mp.spawn(_tp_worker, args=(4, _port(), (2, 2), ("data_parallel", "tensor_parallel"), out), nprocs=4)
@@ -183,6 +185,7 @@ def test_data_x_tensor_parallel_4_ranks_matches_one_process(tmp_path) -> None:
     _compare(torch.load(out), _config(), skip_grads=("attn.qkv.weight", "attn.qkv.bias"))
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize(
     "schedule,tied", [("1f1b", True), pytest.param("gpipe", False, marks=pytest.mark.slow)]
 )
