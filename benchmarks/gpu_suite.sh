@@ -2,11 +2,13 @@
 # Every GPU check and benchmark of the kit, by step, each time-boxed.
 # Usage, from the repository root on a CUDA machine: OUT=/some/dir bash benchmarks/gpu_suite.sh [STEP|GROUP...]
 # Groups: perf (default; issue 15's performance suite, under 8 minutes: perf-main sliding),
-#         checks (correctness on the GPU: distributed monitoring data pytest), all (both; over 10 minutes,
-#         so split it across two device calls).
+#         checks (correctness and the other benchmarks: distributed parallel monitoring data checkpoint transfer
+#         pytest; over 10 minutes, split it across device calls), all (both,
+#         in several device calls).
 # Steps: perf-main (raw loop vs Trainer vs monitors, precisions, activation checkpointing, MoE; gpu_perf.py),
 #        sliding (the attention part of gpu_architecture.py), architecture (all of it),
-#        throughput (the older Trainer/plain ratio), distributed, monitoring, data, checkpoint, transfer, pytest.
+#        throughput (the older Trainer/plain ratio), distributed, parallel, monitoring, data, checkpoint, transfer,
+#        pytest.
 # Wheels the GPU image lacks (deepspeed and its needs) may be put in .whl/; they are installed to /tmp/site.
 # Each step is time-boxed and the suite goes on past a failing step. Results, logs and a summary are packed
 # into $OUT/results.tgz (and summary.txt beside it).
@@ -32,8 +34,8 @@ expanded=()
 for s in "${steps[@]}"; do
   case $s in
     perf) expanded+=(perf-main sliding) ;;
-    checks) expanded+=(distributed monitoring data checkpoint transfer pytest) ;;
-    all) expanded+=(perf-main architecture distributed monitoring data checkpoint transfer pytest) ;;
+    checks) expanded+=(distributed parallel monitoring data checkpoint transfer pytest) ;;
+    all) expanded+=(perf-main architecture distributed parallel monitoring data checkpoint transfer pytest) ;;
     *) expanded+=("$s") ;;
   esac
 done
@@ -52,6 +54,7 @@ for s in "${steps[@]}"; do
     perf-main) step perf 320 python3 benchmarks/gpu_perf.py --out "$RES/perf" ;;
     throughput) step throughput 130 python3 -m benchmarks throughput --repeats 1 --out "$RES" --suffix=-gpu ;;
     distributed) step distributed 150 python3 benchmarks/gpu_distributed.py --out "$RES" ;;
+    parallel) step parallel 300 python3 benchmarks/gpu_parallel.py --out "$RES" --model gpt2 ;;
     monitoring) step monitoring 110 python3 benchmarks/gpu_monitoring.py --steps 30 --out "$RES/monitoring" ;;
     data) step data 45 python3 benchmarks/gpu_data.py --out "$RES" ;;
     checkpoint) step checkpoint 150 python3 -m benchmarks checkpoint --out "$RES" --suffix=-gpu ;;

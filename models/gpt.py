@@ -405,7 +405,10 @@ class CausalLM(pl.LightningModule):
             )
 
     def configure_model(self) -> None:
+        mesh = getattr(self, "_device_mesh", None)  # set by ModelParallelStrategy (preset fsdp2-tp)
         if self.model is not None:
+            if mesh is not None and not getattr(self.model, "_kit_parallelized", False):
+                self._parallelize(mesh)
             self._check_vocab()  # built in __init__ (vocab_size given): still check it against the data
             return
         if self.config.vocab_size is None:
@@ -425,12 +428,28 @@ class CausalLM(pl.LightningModule):
                 f"data.block_size={dm_block} exceeds model.config.block_size={self.config.block_size}; "
                 "raise the model's block_size or lower the data's"
             )
+        if mesh is not None:
+            self.model = GPT(self.config)
+            self._parallelize(mesh)
+            return
         self.model = apply_transforms(
             GPT(self.config),
             activation_checkpointing=self.config.activation_checkpointing,
             checkpoint_every=self.config.checkpoint_every,
             compile=self.hparams.compile,
         )
+
+    def _parallelize(self, mesh: object) -> None:
+        """Tensor parallel + FSDP2 over the strategy's device mesh (``kit.parallel.tensor.parallelize``)."""
+        from kit.parallel.tensor import parallelize
+
+        parallelize(
+            self.model,
+            mesh,
+            activation_checkpointing=self.config.activation_checkpointing,
+            compile=self.hparams.compile,
+        )
+        self.model._kit_parallelized = True
 
     @property
     def flops_per_batch(self) -> float | None:

@@ -140,3 +140,53 @@ def test_cli_subprocess() -> None:
     )
     assert r.returncode == 0, r.stderr
     assert "on 512 GPUs" in r.stdout and "never" in r.stdout
+
+
+# -- 3D layouts (issue 10) ----------------------------------------------------------------------------------
+
+
+def test_bubble_fraction_formula_and_limits() -> None:
+    from kit.health.planner import bubble_fraction
+
+    assert bubble_fraction(1, 1) == 0.0
+    assert bubble_fraction(4, 4) == pytest.approx(3 / 7)
+    assert bubble_fraction(8, 1000) < 0.01
+    with pytest.raises(ValueError, match="n_microbatches=0"):
+        bubble_fraction(2, 0)
+
+
+@given(st.sampled_from([1, 2, 4, 8]), st.sampled_from([1, 2, 4]), st.sampled_from([1, 2, 8]))
+def test_layout_memory_shrinks_with_every_parallel_dimension(tp: int, pp: int, dp: int) -> None:
+    from kit.health.planner import layout_memory
+
+    kw = {"n_layer": 32, "d_model": 4096, "n_head": 32, "n_microbatches": 8}
+    base = layout_memory(7e9, dp, tp, pp, **kw)
+    assert base.weights == pytest.approx(2 * 7e9 / (tp * pp))
+    for more in (layout_memory(7e9, dp * 2, tp, pp, **kw), layout_memory(7e9, dp, tp * 2, pp, **kw)):
+        assert more.total < base.total
+    # a single GPU is plain mixed-precision Adam: 16 bytes per parameter
+    one = layout_memory(7e9, 1, 1, 1, **kw)
+    assert one.weights + one.gradients + one.optimizer == pytest.approx(16 * 7e9)
+
+
+def test_suggest_layout_tp_first_then_pp_then_dp() -> None:
+    from kit.health.planner import suggest_layout
+
+    small = suggest_layout(124e6, 8, "h100-80gb", n_layer=12, d_model=768, n_head=12)
+    assert (small.tp, small.pp, small.dp, small.fits) == (1, 1, 8, True)  # fits one GPU: pure DP
+    big = suggest_layout(175e9, 1024, "a100-80gb", n_layer=96, d_model=12288, n_head=96)
+    assert big.tp == 8 and big.pp > 1 and big.fits and big.n_gpus == 1024  # TP capped at the node, then PP
+    assert big.bubble == pytest.approx((big.pp - 1) / (big.n_microbatches + big.pp - 1))
+    assert big.comm["tp"] > 0 and big.comm["pp"] > 0 and big.comm["dp"] > 0
+    narrow = suggest_layout(175e9, 1024, "a100-80gb", n_layer=96, d_model=12288, n_head=96, gpus_per_node=4)
+    assert narrow.tp <= 4
+    never = suggest_layout(1e12, 8, "t4")
+    assert not never.fits
+
+
+def test_plan_cli_prints_layout_and_writes_plot(tmp_path, capsys) -> None:
+    png = tmp_path / "mem.png"
+    assert main(["--params", "70e9", "--tokens", "1e12", "--gpus", "64", "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "suggested 3D layout on 64 GPUs" in out and "(p-1)/(m+p-1)" in out
+    assert png.stat().st_size > 1000

@@ -31,12 +31,17 @@ __all__ = [
     "GPUS",
     "STRATEGIES",
     "GPUSpec",
+    "Layout",
     "MemoryBreakdown",
     "TrainingPlan",
+    "bubble_fraction",
     "gpus_for_days",
+    "layout_comm",
+    "layout_memory",
     "memory_per_gpu",
     "min_gpus_that_fit",
     "model_shape",
+    "suggest_layout",
     "training_flops",
 ]
 
@@ -272,3 +277,178 @@ class TrainingPlan:
     def memory(self, strategy: str, checkpointing: bool, n_gpus: int | None = None) -> MemoryBreakdown:
         """Per-GPU memory for a strategy at ``n_gpus`` (default: the plan's)."""
         return memory_per_gpu(self.params, n_gpus or self.n_gpus, strategy, checkpointing, **self._shape_kw())
+
+
+# -- 3D layouts: data x tensor x pipeline parallel ------------------------------------------------------------
+
+
+def bubble_fraction(n_stages: int, n_microbatches: int) -> float:
+    """Idle share of a GPipe / 1F1B step: ``(p - 1) / (m + p - 1)`` (Narayanan et al. 2021, section 2.2).
+
+    Example:
+        >>> round(bubble_fraction(4, 16), 3)
+        0.158
+    """
+    if n_stages < 1 or n_microbatches < 1:
+        raise ValueError(f"n_stages={n_stages} and n_microbatches={n_microbatches} must be >= 1")
+    return (n_stages - 1) / (n_microbatches + n_stages - 1)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A DP x TP x PP layout and what it costs per GPU.
+
+    ``comm`` holds bytes each GPU sends per optimizer step, by kind: ``tp`` (sequence-parallel all-gathers and
+    reduce-scatters of ``s b h`` bf16 activations, 4 per layer forward and 4 backward, ring volume
+    ``(t - 1) / t``), ``pp`` (one activation forward and one gradient backward per micro-batch and stage
+    boundary), ``dp`` (ring all-reduce of the GPU's bf16 gradient shard, ``2 (d - 1) / d`` of it).
+    """
+
+    dp: int
+    tp: int
+    pp: int
+    n_microbatches: int
+    memory: MemoryBreakdown
+    fits: bool
+    comm: dict[str, float]
+
+    @property
+    def bubble(self) -> float:
+        """Pipeline bubble fraction (p-1)/(m+p-1)."""
+        return bubble_fraction(self.pp, self.n_microbatches)
+
+    @property
+    def n_gpus(self) -> int:
+        return self.dp * self.tp * self.pp
+
+
+def layout_memory(
+    params: float,
+    dp: int,
+    tp: int,
+    pp: int,
+    *,
+    n_layer: int,
+    d_model: int,
+    n_head: int | None = None,
+    seq_len: int = 2048,
+    micro_batch: int = 1,
+    n_microbatches: int = 1,
+    checkpointing: bool = True,
+    flash_attention: bool = True,
+) -> MemoryBreakdown:
+    """Memory per GPU under DP x TP x PP with mixed-precision Adam.
+
+    Weights, gradients and optimizer state (``2N + 2N + 12N``) are split over ``tp * pp``; the optimizer
+    state is further sharded over the ``dp`` replicas (ZeRO-1, Megatron's distributed optimizer).
+    Activations follow Korthikanti et al. (2022) with sequence parallelism: ``s b h (34 + 5 a s / h) / t``
+    per layer; the first stage of 1F1B holds ``min(p, m)`` micro-batches of its ``L / p`` layers. With
+    checkpointing only each layer's input ``2 s b h / t`` stays, plus one layer's activations.
+    """
+    n_head = n_head or max(1, d_model // 128)
+    shard = params / (tp * pp)
+    weights, grads, optim = 2.0 * shard, 2.0 * shard, 12.0 * shard / dp
+    s, b, h, a = seq_len, micro_batch, d_model, n_head
+    per_layer = s * b * h * (34.0 + (0.0 if flash_attention else 5.0 * a * s / h)) / tp
+    layers = math.ceil(n_layer / pp)
+    in_flight = min(pp, n_microbatches)
+    if checkpointing:
+        acts = in_flight * layers * 2.0 * s * b * h / tp + per_layer
+    else:
+        acts = in_flight * layers * per_layer
+    return MemoryBreakdown(weights, grads, optim, acts)
+
+
+def layout_comm(
+    params: float,
+    dp: int,
+    tp: int,
+    pp: int,
+    *,
+    n_layer: int,
+    d_model: int,
+    seq_len: int = 2048,
+    micro_batch: int = 1,
+    n_microbatches: int = 1,
+) -> dict[str, float]:
+    """Bytes sent per GPU per optimizer step by tensor, pipeline and data parallelism (see :class:`Layout`)."""
+    act = 2.0 * seq_len * micro_batch * d_model  # one bf16 activation of a micro-batch
+    layers = math.ceil(n_layer / pp)
+    tp_bytes = 8.0 * (tp - 1) / tp * act * layers * n_microbatches if tp > 1 else 0.0
+    pp_bytes = 2.0 * act * n_microbatches if pp > 1 else 0.0
+    dp_bytes = 2.0 * (dp - 1) / dp * 2.0 * params / (tp * pp) if dp > 1 else 0.0
+    return {"tp": tp_bytes, "pp": pp_bytes, "dp": dp_bytes}
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def suggest_layout(
+    params: float,
+    n_gpus: int,
+    gpu: str = "h100-80gb",
+    *,
+    gpus_per_node: int = 8,
+    n_layer: int | None = None,
+    d_model: int | None = None,
+    n_head: int | None = None,
+    seq_len: int = 2048,
+    micro_batch: int = 1,
+    n_microbatches: int | None = None,
+    checkpointing: bool = True,
+    flash_attention: bool = True,
+    headroom: float = 0.9,
+) -> Layout:
+    """Megatron's rule of thumb: TP inside a node up to 8, then PP across nodes until it fits, DP for the rest.
+
+    TP grows through the divisors of ``n_gpus`` that divide the head count and are at most
+    ``min(8, gpus_per_node)``, smallest first, until the model fits ``headroom`` of the GPU; then PP grows
+    through the divisors of the rest that are at most ``n_layer``; the leftover GPUs are data parallel.
+    ``n_microbatches`` defaults to ``4 p`` (bubble under 20%). If nothing fits, the last layout tried is
+    returned with ``fits=False``.
+
+    Example:
+        >>> lay = suggest_layout(70e9, 64, "h100-80gb", n_layer=80, d_model=8192, n_head=64)
+        >>> (lay.tp, lay.pp, lay.dp, lay.fits)
+        (8, 1, 8, True)
+    """
+    if n_gpus < 1:
+        raise ValueError(f"n_gpus={n_gpus} must be >= 1")
+    if n_layer is None or d_model is None:
+        n_layer, d_model = model_shape(params)
+    n_head = n_head or max(1, d_model // 128)
+    cap = get_gpu(gpu).memory_gb * 1e9 * headroom
+    kw = {"n_layer": n_layer, "d_model": d_model, "seq_len": seq_len, "micro_batch": micro_batch}
+
+    def build(tp: int, pp: int) -> Layout:
+        dp = n_gpus // (tp * pp)
+        m = n_microbatches or (4 * pp if pp > 1 else 1)
+        mem = layout_memory(
+            params,
+            dp,
+            tp,
+            pp,
+            n_head=n_head,
+            n_microbatches=m,
+            checkpointing=checkpointing,
+            flash_attention=flash_attention,
+            **kw,
+        )
+        comm = layout_comm(params, dp, tp, pp, n_microbatches=m, **kw)
+        return Layout(dp, tp, pp, m, mem, mem.total <= cap, comm)
+
+    tps = [t for t in _divisors(n_gpus) if t <= min(8, gpus_per_node) and n_head % t == 0]
+    layout = build(1, 1)
+    for tp in tps:
+        layout = build(tp, 1)
+        if layout.fits:
+            return layout
+    tp = tps[-1]
+    for pp in _divisors(n_gpus // tp):
+        if pp > n_layer:
+            break
+        layout = build(tp, pp)
+        if layout.fits:
+            return layout
+    return layout

@@ -11,6 +11,8 @@ Lightning's own names:
 | ``ddp-1bit-adam`` | DDP + 1-bit Adam (dense warm-up, frozen variance, 1-bit momentum) | Adam/AdamW training on slow links |
 | ``ddp-fp16`` | DDP + fp16 all-reduce | a safe 2x cut on any DDP job |
 | ``fsdp-zero3`` | FSDP FULL_SHARD, one unit per transformer block, bf16 params, block activation checkpointing, sharded checkpoints | model + optimizer state do not fit one GPU |
+| ``fsdp2-tp`` | Lightning's ``ModelParallelStrategy``: FSDP2 over ``data_parallel_size`` x Megatron tensor parallel over ``tensor_parallel_size`` (default: nodes x GPUs per node); ``CausalLM`` applies ``kit.parallel.tensor.parallelize`` | a layer's matmuls are worth splitting inside a node (large width), or ZeRO-3's per-layer gathers dominate |
+| ``pipeline`` | blocks split into stages over the processes (torch.distributed.pipelining), with ``kit.models.pipeline_lm.PipelineCausalLM`` | the model does not fit a node even tensor-parallel |
 | ``deepspeed-zero3`` / ``deepspeed-zero3-offload`` | DeepSpeed ZeRO-3 (+ CPU offload of params and optimizer) | FSDP is not enough, or GPU memory is tiny and CPU RAM is large |
 
 Example:
@@ -25,7 +27,13 @@ from collections.abc import Iterable
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy, StrategyRegistry
+from lightning.pytorch.strategies import (
+    DDPStrategy,
+    DeepSpeedStrategy,
+    FSDPStrategy,
+    ModelParallelStrategy,
+    StrategyRegistry,
+)
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -37,6 +45,7 @@ __all__ = [
     "CompressedDDPStrategy",
     "FSDPZero3Strategy",
     "OneBitAdamStrategy",
+    "PipelineStrategy",
     "block_classes",
     "register_presets",
 ]
@@ -275,6 +284,92 @@ class FSDPZero3Strategy(FSDPStrategy):
         self.block_classes = classes
 
 
+class PipelineStrategy(ModelParallelStrategy):
+    """``ModelParallelStrategy`` whose device mesh is ``(data_parallel, pipeline_parallel)``, for
+    :class:`kit.models.pipeline_lm.PipelineCausalLM` (which builds its stage and schedule from the mesh).
+
+    Args:
+        pipeline_parallel_size: stages p (``"auto"``: every process of the job).
+        save_distributed_checkpoint: each rank writes its stage's shard (default).
+        **kwargs: ``process_group_backend``, ``timeout``.
+
+    Raises:
+        ValueError: if the world size does not divide by ``pipeline_parallel_size``.
+    """
+
+    def __init__(
+        self,
+        pipeline_parallel_size: int | Literal["auto"] = "auto",
+        save_distributed_checkpoint: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            data_parallel_size="auto",
+            tensor_parallel_size=1,
+            save_distributed_checkpoint=save_distributed_checkpoint,
+            **kwargs,
+        )
+        self.pipeline_parallel_size = pipeline_parallel_size
+
+    def setup_environment(self) -> None:
+        from lightning.pytorch.strategies.parallel import ParallelStrategy
+        from torch.distributed.device_mesh import init_device_mesh
+
+        ParallelStrategy.setup_environment(self)
+        self._setup_distributed()
+        pp = self.world_size if self.pipeline_parallel_size == "auto" else int(self.pipeline_parallel_size)
+        if pp < 1 or self.world_size % pp:
+            raise ValueError(
+                f"pipeline_parallel_size={pp} does not divide the world size {self.world_size}; pick a divisor"
+            )
+        self._data_parallel_size = self.world_size // pp
+        self._device_mesh = init_device_mesh(
+            self.root_device.type,
+            (self.world_size // pp, pp),
+            mesh_dim_names=("data_parallel", "pipeline_parallel"),
+        )
+        self.lightning_module._device_mesh = self._device_mesh
+
+    def optimizer_state(self, optimizer: Any) -> dict[str, Any]:
+        """The optimizer state flattened to ``{"state.<fqn>.exp_avg": ..., "param_groups.<fqn>.lr": ...}``: the
+        stages own distinct parameter names, and the nested form lost ``param_groups`` entries on load."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        options = StateDictOptions(flatten_optimizer_state_dict=True, cpu_offload=True)
+        return get_optimizer_state_dict(self.model, optimizer, options=options)
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        """Load this stage's shard of a distributed checkpoint (Lightning's loader wants DTensor modules; a
+        stage's parameters are plain tensors, each stage owning distinct keys)."""
+        from pathlib import Path
+
+        from lightning.fabric.strategies.fsdp import _distributed_checkpoint_load
+        from lightning.fabric.utilities.load import _METADATA_FILENAME
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        path = Path(self.broadcast(checkpoint_path))
+        if not path.is_dir():
+            raise ValueError(
+                f"{path} is not a distributed checkpoint folder; the pipeline preset saves and resumes folders "
+                "(save_distributed_checkpoint=True)"
+            )
+        state = {"state_dict": get_model_state_dict(self.model)}
+        _distributed_checkpoint_load(state, path)
+        self.model.load_state_dict(state["state_dict"], strict=self.lightning_module.strict_loading)
+        for idx, optimizer in enumerate(self.optimizers):
+            key = f"optimizer_{idx}"
+            options = StateDictOptions(flatten_optimizer_state_dict=True)
+            optim_state = {key: get_optimizer_state_dict(self.model, optimizer, options=options)}
+            _distributed_checkpoint_load(optim_state, path)
+            set_optimizer_state_dict(self.model, optimizer, optim_state_dict=optim_state[key], options=options)
+        return torch.load(path / _METADATA_FILENAME, weights_only=weights_only)
+
+
 PRESETS: dict[str, tuple[type, str, dict[str, Any]]] = {
     "ddp-powersgd": (
         CompressedDDPStrategy,
@@ -300,6 +395,18 @@ PRESETS: dict[str, tuple[type, str, dict[str, Any]]] = {
     "fsdp-zero3": (
         FSDPZero3Strategy,
         "FSDP FULL_SHARD, block wrapping, bf16, activation ckpt, sharded ckpt",
+        {},
+    ),
+    "fsdp2-tp": (
+        ModelParallelStrategy,
+        "FSDP2 over data_parallel x tensor parallel over tensor_parallel (kit.parallel.tensor.parallelize)",
+        # torch 2.13's distributed checkpoint plans the strided QKV shards as plain ones ("overlapping chunks"):
+        # save full (gathered) state dicts, which load back into any data x tensor layout
+        {"save_distributed_checkpoint": False},
+    ),
+    "pipeline": (
+        PipelineStrategy,
+        "pipeline stages over every process (torch.distributed.pipelining), for PipelineCausalLM",
         {},
     ),
     "deepspeed-zero3": (DeepSpeedStrategy, "DeepSpeed ZeRO stage 3", {"stage": 3}),

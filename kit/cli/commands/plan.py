@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kit.health.planner import GPUS, STRATEGIES, TrainingPlan, gpus_for_days
+from kit.health.planner import GPUS, STRATEGIES, Layout, TrainingPlan, gpus_for_days, suggest_layout
 
-__all__ = ["build_parser", "main", "render"]
+__all__ = ["build_parser", "main", "plot_memory", "render", "render_layout"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--d-model", type=int, default=None, help="width (default: guessed from --params)")
     p.add_argument("--no-flash", action="store_true", help="attention matrix is materialised")
     p.add_argument("--list-gpus", action="store_true", help="print the GPU table and exit")
+    p.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node: the tensor-parallel limit")
+    p.add_argument("--n-head", type=int, default=None, help="attention heads (default: d_model / 128)")
+    p.add_argument(
+        "--microbatches", type=int, default=None, help="pipeline micro-batches per step (default: 4 x stages)"
+    )
+    p.add_argument("--plot", default=None, help="write a PNG bar chart of memory per GPU per strategy here")
     return p
 
 
@@ -78,9 +84,53 @@ def render(plan: TrainingPlan, days: float | None = None) -> str:
     lines += [
         "",
         f"smallest GPU count that fits: {best[0]} ({best[1]})" if best else "does not fit under any strategy",
-        "(data parallel only: tensor/pipeline parallelism and offload are not modelled)",
+        "(the table above is data parallel only; offload is not modelled)",
     ]
     return "\n".join(lines)
+
+
+def render_layout(layout: Layout, gpu_memory_gb: float) -> str:
+    """The suggested DP x TP x PP layout as text lines."""
+    m = layout.memory
+    comm = ", ".join(f"{k.upper()} {v / 1e9:,.2f} GB" for k, v in layout.comm.items())
+    return "\n\n" + "\n".join(
+        [
+            f"suggested 3D layout on {layout.n_gpus} GPUs: data {layout.dp} x tensor {layout.tp} x pipeline "
+            f"{layout.pp} (micro-batches {layout.n_microbatches}; TP inside a node, PP across nodes, DP the rest)",
+            f"  memory per GPU: {_gb(m.total)} GB of {gpu_memory_gb:g} (weights {_gb(m.weights)}, grads "
+            f"{_gb(m.gradients)}, optim {_gb(m.optimizer)} ZeRO-1 over DP, activations {_gb(m.activations)} "
+            f"with checkpointing){'' if layout.fits else '  DOES NOT FIT: add GPUs'}",
+            f"  pipeline bubble (p-1)/(m+p-1): {100 * layout.bubble:.1f}%",
+            f"  sent per GPU per step: {comm}",
+        ]
+    )
+
+
+def plot_memory(plan: TrainingPlan, layout: Layout, path: str) -> str:
+    """Write a bar chart of memory per GPU (stacked by kind) for every strategy and the 3D layout."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(f"{s}{'+ckpt' if c else ''}", plan.memory(s, c)) for s in STRATEGIES for c in (False, True)]
+    rows.append((f"3D d{layout.dp}t{layout.tp}p{layout.pp}", layout.memory))
+    kinds = ("weights", "gradients", "optimizer", "activations", "buffers")
+    fig, ax = plt.subplots(figsize=(9, 4))
+    bottom = [0.0] * len(rows)
+    for kind in kinds:
+        vals = [getattr(m, kind) / 1e9 for _, m in rows]
+        ax.bar([n for n, _ in rows], vals, bottom=bottom, label=kind)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    ax.axhline(plan.spec.memory_gb, color="k", linestyle="--", label=f"{plan.gpu} memory")
+    ax.set_ylabel("GB per GPU")
+    ax.set_title(f"{plan.params:.3g} params on {plan.n_gpus} x {plan.gpu}")
+    ax.legend(fontsize=7)
+    plt.setp(ax.get_xticklabels(), rotation=30, ha="right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,7 +159,26 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"kit plan: {err}", file=sys.stderr)
         return 2
-    print(render(plan, args.days))
+    try:
+        layout = suggest_layout(
+            plan.params,
+            plan.n_gpus,
+            plan.gpu,
+            gpus_per_node=args.gpus_per_node,
+            n_layer=plan.n_layer,
+            d_model=plan.d_model,
+            n_head=args.n_head,
+            seq_len=plan.seq_len,
+            micro_batch=plan.micro_batch,
+            n_microbatches=args.microbatches,
+            flash_attention=plan.flash_attention,
+        )
+    except ValueError as err:
+        print(f"kit plan: {err}", file=sys.stderr)
+        return 2
+    print(render(plan, args.days) + render_layout(layout, plan.spec.memory_gb))
+    if args.plot:
+        print(f"memory plot: {plot_memory(plan, layout, args.plot)}")
     return 0
 
 

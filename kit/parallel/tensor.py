@@ -1,0 +1,253 @@
+"""Tensor parallelism (Megatron-style, on DTensor) plus FSDP2 for the kit's GPT: :func:`parallelize`.
+
+Built on ``torch.distributed.tensor.parallel`` (``parallelize_module`` with column/row-parallel styles and
+``SequenceParallel``) and ``torch.distributed.fsdp.fully_shard`` (FSDP2), torchtitan-style: nothing here
+moves a tensor by hand, the styles say where each tensor lives and DTensor inserts the collectives.
+
+The plan for each ``kit.models.gpt.Block`` over the ``tensor_parallel`` mesh dimension (Megatron-LM,
+Shoeybi et al. 2019; sequence parallelism from Korthikanti et al. 2022):
+
+==================  ==================================================================================
+module              placement
+==================  ==================================================================================
+``ln_1``, ``ln_2``  ``SequenceParallel``: the residual stream and the norms are split along the sequence
+``attn``            input gathered to the full sequence (``PrepareModuleInput``: Shard(1) -> Replicate)
+``attn.qkv``        column-parallel, each rank owns ``n_head / tp`` heads of q, k and v. The fused
+                    weight is ``[q; k; v]`` stacked, so a plain ``Shard(0)`` would hand rank 0 all of q;
+                    it is placed ``_StridedShard(0, split_factor=3)`` instead (every third of the rows
+                    sharded), which keeps the checkpoint's full tensor identical to a single-GPU one
+``attn.proj``       row-parallel, output reduce-scattered back to Shard(1) (sequence parallel)
+``mlp``             input gathered (as ``attn``); ``mlp.fc`` column-, ``mlp.proj`` row-parallel
+==================  ==================================================================================
+
+Outside the blocks: ``wte`` is a vocab-parallel embedding (row-parallel: each rank holds ``V / tp`` rows,
+the partial lookups are all-reduced); ``wpe`` is replicated (``block_size x d``, small; a ``Replicate``
+DTensor, so every parameter is a DTensor for ``clip_grad_norm_``); ``blocks[0]``
+slices the replicated embedding output to its sequence shard (no communication); ``ln_f`` is sequence
+parallel; ``lm_head`` is column-parallel over the vocabulary (the same ``Shard(0)`` as ``wte``, so tied
+weights stay one parameter) and its logits are all-gathered to ``Replicate`` so ``CausalLM``'s plain
+``cross_entropy`` works. torchtitan keeps them vocab-sharded and uses ``loss_parallel``; that saves the
+all-gather of ``B x T x V`` logits but needs the loss computed inside a ``loss_parallel()`` context on a
+DTensor, which ``CausalLM._loss`` (a ``.view`` and ``.float`` on the logits) does not do.
+
+Order (torchtitan's): tensor parallel -> activation checkpointing -> compile -> ``fully_shard`` per block,
+then the root. FSDP2 must see the final module tree, and compile must see the checkpoint wrappers.
+
+Example:
+    >>> from kit.models.gpt import GPT, GPTConfig
+    >>> tp_plan(GPT(GPTConfig.from_name("debug")))["blocks.0.attn.qkv"].__class__.__name__
+    'StridedColwiseParallel'
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_module, distribute_tensor
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    PrepareModuleInput,
+    RowwiseParallel,
+    SequenceParallel,
+    parallelize_module,
+)
+from torch.distributed.tensor.parallel.style import ParallelStyle
+
+__all__ = [
+    "DP_DIM",
+    "PP_DIM",
+    "TP_DIM",
+    "StridedColwiseParallel",
+    "mesh_dim",
+    "parallelize",
+    "tp_plan",
+]
+
+# Mesh dimension names: Lightning's ModelParallelStrategy names the first two; the pipeline preset adds PP_DIM.
+DP_DIM = "data_parallel"
+TP_DIM = "tensor_parallel"
+PP_DIM = "pipeline_parallel"
+
+
+class StridedColwiseParallel(ColwiseParallel):
+    """Column parallelism for a fused projection whose output is ``split_factor`` stacked parts (``[q; k; v]``).
+
+    Each part is sharded separately (``_StridedShard(0, split_factor)``), so rank ``r`` computes
+    ``[q_r, k_r, v_r]`` and the layer's ``chunk(3, -1)`` gives it its own heads of each. The DTensor's full
+    tensor stays the unsharded weight, so checkpoints move between TP degrees.
+
+    Args:
+        split_factor: number of stacked parts (3 for QKV).
+        **kwargs: ``ColwiseParallel``'s.
+    """
+
+    def __init__(self, split_factor: int = 3, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.split_factor = split_factor
+
+    def _partition_linear_fn(self, name: str, module: nn.Module, device_mesh: Any) -> None:
+        from torch.distributed.tensor.placement_types import _StridedShard
+
+        placement = [_StridedShard(0, split_factor=self.split_factor)]
+        for pname, param in module.named_parameters():
+            module.register_parameter(
+                pname, nn.Parameter(distribute_tensor(param, device_mesh, placement), param.requires_grad)
+            )
+
+    def _apply(self, module: nn.Module, device_mesh: Any) -> nn.Module:
+        return distribute_module(
+            module,
+            device_mesh,
+            self._partition_linear_fn,
+            lambda mod, inputs, mesh: self._prepare_input_fn(
+                self.input_layouts, self.desired_input_layouts, mod, inputs, mesh
+            ),
+            # ColwiseParallel would redistribute the strided output to a plain Shard(-1) (moving q, k and v
+            # heads between ranks); the local [q_r, k_r, v_r] block is what attention needs
+            lambda mod, outputs, mesh: outputs.to_local() if self.use_local_output else outputs,
+        )
+
+
+def tp_plan(model: nn.Module, *, sequence_parallel: bool = True) -> dict[str, ParallelStyle]:
+    """The ``parallelize_module`` plan for a ``kit.models.gpt.GPT`` (see the module docstring's table).
+
+    Args:
+        model: the GPT (dense attention, MLP feed-forward).
+        sequence_parallel: split norms and the residual stream along the sequence (Korthikanti et al.);
+            False keeps them replicated (Megatron's original plan: all-reduce after each row-parallel layer).
+
+    Returns:
+        Fully qualified module name -> parallel style.
+
+    Raises:
+        ValueError: for blocks whose attention or feed-forward the plan does not know (MoE, sliding window):
+            their projections are not named ``qkv``/``proj``/``fc``.
+    """
+    seq = Shard(1) if sequence_parallel else Replicate()
+    plan: dict[str, ParallelStyle] = {
+        "wte": RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate()),
+        "ln_f": SequenceParallel() if sequence_parallel else None,
+        "lm_head": ColwiseParallel(input_layouts=seq, output_layouts=Replicate()),
+    }
+    if sequence_parallel:
+        plan["blocks.0"] = PrepareModuleInput(
+            input_layouts=(Replicate(),), desired_input_layouts=(Shard(1),), use_local_output=True
+        )
+    for i, block in enumerate(model.blocks):
+        for part, names in (("attn", ("qkv", "proj")), ("mlp", ("fc", "proj"))):
+            sub = getattr(block, part, None)
+            if sub is None or not all(isinstance(getattr(sub, n, None), nn.Linear) for n in names):
+                raise ValueError(
+                    f"blocks.{i}.{part} is {type(sub).__name__}, which has no nn.Linear {names}; tensor "
+                    "parallelism knows the dense attention and MLP only: use attention='dense', ffn='mlp', or "
+                    "pass tp=False"
+                )
+        p = f"blocks.{i}"
+        if sequence_parallel:
+            plan[f"{p}.ln_1"] = SequenceParallel()
+            plan[f"{p}.ln_2"] = SequenceParallel()
+            for part in ("attn", "mlp"):
+                plan[f"{p}.{part}"] = PrepareModuleInput(
+                    input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),), use_local_output=True
+                )
+        plan[f"{p}.attn.qkv"] = StridedColwiseParallel(split_factor=3)
+        plan[f"{p}.attn.proj"] = RowwiseParallel(output_layouts=seq)
+        plan[f"{p}.mlp.fc"] = ColwiseParallel()
+        plan[f"{p}.mlp.proj"] = RowwiseParallel(output_layouts=seq)
+    return {k: v for k, v in plan.items() if v is not None}
+
+
+def mesh_dim(device_mesh: Any, name: str) -> Any | None:
+    """The sub-mesh called ``name`` (``"data_parallel"``, ``"tensor_parallel"``...), or None if absent."""
+    names = getattr(device_mesh, "mesh_dim_names", None) or ()
+    return device_mesh[name] if name in names else None
+
+
+def parallelize(
+    model: nn.Module,
+    device_mesh: Any,
+    *,
+    tp: bool = True,
+    fsdp: bool = True,
+    activation_checkpointing: bool = False,
+    compile: bool = False,
+    sequence_parallel: bool = True,
+    param_dtype: torch.dtype | None = None,
+    reduce_dtype: torch.dtype | None = None,
+) -> nn.Module:
+    """Apply tensor parallelism, activation checkpointing, compile and FSDP2 to a kit GPT, in that order.
+
+    Args:
+        model: a ``kit.models.gpt.GPT`` (on CPU, CUDA or the meta device).
+        device_mesh: a ``DeviceMesh`` with dimensions named ``"data_parallel"`` and/or ``"tensor_parallel"``
+            (Lightning's ``ModelParallelStrategy`` builds it; a 1-D mesh without names is taken as data parallel).
+        tp: shard layers over ``tensor_parallel`` (skipped when that dimension has size 1).
+        fsdp: ``fully_shard`` every block and the root over ``data_parallel`` (the whole mesh when unnamed).
+        activation_checkpointing: recompute each block in backward (``kit.models.transforms``).
+        compile: ``torch.compile`` each block (per-block, as torchtitan, so FSDP2's hooks stay outside).
+        sequence_parallel: see :func:`tp_plan`.
+        param_dtype: FSDP2 ``MixedPrecisionPolicy`` parameter dtype (None: keep the parameters' dtype).
+        reduce_dtype: FSDP2 gradient reduce dtype (None: the parameter dtype).
+
+    Returns:
+        ``model``, parallelized in place.
+
+    Raises:
+        ValueError: if the mesh has neither dimension to use, or the head count / width / vocabulary does not
+            divide by the tensor-parallel size.
+
+    Example:
+        >>> from torch.distributed.device_mesh import init_device_mesh  # doctest: +SKIP
+        >>> mesh = init_device_mesh("cuda", (2, 4), mesh_dim_names=("data_parallel", "tensor_parallel"))  # doctest: +SKIP
+        >>> model = parallelize(GPT(config), mesh, activation_checkpointing=True)  # doctest: +SKIP
+    """
+    names = getattr(device_mesh, "mesh_dim_names", None) or ()
+    tp_mesh = mesh_dim(device_mesh, TP_DIM)
+    dp_mesh = mesh_dim(device_mesh, DP_DIM) if names else device_mesh
+    if tp and tp_mesh is not None and tp_mesh.size() > 1:
+        cfg = model.config
+        size = tp_mesh.size()
+        for what, value in (
+            ("n_head", cfg.n_head),
+            ("vocab_size", cfg.vocab_size),
+            ("mlp hidden", cfg.mlp_ratio * cfg.n_embd),
+        ):
+            if value % size:
+                raise ValueError(
+                    f"{what}={value} does not divide by tensor_parallel_size={size}; pick a tensor-parallel "
+                    "size that divides the head count and the (padded) vocabulary, e.g. vocab 50304 = 2^7 * 393"
+                )
+        if sequence_parallel and cfg.block_size % size:
+            raise ValueError(f"block_size={cfg.block_size} does not divide by tensor_parallel_size={size}")
+        tied = getattr(model, "lm_head", None) is not None and model.lm_head.weight is model.wte.weight
+        parallelize_module(model, tp_mesh, tp_plan(model, sequence_parallel=sequence_parallel))
+        if tied:  # both styles place the weight Shard(0) over the vocabulary: keep one parameter
+            model.lm_head.weight = model.wte.weight
+        # every parameter a DTensor (wpe replicated), so clip_grad_norm_ and optimizers see one kind of tensor
+        distribute_module(
+            model.wpe,
+            tp_mesh,
+            input_fn=lambda mod, inputs, mesh: tuple(
+                DTensor.from_local(t, mesh, [Replicate()]) for t in inputs
+            ),
+            output_fn=lambda mod, outputs, mesh: outputs.to_local(),
+        )
+    elif tp_mesh is None and not names and not fsdp:
+        raise ValueError("device_mesh has no 'tensor_parallel' dimension and fsdp=False: nothing to do")
+    if activation_checkpointing:
+        from kit.models.transforms import checkpoint_blocks
+
+        checkpoint_blocks(model)
+    if compile:
+        for i, block in enumerate(model.blocks):
+            model.blocks[i] = torch.compile(block)
+    if fsdp and dp_mesh is not None:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
+        for block in model.blocks:
+            fully_shard(block, mesh=dp_mesh, mp_policy=mp)
+        fully_shard(model, mesh=dp_mesh, mp_policy=mp)
+    return model
