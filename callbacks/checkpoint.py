@@ -99,6 +99,7 @@ class KitCheckpoint(ModelCheckpoint):
     """
 
     CHECKPOINT_NAME_LAST = "last"
+    saves_final_step = True  # the kit CLI's end-of-fit last.ckpt refresh leaves the final save to this callback
 
     def __init__(
         self,

@@ -127,6 +127,10 @@ def _lightning_cli():
             ckpt = trainer.checkpoint_callback
             if ckpt is None or not ckpt.save_last or trainer.state.status.value != "finished":
                 return
+            if getattr(ckpt, "saves_final_step", False):
+                # KitCheckpoint saves the final step itself (atomically, in its manifest); writing last.ckpt
+                # here would go through its hard link into the linked checkpoint
+                return
             if self.saved_step == trainer.global_step:
                 return
             path = ckpt.last_model_path or os.path.join(
