@@ -376,11 +376,12 @@ def test_recipe_trains_end_to_end_and_logs_its_aux_values(recipe: str, tmp_path)
     rows = _metrics(tmp_path / "runs")
     logged = {k for r in rows for k, v in r.items() if v}
     assert {"val/loss", "train/loss"} | RECIPE_LOGS[recipe] <= logged
-    ckpt = torch.load(tmp_path / f"runs/{recipe}/checkpoints/last.ckpt", weights_only=False)
+    last = tmp_path / f"runs/{recipe}/version_0/checkpoints/last.ckpt"  # KitCheckpoint: one folder per run
+    ckpt = torch.load(last, weights_only=False)
     cfg = ckpt["hyper_parameters"]["config"]
     assert (cfg["attention"], cfg["ffn"], cfg["depth"]) == {
         "gpt-tiny-moe": ("dense", "moe", "stack"),
         "gpt-tiny-universal": ("dense", "mlp", "universal"),
         "gpt-tiny-sliding": ("sliding_window", "mlp", "stack"),
     }[recipe]
-    assert CausalLM.load_from_checkpoint(tmp_path / f"runs/{recipe}/checkpoints/last.ckpt").model is not None
+    assert CausalLM.load_from_checkpoint(last).model is not None
