@@ -8,7 +8,7 @@ from torch import nn
 
 from kit.optim import SCHEDULES, fused_available, lr_lambda, param_groups
 
-__all__ = ["OPTIMIZERS", "build_optimizer"]
+__all__ = ["OPTIMIZERS", "build_optimizer", "optimizers_from_hparams"]
 
 OPTIMIZERS = ("adamw", "adamw8bit")
 
@@ -49,3 +49,13 @@ def build_optimizer(
         opt = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fused or None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warmup_steps, max(1, total_steps), schedule))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def optimizers_from_hparams(module) -> dict:
+    """``build_optimizer`` from a LightningModule's saved hyperparameters (``optimizer``, ``lr``, ``weight_decay``,
+    ``betas``, ``warmup_steps``, ``max_steps``, ``schedule``); ``max_steps=None`` takes the Trainer's estimate."""
+    hp = module.hparams
+    total = hp.max_steps or (int(module.trainer.estimated_stepping_batches) if module._trainer else 10_000)
+    return build_optimizer(
+        module, hp.optimizer, hp.lr, hp.weight_decay, hp.betas, hp.warmup_steps, total, hp.schedule, module.device
+    )

@@ -28,7 +28,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from kit.data.masking import IGNORE_INDEX
-from kit.models._optim import build_optimizer
+from kit.models._optim import optimizers_from_hparams
 from kit.models.gpt import GPT, GPTConfig
 from kit.models.transforms import apply_transforms
 
@@ -148,16 +148,4 @@ class MaskedLM(pl.LightningModule):
             self.val_nsp_acc.reset()
 
     def configure_optimizers(self) -> dict:
-        hp = self.hparams
-        total = hp.max_steps or (int(self.trainer.estimated_stepping_batches) if self._trainer else 10_000)
-        return build_optimizer(
-            self,
-            hp.optimizer,
-            hp.lr,
-            hp.weight_decay,
-            hp.betas,
-            hp.warmup_steps,
-            total,
-            hp.schedule,
-            self.device,
-        )
+        return optimizers_from_hparams(self)

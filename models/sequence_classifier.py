@@ -24,7 +24,7 @@ from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from kit.models._optim import build_optimizer
+from kit.models._optim import optimizers_from_hparams
 from kit.models.adapters import (
     PeftConfig,
     adapter_state_dict,
@@ -283,19 +283,7 @@ class SequenceClassifier(pl.LightningModule):
             self.log("cost/optimizer_state_bytes_measured", float(measured))
 
     def configure_optimizers(self) -> dict:
-        hp = self.hparams
-        total = hp.max_steps or (int(self.trainer.estimated_stepping_batches) if self._trainer else 10_000)
-        return build_optimizer(
-            self,
-            hp.optimizer,
-            hp.lr,
-            hp.weight_decay,
-            hp.betas,
-            hp.warmup_steps,
-            total,
-            hp.schedule,
-            self.device,
-        )
+        return optimizers_from_hparams(self)
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """The trainable tensors (PEFT parameters and the head): one task's worth of weights."""
