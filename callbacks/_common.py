@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, MutableMapping, MutableSequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -143,3 +143,25 @@ def loss_from_output(out: Any) -> Tensor:
         f"training_step returned {type(out).__name__}; the probe needs a loss tensor or a dict with 'loss'. "
         "Pass loss_fn=lambda module, batch: ... instead"
     )
+
+
+def batch_inputs_targets(batch: Any, input_key: str, target_key: str, cannot: str) -> tuple[Any, Any]:
+    """``(x, y)`` of a batch a callback will replace in place: a dict (by key) or a list (first two items).
+
+    Raises:
+        ValueError: for any other batch (a tuple cannot be changed in place); ``cannot`` completes the message
+            with the caller's name and its fix.
+    """
+    if isinstance(batch, MutableMapping):
+        return batch[input_key], batch[target_key]
+    if isinstance(batch, MutableSequence):
+        return batch[0], batch[1]
+    raise ValueError(cannot.format(kind=type(batch).__name__))
+
+
+def replace_inputs_targets(batch: Any, input_key: str, target_key: str, x: Any, y: Any) -> None:
+    """Write ``x`` and ``y`` back where :func:`batch_inputs_targets` read them."""
+    if isinstance(batch, MutableMapping):
+        batch[input_key], batch[target_key] = x, y
+    else:
+        batch[0], batch[1] = x, y

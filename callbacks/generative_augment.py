@@ -12,7 +12,6 @@ this callback.
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping, MutableSequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -21,6 +20,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from kit.callbacks._common import batch_inputs_targets, replace_inputs_targets
 from kit.data.augment_generative import LABEL_MODES, mix_generated
 
 __all__ = ["GenerativeAugment"]
@@ -94,16 +94,13 @@ class GenerativeAugment(Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if isinstance(batch, MutableMapping):
-            x, y = batch[self.input_key], batch[self.target_key]
-        elif isinstance(batch, MutableSequence):
-            x, y = batch[0], batch[1]
-        else:
-            raise ValueError(
-                f"GenerativeAugment cannot modify a {type(batch).__name__} batch in place; return a list "
-                "[x, y] or a dict from your collate, or call kit.data.augment_generative.mix_generated in "
-                "your module's on_after_batch_transfer"
-            )
+        x, y = batch_inputs_targets(
+            batch,
+            self.input_key,
+            self.target_key,
+            "GenerativeAugment cannot modify a {kind} batch in place; return a list [x, y] or a dict from your "
+            "collate, or call kit.data.augment_generative.mix_generated in your module's on_after_batch_transfer",
+        )
         active = self.generator is not None and trainer.global_step >= self.start_step and self.ratio > 0
         if self.generator is None and not self._warned:
             rank_zero_warn("GenerativeAugment has no generator (generator=None); batches pass unchanged")
@@ -116,10 +113,7 @@ class GenerativeAugment(Callback):
             )
             n = len(rows)
             self.generated += n
-            if isinstance(batch, MutableMapping):
-                batch[self.input_key], batch[self.target_key] = x, y
-            else:
-                batch[0], batch[1] = x, y
+            replace_inputs_targets(batch, self.input_key, self.target_key, x, y)
         pl_module.log(
             "gen_aug/synthetic_fraction",
             n / max(x.shape[0], 1),

@@ -10,7 +10,6 @@ out of the box, so most classifiers need no change.
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping, MutableSequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -18,6 +17,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
+from kit.callbacks._common import batch_inputs_targets, replace_inputs_targets
 from kit.data.augment_image import MixUpTransform
 
 __all__ = ["PRESETS", "MixUpCutMix", "MixUpTransform"]
@@ -144,15 +144,13 @@ class MixUpCutMix(Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if isinstance(batch, MutableMapping):
-            x, y = batch[self.input_key], batch[self.target_key]
-        elif isinstance(batch, MutableSequence):
-            x, y = batch[0], batch[1]
-        else:
-            raise ValueError(
-                f"MixUpCutMix cannot modify a {type(batch).__name__} batch in place; return a list [x, y] or a "
-                "dict from your collate, or call MixUpTransform in your module's on_after_batch_transfer"
-            )
+        x, y = batch_inputs_targets(
+            batch,
+            self.input_key,
+            self.target_key,
+            "MixUpCutMix cannot modify a {kind} batch in place; return a list [x, y] or a dict from your collate, "
+            "or call MixUpTransform in your module's on_after_batch_transfer",
+        )
         if not torch.is_tensor(x) or not x.is_floating_point():
             what = f"{x.dtype} inputs of shape {tuple(x.shape)}" if torch.is_tensor(x) else type(x).__name__
             raise ValueError(
@@ -164,10 +162,7 @@ class MixUpCutMix(Callback):
         if self.transform.num_classes is None and not (y.dim() == 2 and y.is_floating_point()):
             self.transform.num_classes = self._infer_num_classes(pl_module, x, y)
         x, t = self.transform(x, y)
-        if isinstance(batch, MutableMapping):
-            batch[self.input_key], batch[self.target_key] = x, t
-        else:
-            batch[0], batch[1] = x, t
+        replace_inputs_targets(batch, self.input_key, self.target_key, x, t)
         if self.log:
             last = self.transform.last
             pl_module.log("mixup/lam", last["lam"], on_step=True, on_epoch=False, batch_size=x.shape[0])
