@@ -103,7 +103,7 @@ class CleanStats:
     reader: LoadReport
     shards: int
     workers: int
-    index_bytes: int  # signatures, band keys and digests written to the work folder
+    index_bytes: int  # signatures, band keys, digests and text lengths written to the work folder
     peak_rss_mb: float  # the main process
     peak_worker_rss_mb: float  # the largest worker process (0 with one worker: it runs in the main one)
 
@@ -139,18 +139,23 @@ def _screen_shard(task: _Shard) -> _ShardResult:
     n_pass, block = 0, 4096
     digests: list[bytes] = []
     sigs: list[np.ndarray] = []
+    lengths: list[int] = []
     with (
         open(f"{base}.jsonl", "w", encoding="utf-8") as texts,
+        open(f"{base}.raw", "w", encoding="utf-8") as raws,
+        open(f"{base}.len", "wb") as len_f,
         open(f"{base}.digest", "wb") as dig_f,
         open(f"{base}.sig", "wb") as sig_f,
     ):
 
         def flush() -> None:
             dig_f.write(b"".join(digests))
+            len_f.write(np.asarray(lengths, dtype="<i8").tobytes())
             if sigs:
                 sig_f.write(np.stack(sigs).tobytes())
             digests.clear()
             sigs.clear()
+            lengths.clear()
 
         def screen(batch: list[tuple[str, str]]) -> None:
             nonlocal n_pass
@@ -162,10 +167,11 @@ def _screen_shard(task: _Shard) -> _ShardResult:
                     pipe.record_removed(reason, text)
                     continue
                 n_pass += 1
-                record = {"id": name, "text": cleaned}
+                # the output line itself, so the serial write phase copies bytes instead of re-encoding JSON
+                texts.write(json.dumps({"id": name, settings.text_key: cleaned}, ensure_ascii=False) + "\n")
+                lengths.append(len(cleaned.encode("utf-8")))
                 if settings.keep_examples:
-                    record["raw"] = text[:300]
-                texts.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    raws.write(json.dumps(text[:300], ensure_ascii=False) + "\n")
                 norm, digest = fingerprint(cleaned)
                 digests.append(digest)
                 if near is not None:
@@ -410,7 +416,9 @@ def clean_corpus(
             pool = None
         else:
             pool = multiprocessing.get_context("spawn").Pool(min(workers, len(tasks)))
-            mapped = pool.imap_unordered(_screen_shard, tasks)
+            # largest shards first, so no worker is left with a big one at the end (results keep input order)
+            by_size = sorted(tasks, key=lambda t: -Path(t.path).stat().st_size)
+            mapped = pool.imap_unordered(_screen_shard, by_size)
         try:
             for res in mapped:
                 results[res.index] = res
@@ -420,7 +428,7 @@ def clean_corpus(
             if pool is not None:
                 pool.close()
                 pool.join()
-        index_bytes = sum(f.stat().st_size for f in folder.iterdir() if f.suffix in (".sig", ".digest"))
+        index_bytes = sum(f.stat().st_size for f in folder.iterdir() if f.suffix in (".sig", ".digest", ".len"))
         merge = _Merge(folder, results, settings, records_in_memory)
         if settings.exact_dedup:
             merge.exact(progress)
@@ -467,22 +475,20 @@ def _write(
     g = 0
     with open(output, "w", encoding="utf-8") as sink:
         for res in results:
-            with open(folder / f"{res.index:06d}.jsonl", encoding="utf-8") as f:
-                for line in f:
-                    record = json.loads(line)
-                    verdict = decision[g]
-                    g += 1
+            base = folder / f"{res.index:06d}"
+            verdicts = decision[g : g + res.n_pass]
+            g += res.n_pass
+            lengths = np.fromfile(f"{base}.len", dtype="<i8")
+            kept = verdicts == 0
+            report.docs_out += int(kept.sum())
+            report.bytes_out += int(lengths[kept].sum())
+            with open(f"{base}.jsonl", encoding="utf-8") as f, open(f"{base}.raw", encoding="utf-8") as raws:
+                for verdict, line in zip(verdicts.tolist(), f):
+                    raw = json.loads(raws.readline()) if settings.keep_examples else ""
                     if verdict:
-                        pipe.record_removed(
-                            "exact_dup" if verdict == 1 else "near_dup", record.get("raw", "")
-                        )
-                        continue
-                    text = record["text"]
-                    report.docs_out += 1
-                    report.bytes_out += len(text.encode("utf-8"))
-                    sink.write(
-                        json.dumps({"id": record["id"], settings.text_key: text}, ensure_ascii=False) + "\n"
-                    )
+                        pipe.record_removed("exact_dup" if verdict == 1 else "near_dup", raw)
+                    else:
+                        sink.write(line)
             if progress:
                 progress("write", 1, len(results))
     return report, reader
