@@ -131,6 +131,7 @@ def _datatrove_steps(words: str) -> dict[str, Callable[[list[str]], object]] | N
         language = Whitespace()
     tmp = tempfile.mkdtemp(prefix="dt-bench-")
     quality, repetition = DTQuality(language=language), DTRepetition(language=language)
+
     def simplified(doc: Document) -> bytes:  # its normalisation, as the kit's exact dedup normalises
         return simplify_text(doc.text).encode("utf-8")
 
@@ -212,7 +213,9 @@ def _stage_rows(raw: list[str], cleaned: list[str], repeats: int, words: list[st
             for side in order:
                 if stage in sides[side]:
                     # the end-to-end kit run starts from raw HTML (it cleans); every other stage gets cleaned text
-                    texts = raw if (stage, side) in (("end to end", "kit"), ("clean_text", "kit")) else cleaned
+                    texts = (
+                        raw if (stage, side) in (("end to end", "kit"), ("clean_text", "kit")) else cleaned
+                    )
                     times.setdefault((stage, side), []).append(_cpu_seconds(sides[side][stage], texts))
                     print(f"  repeat {r + 1}/{repeats}: {stage} / {side}", file=sys.stderr, flush=True)
     rows = []
@@ -320,6 +323,56 @@ def memory_rows(folder: Path, sizes_mb: list[float], workers: int, records: int)
     return rows
 
 
+def plot(rows: list[dict], path: Path) -> Path | None:
+    """Kit vs datatrove MB/s per stage (left) and peak RSS against corpus size (right), where the run has them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = [r for r in rows if r.get("kit MB/s") and "kit spread %" in r]
+    memory = [r for r in rows if str(r.get("stage", "")).startswith("memory bound")]
+    panels = [p for p in (stages, memory) if p]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.2), squeeze=False)
+    axes = list(axes[0])
+    if stages:
+        ax = axes.pop(0)
+        others = {k for r in stages for k in r if k.startswith("datatrove") and k.endswith("MB/s")}
+        sides = ["kit MB/s", *sorted(others)]
+        height = 0.8 / len(sides)
+        for i, side in enumerate(sides):
+            ys = [j + i * height for j in range(len(stages))]
+            ax.barh(
+                ys, [float(r.get(side) or 0) for r in stages], height=height, label=side.replace(" MB/s", "")
+            )
+        ax.set_yticks(
+            [j + 0.4 - height / 2 for j in range(len(stages))], [r["stage"] for r in stages], fontsize=8
+        )
+        ax.invert_yaxis()
+        ax.set_xlabel("MB/s per CPU second (higher is better)")
+        ax.legend(fontsize=8)
+        ax.set_title("per stage, one process")
+    if memory:
+        ax = axes.pop(0)
+        mb = [float(r["stage"].split(":")[1].split("MB")[0].replace(",", "")) for r in memory]
+        main = [float(r["peak RSS MB (main / largest worker)"].split("/")[0]) for r in memory]
+        worker = [float(r["peak RSS MB (main / largest worker)"].split("/")[1]) for r in memory]
+        ax.plot(mb, main, "o-", label="main process")
+        ax.plot(mb, worker, "s-", label="largest worker")
+        ax.set_xscale("log")
+        ax.set_ylim(0, max(main + worker) * 1.5)
+        ax.set_xlabel("corpus MB (log)")
+        ax.set_ylabel("peak RSS MB")
+        ax.legend(fontsize=8)
+        ax.set_title("kit data clean: memory against corpus size")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str]) -> dict:
     parser = argparse.ArgumentParser(prog="python -m benchmarks data_pipeline")
     parser.add_argument("--mb", type=float, default=32.0, help="corpus size for the stage runs")
@@ -345,7 +398,11 @@ def main(argv: list[str]) -> dict:
         if args.scale_mb:
             sizes = [float(x) for x in args.scale_mb.split(",")]
             rows += memory_rows(Path(tmp), sizes, args.workers, args.records)
+    from benchmarks.__main__ import out_dir
+
+    png = plot(rows, out_dir() / "data_pipeline.png")
     return {
+        "plot": png.name if png else None,  # written beside the JSON
         "title": "Data pipeline: MB/s per stage, kit vs datatrove; multi-process scaling; memory bound",
         "device": f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), threads pinned to 1",
         "rows": rows,
