@@ -380,7 +380,8 @@ class TextDataModule(pl.LightningDataModule):
         return self._loader(self.test_set, shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        """The test split where there is one (text the model neither trained nor was selected on), else validation."""
+        return self._loader(self.test_set if self.test_set is not None else self.val_set, shuffle=False)
 
     def state_dict(self) -> dict:
         return {"tokenizer_path": self.tokenizer_path}

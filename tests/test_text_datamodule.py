@@ -159,6 +159,7 @@ def test_default_corpus_has_a_clean_test_split_distinct_from_validation() -> Non
         assert ngram_overlap(dm.train_texts, held, 13)["contaminated"] == []
     assert sum(map(len, dm.moved_docs.values())) > 0  # the embedded corpus does share boilerplate
     assert not torch.equal(dm.test_set.blocks[:1], dm.val_set.blocks[:1])
+    assert dm.predict_dataloader().dataset is dm.test_set  # kit predict runs on held-out test text
 
 
 def test_no_test_split_is_a_clear_error_not_the_validation_split(tmp_path) -> None:
@@ -169,3 +170,4 @@ def test_no_test_split_is_a_clear_error_not_the_validation_split(tmp_path) -> No
     off.setup("fit")
     with pytest.raises(ValueError, match="no test split .*data.test_fraction"):
         off.test_dataloader()
+    assert off.predict_dataloader().dataset is off.val_set  # predict falls back to validation
