@@ -304,7 +304,13 @@ def memory_rows(folder: Path, sizes_mb: list[float], workers: int, records: int)
     rows = []
     for mb in sizes_mb:
         shards = folder / f"mem-{mb:g}"
+        print(f"  memory bound: writing a {mb:g} MB corpus", file=sys.stderr, flush=True)
         written = write_shards(shards, mb, shard_mb=max(1.0, min(64.0, mb / 4)), seed=1)
+        print(
+            f"  memory bound: kit data clean over {written / 1e6:,.0f} MB, {workers} worker(s)",
+            file=sys.stderr,
+            flush=True,
+        )
         res = run_clean(shards, folder / f"mem-{mb:g}.jsonl", workers, records)
         rows.append(
             {
