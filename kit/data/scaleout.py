@@ -305,11 +305,24 @@ class _Merge:
             link_prev.append(rec["slot"][:-1][same] // bands)  # the previous document in the same bucket
             if progress:
                 progress("near dedup: sort bands", 1, n_parts)
+        # The links are the one structure that grows with the data (with its near duplicates, not its size):
+        # 24 bytes each once built. Temporaries are dropped as soon as they are used, so building them peaks
+        # at about 32 bytes per link rather than several copies.
         slots = np.concatenate(link_slot) if link_slot else np.empty(0, np.int64)
+        link_slot.clear()
+        prevs = np.concatenate(link_prev) if link_prev else np.empty(0, np.int64)
+        link_prev.clear()
         order = np.argsort(slots, kind="stable")
-        prevs = np.concatenate(link_prev)[order] if link_slot else np.empty(0, np.int64)
-        # compact int64 arrays (24 bytes per link), searched with bisect: no per-link Python objects
-        self._walk(array("q", slots[order].tobytes()), array("q", prevs.tobytes()), bands)
+        slots = slots[order]
+        prevs = prevs[order]
+        del order
+        # compact int64 arrays, searched with bisect: no per-link Python objects
+        slot_links, prev_links = array("q"), array("q")
+        slot_links.frombytes(memoryview(slots).cast("B"))
+        del slots
+        prev_links.frombytes(memoryview(prevs).cast("B"))
+        del prevs
+        self._walk(slot_links, prev_links, bands)
 
     def _walk(self, slots: array, prevs: array, bands: int) -> None:
         """In document order: near duplicate iff an earlier kept document in a shared bucket verifies."""
