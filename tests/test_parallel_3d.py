@@ -12,6 +12,8 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kit.models.gpt import GPT, GPTConfig
 from kit.parallel.pipeline import GPTStage, clip_grad_norm_, lm_loss, stage_bounds
@@ -123,13 +125,12 @@ def _pp_worker(rank: int, world: int, port: int, schedule: str, tied: bool, out:
     dist.destroy_process_group()
 
 
-def _compare(result: dict, config: GPTConfig, skip_grads: tuple[str, ...] = ()) -> None:
+def _compare(result: dict, config: GPTConfig) -> None:
     ref_losses, ref_grads = _reference(config)
     assert result["losses"] == pytest.approx(ref_losses, abs=1e-5)
     assert set(result["grads"]) == set(ref_grads)
     for name, g in result["grads"].items():
-        if not name.endswith(skip_grads):
-            torch.testing.assert_close(g, ref_grads[name], atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(g, ref_grads[name], atol=1e-6, rtol=1e-4)
 
 
 def test_stage_bounds_cover_every_block_once() -> None:
@@ -167,6 +168,49 @@ def test_tp_plan_refuses_unknown_layers_and_bad_sizes() -> None:
         tp_plan(model)
 
 
+@settings(max_examples=25, deadline=None)
+@given(n_head=st.integers(1, 4), head_dim=st.integers(1, 3), cols=st.integers(0, 2))
+def test_qkv_layout_conversion_round_trips(n_head: int, head_dim: int, cols: int) -> None:
+    from kit.models.layers.attention import qkv_head_major, qkv_stacked
+
+    shape = (3 * n_head * head_dim,) + (cols,) * (cols > 0)
+    t = torch.randn(shape)
+    torch.testing.assert_close(qkv_stacked(qkv_head_major(t, n_head), n_head), t, rtol=0, atol=0)
+
+
+def test_fused_qkv_is_head_major_so_a_plain_row_split_gives_whole_heads() -> None:
+    """Why TP can place the fused QKV ``Shard(0)``: contiguous row blocks are whole heads of q, k and v.
+
+    A stacked ``[q; k; v]`` weight (nanoGPT's) converted with ``qkv_head_major`` gives the same attention output,
+    and each of ``tp`` equal row blocks of the head-major weight is exactly heads ``[r * nh/tp, (r+1) * nh/tp)``
+    of q, k and v. (The previous ``_StridedShard(0, 3)`` placement trained correctly but, nested under FSDP2's
+    own ``_StridedShard``, ``full_tensor()`` and the full checkpoint read garbage rows in torch 2.13.)
+    """
+    import torch.nn.functional as F
+
+    from kit.models.layers.attention import DenseAttention, qkv_head_major
+
+    cfg = _config(n_head=4)
+    torch.manual_seed(0)
+    attn = DenseAttention(cfg).eval()
+    C, nh = cfg.n_embd, cfg.n_head
+    stacked_w, stacked_b = torch.randn(3 * C, C), torch.randn(3 * C)
+    with torch.no_grad():
+        attn.qkv.weight.copy_(qkv_head_major(stacked_w, nh))
+        attn.qkv.bias.copy_(qkv_head_major(stacked_b, nh))
+    x = torch.randn(2, 5, C)
+    q, k, v = F.linear(x, stacked_w, stacked_b).chunk(3, -1)
+    q, k, v = (t.view(2, 5, nh, C // nh).transpose(1, 2) for t in (q, k, v))
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(2, 5, C)
+    torch.testing.assert_close(attn(x), attn.proj(y))
+    tp, hs = 2, C // nh
+    for r, block in enumerate(attn.qkv.weight.detach().chunk(tp)):
+        heads = slice(r * nh // tp, (r + 1) * nh // tp)
+        parts = [w.view(nh, hs, C)[heads].reshape(-1, C) for w in stacked_w.chunk(3)]
+        expected = torch.stack([p.view(nh // tp, hs, C) for p in parts], 1).reshape(-1, C)
+        torch.testing.assert_close(block, expected, rtol=0, atol=0)
+
+
 @pytest.mark.distributed
 def test_tensor_parallel_2_ranks_matches_one_process(tmp_path) -> None:
     out = str(tmp_path / "tp.pt")
@@ -179,10 +223,7 @@ def test_tensor_parallel_2_ranks_matches_one_process(tmp_path) -> None:
 def test_data_x_tensor_parallel_4_ranks_matches_one_process(tmp_path) -> None:
     out = str(tmp_path / "dptp.pt")
     mp.spawn(_tp_worker, args=(4, _port(), (2, 2), ("data_parallel", "tensor_parallel"), out), nprocs=4)
-    # Seen in torch 2.13: the QKV gradient read back with full_tensor() under 2D placements (FSDP Shard(0) over a
-    # TP _StridedShard) does not match the single-process one, while the 5-step losses and every other gradient
-    # do. Not diagnosed (the read-back or the gradient itself); listed in the README as an open item.
-    _compare(torch.load(out), _config(), skip_grads=("attn.qkv.weight", "attn.qkv.bias"))
+    _compare(torch.load(out), _config())  # every gradient, the fused QKV's included (see test_qkv_...)
 
 
 @pytest.mark.distributed

@@ -12,10 +12,10 @@ module              placement
 ==================  ==================================================================================
 ``ln_1``, ``ln_2``  ``SequenceParallel``: the residual stream and the norms are split along the sequence
 ``attn``            input gathered to the full sequence (``PrepareModuleInput``: Shard(1) -> Replicate)
-``attn.qkv``        column-parallel, each rank owns ``n_head / tp`` heads of q, k and v. The fused
-                    weight is ``[q; k; v]`` stacked, so a plain ``Shard(0)`` would hand rank 0 all of q;
-                    it is placed ``_StridedShard(0, split_factor=3)`` instead (every third of the rows
-                    sharded), which keeps the checkpoint's full tensor identical to a single-GPU one
+``attn.qkv``        column-parallel (plain ``Shard(0)``): the fused weight is head-major (Megatron's
+                    (head, q|k|v, head_dim) row order, see ``DenseAttention``), so each rank's contiguous
+                    rows are ``n_head / tp`` whole heads of q, k and v, and the full tensor is the
+                    single-GPU weight
 ``attn.proj``       row-parallel, output reduce-scattered back to Shard(1) (sequence parallel)
 ``mlp``             input gathered (as ``attn``); ``mlp.fc`` column-, ``mlp.proj`` row-parallel
 ==================  ==================================================================================
@@ -36,7 +36,7 @@ then the root. FSDP2 must see the final module tree, and compile must see the ch
 Example:
     >>> from kit.models.gpt import GPT, GPTConfig
     >>> tp_plan(GPT(GPTConfig.from_name("debug")))["blocks.0.attn.qkv"].__class__.__name__
-    'StridedColwiseParallel'
+    'ColwiseParallel'
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_module, distribute_tensor
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_module
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     PrepareModuleInput,
@@ -59,7 +59,6 @@ __all__ = [
     "DP_DIM",
     "PP_DIM",
     "TP_DIM",
-    "StridedColwiseParallel",
     "mesh_dim",
     "parallelize",
     "tp_plan",
@@ -69,45 +68,6 @@ __all__ = [
 DP_DIM = "data_parallel"
 TP_DIM = "tensor_parallel"
 PP_DIM = "pipeline_parallel"
-
-
-class StridedColwiseParallel(ColwiseParallel):
-    """Column parallelism for a fused projection whose output is ``split_factor`` stacked parts (``[q; k; v]``).
-
-    Each part is sharded separately (``_StridedShard(0, split_factor)``), so rank ``r`` computes
-    ``[q_r, k_r, v_r]`` and the layer's ``chunk(3, -1)`` gives it its own heads of each. The DTensor's full
-    tensor stays the unsharded weight, so checkpoints move between TP degrees.
-
-    Args:
-        split_factor: number of stacked parts (3 for QKV).
-        **kwargs: ``ColwiseParallel``'s.
-    """
-
-    def __init__(self, split_factor: int = 3, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.split_factor = split_factor
-
-    def _partition_linear_fn(self, name: str, module: nn.Module, device_mesh: Any) -> None:
-        from torch.distributed.tensor.placement_types import _StridedShard
-
-        placement = [_StridedShard(0, split_factor=self.split_factor)]
-        for pname, param in module.named_parameters():
-            module.register_parameter(
-                pname, nn.Parameter(distribute_tensor(param, device_mesh, placement), param.requires_grad)
-            )
-
-    def _apply(self, module: nn.Module, device_mesh: Any) -> nn.Module:
-        return distribute_module(
-            module,
-            device_mesh,
-            self._partition_linear_fn,
-            lambda mod, inputs, mesh: self._prepare_input_fn(
-                self.input_layouts, self.desired_input_layouts, mod, inputs, mesh
-            ),
-            # ColwiseParallel would redistribute the strided output to a plain Shard(-1) (moving q, k and v
-            # heads between ranks); the local [q_r, k_r, v_r] block is what attention needs
-            lambda mod, outputs, mesh: outputs.to_local() if self.use_local_output else outputs,
-        )
 
 
 def tp_plan(model: nn.Module, *, sequence_parallel: bool = True) -> dict[str, ParallelStyle]:
@@ -152,7 +112,7 @@ def tp_plan(model: nn.Module, *, sequence_parallel: bool = True) -> dict[str, Pa
                 plan[f"{p}.{part}"] = PrepareModuleInput(
                     input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),), use_local_output=True
                 )
-        plan[f"{p}.attn.qkv"] = StridedColwiseParallel(split_factor=3)
+        plan[f"{p}.attn.qkv"] = ColwiseParallel()
         plan[f"{p}.attn.proj"] = RowwiseParallel(output_layouts=seq)
         plan[f"{p}.mlp.fc"] = ColwiseParallel()
         plan[f"{p}.mlp.proj"] = RowwiseParallel(output_layouts=seq)
