@@ -400,9 +400,8 @@ PRESETS: dict[str, tuple[type, str, dict[str, Any]]] = {
     "fsdp2-tp": (
         ModelParallelStrategy,
         "FSDP2 over data_parallel x tensor parallel over tensor_parallel (kit.parallel.tensor.parallelize)",
-        # torch 2.13's distributed checkpoint plans the strided QKV shards as plain ones ("overlapping chunks"):
-        # save full (gathered) state dicts, which load back into any data x tensor layout
-        {"save_distributed_checkpoint": False},
+        # distributed checkpoints (ModelParallelStrategy's default): each rank writes its own shards
+        {},
     ),
     "pipeline": (
         PipelineStrategy,
