@@ -125,6 +125,41 @@ def _pp_worker(rank: int, world: int, port: int, schedule: str, tied: bool, out:
     dist.destroy_process_group()
 
 
+MESH_3D = ("pipeline_parallel", "data_parallel", "tensor_parallel")
+
+
+def _3d_worker(rank: int, world: int, port: int, shape: tuple, tied: bool, out: str) -> None:
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from kit.parallel.pipeline import parallelize_pipeline
+
+    _init(rank, world, port)
+    mesh = init_device_mesh("cpu", shape, mesh_dim_names=MESH_3D)
+    torch.manual_seed(0)
+    pipe = parallelize_pipeline(GPT(_config(tie_embeddings=tied)), mesh, n_microbatches=2, schedule="1f1b")
+    dp = mesh["data_parallel"]
+    n, r = dp.size(), dp.get_local_rank()
+    opt = torch.optim.AdamW(pipe.stage.parameters(), lr=LR)
+    losses, grads = [], {}
+    for step in range(STEPS):
+        x, y = (t.chunk(n)[r] for t in _batch(step))
+        loss, _ = pipe.step(x, y, MAX_NORM)
+        if (
+            step == 0
+        ):  # full_tensor() is a collective over the stage's data x tensor mesh: every rank calls it
+            grads = {k: _full(p.grad).clone() for k, p in pipe.stage.named_parameters()}
+        opt.step()
+        opt.zero_grad()
+        if loss is not None:
+            losses.append(loss.item())
+    kinds = sorted({type(p).__name__ for p in pipe.stage.parameters()})
+    torch.save(
+        {"losses": losses, "grads": grads, "coord": mesh.get_coordinate(), "kinds": kinds}, f"{out}.{rank}"
+    )
+    dist.destroy_process_group()
+
+
 def _compare(result: dict, config: GPTConfig) -> None:
     ref_losses, ref_grads = _reference(config)
     assert result["losses"] == pytest.approx(ref_losses, abs=1e-5)
@@ -247,3 +282,27 @@ def test_pipeline_2_stages_matches_one_process(tmp_path, schedule: str, tied: bo
         torch.testing.assert_close(
             last["grads"]["lm_head.weight"], ref_grads["wte.weight"], atol=1e-6, rtol=1e-4
         )
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.parametrize(("shape", "tied"), [((2, 2, 2), True)], ids=["pp2xdp2xtp2-tied"])
+def test_3d_data_x_pipeline_x_tensor_matches_one_process(tmp_path, shape: tuple, tied: bool) -> None:
+    """DP x PP x TP on one (pipeline, data, tensor) mesh: 8 gloo ranks, 1F1B with 2 micro-batches per replica,
+    FSDP2 over data and Megatron TP inside each stage, the tied embedding/head synced between the end stages."""
+    out, world = str(tmp_path / "3d.pt"), shape[0] * shape[1] * shape[2]
+    mp.spawn(_3d_worker, args=(world, _port(), shape, tied, out), nprocs=world)
+    results = [torch.load(f"{out}.{r}") for r in range(world)]
+    ref_losses, ref_grads = _reference(_config(tie_embeddings=tied))
+    last = [res for res in results if res["coord"][0] == shape[0] - 1]
+    replicas = [res["losses"] for res in last if res["coord"][2] == 0]  # one per data-parallel replica
+    assert len(replicas) == shape[1]
+    assert [sum(v) / len(v) for v in zip(*replicas, strict=True)] == pytest.approx(ref_losses, abs=1e-5)
+    assert all(res["losses"] == [] for res in results if res["coord"][0] < shape[0] - 1)
+    for res in results:
+        assert res["kinds"] == ["DTensor"]
+        for name, g in res["grads"].items():
+            ref = ref_grads["wte.weight"] if name == "lm_head.weight" and tied else ref_grads[name]
+            torch.testing.assert_close(g, ref, atol=1e-6, rtol=1e-4)
+    covered = set().union(*(res["grads"] for res in results))
+    assert covered == set(ref_grads) | ({"lm_head.weight"} if tied else set())

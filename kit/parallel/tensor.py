@@ -74,7 +74,8 @@ def tp_plan(model: nn.Module, *, sequence_parallel: bool = True) -> dict[str, Pa
     """The ``parallelize_module`` plan for a ``kit.models.gpt.GPT`` (see the module docstring's table).
 
     Args:
-        model: the GPT (dense attention, MLP feed-forward).
+        model: the GPT (dense attention, MLP feed-forward), or one ``kit.parallel.pipeline.GPTStage`` of it (only
+            the stage's own embeddings, blocks and head are planned).
         sequence_parallel: split norms and the residual stream along the sequence (Korthikanti et al.);
             False keeps them replicated (Megatron's original plan: all-reduce after each row-parallel layer).
 
@@ -86,16 +87,19 @@ def tp_plan(model: nn.Module, *, sequence_parallel: bool = True) -> dict[str, Pa
             their projections are not named ``qkv``/``proj``/``fc``.
     """
     seq = Shard(1) if sequence_parallel else Replicate()
-    plan: dict[str, ParallelStyle] = {
-        "wte": RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate()),
-        "ln_f": SequenceParallel() if sequence_parallel else None,
-        "lm_head": ColwiseParallel(input_layouts=seq, output_layouts=Replicate()),
-    }
-    if sequence_parallel:
-        plan["blocks.0"] = PrepareModuleInput(
-            input_layouts=(Replicate(),), desired_input_layouts=(Shard(1),), use_local_output=True
-        )
-    for i, block in enumerate(model.blocks):
+    blocks = list(model.blocks.named_children())  # a GPT's ModuleList, or a pipeline stage's ModuleDict
+    plan: dict[str, ParallelStyle | None] = {}
+    if getattr(model, "wte", None) is not None:  # a GPT, or the first pipeline stage
+        plan["wte"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate())
+        if sequence_parallel and blocks:
+            plan[f"blocks.{blocks[0][0]}"] = PrepareModuleInput(
+                input_layouts=(Replicate(),), desired_input_layouts=(Shard(1),), use_local_output=True
+            )
+    # a later pipeline stage receives the previous stage's local (B, T / tp, C) sequence shard as it is
+    if getattr(model, "lm_head", None) is not None:  # a GPT, or the last pipeline stage
+        plan["ln_f"] = SequenceParallel() if sequence_parallel else None
+        plan["lm_head"] = ColwiseParallel(input_layouts=seq, output_layouts=Replicate())
+    for i, block in blocks:
         for part, names in (("attn", ("qkv", "proj")), ("mlp", ("fc", "proj"))):
             sub = getattr(block, part, None)
             if sub is None or not all(isinstance(getattr(sub, n, None), nn.Linear) for n in names):
@@ -140,9 +144,11 @@ def parallelize(
     """Apply tensor parallelism, activation checkpointing, compile and FSDP2 to a kit GPT, in that order.
 
     Args:
-        model: a ``kit.models.gpt.GPT`` (on CPU, CUDA or the meta device).
+        model: a ``kit.models.gpt.GPT`` (on CPU, CUDA or the meta device), or one pipeline stage of it
+            (``kit.parallel.pipeline.GPTStage``: the 3D case, see ``kit.parallel.pipeline.parallelize_pipeline``).
         device_mesh: a ``DeviceMesh`` with dimensions named ``"data_parallel"`` and/or ``"tensor_parallel"``
-            (Lightning's ``ModelParallelStrategy`` builds it; a 1-D mesh without names is taken as data parallel).
+            (Lightning's ``ModelParallelStrategy`` builds it; a 1-D mesh without names is taken as data parallel);
+            other named dimensions (``"pipeline_parallel"``) are ignored here.
         tp: shard layers over ``tensor_parallel`` (skipped when that dimension has size 1).
         fsdp: ``fully_shard`` every block and the root over ``data_parallel`` (the whole mesh when unnamed).
         activation_checkpointing: recompute each block in backward (``kit.models.transforms``).
@@ -181,19 +187,21 @@ def parallelize(
                 )
         if sequence_parallel and cfg.block_size % size:
             raise ValueError(f"block_size={cfg.block_size} does not divide by tensor_parallel_size={size}")
-        tied = getattr(model, "lm_head", None) is not None and model.lm_head.weight is model.wte.weight
+        head, wte = getattr(model, "lm_head", None), getattr(model, "wte", None)
+        tied = head is not None and wte is not None and head.weight is wte.weight
         parallelize_module(model, tp_mesh, tp_plan(model, sequence_parallel=sequence_parallel))
         if tied:  # both styles place the weight Shard(0) over the vocabulary: keep one parameter
             model.lm_head.weight = model.wte.weight
-        # every parameter a DTensor (wpe replicated), so clip_grad_norm_ and optimizers see one kind of tensor
-        distribute_module(
-            model.wpe,
-            tp_mesh,
-            input_fn=lambda mod, inputs, mesh: tuple(
-                DTensor.from_local(t, mesh, [Replicate()]) for t in inputs
-            ),
-            output_fn=lambda mod, outputs, mesh: outputs.to_local(),
-        )
+        if getattr(model, "wpe", None) is not None:
+            # every parameter a DTensor (wpe replicated), so clip_grad_norm_ and optimizers see one kind of tensor
+            distribute_module(
+                model.wpe,
+                tp_mesh,
+                input_fn=lambda mod, inputs, mesh: tuple(
+                    DTensor.from_local(t, mesh, [Replicate()]) for t in inputs
+                ),
+                output_fn=lambda mod, outputs, mesh: outputs.to_local(),
+            )
     elif tp_mesh is None and not names and not fsdp:
         raise ValueError("device_mesh has no 'tensor_parallel' dimension and fsdp=False: nothing to do")
     if activation_checkpointing:
@@ -201,13 +209,13 @@ def parallelize(
 
         checkpoint_blocks(model)
     if compile:
-        for i, block in enumerate(model.blocks):
-            model.blocks[i] = torch.compile(block)
+        for name, block in list(model.blocks.named_children()):
+            model.blocks.register_module(name, torch.compile(block))
     if fsdp and dp_mesh is not None:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
-        for block in model.blocks:
+        for block in model.blocks.children():
             fully_shard(block, mesh=dp_mesh, mp_policy=mp)
         fully_shard(model, mesh=dp_mesh, mp_policy=mp)
     return model
