@@ -255,7 +255,8 @@ def parallelize_pipeline(
     n_microbatches: int,
     schedule: str = "1f1b",
     device: torch.device | str = "cpu",
-    activation_checkpointing: bool = False,
+    activation_checkpointing: bool | str = False,
+    checkpoint_every: int = 1,
     compile: bool = False,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = lm_loss,
 ) -> Pipeline:
@@ -274,7 +275,9 @@ def parallelize_pipeline(
         n_microbatches: micro-batches per step (of each data-parallel replica's batch).
         schedule: ``"1f1b"`` or ``"gpipe"``.
         device: this rank's device.
-        activation_checkpointing: recompute each block in backward.
+        activation_checkpointing: recompute blocks in backward (``parallelize``'s modes: True/"full",
+            "attention", "ffn").
+        checkpoint_every: checkpoint every k-th block only.
         compile: ``torch.compile`` each block.
         loss_fn: the per-micro-batch loss on the last stage.
 
@@ -295,13 +298,15 @@ def parallelize_pipeline(
     sizes = {
         name: (m.size() if (m := mesh_dim(device_mesh, name)) is not None else 1) for name in (DP_DIM, TP_DIM)
     }
-    if sizes[DP_DIM] > 1 or sizes[TP_DIM] > 1 or activation_checkpointing or compile:
+    checkpointing = activation_checkpointing not in (False, "none")
+    if sizes[DP_DIM] > 1 or sizes[TP_DIM] > 1 or checkpointing or compile:
         parallelize(
             stage,
             device_mesh,
             tp=sizes[TP_DIM] > 1,
             fsdp=sizes[DP_DIM] > 1,
             activation_checkpointing=activation_checkpointing,
+            checkpoint_every=checkpoint_every,
             compile=compile,
         )
     group = pp.get_group()

@@ -135,7 +135,8 @@ def parallelize(
     *,
     tp: bool = True,
     fsdp: bool = True,
-    activation_checkpointing: bool = False,
+    activation_checkpointing: bool | str = False,
+    checkpoint_every: int = 1,
     compile: bool = False,
     sequence_parallel: bool = True,
     param_dtype: torch.dtype | None = None,
@@ -151,7 +152,9 @@ def parallelize(
             other named dimensions (``"pipeline_parallel"``) are ignored here.
         tp: shard layers over ``tensor_parallel`` (skipped when that dimension has size 1).
         fsdp: ``fully_shard`` every block and the root over ``data_parallel`` (the whole mesh when unnamed).
-        activation_checkpointing: recompute each block in backward (``kit.models.transforms``).
+        activation_checkpointing: recompute each block in backward (``kit.models.transforms``): True/``"full"``,
+            ``"attention"`` or ``"ffn"`` (that sublayer only), False/``"none"``.
+        checkpoint_every: checkpoint every k-th block only.
         compile: ``torch.compile`` each block (per-block, as torchtitan, so FSDP2's hooks stay outside).
         sequence_parallel: see :func:`tp_plan`.
         param_dtype: FSDP2 ``MixedPrecisionPolicy`` parameter dtype (None: keep the parameters' dtype).
@@ -204,10 +207,11 @@ def parallelize(
             )
     elif tp_mesh is None and not names and not fsdp:
         raise ValueError("device_mesh has no 'tensor_parallel' dimension and fsdp=False: nothing to do")
-    if activation_checkpointing:
+    mode = {True: "full", False: "none"}.get(activation_checkpointing, activation_checkpointing)
+    if mode != "none":
         from kit.models.transforms import checkpoint_blocks
 
-        checkpoint_blocks(model)
+        checkpoint_blocks(model, every=checkpoint_every, part=mode)
     if compile:
         for name, block in list(model.blocks.named_children()):
             model.blocks.register_module(name, torch.compile(block))
