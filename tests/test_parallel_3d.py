@@ -203,6 +203,23 @@ def test_tp_plan_refuses_unknown_layers_and_bad_sizes() -> None:
         tp_plan(model)
 
 
+def test_tp_plan_of_a_pipeline_stage_covers_only_what_the_stage_holds() -> None:
+    from torch.distributed.tensor.parallel import PrepareModuleInput
+
+    from kit.parallel.tensor import tp_plan
+
+    model = GPT(_config(n_layer=4))
+    first, middle, last = (tp_plan(GPTStage(model, i, 3)) for i in range(3))
+    assert {"wte", "blocks.0"} <= set(first) and "lm_head" not in first
+    assert isinstance(
+        first["blocks.0"], PrepareModuleInput
+    )  # the replicated embedding output -> sequence shard
+    assert not {"wte", "lm_head", "ln_f"} & set(middle) and "blocks.2.attn.qkv" in middle
+    assert "blocks.2" not in middle  # a later stage receives its sequence shard as it is
+    assert {"ln_f", "lm_head", "blocks.3.mlp.fc"} <= set(last) and "wte" not in last
+    assert set(tp_plan(model)) == set(first) | set(middle) | set(last)  # the stages' plans make up the GPT's
+
+
 @settings(max_examples=25, deadline=None)
 @given(n_head=st.integers(1, 4), head_dim=st.integers(1, 3), cols=st.integers(0, 2))
 def test_qkv_layout_conversion_round_trips(n_head: int, head_dim: int, cols: int) -> None:

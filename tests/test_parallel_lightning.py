@@ -2,7 +2,8 @@
 
 ``CausalLM.configure_model`` sees the strategy's device mesh and applies ``kit.parallel.tensor.parallelize``;
 ``PipelineCausalLM`` cuts the GPT into stages (TP / FSDP2 inside them when the mesh says so). Each run trains 4
-steps (global batch 4, clipping at 0.5) with a checkpoint every 2 and a validation pass per epoch, resumes from
+steps (global batch 4, clipping at 0.5) with a checkpoint every 2 and a validation pass per epoch (6 examples:
+a full batch and a smaller one, so the pipeline builds a second eval schedule), resumes from
 the step-2 checkpoint and wants the same weights after step 4 (fp32, no dropout). The pipeline runs also compare
 their last training loss, validation loss and weights with a one-process ``CausalLM`` run of the same model and data.
 """
@@ -30,8 +31,8 @@ out, preset, world, opts = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.load
 torch.set_num_threads(1)
 DP = opts.get("dp", 1)
 
-def data():
-    x = torch.randint(0, 64, (8, 17), generator=torch.Generator().manual_seed(0))  # 2 steps an epoch
+def data(n=8):
+    x = torch.randint(0, 64, (8, 17), generator=torch.Generator().manual_seed(0))[:n]  # 2 steps an epoch
     ds = torch.utils.data.TensorDataset(x[:, :-1], x[:, 1:])
     return torch.utils.data.DataLoader(ds, batch_size=4 // DP)  # a global batch of 4 over the replicas
 
@@ -52,7 +53,7 @@ def fit(steps, ckpt_in=None):
     trainer = pl.Trainer(accelerator="cpu", devices=world, strategy=strategy, max_steps=steps, logger=False,
                          gradient_clip_val=clip, num_sanity_val_steps=0,
                          callbacks=[ModelCheckpoint(dirpath=f"{out}/ck", every_n_train_steps=2, save_top_k=-1, filename="{step}")], enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(model, data(), data(), ckpt_path=ckpt_in)
+    trainer.fit(model, data(), data(6), ckpt_path=ckpt_in)  # validation: a last, smaller batch
     full = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone() for k, v in model.model.state_dict().items()}
     kinds = sorted({type(p).__name__ for p in model.model.parameters()})
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -92,7 +93,9 @@ def _one_process_reference() -> tuple[dict, dict]:
     # data parallelism each replica takes every dp-th example of it, so a global batch holds the same examples
     sampler = torch.utils.data.DistributedSampler(ds, num_replicas=1, rank=0, shuffle=True, seed=0)
     loader = torch.utils.data.DataLoader(ds, batch_size=4, sampler=sampler)
-    val_loader = torch.utils.data.DataLoader(ds, batch_size=4)
+    val_loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x[:6, :-1], x[:6, 1:]), batch_size=4
+    )
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=1,
