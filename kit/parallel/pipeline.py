@@ -17,6 +17,9 @@ Pieces, each a small function over torch's ``PipelineStage`` / ``ScheduleGPipe``
   shared parameter would.
 - :func:`clip_grad_norm_` clips by the *global* norm: each stage's sum of squares is all-reduced over the
   pipeline group (the tied head counted once) before the scale is applied.
+- :func:`parallelize_pipeline` composes them with :func:`kit.parallel.tensor.parallelize` on one
+  ``(pipeline_parallel, data_parallel, tensor_parallel)`` mesh (3D: TP and FSDP2 inside each stage) and returns
+  a :class:`Pipeline` whose ``step`` runs schedule, tied sync and clip.
 
 The pipeline bubble of GPipe and 1F1B is ``(p - 1) / (m + p - 1)`` of the step for ``p`` stages and ``m``
 micro-batches (:func:`kit.health.planner.bubble_fraction`); 1F1B keeps at most ``p`` micro-batches of
@@ -322,11 +325,6 @@ def parallelize_pipeline(
     last_rank = next(row[-1] for row in rows if me in row)
     tied_copy = [stage.lm_head.weight] if stage.tied and stage.is_last and not stage.is_first else []
     return Pipeline(stage, sched, group, embedding_group, last_rank, tied_copy)
-
-
-def _first_last_group(stage: GPTStage, group: Any) -> Any:
-    ranks = dist.get_process_group_ranks(group) if group is not None else list(range(dist.get_world_size()))
-    return ranks[0], ranks[-1]
 
 
 def sync_tied_grads(stage: GPTStage, group: Any = None, embedding_group: Any = None) -> None:
