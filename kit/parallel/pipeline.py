@@ -311,6 +311,9 @@ def parallelize_pipeline(
             activation_checkpointing=activation_checkpointing,
             checkpoint_every=checkpoint_every,
             compile=compile,
+            # keep a stage's gathered parameters from the first micro-batch's forward to the last backward
+            # (torchtitan's choice under PP): resharding would all-gather the stage again for every micro-batch
+            reshard_after_forward=pp.size() == 1,
         )
     group = pp.get_group()
     sched = build_schedule(

@@ -141,6 +141,7 @@ def parallelize(
     sequence_parallel: bool = True,
     param_dtype: torch.dtype | None = None,
     reduce_dtype: torch.dtype | None = None,
+    reshard_after_forward: bool = True,
 ) -> nn.Module:
     """Apply tensor parallelism, activation checkpointing, compile and FSDP2 to a kit GPT, in that order.
 
@@ -159,6 +160,10 @@ def parallelize(
         sequence_parallel: see :func:`tp_plan`.
         param_dtype: FSDP2 ``MixedPrecisionPolicy`` parameter dtype (None: keep the parameters' dtype).
         reduce_dtype: FSDP2 gradient reduce dtype (None: the parameter dtype).
+        reshard_after_forward: FSDP2 frees the gathered blocks after forward and gathers again in backward
+            (ZeRO-3). False keeps them until backward (ZeRO-2-like memory, one all-gather per step instead of
+            two); ``parallelize_pipeline`` passes False, as torchtitan does under pipeline parallelism, where
+            every micro-batch would otherwise re-gather the stage.
 
     Returns:
         ``model``, parallelized in place.
@@ -220,6 +225,6 @@ def parallelize(
 
         mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
         for block in model.blocks.children():
-            fully_shard(block, mesh=dp_mesh, mp_policy=mp)
-        fully_shard(model, mesh=dp_mesh, mp_policy=mp)
+            fully_shard(block, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+        fully_shard(model, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
     return model
