@@ -1,4 +1,4 @@
-"""DDP vs FSDP2 vs FSDP2+TP vs pipeline (1F1B) on the kit's GPT: tokens/s and peak memory per GPU (issue 10).
+"""DDP vs FSDP2 vs FSDP2+TP vs pipeline (1F1B) vs 3D on the kit's GPT: tokens/s and peak memory per GPU (issue 10).
 
     python benchmarks/gpu_parallel.py --out DIR [--model gpt2] [--steps 20] [--smoke]
 
@@ -8,7 +8,9 @@ together, after 3 warm-up steps), peak ``torch.cuda.max_memory_allocated`` per G
 - ``ddp``: ``DistributedDataParallel``;
 - ``fsdp2``: ``fully_shard`` per block (``kit.parallel.tensor.parallelize(tp=False)``);
 - ``fsdp2-tp``: data 1 x tensor N (``parallelize`` over a ``("data_parallel", "tensor_parallel")`` mesh);
-- ``pp``: N stages, ``Schedule1F1B`` with ``2 N`` micro-batches (``kit.parallel.pipeline``).
+- ``pp``: N stages, ``Schedule1F1B`` with ``2 N`` micro-batches (``kit.parallel.pipeline``);
+- ``3d``: pipeline 2 x data N/4 x tensor 2 on one mesh (``kit.parallel.pipeline.parallelize_pipeline``: 1F1B with
+  4 micro-batches per replica, FSDP2 and TP inside each stage); needs N divisible by 4 (4 gloo ranks in ``--smoke``).
 
 TP and PP need at least 2 GPUs: NCCL refuses two ranks on one GPU, so on a 1-GPU machine those rows are
 SKIPPED with that reason and the multi-rank wiring is proven by ``--smoke`` (2 ranks, gloo, CPU) and
@@ -33,7 +35,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-LAYOUTS = ("ddp", "fsdp2", "fsdp2-tp", "pp")
+LAYOUTS = ("ddp", "fsdp2", "fsdp2-tp", "pp", "3d")
 
 
 def _worker(args: argparse.Namespace) -> None:
@@ -42,7 +44,7 @@ def _worker(args: argparse.Namespace) -> None:
     from torch.distributed.device_mesh import init_device_mesh
 
     from kit.models.gpt import GPT, GPTConfig
-    from kit.parallel.pipeline import GPTStage, build_schedule, pipeline_step
+    from kit.parallel.pipeline import GPTStage, build_schedule, parallelize_pipeline, pipeline_step
     from kit.parallel.tensor import parallelize
 
     cuda = torch.cuda.is_available() and not args.smoke
@@ -57,7 +59,7 @@ def _worker(args: argparse.Namespace) -> None:
     T = cfg.block_size
     dtype = torch.bfloat16 if cuda else torch.float32
     model = GPT(cfg)
-    if args.layout != "pp":  # a stage moves only its own blocks to the GPU
+    if args.layout not in ("pp", "3d"):  # a stage moves only its own blocks to the GPU
         model.to(device)
     B = args.batch
     stage = sched = None
@@ -70,6 +72,16 @@ def _worker(args: argparse.Namespace) -> None:
         mesh = init_device_mesh(device.type, (1, world), mesh_dim_names=("data_parallel", "tensor_parallel"))
         parallelize(model, mesh, param_dtype=dtype if cuda else None, reduce_dtype=torch.float32)
         B = args.batch * world  # one data-parallel group: the TP ranks share a batch of world x per-GPU size
+    elif args.layout == "3d":
+        shape = (2, world // 4, 2)
+        mesh = init_device_mesh(
+            device.type, shape, mesh_dim_names=("pipeline_parallel", "data_parallel", "tensor_parallel")
+        )
+        pipe = parallelize_pipeline(model, mesh, n_microbatches=4, device=device)
+        stage, sched = pipe.stage, pipe.schedule
+        del model
+        dp = mesh["data_parallel"]
+        B = args.batch * 4  # per replica: the 4 ranks of a (pipeline x tensor) group share its batch
     else:
         stage = GPTStage(model, rank, world).to(device)
         del model
@@ -77,7 +89,8 @@ def _worker(args: argparse.Namespace) -> None:
         B = args.batch * world
     params = stage.parameters() if stage is not None else model.parameters()
     opt = torch.optim.AdamW(params, lr=1e-4)
-    g = torch.Generator().manual_seed(rank if args.layout in ("ddp", "fsdp2") else 0)
+    seed = {"ddp": rank, "fsdp2": rank, "3d": dp.get_local_rank() if args.layout == "3d" else 0}
+    g = torch.Generator().manual_seed(seed.get(args.layout, 0))
     times = []
     for step in range(args.steps):
         x = torch.randint(0, cfg.vocab_size, (B, T + 1), generator=g).to(device)
@@ -85,7 +98,8 @@ def _worker(args: argparse.Namespace) -> None:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         # bf16: autocast for DDP and PP, FSDP2's MixedPrecisionPolicy for the FSDP2 layouts
-        with torch.autocast(device.type, dtype=dtype, enabled=cuda and args.layout in ("ddp", "pp")):
+        # (3d: autocast too; its FSDP2 keeps fp32 parameters)
+        with torch.autocast(device.type, dtype=dtype, enabled=cuda and args.layout in ("ddp", "pp", "3d")):
             if stage is not None:
                 pipeline_step(sched, stage, x[:, :-1], x[:, 1:])
             else:
@@ -98,7 +112,11 @@ def _worker(args: argparse.Namespace) -> None:
         if step >= 3:
             times.append(time.perf_counter() - t0)
     # tokens per step, all ranks: DDP/FSDP each rank has its own batch; TP/PP ranks share one batch
-    tokens = (B * T * world) if args.layout in ("ddp", "fsdp2") else B * T
+    tokens = (
+        (B * T * world)
+        if args.layout in ("ddp", "fsdp2")
+        else B * T * (world // 4 if args.layout == "3d" else 1)
+    )
     mem = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else 0.0
     mems = [None] * world
     dist.all_gather_object(mems, mem)
@@ -129,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="gpt2", help="a GPTConfig preset name (gpt2, gpt2-medium, tiny)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch", type=int, default=4, help="sequences per GPU (DDP/FSDP) or per pipeline stage")
-    p.add_argument("--smoke", action="store_true", help="2 gloo ranks on CPU, debug model")
+    p.add_argument("--smoke", action="store_true", help="2 gloo ranks on CPU (4 for 3d), debug model")
     p.add_argument("--layouts", default=",".join(LAYOUTS))
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--layout", default="ddp", help=argparse.SUPPRESS)
@@ -152,13 +170,19 @@ def main(argv: list[str] | None = None) -> int:
                 {"layout": layout, "status": "SKIP", "reason": "needs >= 2 GPUs (NCCL: one rank per GPU)"}
             )
             continue
+        ranks = 4 if layout == "3d" and args.smoke else n
+        if layout == "3d" and ranks % 4:
+            rows.append(
+                {"layout": layout, "status": "SKIP", "reason": "needs a multiple of 4 GPUs (pp 2 x tp 2)"}
+            )
+            continue
         result = out / f"gpu_parallel_{layout}.json"
         steps = min(args.steps, 5) if args.smoke else args.steps
         cmd = [
             sys.executable,
             "-m",
             "torch.distributed.run",
-            f"--nproc-per-node={n}",
+            f"--nproc-per-node={ranks}",
             f"--master-port={_port()}",
             __file__,
             "--worker",
@@ -179,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"machine": machine, "torch": torch.__version__, "rows": rows}
     (out / "gpu_parallel.json").write_text(json.dumps(report, indent=2))
     lines = [
-        f"# DDP / FSDP2 / FSDP2+TP / PP on {machine} (torch {torch.__version__})",
+        f"# DDP / FSDP2 / FSDP2+TP / PP / 3D on {machine} (torch {torch.__version__})",
         "",
         "| layout | ranks | model | tokens/s | peak GiB per GPU | status |",
         "| --- | --- | --- | --- | --- | --- |",

@@ -408,6 +408,13 @@ class CausalLM(pl.LightningModule):
         mesh = getattr(self, "_device_mesh", None)  # set by ModelParallelStrategy (preset fsdp2-tp)
         if self.model is not None:
             if mesh is not None and not getattr(self.model, "_kit_parallelized", False):
+                if self.config.activation_checkpointing not in (False, "none") or self.hparams.compile:
+                    # __init__'s eager build applied the one-device transforms, which hide the module names the
+                    # parallel plan needs; parallelize applies its own after TP. Same weights, RNG untouched.
+                    with torch.random.fork_rng():
+                        fresh = GPT(self.config)
+                    fresh.load_state_dict(self.model.state_dict())
+                    self.model = fresh
                 self._parallelize(mesh)
             self._check_vocab()  # built in __init__ (vocab_size given): still check it against the data
             return
@@ -447,6 +454,7 @@ class CausalLM(pl.LightningModule):
             self.model,
             mesh,
             activation_checkpointing=self.config.activation_checkpointing,
+            checkpoint_every=self.config.checkpoint_every,
             compile=self.hparams.compile,
         )
         self.model._kit_parallelized = True

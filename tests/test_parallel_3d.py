@@ -12,6 +12,8 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kit.models.gpt import GPT, GPTConfig
 from kit.parallel.pipeline import GPTStage, clip_grad_norm_, lm_loss, stage_bounds
@@ -123,13 +125,76 @@ def _pp_worker(rank: int, world: int, port: int, schedule: str, tied: bool, out:
     dist.destroy_process_group()
 
 
-def _compare(result: dict, config: GPTConfig, skip_grads: tuple[str, ...] = ()) -> None:
+MESH_3D = ("pipeline_parallel", "data_parallel", "tensor_parallel")
+
+
+def _3d_worker(rank: int, world: int, port: int, shape: tuple, tied: bool, out: str) -> None:
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from kit.parallel.pipeline import parallelize_pipeline
+
+    _init(rank, world, port)
+    mesh = init_device_mesh("cpu", shape, mesh_dim_names=MESH_3D)
+    torch.manual_seed(0)
+    pipe = parallelize_pipeline(GPT(_config(tie_embeddings=tied)), mesh, n_microbatches=2, schedule="1f1b")
+    dp = mesh["data_parallel"]
+    n, r = dp.size(), dp.get_local_rank()
+    opt = torch.optim.AdamW(pipe.stage.parameters(), lr=LR)
+    losses, grads = [], {}
+    for step in range(STEPS):
+        x, y = (t.chunk(n)[r] for t in _batch(step))
+        loss, _ = pipe.step(x, y, MAX_NORM)
+        if (
+            step == 0
+        ):  # full_tensor() is a collective over the stage's data x tensor mesh: every rank calls it
+            grads = {k: _full(p.grad).clone() for k, p in pipe.stage.named_parameters()}
+        opt.step()
+        opt.zero_grad()
+        if loss is not None:
+            losses.append(loss.item())
+    kinds = sorted({type(p).__name__ for p in pipe.stage.parameters()})
+    torch.save(
+        {"losses": losses, "grads": grads, "coord": mesh.get_coordinate(), "kinds": kinds}, f"{out}.{rank}"
+    )
+    dist.destroy_process_group()
+
+
+def _gather_count_worker(rank: int, world: int, port: int, reshard: bool | None, out: str) -> None:
+    import torch.distributed as dist
+    import torch.distributed.fsdp._fully_shard._fsdp_param_group as fsdp_group
+    from torch.distributed.device_mesh import init_device_mesh
+
+    import kit.parallel.tensor as tensor
+    from kit.parallel.pipeline import parallelize_pipeline
+
+    _init(rank, world, port)
+    if reshard is not None:  # override what parallelize_pipeline asks for
+        original = tensor.parallelize
+        tensor.parallelize = lambda *a, **k: original(*a, **{**k, "reshard_after_forward": reshard})
+    mesh = init_device_mesh("cpu", (2, 2, 1), mesh_dim_names=MESH_3D)
+    torch.manual_seed(0)
+    pipe = parallelize_pipeline(GPT(_config()), mesh, n_microbatches=4, schedule="1f1b")
+    calls, real = [0], fsdp_group.foreach_all_gather
+
+    def counting(*args, **kwargs):
+        calls[0] += 1
+        return real(*args, **kwargs)
+
+    fsdp_group.foreach_all_gather = counting
+    x, y = _batch(0)  # 4 sequences per replica: 4 micro-batches of 1
+    pipe.step(x, y, MAX_NORM)
+    if rank == 0:
+        torch.save(calls[0], out)
+    dist.destroy_process_group()
+
+
+def _compare(result: dict, config: GPTConfig) -> None:
     ref_losses, ref_grads = _reference(config)
     assert result["losses"] == pytest.approx(ref_losses, abs=1e-5)
     assert set(result["grads"]) == set(ref_grads)
     for name, g in result["grads"].items():
-        if not name.endswith(skip_grads):
-            torch.testing.assert_close(g, ref_grads[name], atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(g, ref_grads[name], atol=1e-6, rtol=1e-4)
 
 
 def test_stage_bounds_cover_every_block_once() -> None:
@@ -167,6 +232,66 @@ def test_tp_plan_refuses_unknown_layers_and_bad_sizes() -> None:
         tp_plan(model)
 
 
+def test_tp_plan_of_a_pipeline_stage_covers_only_what_the_stage_holds() -> None:
+    from torch.distributed.tensor.parallel import PrepareModuleInput
+
+    from kit.parallel.tensor import tp_plan
+
+    model = GPT(_config(n_layer=4))
+    first, middle, last = (tp_plan(GPTStage(model, i, 3)) for i in range(3))
+    assert {"wte", "blocks.0"} <= set(first) and "lm_head" not in first
+    assert isinstance(
+        first["blocks.0"], PrepareModuleInput
+    )  # the replicated embedding output -> sequence shard
+    assert not {"wte", "lm_head", "ln_f"} & set(middle) and "blocks.2.attn.qkv" in middle
+    assert "blocks.2" not in middle  # a later stage receives its sequence shard as it is
+    assert {"ln_f", "lm_head", "blocks.3.mlp.fc"} <= set(last) and "wte" not in last
+    assert set(tp_plan(model)) == set(first) | set(middle) | set(last)  # the stages' plans make up the GPT's
+
+
+@settings(max_examples=25, deadline=None)
+@given(n_head=st.integers(1, 4), head_dim=st.integers(1, 3), cols=st.integers(0, 2))
+def test_qkv_layout_conversion_round_trips(n_head: int, head_dim: int, cols: int) -> None:
+    from kit.models.layers.attention import qkv_head_major, qkv_stacked
+
+    shape = (3 * n_head * head_dim,) + (cols,) * (cols > 0)
+    t = torch.randn(shape)
+    torch.testing.assert_close(qkv_stacked(qkv_head_major(t, n_head), n_head), t, rtol=0, atol=0)
+
+
+def test_fused_qkv_is_head_major_so_a_plain_row_split_gives_whole_heads() -> None:
+    """Why TP can place the fused QKV ``Shard(0)``: contiguous row blocks are whole heads of q, k and v.
+
+    A stacked ``[q; k; v]`` weight (nanoGPT's) converted with ``qkv_head_major`` gives the same attention output,
+    and each of ``tp`` equal row blocks of the head-major weight is exactly heads ``[r * nh/tp, (r+1) * nh/tp)``
+    of q, k and v. (The previous ``_StridedShard(0, 3)`` placement trained correctly but, nested under FSDP2's
+    own ``_StridedShard``, ``full_tensor()`` and the full checkpoint read garbage rows in torch 2.13.)
+    """
+    import torch.nn.functional as F
+
+    from kit.models.layers.attention import DenseAttention, qkv_head_major
+
+    cfg = _config(n_head=4)
+    torch.manual_seed(0)
+    attn = DenseAttention(cfg).eval()
+    C, nh = cfg.n_embd, cfg.n_head
+    stacked_w, stacked_b = torch.randn(3 * C, C), torch.randn(3 * C)
+    with torch.no_grad():
+        attn.qkv.weight.copy_(qkv_head_major(stacked_w, nh))
+        attn.qkv.bias.copy_(qkv_head_major(stacked_b, nh))
+    x = torch.randn(2, 5, C)
+    q, k, v = F.linear(x, stacked_w, stacked_b).chunk(3, -1)
+    q, k, v = (t.view(2, 5, nh, C // nh).transpose(1, 2) for t in (q, k, v))
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(2, 5, C)
+    torch.testing.assert_close(attn(x), attn.proj(y))
+    tp, hs = 2, C // nh
+    for r, block in enumerate(attn.qkv.weight.detach().chunk(tp)):
+        heads = slice(r * nh // tp, (r + 1) * nh // tp)
+        parts = [w.view(nh, hs, C)[heads].reshape(-1, C) for w in stacked_w.chunk(3)]
+        expected = torch.stack([p.view(nh // tp, hs, C) for p in parts], 1).reshape(-1, C)
+        torch.testing.assert_close(block, expected, rtol=0, atol=0)
+
+
 @pytest.mark.distributed
 def test_tensor_parallel_2_ranks_matches_one_process(tmp_path) -> None:
     out = str(tmp_path / "tp.pt")
@@ -179,10 +304,7 @@ def test_tensor_parallel_2_ranks_matches_one_process(tmp_path) -> None:
 def test_data_x_tensor_parallel_4_ranks_matches_one_process(tmp_path) -> None:
     out = str(tmp_path / "dptp.pt")
     mp.spawn(_tp_worker, args=(4, _port(), (2, 2), ("data_parallel", "tensor_parallel"), out), nprocs=4)
-    # Seen in torch 2.13: the QKV gradient read back with full_tensor() under 2D placements (FSDP Shard(0) over a
-    # TP _StridedShard) does not match the single-process one, while the 5-step losses and every other gradient
-    # do. Not diagnosed (the read-back or the gradient itself); listed in the README as an open item.
-    _compare(torch.load(out), _config(), skip_grads=("attn.qkv.weight", "attn.qkv.bias"))
+    _compare(torch.load(out), _config())  # every gradient, the fused QKV's included (see test_qkv_...)
 
 
 @pytest.mark.distributed
@@ -206,3 +328,40 @@ def test_pipeline_2_stages_matches_one_process(tmp_path, schedule: str, tied: bo
         torch.testing.assert_close(
             last["grads"]["lm_head.weight"], ref_grads["wte.weight"], atol=1e-6, rtol=1e-4
         )
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.parametrize(("shape", "tied"), [((2, 2, 2), True)], ids=["pp2xdp2xtp2-tied"])
+def test_3d_data_x_pipeline_x_tensor_matches_one_process(tmp_path, shape: tuple, tied: bool) -> None:
+    """DP x PP x TP on one (pipeline, data, tensor) mesh: 8 gloo ranks, 1F1B with 2 micro-batches per replica,
+    FSDP2 over data and Megatron TP inside each stage, the tied embedding/head synced between the end stages."""
+    out, world = str(tmp_path / "3d.pt"), shape[0] * shape[1] * shape[2]
+    mp.spawn(_3d_worker, args=(world, _port(), shape, tied, out), nprocs=world)
+    results = [torch.load(f"{out}.{r}") for r in range(world)]
+    ref_losses, ref_grads = _reference(_config(tie_embeddings=tied))
+    last = [res for res in results if res["coord"][0] == shape[0] - 1]
+    replicas = [res["losses"] for res in last if res["coord"][2] == 0]  # one per data-parallel replica
+    assert len(replicas) == shape[1]
+    assert [sum(v) / len(v) for v in zip(*replicas, strict=True)] == pytest.approx(ref_losses, abs=1e-5)
+    assert all(res["losses"] == [] for res in results if res["coord"][0] < shape[0] - 1)
+    for res in results:
+        assert res["kinds"] == ["DTensor"]
+        for name, g in res["grads"].items():
+            ref = ref_grads["wte.weight"] if name == "lm_head.weight" and tied else ref_grads[name]
+            torch.testing.assert_close(g, ref, atol=1e-6, rtol=1e-4)
+    covered = set().union(*(res["grads"] for res in results))
+    assert covered == set(ref_grads) | ({"lm_head.weight"} if tied else set())
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_fsdp_inside_a_stage_does_not_regather_for_every_microbatch(tmp_path) -> None:
+    """parallelize_pipeline keeps FSDP2's gathered parameters after forward (torchtitan's choice under PP)."""
+    counts = {}
+    for reshard in (None, True):
+        out = str(tmp_path / f"count{reshard}.pt")
+        mp.spawn(_gather_count_worker, args=(4, _port(), reshard, out), nprocs=4)
+        counts[reshard] = torch.load(out)
+    # seen on CPU/gloo, stage 0 of pp 2 x dp 2, 1F1B with 4 micro-batches: 4 all-gathers per step, 12 resharding
+    assert 0 < counts[None] < counts[True]

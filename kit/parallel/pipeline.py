@@ -17,6 +17,9 @@ Pieces, each a small function over torch's ``PipelineStage`` / ``ScheduleGPipe``
   shared parameter would.
 - :func:`clip_grad_norm_` clips by the *global* norm: each stage's sum of squares is all-reduced over the
   pipeline group (the tied head counted once) before the scale is applied.
+- :func:`parallelize_pipeline` composes them with :func:`kit.parallel.tensor.parallelize` on one
+  ``(pipeline_parallel, data_parallel, tensor_parallel)`` mesh (3D: TP and FSDP2 inside each stage) and returns
+  a :class:`Pipeline` whose ``step`` runs schedule, tied sync and clip.
 
 The pipeline bubble of GPipe and 1F1B is ``(p - 1) / (m + p - 1)`` of the step for ``p`` stages and ``m``
 micro-batches (:func:`kit.health.planner.bubble_fraction`); 1F1B keeps at most ``p`` micro-batches of
@@ -31,19 +34,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 __all__ = [
     "SCHEDULES",
     "GPTStage",
+    "Pipeline",
     "build_schedule",
     "clip_grad_norm_",
     "lm_loss",
+    "parallelize_pipeline",
+    "pipeline_rows",
     "pipeline_step",
     "stage_bounds",
     "sync_tied_grads",
@@ -189,9 +197,137 @@ def pipeline_step(
     return torch.stack([x.detach() for x in losses]).mean() if stage.is_last else None
 
 
-def _first_last_group(stage: GPTStage, group: Any) -> Any:
-    ranks = dist.get_process_group_ranks(group) if group is not None else list(range(dist.get_world_size()))
-    return ranks[0], ranks[-1]
+@dataclass
+class Pipeline:
+    """One rank's share of a (data x) pipeline (x tensor) parallel GPT, from :func:`parallelize_pipeline`.
+
+    Attributes:
+        stage: this rank's :class:`GPTStage` (tensor-parallel and/or FSDP2-sharded when the mesh says so).
+        schedule: its GPipe / 1F1B schedule (run it with :func:`pipeline_step`).
+        group: the pipeline process group (the ranks holding the other stages of this rank's replica and TP slice).
+        embedding_group: the (first, last) stage group for :func:`sync_tied_grads`; None untied or with one stage.
+        last_rank: the global rank of this pipeline's last stage (where the loss lives).
+        tied_copy: the parameters :func:`clip_grad_norm_` must not count twice (the last stage's tied head copy).
+    """
+
+    stage: GPTStage
+    schedule: Any
+    group: Any
+    embedding_group: Any
+    last_rank: int
+    tied_copy: list[torch.Tensor] = field(default_factory=list)
+
+    def step(self, idx: torch.Tensor, targets: torch.Tensor, max_norm: float | None = None) -> tuple:
+        """Forward + backward of one batch, the tied-gradient sync and the global clip (the optimizer is yours).
+
+        Returns:
+            ``(loss, norm)``: the batch's mean loss on the last stage (None elsewhere) and the pre-clip global
+            gradient norm (None when ``max_norm`` is None).
+        """
+        loss = pipeline_step(self.schedule, self.stage, idx, targets)
+        sync_tied_grads(self.stage, embedding_group=self.embedding_group)
+        norm = None
+        if max_norm is not None:
+            norm = clip_grad_norm_(self.stage.parameters(), max_norm, self.group, exclude=self.tied_copy)
+        return loss, norm
+
+
+def pipeline_rows(device_mesh: Any) -> list[list[int]]:
+    """Global ranks of every pipeline in a mesh with a ``"pipeline_parallel"`` dimension, stage order.
+
+    Example:
+        >>> import types  # a stand-in with DeviceMesh's two attributes used here
+        >>> mesh = types.SimpleNamespace(mesh=torch.arange(8).reshape(2, 2, 2),
+        ...                              mesh_dim_names=("pipeline_parallel", "data_parallel", "tensor_parallel"))
+        >>> pipeline_rows(mesh)
+        [[0, 4], [1, 5], [2, 6], [3, 7]]
+    """
+    from kit.parallel.tensor import PP_DIM
+
+    names = list(device_mesh.mesh_dim_names or ())
+    if PP_DIM not in names:
+        raise ValueError(f"device mesh dimensions {names} have no {PP_DIM!r}")
+    ranks = device_mesh.mesh.movedim(names.index(PP_DIM), -1)
+    return ranks.reshape(-1, ranks.size(-1)).tolist()
+
+
+def parallelize_pipeline(
+    model: nn.Module,
+    device_mesh: Any,
+    *,
+    n_microbatches: int,
+    schedule: str = "1f1b",
+    device: torch.device | str = "cpu",
+    activation_checkpointing: bool | str = False,
+    checkpoint_every: int = 1,
+    compile: bool = False,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = lm_loss,
+) -> Pipeline:
+    """Cut a GPT into this rank's pipeline stage and apply TP / FSDP2 inside it: DP x PP x TP on one mesh.
+
+    The pieces are the 1-D and 2-D ones: :class:`GPTStage` takes this rank's blocks (``pipeline_parallel``
+    coordinate), :func:`kit.parallel.tensor.parallelize` shards the stage over ``tensor_parallel`` (Megatron plan,
+    sequence parallel: stages exchange their local ``(B, T / tp, C)`` sequence shard) and ``fully_shard``s it over
+    ``data_parallel`` (FSDP2, which ``PipelineStage`` drives across micro-batches), and :func:`build_schedule`
+    runs it over the pipeline group. Must be called on every rank (it builds process groups).
+
+    Args:
+        model: the full GPT (built identically on every rank, e.g. from the same seed).
+        device_mesh: a mesh with a ``"pipeline_parallel"`` dimension and optionally ``"data_parallel"`` and
+            ``"tensor_parallel"`` (``PipelineStrategy`` builds ``(pipeline, data, tensor)``).
+        n_microbatches: micro-batches per step (of each data-parallel replica's batch).
+        schedule: ``"1f1b"`` or ``"gpipe"``.
+        device: this rank's device.
+        activation_checkpointing: recompute blocks in backward (``parallelize``'s modes: True/"full",
+            "attention", "ffn").
+        checkpoint_every: checkpoint every k-th block only.
+        compile: ``torch.compile`` each block.
+        loss_fn: the per-micro-batch loss on the last stage.
+
+    Returns:
+        This rank's :class:`Pipeline`.
+
+    Example:
+        >>> mesh = init_device_mesh("cuda", (2, 2, 2), mesh_dim_names=("pipeline_parallel", "data_parallel",
+        ...                         "tensor_parallel"))  # doctest: +SKIP
+        >>> pipe = parallelize_pipeline(GPT(config), mesh, n_microbatches=4)  # doctest: +SKIP
+        >>> loss, norm = pipe.step(idx, targets, max_norm=1.0); optimizer.step()  # doctest: +SKIP
+    """
+    from kit.parallel.tensor import DP_DIM, PP_DIM, TP_DIM, mesh_dim, parallelize
+
+    rows = pipeline_rows(device_mesh)
+    pp = device_mesh[PP_DIM]
+    stage = GPTStage(model, pp.get_local_rank(), pp.size()).to(device)
+    sizes = {
+        name: (m.size() if (m := mesh_dim(device_mesh, name)) is not None else 1) for name in (DP_DIM, TP_DIM)
+    }
+    checkpointing = activation_checkpointing not in (False, "none")
+    if sizes[DP_DIM] > 1 or sizes[TP_DIM] > 1 or checkpointing or compile:
+        parallelize(
+            stage,
+            device_mesh,
+            tp=sizes[TP_DIM] > 1,
+            fsdp=sizes[DP_DIM] > 1,
+            activation_checkpointing=activation_checkpointing,
+            checkpoint_every=checkpoint_every,
+            compile=compile,
+            # keep a stage's gathered parameters from the first micro-batch's forward to the last backward
+            # (torchtitan's choice under PP): resharding would all-gather the stage again for every micro-batch
+            reshard_after_forward=pp.size() == 1,
+        )
+    group = pp.get_group()
+    sched = build_schedule(
+        stage, n_microbatches=n_microbatches, schedule=schedule, device=device, group=group, loss_fn=loss_fn
+    )
+    embedding_group, me = None, dist.get_rank()
+    if stage.tied and pp.size() > 1:
+        for row in rows:  # every rank takes part in creating every group, in the same order
+            new = dist.new_group([row[0], row[-1]])
+            if me in row:
+                embedding_group = new
+    last_rank = next(row[-1] for row in rows if me in row)
+    tied_copy = [stage.lm_head.weight] if stage.tied and stage.is_last and not stage.is_first else []
+    return Pipeline(stage, sched, group, embedding_group, last_rank, tied_copy)
 
 
 def sync_tied_grads(stage: GPTStage, group: Any = None, embedding_group: Any = None) -> None:
@@ -208,7 +344,11 @@ def sync_tied_grads(stage: GPTStage, group: Any = None, embedding_group: Any = N
     param = stage.wte.weight if stage.is_first else stage.lm_head.weight
     if param.grad is None:
         param.grad = torch.zeros_like(param)
-    dist.all_reduce(param.grad, group=embedding_group)
+    with torch.no_grad():
+        # under TP/FSDP both copies are placed alike (Shard(0) over the vocabulary, then the data-parallel
+        # shard), so this rank's local block on the first stage is the same rows as its partner's on the last
+        grad = param.grad.to_local() if isinstance(param.grad, DTensor) else param.grad
+        dist.all_reduce(grad, group=embedding_group)
 
 
 def clip_grad_norm_(
@@ -231,13 +371,24 @@ def clip_grad_norm_(
     skip = {id(p) for p in exclude}
     device = params[0].grad.device if params else torch.device("cpu")
     sq = torch.zeros((), device=device, dtype=torch.float32)
+    # DTensor gradients (TP / FSDP2 inside a stage): sum the squares per placement, then one full_tensor() each
+    # reduces the partial sums over the stage's data x tensor mesh (replicated ones counted once)
+    partial: dict[tuple, DTensor] = {}
     for p in params:
-        if id(p) not in skip:
-            sq += p.grad.detach().float().pow(2).sum()
+        if id(p) in skip:
+            continue
+        part = p.grad.detach().float().pow(2).sum()
+        if isinstance(part, DTensor):
+            key = (part.device_mesh, part.placements)
+            partial[key] = partial[key] + part if key in partial else part
+        else:
+            sq += part
+    for part in partial.values():
+        sq += part.full_tensor()
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(sq, group=group)
     norm = sq.sqrt()
-    scale = max_norm / (norm + 1e-6)
+    scale = max_norm / (norm.item() + 1e-6)
     if scale < 1 and math.isfinite(norm.item()):
         for p in params:
             p.grad.detach().mul_(scale)

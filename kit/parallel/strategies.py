@@ -12,7 +12,7 @@ Lightning's own names:
 | ``ddp-fp16`` | DDP + fp16 all-reduce | a safe 2x cut on any DDP job |
 | ``fsdp-zero3`` | FSDP FULL_SHARD, one unit per transformer block, bf16 params, block activation checkpointing, sharded checkpoints | model + optimizer state do not fit one GPU |
 | ``fsdp2-tp`` | Lightning's ``ModelParallelStrategy``: FSDP2 over ``data_parallel_size`` x Megatron tensor parallel over ``tensor_parallel_size`` (default: nodes x GPUs per node); ``CausalLM`` applies ``kit.parallel.tensor.parallelize`` | a layer's matmuls are worth splitting inside a node (large width), or ZeRO-3's per-layer gathers dominate |
-| ``pipeline`` | blocks split into stages over the processes (torch.distributed.pipelining), with ``kit.models.pipeline_lm.PipelineCausalLM`` | the model does not fit a node even tensor-parallel |
+| ``pipeline`` | blocks split into stages over the processes (torch.distributed.pipelining), with ``kit.models.pipeline_lm.PipelineCausalLM``; ``tensor_parallel_size`` and the leftover data-parallel replicas (FSDP2) make it 3D | the model does not fit a node even tensor-parallel |
 | ``deepspeed-zero3`` / ``deepspeed-zero3-offload`` | DeepSpeed ZeRO-3 (+ CPU offload of params and optimizer) | FSDP is not enough, or GPU memory is tiny and CPU RAM is large |
 
 Example:
@@ -285,27 +285,34 @@ class FSDPZero3Strategy(FSDPStrategy):
 
 
 class PipelineStrategy(ModelParallelStrategy):
-    """``ModelParallelStrategy`` whose device mesh is ``(data_parallel, pipeline_parallel)``, for
-    :class:`kit.models.pipeline_lm.PipelineCausalLM` (which builds its stage and schedule from the mesh).
+    """``ModelParallelStrategy`` whose device mesh is ``(pipeline_parallel, data_parallel, tensor_parallel)``, for
+    :class:`kit.models.pipeline_lm.PipelineCausalLM` (which builds its stage and schedule from the mesh: DP x PP x TP).
+
+    Rank order puts tensor parallelism innermost (neighbouring ranks: one node), then data, then pipeline
+    outermost (stages across nodes, where only activations cross), as torchtitan's mesh and ``kit plan``'s layout.
 
     Args:
-        pipeline_parallel_size: stages p (``"auto"``: every process of the job).
+        pipeline_parallel_size: stages p (``"auto"``: every process not used by tensor parallelism, so no data
+            parallelism).
+        tensor_parallel_size: tensor-parallel ranks inside each stage (1: none).
         save_distributed_checkpoint: each rank writes its stage's shard (default).
         **kwargs: ``process_group_backend``, ``timeout``.
 
     Raises:
-        ValueError: if the world size does not divide by ``pipeline_parallel_size``.
+        ValueError: if the world size does not divide by ``pipeline_parallel_size * tensor_parallel_size``; the
+            rest of the processes are data-parallel replicas.
     """
 
     def __init__(
         self,
         pipeline_parallel_size: int | Literal["auto"] = "auto",
+        tensor_parallel_size: int = 1,
         save_distributed_checkpoint: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(
             data_parallel_size="auto",
-            tensor_parallel_size=1,
+            tensor_parallel_size=tensor_parallel_size,
             save_distributed_checkpoint=save_distributed_checkpoint,
             **kwargs,
         )
@@ -317,16 +324,18 @@ class PipelineStrategy(ModelParallelStrategy):
 
         ParallelStrategy.setup_environment(self)
         self._setup_distributed()
-        pp = self.world_size if self.pipeline_parallel_size == "auto" else int(self.pipeline_parallel_size)
-        if pp < 1 or self.world_size % pp:
+        tp = int(self._tensor_parallel_size)
+        pp = self.world_size // tp if self.pipeline_parallel_size == "auto" else int(self.pipeline_parallel_size)
+        if tp < 1 or pp < 1 or self.world_size % (pp * tp):
             raise ValueError(
-                f"pipeline_parallel_size={pp} does not divide the world size {self.world_size}; pick a divisor"
+                f"pipeline_parallel_size={pp} x tensor_parallel_size={tp} does not divide the world size "
+                f"{self.world_size}; pick sizes whose product divides it (the rest is data parallel)"
             )
-        self._data_parallel_size = self.world_size // pp
+        self._data_parallel_size = self.world_size // (pp * tp)
         self._device_mesh = init_device_mesh(
             self.root_device.type,
-            (self.world_size // pp, pp),
-            mesh_dim_names=("data_parallel", "pipeline_parallel"),
+            (pp, self._data_parallel_size, tp),
+            mesh_dim_names=("pipeline_parallel", "data_parallel", "tensor_parallel"),
         )
         self.lightning_module._device_mesh = self._device_mesh
 
@@ -400,13 +409,12 @@ PRESETS: dict[str, tuple[type, str, dict[str, Any]]] = {
     "fsdp2-tp": (
         ModelParallelStrategy,
         "FSDP2 over data_parallel x tensor parallel over tensor_parallel (kit.parallel.tensor.parallelize)",
-        # torch 2.13's distributed checkpoint plans the strided QKV shards as plain ones ("overlapping chunks"):
-        # save full (gathered) state dicts, which load back into any data x tensor layout
-        {"save_distributed_checkpoint": False},
+        # distributed checkpoints (ModelParallelStrategy's default): each rank writes its own shards
+        {},
     ),
     "pipeline": (
         PipelineStrategy,
-        "pipeline stages over every process (torch.distributed.pipelining), for PipelineCausalLM",
+        "pipeline stages (torch.distributed.pipelining) x data (FSDP2) x tensor parallel, for PipelineCausalLM",
         {},
     ),
     "deepspeed-zero3": (DeepSpeedStrategy, "DeepSpeed ZeRO stage 3", {"stage": 3}),

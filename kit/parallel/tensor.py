@@ -12,10 +12,10 @@ module              placement
 ==================  ==================================================================================
 ``ln_1``, ``ln_2``  ``SequenceParallel``: the residual stream and the norms are split along the sequence
 ``attn``            input gathered to the full sequence (``PrepareModuleInput``: Shard(1) -> Replicate)
-``attn.qkv``        column-parallel, each rank owns ``n_head / tp`` heads of q, k and v. The fused
-                    weight is ``[q; k; v]`` stacked, so a plain ``Shard(0)`` would hand rank 0 all of q;
-                    it is placed ``_StridedShard(0, split_factor=3)`` instead (every third of the rows
-                    sharded), which keeps the checkpoint's full tensor identical to a single-GPU one
+``attn.qkv``        column-parallel (plain ``Shard(0)``): the fused weight is head-major (Megatron's
+                    (head, q|k|v, head_dim) row order, see ``DenseAttention``), so each rank's contiguous
+                    rows are ``n_head / tp`` whole heads of q, k and v, and the full tensor is the
+                    single-GPU weight
 ``attn.proj``       row-parallel, output reduce-scattered back to Shard(1) (sequence parallel)
 ``mlp``             input gathered (as ``attn``); ``mlp.fc`` column-, ``mlp.proj`` row-parallel
 ==================  ==================================================================================
@@ -36,7 +36,7 @@ then the root. FSDP2 must see the final module tree, and compile must see the ch
 Example:
     >>> from kit.models.gpt import GPT, GPTConfig
     >>> tp_plan(GPT(GPTConfig.from_name("debug")))["blocks.0.attn.qkv"].__class__.__name__
-    'StridedColwiseParallel'
+    'ColwiseParallel'
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_module, distribute_tensor
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_module
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     PrepareModuleInput,
@@ -59,7 +59,6 @@ __all__ = [
     "DP_DIM",
     "PP_DIM",
     "TP_DIM",
-    "StridedColwiseParallel",
     "mesh_dim",
     "parallelize",
     "tp_plan",
@@ -71,50 +70,12 @@ TP_DIM = "tensor_parallel"
 PP_DIM = "pipeline_parallel"
 
 
-class StridedColwiseParallel(ColwiseParallel):
-    """Column parallelism for a fused projection whose output is ``split_factor`` stacked parts (``[q; k; v]``).
-
-    Each part is sharded separately (``_StridedShard(0, split_factor)``), so rank ``r`` computes
-    ``[q_r, k_r, v_r]`` and the layer's ``chunk(3, -1)`` gives it its own heads of each. The DTensor's full
-    tensor stays the unsharded weight, so checkpoints move between TP degrees.
-
-    Args:
-        split_factor: number of stacked parts (3 for QKV).
-        **kwargs: ``ColwiseParallel``'s.
-    """
-
-    def __init__(self, split_factor: int = 3, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.split_factor = split_factor
-
-    def _partition_linear_fn(self, name: str, module: nn.Module, device_mesh: Any) -> None:
-        from torch.distributed.tensor.placement_types import _StridedShard
-
-        placement = [_StridedShard(0, split_factor=self.split_factor)]
-        for pname, param in module.named_parameters():
-            module.register_parameter(
-                pname, nn.Parameter(distribute_tensor(param, device_mesh, placement), param.requires_grad)
-            )
-
-    def _apply(self, module: nn.Module, device_mesh: Any) -> nn.Module:
-        return distribute_module(
-            module,
-            device_mesh,
-            self._partition_linear_fn,
-            lambda mod, inputs, mesh: self._prepare_input_fn(
-                self.input_layouts, self.desired_input_layouts, mod, inputs, mesh
-            ),
-            # ColwiseParallel would redistribute the strided output to a plain Shard(-1) (moving q, k and v
-            # heads between ranks); the local [q_r, k_r, v_r] block is what attention needs
-            lambda mod, outputs, mesh: outputs.to_local() if self.use_local_output else outputs,
-        )
-
-
 def tp_plan(model: nn.Module, *, sequence_parallel: bool = True) -> dict[str, ParallelStyle]:
     """The ``parallelize_module`` plan for a ``kit.models.gpt.GPT`` (see the module docstring's table).
 
     Args:
-        model: the GPT (dense attention, MLP feed-forward).
+        model: the GPT (dense attention, MLP feed-forward), or one ``kit.parallel.pipeline.GPTStage`` of it (only
+            the stage's own embeddings, blocks and head are planned).
         sequence_parallel: split norms and the residual stream along the sequence (Korthikanti et al.);
             False keeps them replicated (Megatron's original plan: all-reduce after each row-parallel layer).
 
@@ -126,16 +87,19 @@ def tp_plan(model: nn.Module, *, sequence_parallel: bool = True) -> dict[str, Pa
             their projections are not named ``qkv``/``proj``/``fc``.
     """
     seq = Shard(1) if sequence_parallel else Replicate()
-    plan: dict[str, ParallelStyle] = {
-        "wte": RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate()),
-        "ln_f": SequenceParallel() if sequence_parallel else None,
-        "lm_head": ColwiseParallel(input_layouts=seq, output_layouts=Replicate()),
-    }
-    if sequence_parallel:
-        plan["blocks.0"] = PrepareModuleInput(
-            input_layouts=(Replicate(),), desired_input_layouts=(Shard(1),), use_local_output=True
-        )
-    for i, block in enumerate(model.blocks):
+    blocks = list(model.blocks.named_children())  # a GPT's ModuleList, or a pipeline stage's ModuleDict
+    plan: dict[str, ParallelStyle | None] = {}
+    if getattr(model, "wte", None) is not None:  # a GPT, or the first pipeline stage
+        plan["wte"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate())
+        if sequence_parallel and blocks:
+            plan[f"blocks.{blocks[0][0]}"] = PrepareModuleInput(
+                input_layouts=(Replicate(),), desired_input_layouts=(Shard(1),), use_local_output=True
+            )
+    # a later pipeline stage receives the previous stage's local (B, T / tp, C) sequence shard as it is
+    if getattr(model, "lm_head", None) is not None:  # a GPT, or the last pipeline stage
+        plan["ln_f"] = SequenceParallel() if sequence_parallel else None
+        plan["lm_head"] = ColwiseParallel(input_layouts=seq, output_layouts=Replicate())
+    for i, block in blocks:
         for part, names in (("attn", ("qkv", "proj")), ("mlp", ("fc", "proj"))):
             sub = getattr(block, part, None)
             if sub is None or not all(isinstance(getattr(sub, n, None), nn.Linear) for n in names):
@@ -152,7 +116,7 @@ def tp_plan(model: nn.Module, *, sequence_parallel: bool = True) -> dict[str, Pa
                 plan[f"{p}.{part}"] = PrepareModuleInput(
                     input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),), use_local_output=True
                 )
-        plan[f"{p}.attn.qkv"] = StridedColwiseParallel(split_factor=3)
+        plan[f"{p}.attn.qkv"] = ColwiseParallel()
         plan[f"{p}.attn.proj"] = RowwiseParallel(output_layouts=seq)
         plan[f"{p}.mlp.fc"] = ColwiseParallel()
         plan[f"{p}.mlp.proj"] = RowwiseParallel(output_layouts=seq)
@@ -171,25 +135,35 @@ def parallelize(
     *,
     tp: bool = True,
     fsdp: bool = True,
-    activation_checkpointing: bool = False,
+    activation_checkpointing: bool | str = False,
+    checkpoint_every: int = 1,
     compile: bool = False,
     sequence_parallel: bool = True,
     param_dtype: torch.dtype | None = None,
     reduce_dtype: torch.dtype | None = None,
+    reshard_after_forward: bool = True,
 ) -> nn.Module:
     """Apply tensor parallelism, activation checkpointing, compile and FSDP2 to a kit GPT, in that order.
 
     Args:
-        model: a ``kit.models.gpt.GPT`` (on CPU, CUDA or the meta device).
+        model: a ``kit.models.gpt.GPT`` (on CPU, CUDA or the meta device), or one pipeline stage of it
+            (``kit.parallel.pipeline.GPTStage``: the 3D case, see ``kit.parallel.pipeline.parallelize_pipeline``).
         device_mesh: a ``DeviceMesh`` with dimensions named ``"data_parallel"`` and/or ``"tensor_parallel"``
-            (Lightning's ``ModelParallelStrategy`` builds it; a 1-D mesh without names is taken as data parallel).
+            (Lightning's ``ModelParallelStrategy`` builds it; a 1-D mesh without names is taken as data parallel);
+            other named dimensions (``"pipeline_parallel"``) are ignored here.
         tp: shard layers over ``tensor_parallel`` (skipped when that dimension has size 1).
         fsdp: ``fully_shard`` every block and the root over ``data_parallel`` (the whole mesh when unnamed).
-        activation_checkpointing: recompute each block in backward (``kit.models.transforms``).
+        activation_checkpointing: recompute each block in backward (``kit.models.transforms``): True/``"full"``,
+            ``"attention"`` or ``"ffn"`` (that sublayer only), False/``"none"``.
+        checkpoint_every: checkpoint every k-th block only.
         compile: ``torch.compile`` each block (per-block, as torchtitan, so FSDP2's hooks stay outside).
         sequence_parallel: see :func:`tp_plan`.
         param_dtype: FSDP2 ``MixedPrecisionPolicy`` parameter dtype (None: keep the parameters' dtype).
         reduce_dtype: FSDP2 gradient reduce dtype (None: the parameter dtype).
+        reshard_after_forward: FSDP2 frees the gathered blocks after forward and gathers again in backward
+            (ZeRO-3). False keeps them until backward (ZeRO-2-like memory, one all-gather per step instead of
+            two); ``parallelize_pipeline`` passes False, as torchtitan does under pipeline parallelism, where
+            every micro-batch would otherwise re-gather the stage.
 
     Returns:
         ``model``, parallelized in place.
@@ -221,33 +195,36 @@ def parallelize(
                 )
         if sequence_parallel and cfg.block_size % size:
             raise ValueError(f"block_size={cfg.block_size} does not divide by tensor_parallel_size={size}")
-        tied = getattr(model, "lm_head", None) is not None and model.lm_head.weight is model.wte.weight
+        head, wte = getattr(model, "lm_head", None), getattr(model, "wte", None)
+        tied = head is not None and wte is not None and head.weight is wte.weight
         parallelize_module(model, tp_mesh, tp_plan(model, sequence_parallel=sequence_parallel))
         if tied:  # both styles place the weight Shard(0) over the vocabulary: keep one parameter
             model.lm_head.weight = model.wte.weight
-        # every parameter a DTensor (wpe replicated), so clip_grad_norm_ and optimizers see one kind of tensor
-        distribute_module(
-            model.wpe,
-            tp_mesh,
-            input_fn=lambda mod, inputs, mesh: tuple(
-                DTensor.from_local(t, mesh, [Replicate()]) for t in inputs
-            ),
-            output_fn=lambda mod, outputs, mesh: outputs.to_local(),
-        )
+        if getattr(model, "wpe", None) is not None:
+            # every parameter a DTensor (wpe replicated), so clip_grad_norm_ and optimizers see one kind of tensor
+            distribute_module(
+                model.wpe,
+                tp_mesh,
+                input_fn=lambda mod, inputs, mesh: tuple(
+                    DTensor.from_local(t, mesh, [Replicate()]) for t in inputs
+                ),
+                output_fn=lambda mod, outputs, mesh: outputs.to_local(),
+            )
     elif tp_mesh is None and not names and not fsdp:
         raise ValueError("device_mesh has no 'tensor_parallel' dimension and fsdp=False: nothing to do")
-    if activation_checkpointing:
+    mode = {True: "full", False: "none"}.get(activation_checkpointing, activation_checkpointing)
+    if mode != "none":
         from kit.models.transforms import checkpoint_blocks
 
-        checkpoint_blocks(model)
+        checkpoint_blocks(model, every=checkpoint_every, part=mode)
     if compile:
-        for i, block in enumerate(model.blocks):
-            model.blocks[i] = torch.compile(block)
+        for name, block in list(model.blocks.named_children()):
+            model.blocks.register_module(name, torch.compile(block))
     if fsdp and dp_mesh is not None:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
-        for block in model.blocks:
-            fully_shard(block, mesh=dp_mesh, mp_policy=mp)
-        fully_shard(model, mesh=dp_mesh, mp_policy=mp)
+        for block in model.blocks.children():
+            fully_shard(block, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+        fully_shard(model, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
     return model

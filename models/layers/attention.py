@@ -35,6 +35,8 @@ __all__ = [
     "SlidingWindowAttention",
     "dense_attention",
     "get_attention",
+    "qkv_head_major",
+    "qkv_stacked",
     "sliding_window_attention",
     "sliding_window_mask",
 ]
@@ -205,8 +207,49 @@ def _eager_flex():
     return flex_attention
 
 
+def qkv_head_major(t: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Reorder a fused QKV weight or bias from ``[q; k; v]`` stacked rows to :class:`DenseAttention`'s head-major rows.
+
+    Use it to load nanoGPT / Hugging Face GPT-2 style ``c_attn`` weights (transpose GPT-2's ``Conv1D`` weight
+    to ``(3 * n_embd, n_embd)`` first), or a kit checkpoint written before the layout changed (issue 10).
+
+    Args:
+        t: ``(3 * n_embd, ...)``, rows ordered (q|k|v, head, head_dim).
+        n_head: attention heads.
+
+    Returns:
+        The same values with rows ordered (head, q|k|v, head_dim).
+
+    Example:
+        >>> qkv_head_major(torch.arange(6.0), n_head=2).tolist()  # q0 q1 k0 k1 v0 v1 -> q0 k0 v0 q1 k1 v1
+        [0.0, 2.0, 4.0, 1.0, 3.0, 5.0]
+    """
+    if t.size(0) % (3 * n_head):
+        raise ValueError(f"first dimension {t.size(0)} does not divide by 3 * n_head = {3 * n_head}")
+    rest = t.shape[1:]
+    return t.reshape(3, n_head, -1, *rest).transpose(0, 1).reshape(t.shape)
+
+
+def qkv_stacked(t: torch.Tensor, n_head: int) -> torch.Tensor:
+    """The inverse of :func:`qkv_head_major`: head-major rows back to ``[q; k; v]`` stacked.
+
+    Example:
+        >>> qkv_stacked(torch.tensor([0.0, 2.0, 4.0, 1.0, 3.0, 5.0]), n_head=2).tolist()
+        [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    """
+    if t.size(0) % (3 * n_head):
+        raise ValueError(f"first dimension {t.size(0)} does not divide by 3 * n_head = {3 * n_head}")
+    rest = t.shape[1:]
+    return t.reshape(n_head, 3, -1, *rest).transpose(0, 1).reshape(t.shape)
+
+
 class DenseAttention(nn.Module):
     """Multi-head self-attention with a fused QKV projection over :func:`dense_attention`.
+
+    The fused ``qkv`` weight is head-major, as Megatron-LM's: its ``3 * n_embd`` output rows are ordered
+    (head, {q, k, v}, head_dim), not ``[q; k; v]`` stacked as in nanoGPT / Hugging Face GPT-2's ``c_attn``
+    (:func:`qkv_head_major` converts such a weight). Splitting the rows into equal contiguous parts hands
+    each part whole heads of q, k and v, which is what tensor parallelism needs.
 
     Args:
         config: reads ``n_embd``, ``n_head``, ``bias``, ``causal``, ``attn_dropout`` and ``dropout``
@@ -229,10 +272,11 @@ class DenseAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
-        # chunk and -1 (not split(C) and n_head): under tensor parallelism (kit.parallel.tensor) this rank's
-        # qkv output holds n_head / tp heads of each of q, k, v
-        q, k, v = self.qkv(x).chunk(3, dim=2)
-        q, k, v = (t.view(B, T, -1, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        # head-major fused layout (Megatron's): output features are (head, q|k|v, head_dim), so a plain row split
+        # of the weight gives each tensor-parallel rank (kit.parallel.tensor) whole heads of q, k and v; -1 is
+        # n_head, or n_head / tp on one rank
+        qkv = self.qkv(x).view(B, T, -1, 3, C // self.n_head)
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(3))  # (B, nh, T, hs)
         y = self._attend(q, k, v, self.attn_dropout if self.training else 0.0)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, -1)  # (B, T, C), or C / tp per rank
         return self.resid_dropout(self.proj(y))
