@@ -20,6 +20,7 @@ from torchmetrics import MeanMetric
 
 from kit.health.flops import transformer_flops
 from kit.models.layers import add_aux_losses, clear_aux, get_attention, get_depth, get_ffn
+from kit.models.layers.attention import QKVLayoutHooks
 from kit.models.transforms import CHECKPOINT_MODES, apply_transforms
 from kit.optim import SCHEDULES, fused_available, lr_lambda, param_groups
 
@@ -329,7 +330,7 @@ class GPT(nn.Module):
         return idx
 
 
-class CausalLM(pl.LightningModule):
+class CausalLM(QKVLayoutHooks, pl.LightningModule):
     """Next-token language modelling with AdamW, warmup + decay, and perplexity logging.
 
     Batches are ``(input_ids, targets)`` of shape (B, T). The network is built in ``configure_model`` so

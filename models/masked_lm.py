@@ -30,12 +30,13 @@ from torchmetrics.classification import MulticlassAccuracy
 from kit.data.masking import IGNORE_INDEX
 from kit.models._optim import optimizers_from_hparams
 from kit.models.gpt import GPT, GPTConfig
+from kit.models.layers.attention import QKVLayoutHooks
 from kit.models.transforms import apply_transforms
 
 __all__ = ["MaskedLM"]
 
 
-class MaskedLM(pl.LightningModule):
+class MaskedLM(QKVLayoutHooks, pl.LightningModule):
     """Masked-LM (+ optional next-sentence) pretraining on dict batches ``{"input_ids", "labels"[,
     "next_sentence_label"]}``.
 

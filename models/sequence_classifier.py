@@ -19,7 +19,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
@@ -34,6 +34,7 @@ from kit.models.adapters import (
     prompt_length,
 )
 from kit.models.gpt import GPT, GPTConfig
+from kit.models.layers.attention import QKVLayoutHooks, upgrade_qkv_layout
 from kit.models.transforms import apply_transforms
 
 __all__ = ["POOLINGS", "SequenceClassifier", "load_backbone"]
@@ -60,6 +61,8 @@ def load_backbone(model: nn.Module, checkpoint: dict) -> tuple[list[str], list[s
     Raises:
         ValueError: a parameter whose shape differs, naming it and both shapes.
     """
+    for note in upgrade_qkv_layout(model, checkpoint, optimizer_states=False):
+        rank_zero_warn(f"init_from: checkpoint predates the head-major fused QKV layout (issue 10); {note}")
     state = checkpoint.get("state_dict", checkpoint)
     source = {}
     unexpected = []
@@ -83,7 +86,7 @@ def load_backbone(model: nn.Module, checkpoint: dict) -> tuple[list[str], list[s
     return missing, unexpected
 
 
-class SequenceClassifier(pl.LightningModule):
+class SequenceClassifier(QKVLayoutHooks, pl.LightningModule):
     """Pooled backbone states -> dropout -> linear head; cross-entropy on ``(input_ids (B, T), label (B,))``.
 
     Logs ``val/acc``, ``val/f1`` (macro) and ``val/loss`` (and ``test/*``) through torchmetrics, and at fit start
@@ -293,6 +296,7 @@ class SequenceClassifier(pl.LightningModule):
         load_adapter_state_dict(self, state)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         if self.hparams.trainable_only_checkpoint and self.peft.method != "full":
             keep = set(self.adapter_state_dict())
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
