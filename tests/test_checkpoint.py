@@ -228,3 +228,20 @@ def test_the_final_step_is_saved_and_linked_as_last_even_after_a_best_k_save(tmp
     _fit(tmp_path, ckpt, steps=6, val_check_interval=3, limit_val_batches=1)  # best-k saves step 6 first
     assert torch.load(tmp_path / "c" / "last.ckpt", weights_only=True)["global_step"] == 6
     assert (tmp_path / "c" / "step00000006.ckpt").exists()
+
+
+@pytest.mark.slow  # three Trainer runs of the tiny GPT: ~10 s idle
+def test_benchmark_runs_small_and_reports_each_measure(tmp_path) -> None:
+    from benchmarks import checkpoint as bench
+
+    result = bench.main(
+        ["--models", "tiny", "--steps", "2", "--every", "1", "--repeats", "1", "--block", "16", "--dir", str(tmp_path)]
+    )
+    rows = result["rows"]
+    assert [r["mode"] for r in rows] == ["sync", "async"]
+    for row in rows:
+        assert row["saves"] == 2 and row["MB"] > 0 and row["load ms"] > 0 and row["write ms"] > 0
+        median, spread = row["hook ms [min, max]"].split(" [")
+        low, high = (float(v.replace(",", "")) for v in spread.rstrip("]").split(", "))
+        assert low <= float(median.replace(",", "")) <= high
+    assert list(tmp_path.iterdir()) == []  # every run's checkpoints removed
