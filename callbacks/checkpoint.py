@@ -182,12 +182,12 @@ class KitCheckpoint(ModelCheckpoint):
         if (
             self.async_save
             and self._dcp_group is None
-            and trainer.world_size > 1
             and dist.is_available()
             and dist.is_initialized()
             and _dcp_model_key(trainer.strategy) is not None
         ):
-            # DCP's async write runs collectives in a background thread; training's own must not share a group
+            # DCP's async write runs collectives in a background thread, so training's own must not share its
+            # group; and it needs a CPU backend, which an NCCL-only default group lacks (one rank included)
             self._dcp_group = dist.new_group(backend="gloo")
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

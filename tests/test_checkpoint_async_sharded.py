@@ -35,6 +35,7 @@ from kit.callbacks.checkpoint import KitCheckpoint
 from kit.checkpoint import Manifest, verify
 
 out, world, full = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "full"
+accelerator = sys.argv[4] if len(sys.argv) > 4 else "cpu"  # benchmarks/gpu_checkpoint.py: cuda
 torch.set_num_threads(1)
 WRITE_DELAY = 0.6 if full else 0.35
 STEP_S = 0.4 if full else 0.2  # two steps between saves outlast one write: no async save waits for the last
@@ -71,7 +72,7 @@ data = lambda: torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x.s
 
 def fit(folder, async_save, ckpt_path=None, steps=6):
     ckpt = KitCheckpoint(dirpath=f"{out}/{folder}", every_n_train_steps=2, keep_last=2, async_save=async_save)
-    trainer = pl.Trainer(accelerator="cpu", devices=world, strategy=ModelParallelStrategy(data_parallel_size=world, tensor_parallel_size=1),
+    trainer = pl.Trainer(accelerator=accelerator, devices=world, strategy=ModelParallelStrategy(data_parallel_size=world, tensor_parallel_size=1),
                          max_steps=steps, callbacks=[ckpt], logger=False, enable_progress_bar=False, enable_model_summary=False)
     model = Net()
     trainer.fit(model, data(), ckpt_path=ckpt_path)
@@ -119,7 +120,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(tmp_path: Path, world: int, mode: str) -> list[dict]:
+def _run(tmp_path: Path, world: int, mode: str, accelerator: str = "cpu") -> list[dict]:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     cmd = [
@@ -133,6 +134,7 @@ def _run(tmp_path: Path, world: int, mode: str) -> list[dict]:
         str(tmp_path),
         str(world),
         mode,
+        accelerator,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
