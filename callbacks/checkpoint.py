@@ -326,6 +326,9 @@ class KitCheckpoint(ModelCheckpoint):
         self.preempted_by = self._signal or "another rank"
         self._drain()
         trainer.should_stop = True
+        # Lightning validates when should_stop is set mid-epoch; a preempted job's grace period is for exiting,
+        # and the uninterrupted run would not validate at this step (the kit CLI's final validation skips too)
+        trainer.limit_val_batches = 0
         rank_zero_info(
             f"KitCheckpoint: received {self.preempted_by}; saved step {trainer.global_step} to "
             f"{self.last_model_path or self._last_checkpoint_saved} and stopping. Resume with "

@@ -100,7 +100,8 @@ def test_rng_round_trip_covers_python_numpy_torch():
 
 def test_mismatch_report_lists_keys_and_shapes():
     text = describe_mismatch(
-        {"a.weight": torch.zeros(4, 8), "b": torch.zeros(1)}, {"a.weight": torch.zeros(4, 16), "c": torch.zeros(1)}
+        {"a.weight": torch.zeros(4, 8), "b": torch.zeros(1)},
+        {"a.weight": torch.zeros(4, 16), "c": torch.zeros(1)},
     )
     assert "a.weight checkpoint (4, 16) vs model (4, 8)" in text and "['b']" in text and "['c']" in text
     assert describe_mismatch({"a": torch.zeros(2)}, {"a": torch.ones(2)}) is None
@@ -155,17 +156,30 @@ def test_resume_into_a_different_model_names_keys_and_shapes(tmp_path):
     ckpt = KitCheckpoint(dirpath=str(tmp_path / "c"), every_n_train_steps=2)
     _fit(tmp_path, ckpt, steps=2)
     with pytest.raises(ValueError, match=r"net.0.weight checkpoint \(16, 8\) vs model \(32, 8\)"):
-        _fit(tmp_path, KitCheckpoint(dirpath=str(tmp_path / "d")), steps=4, model=TinyRegressor(hidden=32),
-             ckpt_path=str(tmp_path / "c" / "last.ckpt"))
+        _fit(
+            tmp_path,
+            KitCheckpoint(dirpath=str(tmp_path / "d")),
+            steps=4,
+            model=TinyRegressor(hidden=32),
+            ckpt_path=str(tmp_path / "c" / "last.ckpt"),
+        )
 
 
 def test_a_plain_model_checkpoint_file_resumes_with_a_note(tmp_path):
-    trainer = make_trainer(tmp_path, [ModelCheckpoint(dirpath=str(tmp_path / "old"), save_last=True)],
-                           max_steps=2, enable_checkpointing=True)
+    trainer = make_trainer(
+        tmp_path,
+        [ModelCheckpoint(dirpath=str(tmp_path / "old"), save_last=True)],
+        max_steps=2,
+        enable_checkpointing=True,
+    )
     trainer.fit(TinyRegressor(), regression_loader())
     with pytest.warns(UserWarning, match="RNG states are not restored"):
-        trainer = _fit(tmp_path, KitCheckpoint(dirpath=str(tmp_path / "new")), steps=4,
-                       ckpt_path=str(tmp_path / "old" / "last.ckpt"))
+        trainer = _fit(
+            tmp_path,
+            KitCheckpoint(dirpath=str(tmp_path / "new")),
+            steps=4,
+            ckpt_path=str(tmp_path / "old" / "last.ckpt"),
+        )
     assert trainer.global_step == 4
 
 
@@ -179,19 +193,39 @@ def test_async_save_writes_the_same_checkpoint(tmp_path):
         assert newest_good(tmp_path / str(mode)) is not None and len(ckpt.save_times) >= 2
     for key, value in states[False]["state_dict"].items():
         assert torch.equal(value, states[True]["state_dict"][key])
-    assert states[False]["optimizer_states"][0]["state"].keys() == states[True]["optimizer_states"][0]["state"].keys()
+    assert (
+        states[False]["optimizer_states"][0]["state"].keys()
+        == states[True]["optimizer_states"][0]["state"].keys()
+    )
 
 
 def test_sigterm_saves_at_the_next_step_and_stops_cleanly(tmp_path, capsys):
     class Preempt(pl.Callback):
+        validations = 0
+
         def on_train_batch_end(self, trainer, *args):
             if trainer.global_step == 3:
                 os.kill(os.getpid(), signal.SIGTERM)
 
+        def on_validation_start(self, trainer, *args):
+            self.validations += 1
+
+    preempt = Preempt()
     ckpt = KitCheckpoint(dirpath=str(tmp_path / "c"), every_n_train_steps=100)
-    trainer = make_trainer(tmp_path, [Preempt(), ckpt], max_steps=50, enable_checkpointing=True)
-    trainer.fit(TinyRegressor(), regression_loader())
+    trainer = make_trainer(
+        tmp_path,
+        [preempt, ckpt],
+        max_steps=50,
+        enable_checkpointing=True,
+        val_check_interval=5,
+        check_val_every_n_epoch=None,
+        limit_val_batches=2,
+    )
+    trainer.fit(TinyRegressor(), regression_loader(), regression_loader())
     assert ckpt.preempted_by == "SIGTERM" and trainer.global_step == 3
+    assert (
+        preempt.validations == 0
+    )  # no validation on the way out (Lightning validates when should_stop is set)
     assert torch.load(tmp_path / "c" / "last.ckpt", weights_only=True)["global_step"] == 3
     assert signal.getsignal(signal.SIGTERM) is not ckpt._on_signal  # handlers restored
 
@@ -212,7 +246,10 @@ def test_sharded_folder_checkpoints_take_the_same_atomic_path(tmp_path, monkeypa
     trainer.fit(TinyRegressor(), regression_loader())
     folder = tmp_path / "c"
     assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == [
-        "last.ckpt", "manifest.json", "step00000004.ckpt", "step00000006.ckpt"
+        "last.ckpt",
+        "manifest.json",
+        "step00000004.ckpt",
+        "step00000006.ckpt",
     ]
     entry = Manifest(folder).entries["step00000006.ckpt"]
     assert sorted(entry.files) == ["meta.pt", "rank0.pt", "rank1.pt"] and (folder / "last.ckpt").is_dir()
@@ -235,7 +272,20 @@ def test_benchmark_runs_small_and_reports_each_measure(tmp_path) -> None:
     from benchmarks import checkpoint as bench
 
     result = bench.main(
-        ["--models", "tiny", "--steps", "2", "--every", "1", "--repeats", "1", "--block", "16", "--dir", str(tmp_path)]
+        [
+            "--models",
+            "tiny",
+            "--steps",
+            "2",
+            "--every",
+            "1",
+            "--repeats",
+            "1",
+            "--block",
+            "16",
+            "--dir",
+            str(tmp_path),
+        ]
     )
     rows = result["rows"]
     assert [r["mode"] for r in rows] == ["sync", "async"]
