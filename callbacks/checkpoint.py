@@ -192,6 +192,7 @@ class KitCheckpoint(ModelCheckpoint):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
+        _start_cut_short_epoch_afresh(trainer)
         if self.hang_timeout_s is not None and self._watchdog is None:
             self._heartbeat = time.monotonic()
             self._watch_stop.clear()
@@ -564,6 +565,39 @@ class KitCheckpoint(ModelCheckpoint):
             self.current_score = state_dict.get("current_score")
         else:
             self.best_model_path = state_dict.get("best_model_path", "")
+
+
+def _start_cut_short_epoch_afresh(trainer: pl.Trainer) -> None:
+    """Resumed from the last step of an epoch that ``limit_train_batches`` cut short: begin the next epoch anew.
+
+    The restored loader state is mid-way through that epoch's order (the loader was never exhausted), and
+    Lightning creates the resumed run's first iterator from it, so the next epoch would continue the old order.
+    The uninterrupted run instead starts a new iterator at the epoch boundary (a new permutation from the
+    sampler's generator, which restoring the old one has advanced); so does this, once, before the first batch.
+    A stream (an iterable dataset) would continue its old epoch either way: that gets a warning.
+    """
+    from lightning.pytorch.utilities.data import sized_len
+    from torch.utils.data import IterableDataset
+
+    loop = trainer.fit_loop
+    fetcher = getattr(loop, "_data_fetcher", None)
+    progress = loop.epoch_loop.batch_progress.current
+    batches = trainer.num_training_batches
+    if trainer.ckpt_path is None or fetcher is None or not progress.ready or progress.ready < batches:
+        return
+    if not loop.epoch_loop.restarted_on_train_batch_end:
+        return  # saved after the epoch's validation: Lightning itself starts the next epoch with a new iterator
+    loader = trainer.train_dataloader
+    length = sized_len(loader) if loader is not None else None
+    if length is not None and length <= batches:
+        return  # the epoch ended with the loader: its restored state already starts a new one
+    if isinstance(getattr(loader, "dataset", None), IterableDataset):
+        rank_zero_warn(
+            "KitCheckpoint: resumed at the end of an epoch that limit_train_batches cut short; the stream continues "
+            "where that epoch stopped instead of starting the next epoch's order (the uninterrupted run's)"
+        )
+        return
+    iter(fetcher)
 
 
 def _link_or_copy(src: str, dst: str) -> None:

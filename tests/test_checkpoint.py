@@ -9,7 +9,7 @@ import signal
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import TinyRegressor, make_trainer, regression_loader
+from conftest import BatchRecorder, TinyRegressor, make_trainer, regression_loader
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from kit.callbacks.checkpoint import KitCheckpoint
@@ -295,3 +295,39 @@ def test_benchmark_runs_small_and_reports_each_measure(tmp_path) -> None:
         low, high = (float(v.replace(",", "")) for v in spread.rstrip("]").split(", "))
         assert low <= float(median.replace(",", "")) <= high
     assert list(tmp_path.iterdir()) == []  # every run's checkpoints removed
+
+
+def test_resume_at_the_end_of_an_epoch_cut_short_starts_the_next_epoch_order(tmp_path):
+    """limit_train_batches ends each epoch before the loader does; a checkpoint of that last step (periodic, before
+    the epoch's validation, or best-k, after it) must resume with the next epoch's permutation, not the rest of
+    the old one (which the loader's restored state would continue)."""
+    from torchdata.stateful_dataloader import StatefulDataLoader
+    from torchdata.stateful_dataloader.sampler import RandomSampler
+
+    def fit(folder: str, ckpt_path=None) -> list[int]:
+        ds = torch.utils.data.TensorDataset(torch.arange(48).float())
+        train = StatefulDataLoader(
+            ds, batch_size=4, sampler=RandomSampler(ds, generator=torch.Generator().manual_seed(0))
+        )
+        val = torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(torch.arange(8).float()), batch_size=4
+        )
+        ckpt = KitCheckpoint(
+            dirpath=str(tmp_path / folder),
+            every_n_train_steps=5,
+            keep_last=3,
+            monitor="val_loss",
+            save_top_k=-1,
+            filename="best-{step}",
+        )
+        model = BatchRecorder()
+        trainer = make_trainer(
+            None, [ckpt], max_steps=12, enable_checkpointing=True, limit_train_batches=5, limit_val_batches=2
+        )
+        trainer.fit(model, train, val, ckpt_path=ckpt_path)
+        return model.seen
+
+    straight = fit("ref")
+    for name, step in (("step00000005.ckpt", 5), ("step00000010.ckpt", 10), ("best-step=5.ckpt", 5)):
+        resumed = fit(f"from-{name}", str(tmp_path / "ref" / name))
+        assert straight[: 4 * step] + resumed == straight, name
