@@ -574,7 +574,8 @@ def _start_cut_short_epoch_afresh(trainer: pl.Trainer) -> None:
     Lightning creates the resumed run's first iterator from it, so the next epoch would continue the old order.
     The uninterrupted run instead starts a new iterator at the epoch boundary (a new permutation from the
     sampler's generator, which restoring the old one has advanced); so does this, once, before the first batch.
-    A stream (an iterable dataset) would continue its old epoch either way: that gets a warning.
+    A stream (an iterable dataset) keeps its own position: one with ``start_next_epoch()`` (the kit's webdataset
+    stream) is told to drop it, when it lives in this process (no workers); any other gets a warning.
     """
     from lightning.pytorch.utilities.data import sized_len
     from torch.utils.data import IterableDataset
@@ -591,12 +592,19 @@ def _start_cut_short_epoch_afresh(trainer: pl.Trainer) -> None:
     length = sized_len(loader) if loader is not None else None
     if length is not None and length <= batches:
         return  # the epoch ended with the loader: its restored state already starts a new one
-    if isinstance(getattr(loader, "dataset", None), IterableDataset):
-        rank_zero_warn(
-            "KitCheckpoint: resumed at the end of an epoch that limit_train_batches cut short; the stream continues "
-            "where that epoch stopped instead of starting the next epoch's order (the uninterrupted run's)"
-        )
-        return
+    dataset = getattr(loader, "dataset", None)
+    if isinstance(dataset, IterableDataset):
+        # a stream holds its own position; one that can drop it (the kit's webdataset stream) starts anew, in
+        # this process only: worker processes hold their own copies
+        start = getattr(dataset, "start_next_epoch", None)
+        if start is None or getattr(loader, "num_workers", 0) > 0:
+            rank_zero_warn(
+                "KitCheckpoint: resumed at the end of an epoch that limit_train_batches cut short; the stream "
+                "continues where that epoch stopped instead of starting the next epoch's order (the "
+                "uninterrupted run's)"
+            )
+            return
+        start()
     iter(fetcher)
 
 

@@ -91,6 +91,11 @@ class _ResumableStream(IterableDataset):
             raise TypeError("the stream's length is unknown; set WebDataModule(epoch_length=...)")
         return self.total
 
+    def start_next_epoch(self) -> None:
+        """Drop a restored mid-epoch position: the next iterator starts the next epoch (KitCheckpoint calls this
+        when a resume lands on the last step of an epoch that ``limit_train_batches`` cut short)."""
+        self._skip = None
+
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}
 

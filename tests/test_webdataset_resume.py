@@ -75,3 +75,22 @@ def test_state_is_the_consumed_one_not_the_fetched_ahead_one(urls):
     ahead[0] = None  # a fetcher it does not know: the loader's own state, and a warning
     with pytest.warns(UserWarning, match="may skip up to one batch"):
         assert loader.state_dict()["dataset_state"]["position"] == 15
+
+
+@pytest.mark.parametrize("epoch_length", [None, 12])
+def test_resume_at_the_end_of_an_epoch_cut_short_starts_the_next_epoch(urls, tmp_path, epoch_length):
+    """limit_train_batches=5 ends each epoch mid-stream; resuming from its last step starts the next epoch's
+    order (as the uninterrupted run does), not the rest of the old one."""
+
+    def fit(folder: str, ckpt_path=None) -> list[int]:
+        data = WebDataModule(urls, batch_size=5, shuffle_buffer=8, seed=4, epoch_length=epoch_length)
+        model = BatchRecorder()
+        ckpt = KitCheckpoint(dirpath=str(tmp_path / folder), every_n_train_steps=1, keep_last=20)
+        trainer = make_trainer(None, [ckpt], max_steps=12, enable_checkpointing=True, limit_train_batches=5)
+        trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
+        return model.seen
+
+    straight = fit("ref")
+    for step in (4, 5, 10):
+        resumed = fit(f"from{step}", str(tmp_path / "ref" / f"step{step:08d}.ckpt"))
+        assert straight[: 5 * step] + resumed == straight, step
