@@ -2,13 +2,13 @@
 # Every GPU check and benchmark of the kit, by step, each time-boxed.
 # Usage, from the repository root on a CUDA machine: OUT=/some/dir bash benchmarks/gpu_suite.sh [STEP|GROUP...]
 # Groups: perf (default; issue 15's performance suite, under 8 minutes: perf-main sliding),
-#         checks (correctness and the other benchmarks: distributed parallel monitoring data checkpoint transfer
-#         pytest; over 10 minutes, split it across device calls), all (both,
+#         checks (correctness and the other benchmarks: distributed parallel monitoring data checkpoint
+#         checkpoint-sharded transfer pytest; over 10 minutes, split it across device calls), all (both,
 #         in several device calls).
 # Steps: perf-main (raw loop vs Trainer vs monitors, precisions, activation checkpointing, MoE; gpu_perf.py),
 #        sliding (the attention part of gpu_architecture.py), architecture (all of it),
-#        throughput (the older Trainer/plain ratio), distributed, parallel, monitoring, data, checkpoint, transfer,
-#        pytest.
+#        throughput (the older Trainer/plain ratio), distributed, parallel, monitoring, data, checkpoint,
+#        checkpoint-sharded (async/sync sharded KitCheckpoint under FSDP2 + NCCL; gpu_checkpoint.py), transfer, pytest.
 # Wheels the GPU image lacks (deepspeed and its needs) may be put in .whl/; they are installed to /tmp/site.
 # Each step is time-boxed and the suite goes on past a failing step. Results, logs and a summary are packed
 # into $OUT/results.tgz (and summary.txt beside it).
@@ -34,8 +34,8 @@ expanded=()
 for s in "${steps[@]}"; do
   case $s in
     perf) expanded+=(perf-main sliding) ;;
-    checks) expanded+=(distributed parallel monitoring data checkpoint transfer pytest) ;;
-    all) expanded+=(perf-main architecture distributed parallel monitoring data checkpoint transfer pytest) ;;
+    checks) expanded+=(distributed parallel monitoring data checkpoint checkpoint-sharded transfer pytest) ;;
+    all) expanded+=(perf-main architecture distributed parallel monitoring data checkpoint checkpoint-sharded transfer pytest) ;;
     *) expanded+=("$s") ;;
   esac
 done
@@ -58,6 +58,7 @@ for s in "${steps[@]}"; do
     monitoring) step monitoring 110 python3 benchmarks/gpu_monitoring.py --steps 30 --out "$RES/monitoring" ;;
     data) step data 45 python3 benchmarks/gpu_data.py --out "$RES" ;;
     checkpoint) step checkpoint 150 python3 -m benchmarks checkpoint --out "$RES" --suffix=-gpu ;;
+    checkpoint-sharded) step checkpoint-sharded 240 python3 benchmarks/gpu_checkpoint.py --out "$RES" ;;
     sliding) step sliding 150 python3 benchmarks/gpu_architecture.py --parts attention --out "$RES" ;;
     architecture) step architecture 360 python3 benchmarks/gpu_architecture.py --out "$RES" ;;
     transfer) step transfer 360 python3 benchmarks/gpu_transfer.py --out "$RES/transfer" ;;

@@ -3,7 +3,7 @@ resume, preemption and an optional asynchronous save.
 
 Every file or folder it writes goes through ``kit.checkpoint``: the strategy saves into a hidden temporary
 path, rank zero fsyncs it and renames it into place, then records it in ``manifest.json`` with the SHA-256
-of each file. ``last.ckpt`` is a hard link to the newest checkpoint (a copy for sharded folders), replaced
+of each file. ``last.ckpt`` is a hard link to the newest checkpoint (a folder of hard links for sharded ones), replaced
 by a rename, so it always names a complete checkpoint. Sharded checkpoints (FSDP, DeepSpeed) are folders
 and take the same path.
 
@@ -16,7 +16,8 @@ and take the same path.
 - Preemption: SIGTERM or SIGUSR1 sets a flag; at the next step boundary the ranks OR it, save, and stop
   cleanly with a message that says how to resume.
 - ``async_save``: the training step waits only for the copy of the state to CPU; a background thread
-  writes, fsyncs, renames and updates the manifest (one write in flight at a time).
+  writes, fsyncs, renames and updates the manifest (one write in flight at a time). Sharded folders go
+  through ``torch.distributed.checkpoint.async_save`` on every rank (``kit.checkpoint.sharded``).
 
 Example:
     >>> trainer = pl.Trainer(callbacks=[KitCheckpoint(every_n_train_steps=100, keep_last=2)])  # doctest: +SKIP
@@ -80,8 +81,11 @@ class KitCheckpoint(ModelCheckpoint):
         keep_last: periodic checkpoints kept, newest first (>= 1).
         every_n_train_steps: periodic checkpoint interval; ``None`` or 0: at each training epoch end.
         save_last: keep ``last.ckpt`` pointing at the newest checkpoint.
-        async_save: write in a background thread after copying the state to CPU (single-file checkpoints
-            only; sharded strategies save synchronously and say so once).
+        async_save: write in a background thread after copying the state to CPU: single-process single-file
+            checkpoints, and sharded ``torch.distributed.checkpoint`` folders (FSDP ``state_dict_type="sharded"``,
+            ``ModelParallelStrategy``) through DCP's ``async_save`` on every rank; still atomic (the folder is
+            renamed into place once every rank's shards are written). Other strategies (DDP with several
+            processes, DeepSpeed) save synchronously and say so once.
         preemption: on SIGTERM/SIGUSR1, checkpoint at the next step boundary and stop cleanly.
         preemption_every_n_steps: how often the ranks compare their signal flags (under DDP each check is
             one small all-reduce with a host sync); a signal is acted on within this many steps.
@@ -154,6 +158,8 @@ class KitCheckpoint(ModelCheckpoint):
         self._step_rng: dict[str, Any] | None = None
         self._rng_to_restore: dict[str, Any] | None = None
         self._kind = "best"
+        self._sync_warned = False
+        self._dcp_group: Any = None  # async sharded saves: DCP's own gloo group
         self._last_periodic_step = -1
         self._hook: Any = None
         self.save_times: list[dict[str, float]] = []  # per save: stall (seconds the step waited) and total
@@ -173,9 +179,20 @@ class KitCheckpoint(ModelCheckpoint):
         super().setup(trainer, pl_module, stage)
         if stage == "fit" and self._hook is None:  # the resume (if any) loads weights before on_train_start
             self._hook = pl_module.register_load_state_dict_pre_hook(_mismatch_hook)
+        if (
+            self.async_save
+            and self._dcp_group is None
+            and dist.is_available()
+            and dist.is_initialized()
+            and _dcp_model_key(trainer.strategy) is not None
+        ):
+            # DCP's async write runs collectives in a background thread, so training's own must not share its
+            # group; and it needs a CPU backend, which an NCCL-only default group lacks (one rank included)
+            self._dcp_group = dist.new_group(backend="gloo")
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
+        _start_cut_short_epoch_afresh(trainer)
         if self.hang_timeout_s is not None and self._watchdog is None:
             self._heartbeat = time.monotonic()
             self._watch_stop.clear()
@@ -310,6 +327,9 @@ class KitCheckpoint(ModelCheckpoint):
         self.preempted_by = self._signal or "another rank"
         self._drain()
         trainer.should_stop = True
+        # Lightning validates when should_stop is set mid-epoch; a preempted job's grace period is for exiting,
+        # and the uninterrupted run would not validate at this step (the kit CLI's final validation skips too)
+        trainer.limit_val_batches = 0
         rank_zero_info(
             f"KitCheckpoint: received {self.preempted_by}; saved step {trainer.global_step} to "
             f"{self.last_model_path or self._last_checkpoint_saved} and stopping. Resume with "
@@ -324,14 +344,21 @@ class KitCheckpoint(ModelCheckpoint):
         tmp = str(Path(filepath).parent / f".{Path(filepath).name}.tmp-step{step}")
         checkpoint = trainer._checkpoint_connector.dump_checkpoint(self.save_weights_only)
         sharded = trainer.strategy.__class__.__name__.startswith(("FSDP", "DeepSpeed", "ModelParallel"))
+        dcp_key = _dcp_model_key(trainer.strategy)
         if self.async_save and not sharded and trainer.world_size == 1:
             cpu = _to_cpu(checkpoint)
             self._submit(self._write_async, trainer, cpu, tmp, filepath, (kind, step, epoch, score))
             stall = time.perf_counter() - start  # includes waiting for a previous write still in flight
+        elif self.async_save and dcp_key is not None:
+            self._save_sharded_async(trainer, checkpoint, dcp_key, tmp, filepath, (kind, step, epoch, score))
+            stall = time.perf_counter() - start  # dump + copy of this rank's shards to CPU (+ a previous write)
         else:
-            if self.async_save:
+            if self.async_save and not self._sync_warned:
+                self._sync_warned = True
                 rank_zero_warn(
-                    "KitCheckpoint: async_save applies to single-process, single-file checkpoints; saving synchronously"
+                    f"KitCheckpoint: async_save applies to single-process single-file checkpoints and to sharded "
+                    f"(torch.distributed.checkpoint) FSDP / ModelParallel ones; {type(trainer.strategy).__name__} "
+                    "saves synchronously"
                 )
             ok, err = True, None
             try:
@@ -359,6 +386,44 @@ class KitCheckpoint(ModelCheckpoint):
 
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(proxy(self))
+
+    def _save_sharded_async(
+        self, trainer: pl.Trainer, checkpoint: dict, key: str, tmp: str, filepath: str, meta: tuple
+    ) -> None:
+        """Every rank: start DCP's async write of its shards; rank zero commits once all are on disk.
+
+        The layout is the strategy's own (``key`` for the model, ``optimizer_<i>``, the rest in ``meta.pt``), so
+        ``trainer.fit(ckpt_path=folder)`` loads it as if the strategy had saved it.
+        """
+        from lightning.fabric.utilities.load import _METADATA_FILENAME
+
+        from kit.checkpoint.sharded import finish_async_save, start_async_save
+
+        self._drain()  # one save in flight: DCP's background collectives of two saves must not interleave
+        state = {key: checkpoint.pop("state_dict")}
+        state.update({f"optimizer_{i}": opt for i, opt in enumerate(checkpoint.pop("optimizer_states", []))})
+        future = start_async_save(state, tmp, self._dcp_group)
+        if trainer.is_global_zero:
+            rest = _to_cpu(checkpoint)  # loops, callbacks, RNG: pickled later, so frozen now
+
+            def finish() -> None:
+                try:
+                    finish_async_save(future, tmp, rest, _METADATA_FILENAME)
+                except BaseException as err:  # DCP's CheckpointException is a BaseException
+                    remove_path(tmp)
+                    raise write_error(Path(filepath), err) from err
+                self._commit(tmp, filepath, meta)
+
+            self._submit(finish)
+        else:
+
+            def wait() -> None:
+                try:
+                    future.result()
+                except BaseException as err:
+                    raise write_error(Path(filepath), err) from err
+
+            self._submit(wait)
 
     def _write_async(
         self, trainer: pl.Trainer, checkpoint: dict, tmp: str, filepath: str, meta: tuple
@@ -414,10 +479,10 @@ class KitCheckpoint(ModelCheckpoint):
         tmp = Path(filepath).parent / f".{Path(filepath).name}.tmp-link"
         remove_path(tmp)
         try:
-            if Path(source).is_dir():
+            if Path(source).is_dir():  # a sharded folder: link every file (no second copy of the bytes)
                 import shutil
 
-                shutil.copytree(source, tmp)
+                shutil.copytree(source, tmp, copy_function=_link_or_copy)
             else:
                 os.link(source, tmp)
             commit(tmp, filepath)
@@ -482,6 +547,9 @@ class KitCheckpoint(ModelCheckpoint):
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        if self._dcp_group is not None:
+            dist.destroy_process_group(self._dcp_group)
+            self._dcp_group = None
 
     # -- state -------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -497,6 +565,67 @@ class KitCheckpoint(ModelCheckpoint):
             self.current_score = state_dict.get("current_score")
         else:
             self.best_model_path = state_dict.get("best_model_path", "")
+
+
+def _start_cut_short_epoch_afresh(trainer: pl.Trainer) -> None:
+    """Resumed from the last step of an epoch that ``limit_train_batches`` cut short: begin the next epoch anew.
+
+    The restored loader state is mid-way through that epoch's order (the loader was never exhausted), and
+    Lightning creates the resumed run's first iterator from it, so the next epoch would continue the old order.
+    The uninterrupted run instead starts a new iterator at the epoch boundary (a new permutation from the
+    sampler's generator, which restoring the old one has advanced); so does this, once, before the first batch.
+    A stream (an iterable dataset) keeps its own position: one with ``start_next_epoch()`` (the kit's webdataset
+    stream) is told to drop it, when it lives in this process (no workers); any other gets a warning.
+    """
+    from lightning.pytorch.utilities.data import sized_len
+    from torch.utils.data import IterableDataset
+
+    loop = trainer.fit_loop
+    fetcher = getattr(loop, "_data_fetcher", None)
+    progress = loop.epoch_loop.batch_progress.current
+    batches = trainer.num_training_batches
+    if trainer.ckpt_path is None or fetcher is None or not progress.ready or progress.ready < batches:
+        return
+    if not loop.epoch_loop.restarted_on_train_batch_end:
+        return  # saved after the epoch's validation: Lightning itself starts the next epoch with a new iterator
+    loader = trainer.train_dataloader
+    length = sized_len(loader) if loader is not None else None
+    if length is not None and length <= batches:
+        return  # the epoch ended with the loader: its restored state already starts a new one
+    dataset = getattr(loader, "dataset", None)
+    if isinstance(dataset, IterableDataset):
+        # a stream holds its own position; one that can drop it (the kit's webdataset stream) starts anew, in
+        # this process only: worker processes hold their own copies
+        start = getattr(dataset, "start_next_epoch", None)
+        if start is None or getattr(loader, "num_workers", 0) > 0:
+            rank_zero_warn(
+                "KitCheckpoint: resumed at the end of an epoch that limit_train_batches cut short; the stream "
+                "continues where that epoch stopped instead of starting the next epoch's order (the "
+                "uninterrupted run's)"
+            )
+            return
+        start()
+    iter(fetcher)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # a file system without hard links
+        import shutil
+
+        shutil.copy2(src, dst)
+
+
+def _dcp_model_key(strategy: Any) -> str | None:
+    """The model's key in a ``torch.distributed.checkpoint`` folder the strategy writes, or ``None``."""
+    from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+
+    if isinstance(strategy, ModelParallelStrategy) and getattr(strategy, "_save_distributed_checkpoint", False):
+        return "state_dict"
+    if isinstance(strategy, FSDPStrategy) and getattr(strategy, "_state_dict_type", "full") == "sharded":
+        return "model"
+    return None
 
 
 def _mismatch_hook(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors) -> None:

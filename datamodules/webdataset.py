@@ -11,6 +11,8 @@ targets)`` batches of shape ``(B, block_size)``, the format of ``kit.models.gpt.
 
 from __future__ import annotations
 
+import collections
+import copy
 import io
 import itertools
 import os
@@ -89,12 +91,63 @@ class _ResumableStream(IterableDataset):
             raise TypeError("the stream's length is unknown; set WebDataModule(epoch_length=...)")
         return self.total
 
+    def start_next_epoch(self) -> None:
+        """Drop a restored mid-epoch position: the next iterator starts the next epoch (KitCheckpoint calls this
+        when a resume lands on the last step of an epoch that ``limit_train_batches`` cut short)."""
+        self._skip = None
+
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self._skip = self.position
+
+
+class _ConsumedStateLoader(StatefulDataLoader):
+    """A ``StatefulDataLoader`` whose ``state_dict`` is the state after the batches training has *consumed*.
+
+    Over an unsized stream Lightning's ``_PrefetchDataFetcher`` keeps one batch fetched ahead (to learn that the
+    epoch ended one step early), so the loader's own state at a checkpoint is one batch past training, and a
+    resume from it would skip that batch. This loader keeps the state after each of its last few batches and
+    hands out the one ``pending()`` batches back (``pending`` counts the batches fetched but not yet trained on).
+    """
+
+    def __init__(self, *args: Any, pending: Callable[[], int | None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pending = pending
+        self._after: collections.deque[dict[str, Any]] = collections.deque(maxlen=4)
+        self._unknown_warned = False
+
+    def __iter__(self) -> Iterator[Any]:
+        iterator = super().__iter__()
+        self._after.clear()
+        return self._snapshotting(iterator)
+
+    def _snapshotting(self, iterator: Iterator[Any]) -> Iterator[Any]:
+        for batch in iterator:
+            self._after.append(copy.deepcopy(StatefulDataLoader.state_dict(self)))
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        pending = self._pending()
+        if pending is None:
+            if not self._unknown_warned:
+                self._unknown_warned = True
+                rank_zero_warn(
+                    "WebDataModule: cannot tell how many batches Lightning holds fetched ahead (its fetcher changed); "
+                    "a resume from this checkpoint may skip up to one batch. Set epoch_length=<batches per epoch> to "
+                    "make the loader sized (no fetch ahead)"
+                )
+            pending = 0
+        if pending == 0 or not self._after:
+            return StatefulDataLoader.state_dict(self)
+        if pending >= len(self._after):
+            raise RuntimeError(
+                f"WebDataModule: {pending} batch(es) fetched ahead of training but only {len(self._after)} loader "
+                "states kept; lower the trainer's prefetching or set epoch_length"
+            )
+        return copy.deepcopy(self._after[-1 - pending])
 
 
 def _tar_samples(
@@ -135,12 +188,14 @@ class WebDataModule(pl.LightningDataModule):
     per epoch by ``wds.detshuffle`` with ``seed + epoch`` (shard order, then a sample buffer), so the order is
     deterministic for a given seed, world size and worker count. The training loader is a
     ``StatefulDataLoader`` over a stream that records its epoch and position, so a checkpoint taken mid-epoch
-    resumes with the next sample (each reader skips what it already served, before decoding). The resume is
-    exact when ``epoch_length`` is set: the loader then has a length, and Lightning reads no batch ahead.
-    Without it, Lightning fetches one batch ahead of an unsized stream to detect the epoch's end, so the
-    saved position is one batch past training and a resumed run skips that batch. In ``resampled`` mode every rank/worker draws shards with
-    replacement forever (the multi-node recipe: no rank runs out early); ``epoch_length`` then sets the
-    batches per epoch.
+    resumes with the next sample: each reader rebuilds the epoch's order (shard list, ``detshuffle`` seeded by
+    ``seed + epoch``, the same shuffle buffer) and skips, before decoding, the samples it already served. The
+    resume is exact with or without ``epoch_length``. Without it the stream is unsized and Lightning fetches
+    one batch ahead to detect the epoch's end; the loader then keeps its state after each recent batch and saves
+    the one before the batches fetched ahead, so a resumed run does not skip them. The cost of a resume is
+    re-reading (not decoding) the epoch's samples up to the position. In ``resampled`` mode every rank/worker
+    draws shards with replacement forever (the multi-node recipe: no rank runs out early); ``epoch_length``
+    then sets the batches per epoch.
 
     Args:
         train_urls: shard paths, globs, brace patterns (``train-{000000..000099}.tar``) or URLs.
@@ -277,14 +332,16 @@ class WebDataModule(pl.LightningDataModule):
             raw = self.make_dataset(shards, train, decode=False)
             total = self.epoch_length * self.batch_size if self.epoch_length else None
             dataset = _ResumableStream(raw, self._decode_one, length, self.error_handler, total)
+            sized = {} if total is not None else {"pending": self._batches_fetched_ahead}
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
-                return StatefulDataLoader(
+                return (StatefulDataLoader if total is not None else _ConsumedStateLoader)(
                     dataset,
                     batch_size=self.batch_size,
                     num_workers=self.num_workers,
                     persistent_workers=self.num_workers > 0,
                     collate_fn=collate,
+                    **sized,
                 )
         return DataLoader(
             self.make_dataset(shards, train),
@@ -293,6 +350,21 @@ class WebDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             collate_fn=collate,
         )
+
+    def _batches_fetched_ahead(self) -> int | None:
+        """Batches Lightning's training fetcher holds that no training step has used yet (``None``: unknown)."""
+        trainer = self.trainer
+        loop = getattr(trainer, "fit_loop", None) if trainer is not None else None
+        if loop is None or trainer.state.fn != "fit":
+            return 0  # outside fit: the loader's own state is what was consumed
+        fetcher = getattr(loop, "_data_fetcher", None)
+        if fetcher is None:
+            return 0
+        batches = getattr(fetcher, "batches", None)
+        if batches is None:
+            # the dataloader_iter fetcher fetches only on demand; anything else is a fetcher we do not know
+            return 0 if type(fetcher).__name__ == "_DataLoaderIterDataFetcher" else None
+        return len(batches)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_shards, train=True)

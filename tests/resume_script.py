@@ -94,11 +94,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out")
     p.add_argument("--data", default="plain")
     p.add_argument("--shards", default=None)
+    p.add_argument(
+        "--epoch-length", type=int, default=12, help="webdataset: batches per epoch; 0: unsized stream"
+    )
+    p.add_argument("--workers", type=int, default=0, help="webdataset: DataLoader workers")
     p.add_argument("--max-steps", type=int, default=30)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--every", type=int, default=2)
     p.add_argument("--step-sleep", type=float, default=0.0)
-    p.add_argument("--hang-at", type=int, default=None, help="block forever at this step (a dead peer's effect)")
+    p.add_argument(
+        "--hang-at", type=int, default=None, help="block forever at this step (a dead peer's effect)"
+    )
     p.add_argument("--hang-timeout", type=float, default=None)
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -110,12 +116,21 @@ def main(argv: list[str] | None = None) -> int:
         from kit.datamodules.webdataset import WebDataModule
 
         data = WebDataModule(
-            args.shards, batch_size=8, shuffle_buffer=16, decode=decode_sample, seed=3, epoch_length=12
+            args.shards,
+            batch_size=8,
+            shuffle_buffer=16,
+            decode=decode_sample,
+            seed=3,
+            epoch_length=args.epoch_length or None,
+            num_workers=args.workers,
         )
     else:
         data = Data(args.data, args.shards)
     ckpt = KitCheckpoint(
-        dirpath=str(out / "ckpt"), every_n_train_steps=args.every, keep_last=2, hang_timeout_s=args.hang_timeout
+        dirpath=str(out / "ckpt"),
+        every_n_train_steps=args.every,
+        keep_last=2,
+        hang_timeout_s=args.hang_timeout,
     )
     callbacks: list[pl.Callback] = [ckpt]
     if args.hang_at is not None:

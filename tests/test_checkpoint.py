@@ -9,7 +9,7 @@ import signal
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import TinyRegressor, make_trainer, regression_loader
+from conftest import BatchRecorder, TinyRegressor, make_trainer, regression_loader
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from kit.callbacks.checkpoint import KitCheckpoint
@@ -100,7 +100,8 @@ def test_rng_round_trip_covers_python_numpy_torch():
 
 def test_mismatch_report_lists_keys_and_shapes():
     text = describe_mismatch(
-        {"a.weight": torch.zeros(4, 8), "b": torch.zeros(1)}, {"a.weight": torch.zeros(4, 16), "c": torch.zeros(1)}
+        {"a.weight": torch.zeros(4, 8), "b": torch.zeros(1)},
+        {"a.weight": torch.zeros(4, 16), "c": torch.zeros(1)},
     )
     assert "a.weight checkpoint (4, 16) vs model (4, 8)" in text and "['b']" in text and "['c']" in text
     assert describe_mismatch({"a": torch.zeros(2)}, {"a": torch.ones(2)}) is None
@@ -155,17 +156,30 @@ def test_resume_into_a_different_model_names_keys_and_shapes(tmp_path):
     ckpt = KitCheckpoint(dirpath=str(tmp_path / "c"), every_n_train_steps=2)
     _fit(tmp_path, ckpt, steps=2)
     with pytest.raises(ValueError, match=r"net.0.weight checkpoint \(16, 8\) vs model \(32, 8\)"):
-        _fit(tmp_path, KitCheckpoint(dirpath=str(tmp_path / "d")), steps=4, model=TinyRegressor(hidden=32),
-             ckpt_path=str(tmp_path / "c" / "last.ckpt"))
+        _fit(
+            tmp_path,
+            KitCheckpoint(dirpath=str(tmp_path / "d")),
+            steps=4,
+            model=TinyRegressor(hidden=32),
+            ckpt_path=str(tmp_path / "c" / "last.ckpt"),
+        )
 
 
 def test_a_plain_model_checkpoint_file_resumes_with_a_note(tmp_path):
-    trainer = make_trainer(tmp_path, [ModelCheckpoint(dirpath=str(tmp_path / "old"), save_last=True)],
-                           max_steps=2, enable_checkpointing=True)
+    trainer = make_trainer(
+        tmp_path,
+        [ModelCheckpoint(dirpath=str(tmp_path / "old"), save_last=True)],
+        max_steps=2,
+        enable_checkpointing=True,
+    )
     trainer.fit(TinyRegressor(), regression_loader())
     with pytest.warns(UserWarning, match="RNG states are not restored"):
-        trainer = _fit(tmp_path, KitCheckpoint(dirpath=str(tmp_path / "new")), steps=4,
-                       ckpt_path=str(tmp_path / "old" / "last.ckpt"))
+        trainer = _fit(
+            tmp_path,
+            KitCheckpoint(dirpath=str(tmp_path / "new")),
+            steps=4,
+            ckpt_path=str(tmp_path / "old" / "last.ckpt"),
+        )
     assert trainer.global_step == 4
 
 
@@ -179,19 +193,39 @@ def test_async_save_writes_the_same_checkpoint(tmp_path):
         assert newest_good(tmp_path / str(mode)) is not None and len(ckpt.save_times) >= 2
     for key, value in states[False]["state_dict"].items():
         assert torch.equal(value, states[True]["state_dict"][key])
-    assert states[False]["optimizer_states"][0]["state"].keys() == states[True]["optimizer_states"][0]["state"].keys()
+    assert (
+        states[False]["optimizer_states"][0]["state"].keys()
+        == states[True]["optimizer_states"][0]["state"].keys()
+    )
 
 
 def test_sigterm_saves_at_the_next_step_and_stops_cleanly(tmp_path, capsys):
     class Preempt(pl.Callback):
+        validations = 0
+
         def on_train_batch_end(self, trainer, *args):
             if trainer.global_step == 3:
                 os.kill(os.getpid(), signal.SIGTERM)
 
+        def on_validation_start(self, trainer, *args):
+            self.validations += 1
+
+    preempt = Preempt()
     ckpt = KitCheckpoint(dirpath=str(tmp_path / "c"), every_n_train_steps=100)
-    trainer = make_trainer(tmp_path, [Preempt(), ckpt], max_steps=50, enable_checkpointing=True)
-    trainer.fit(TinyRegressor(), regression_loader())
+    trainer = make_trainer(
+        tmp_path,
+        [preempt, ckpt],
+        max_steps=50,
+        enable_checkpointing=True,
+        val_check_interval=5,
+        check_val_every_n_epoch=None,
+        limit_val_batches=2,
+    )
+    trainer.fit(TinyRegressor(), regression_loader(), regression_loader())
     assert ckpt.preempted_by == "SIGTERM" and trainer.global_step == 3
+    assert (
+        preempt.validations == 0
+    )  # no validation on the way out (Lightning validates when should_stop is set)
     assert torch.load(tmp_path / "c" / "last.ckpt", weights_only=True)["global_step"] == 3
     assert signal.getsignal(signal.SIGTERM) is not ckpt._on_signal  # handlers restored
 
@@ -212,7 +246,10 @@ def test_sharded_folder_checkpoints_take_the_same_atomic_path(tmp_path, monkeypa
     trainer.fit(TinyRegressor(), regression_loader())
     folder = tmp_path / "c"
     assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == [
-        "last.ckpt", "manifest.json", "step00000004.ckpt", "step00000006.ckpt"
+        "last.ckpt",
+        "manifest.json",
+        "step00000004.ckpt",
+        "step00000006.ckpt",
     ]
     entry = Manifest(folder).entries["step00000006.ckpt"]
     assert sorted(entry.files) == ["meta.pt", "rank0.pt", "rank1.pt"] and (folder / "last.ckpt").is_dir()
@@ -228,3 +265,69 @@ def test_the_final_step_is_saved_and_linked_as_last_even_after_a_best_k_save(tmp
     _fit(tmp_path, ckpt, steps=6, val_check_interval=3, limit_val_batches=1)  # best-k saves step 6 first
     assert torch.load(tmp_path / "c" / "last.ckpt", weights_only=True)["global_step"] == 6
     assert (tmp_path / "c" / "step00000006.ckpt").exists()
+
+
+@pytest.mark.slow  # three Trainer runs of the tiny GPT: ~10 s idle
+def test_benchmark_runs_small_and_reports_each_measure(tmp_path) -> None:
+    from benchmarks import checkpoint as bench
+
+    result = bench.main(
+        [
+            "--models",
+            "tiny",
+            "--steps",
+            "2",
+            "--every",
+            "1",
+            "--repeats",
+            "1",
+            "--block",
+            "16",
+            "--dir",
+            str(tmp_path),
+        ]
+    )
+    rows = result["rows"]
+    assert [r["mode"] for r in rows] == ["sync", "async"]
+    for row in rows:
+        assert row["saves"] == 2 and row["MB"] > 0 and row["load ms"] > 0 and row["write ms"] > 0
+        median, spread = row["hook ms [min, max]"].split(" [")
+        low, high = (float(v.replace(",", "")) for v in spread.rstrip("]").split(", "))
+        assert low <= float(median.replace(",", "")) <= high
+    assert list(tmp_path.iterdir()) == []  # every run's checkpoints removed
+
+
+def test_resume_at_the_end_of_an_epoch_cut_short_starts_the_next_epoch_order(tmp_path):
+    """limit_train_batches ends each epoch before the loader does; a checkpoint of that last step (periodic, before
+    the epoch's validation, or best-k, after it) must resume with the next epoch's permutation, not the rest of
+    the old one (which the loader's restored state would continue)."""
+    from torchdata.stateful_dataloader import StatefulDataLoader
+    from torchdata.stateful_dataloader.sampler import RandomSampler
+
+    def fit(folder: str, ckpt_path=None) -> list[int]:
+        ds = torch.utils.data.TensorDataset(torch.arange(48).float())
+        train = StatefulDataLoader(
+            ds, batch_size=4, sampler=RandomSampler(ds, generator=torch.Generator().manual_seed(0))
+        )
+        val = torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(torch.arange(8).float()), batch_size=4
+        )
+        ckpt = KitCheckpoint(
+            dirpath=str(tmp_path / folder),
+            every_n_train_steps=5,
+            keep_last=3,
+            monitor="val_loss",
+            save_top_k=-1,
+            filename="best-{step}",
+        )
+        model = BatchRecorder()
+        trainer = make_trainer(
+            None, [ckpt], max_steps=12, enable_checkpointing=True, limit_train_batches=5, limit_val_batches=2
+        )
+        trainer.fit(model, train, val, ckpt_path=ckpt_path)
+        return model.seen
+
+    straight = fit("ref")
+    for name, step in (("step00000005.ckpt", 5), ("step00000010.ckpt", 10), ("best-step=5.ckpt", 5)):
+        resumed = fit(f"from-{name}", str(tmp_path / "ref" / name))
+        assert straight[: 4 * step] + resumed == straight, name

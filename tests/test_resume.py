@@ -124,12 +124,29 @@ def test_temperature_sampled_run_resumes_bitwise(reference, tmp_path):
     _kill_and_resume(reference, tmp_path, signal.SIGKILL, "temperature")
 
 
-@pytest.mark.slow
-def test_webdataset_run_resumes_bitwise(reference, tmp_path_factory, tmp_path):
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> str:
     from kit.data.shards import write_shards
 
-    shards = tmp_path_factory.mktemp("shards")
-    write_shards(({"__key__": f"s_{i}", "txt": str(i)} for i in range(96)), str(shards / "train-%03d.tar"), 16)
-    _kill_and_resume(
-        reference, tmp_path, signal.SIGKILL, "webdataset", "--shards", str(shards / "train-{000..005}.tar")
+    folder = tmp_path_factory.mktemp("shards")
+    write_shards(
+        ({"__key__": f"s_{i}", "txt": str(i)} for i in range(96)), str(folder / "train-%03d.tar"), 16
     )
+    return str(folder / "train-{000..005}.tar")
+
+
+@pytest.mark.slow
+def test_webdataset_run_resumes_bitwise(reference, shards, tmp_path):
+    _kill_and_resume(reference, tmp_path, signal.SIGKILL, "webdataset", "--shards", shards)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [0, 2])
+def test_unsized_webdataset_stream_resumes_bitwise(reference, shards, tmp_path, workers):
+    """No epoch_length: Lightning fetches a batch ahead of the unsized stream; the saved state must not include it.
+
+    30 steps over 12-batch epochs: the kill lands before or after an epoch boundary, and the resumed run also
+    crosses one (detshuffle's seed + epoch must come back). With 2 workers each reader resumes its own shards.
+    """
+    args = ("--shards", shards, "--epoch-length", "0", "--workers", str(workers))
+    _kill_and_resume(reference, tmp_path, signal.SIGKILL, "webdataset", *args)

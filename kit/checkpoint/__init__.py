@@ -7,6 +7,7 @@
   past truncated or corrupt ones with a warning that names both.
 - ``rng``: capture and restore the python, numpy, torch and CUDA generators.
 - ``compat``: compare a checkpoint's tensors with a model's and say what differs.
+- ``sharded``: asynchronous ``torch.distributed.checkpoint`` saves of sharded state that stay atomic.
 """
 
 from kit.checkpoint.atomic import CheckpointWriteError, atomic_write, fsync_tree
@@ -22,6 +23,7 @@ from kit.checkpoint.manifest import (
     verify,
 )
 from kit.checkpoint.rng import capture_rng, restore_rng
+from kit.checkpoint.sharded import finish_async_save, start_async_save
 
 __all__ = [
     "FORMAT_VERSION",
@@ -34,10 +36,12 @@ __all__ = [
     "checksum",
     "describe_mismatch",
     "find_latest",
+    "finish_async_save",
     "fsync_tree",
     "newest_good",
     "resolve_checkpoint",
     "restore_rng",
+    "start_async_save",
     "upgrade_checkpoint",
     "verify",
 ]
