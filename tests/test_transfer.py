@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,7 +28,7 @@ from kit.models.adapters import (
 )
 from kit.models.gpt import GPT, CausalLM, GPTConfig
 from kit.models.masked_lm import MaskedLM
-from kit.models.sequence_classifier import SequenceClassifier, load_backbone
+from kit.models.sequence_classifier import SequenceClassifier, load_backbone, resolve_init_from
 
 SPECIAL = [0, 1, 2]  # PAD, CLS, SEP in these tests
 MASK = 3
@@ -289,6 +290,43 @@ def test_init_from_refuses_a_shape_mismatch_naming_the_parameter_and_both_shapes
         SequenceClassifier(wider, init_from=str(path), num_classes=3)
     with pytest.raises(FileNotFoundError, match="init_from"):
         SequenceClassifier(init_from=str(tmp_path / "nope.ckpt"), num_classes=3)
+
+
+def test_init_from_resolves_a_run_folder_or_a_recipe_name_to_the_newest_complete_checkpoint(
+    tmp_path, monkeypatch
+) -> None:
+    import os
+
+    from kit.checkpoint import Manifest
+
+    src, _ = _pretrain_ckpt(tmp_path)
+    runs = tmp_path / "runs/bert-tiny-pretrain"
+    paths = []
+    for version in (0, 1):  # two runs of the recipe, each in its own version folder; version 1 is newer
+        folder = runs / f"version_{version}/checkpoints"
+        folder.mkdir(parents=True)
+        path = folder / "last.ckpt"
+        torch.save({"state_dict": src.state_dict(), "hyper_parameters": dict(src.hparams)}, path)
+        os.utime(path, (1_000 + version, 1_000 + version))
+        paths.append(path)
+    monkeypatch.chdir(tmp_path)
+    assert resolve_init_from(runs) == paths[1]
+    assert resolve_init_from("bert-tiny-pretrain").resolve() == paths[1]  # the recipe's runs/<name> folder
+    assert resolve_init_from(paths[0]) == paths[0]  # a file is itself
+    paths[1].write_bytes(paths[1].read_bytes()[:100])  # a truncated newest checkpoint is skipped
+    with pytest.warns(UserWarning, match="unusable"):
+        assert resolve_init_from(runs) == paths[0]
+    clf = SequenceClassifier(init_from="bert-tiny-pretrain", num_classes=3)
+    assert clf.hparams.init_from == str(Path("runs/bert-tiny-pretrain/version_0/checkpoints/last.ckpt"))
+    assert Manifest(runs / "version_0/checkpoints").entries == {}  # resolving never writes
+    with pytest.raises(
+        FileNotFoundError, match="no complete checkpoint under runs/classifier-lora; run `kit fit"
+    ):
+        resolve_init_from("classifier-lora")
+    with pytest.raises(
+        FileNotFoundError, match="neither a checkpoint file, a run folder nor a packaged recipe"
+    ):
+        resolve_init_from("no-such-thing")
 
 
 def test_masked_lm_refuses_a_causal_backbone() -> None:
