@@ -26,7 +26,7 @@ import lightning.pytorch as pl
 import torch
 
 from benchmarks.__main__ import out_dir
-from benchmarks._common import cuda_sync, device_name
+from benchmarks._common import cuda_sync, device_name, progress
 
 METHODS = ("full", "lora", "adapters", "prompt", "qlora")
 LR = {"full": 1e-3, "lora": 3e-3, "adapters": 3e-3, "prompt": 3e-2, "qlora": 3e-3}
@@ -71,7 +71,9 @@ def pretrain(a: argparse.Namespace, config) -> tuple[Path, dict]:
         config, nsp=a.nsp, lr=a.pretrain_lr, warmup_steps=max(1, a.pretrain_steps // 20), schedule="cosine"
     )
     trainer = _trainer(a.pretrain_steps, val_check_interval=a.pretrain_steps, check_val_every_n_epoch=None)
+    progress(f"pretraining {a.pretrain_steps} steps")
     trainer.fit(model, dm)
+    progress(f"pretrained: {dict(trainer.callback_metrics)}")
     path = Path(a.workdir) / "pretrain.ckpt"
     path.parent.mkdir(parents=True, exist_ok=True)
     trainer.save_checkpoint(path)
@@ -140,7 +142,10 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--pretrain-ckpt", default=None, help="skip stage 1 and start from this checkpoint")
     parser.add_argument("--steps", type=int, default=150, help="fine-tuning steps per method")
     parser.add_argument("--draws", type=int, default=3, help="labelled subsets drawn; accuracy is their mean")
-    parser.add_argument("--no-plot", dest="plot", action="store_false", help="skip transfer.png")
+    parser.add_argument("--no-plot", dest="plot", action="store_false", help="skip the PNG")
+    parser.add_argument(
+        "--png", type=Path, default=None, help="the PNG's path (default: transfer.png in the run folder)"
+    )
     parser.add_argument("--train-fraction", type=float, default=0.1)
     parser.add_argument("--lr-scale", type=float, default=1.0, help="multiplies every method's learning rate")
     parser.add_argument("--lora-r", type=int, default=8)
@@ -181,6 +186,7 @@ def main(argv: list[str]) -> dict:
             sample_seed=a.seed + draw,
         )
         for m, init in [(m, ckpt) for m in methods] + [("full", None)]:
+            progress(f"draw {draw}: fine-tuning {m} from {'the checkpoint' if init else 'a random start'}")
             row = finetune(a, dm, m, init, config, a.seed + draw)
             runs.setdefault(row["method"], []).append(row)
     rows = []
@@ -234,8 +240,9 @@ def main(argv: list[str]) -> dict:
         "notes": notes,
     }
     if a.plot:
-        _plot(rows, out_dir() / "transfer.png", result["title"])
-        result["plot"] = "transfer.png"
+        png = a.png or out_dir() / "transfer.png"
+        _plot(rows, png, result["title"])
+        result["plot"] = png.name
     return result
 
 
