@@ -168,3 +168,21 @@ def test_recipes_pretrain_then_fine_tune_then_test_through_the_cli(tmp_path) -> 
     )  # the recipe name, resolved
     out = kit(["test", *fine, "--ckpt_path", "last"], tmp_path).stdout
     assert f"--ckpt_path last -> {last.relative_to(tmp_path)}" in out and "test/f1" in out
+
+
+@pytest.mark.slow  # 72 s on the busy shared 2-core machine; likely ~10 s idle, then it can join the fast set
+def test_transfer_benchmark_smoke_writes_the_table_and_the_plot(tmp_path) -> None:
+    """`python -m benchmarks transfer --smoke` shrunk to two methods: every column, the random-start row, the
+    full/prompt cost ratios and the PNG."""
+    from benchmarks.transfer import main
+
+    png = tmp_path / "t.png"
+    result = main(["--smoke", "--methods", "full,prompt", "--workdir", str(tmp_path), "--png", str(png)])
+    methods = [r["method"] for r in result["rows"]]
+    assert methods == ["full", "prompt", "full (random init)"]
+    full, prompt = result["rows"][0], result["rows"][1]
+    assert full["trainable %"] == 100 and 0 < prompt["trainable %"] < 10
+    assert prompt["optimizer state (B)"] < full["optimizer state (B)"] / 10
+    assert prompt["checkpoint per task (B)"] < full["checkpoint per task (B)"] / 10
+    assert any("per cost (full / prompt" in n for n in result["notes"])
+    assert png.stat().st_size > 10_000
