@@ -86,8 +86,8 @@ def test_pretrained_start_beats_random_start_on_the_same_budget(tmp_path) -> Non
     over non-pad tokens (the positions MLM trains), against the same fine-tune from a random start: same config,
     batches, steps and learning rate. Three draws of the labelled subset; the means are compared.
 
-    Measured (2 busy CPU cores, one thread): test macro-F1 0.415 (0.395-0.454) pretrained vs 0.365 (0.306-0.416)
-    random; the pretrained start won on every draw. About 4 minutes on one idle core."""
+    Measured (one thread on 2 busy shared cores): test macro-F1 0.427 (0.358, 0.474, 0.448) pretrained vs 0.366
+    (0.306, 0.374, 0.416) random; the pretrained start won every draw. 17 minutes there; ~3-4 on one idle core."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one thread: reproducible figures, and 10x faster than two on busy shared cores
     try:
