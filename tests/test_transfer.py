@@ -329,6 +329,35 @@ def test_init_from_resolves_a_run_folder_or_a_recipe_name_to_the_newest_complete
         resolve_init_from("no-such-thing")
 
 
+def test_transfer_recipes_pretrain_mlm_only_and_fine_tune_from_the_newest_run_with_mean_pooling() -> None:
+    """The README's choices, pinned: MLM without NSP (NSP lowered the fine-tuned F1 here), each run in its own
+    version folder, and classifiers that find the newest pretraining run and pool what MLM trains."""
+    import yaml
+
+    from kit.cli.main import RECIPES_DIR
+
+    def load(name: str) -> dict:
+        return yaml.safe_load((RECIPES_DIR / f"{name}.yaml").read_text())
+
+    pre = load("bert-tiny-pretrain")
+    assert pre["model"]["init_args"]["nsp"] is False and pre["data"]["init_args"]["nsp"] is False
+    assert pre["model"]["init_args"]["schedule"] == "cosine"
+    for name in (
+        "bert-tiny-pretrain",
+        "classifier-finetune",
+        "classifier-lora",
+        "classifier-adapters",
+        "classifier-prompt",
+        "classifier-qlora",
+    ):
+        recipe = load(name)
+        ckpt = [c for c in recipe["trainer"]["callbacks"] if c["class_path"].endswith("KitCheckpoint")]
+        assert ckpt and "dirpath" not in ckpt[0]["init_args"], name  # <save_dir>/<name>/version_N/checkpoints
+        if name != "bert-tiny-pretrain":
+            args = recipe["model"]["init_args"]
+            assert args["init_from"] == "bert-tiny-pretrain" and args["pooling"] == "mean", name
+
+
 def test_masked_lm_refuses_a_causal_backbone() -> None:
     with pytest.raises(ValueError, match="causal=false"):
         MaskedLM(GPTConfig.from_name("debug"))
