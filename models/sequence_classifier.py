@@ -184,6 +184,8 @@ class SequenceClassifier(pl.LightningModule):
         if isinstance(peft, dict):
             peft = PeftConfig(**peft)
         resolved = resolve_init_from(init_from) if init_from is not None else None
+        if resolved is not None and str(resolved) != str(init_from):
+            rank_zero_info(f"SequenceClassifier: init_from={str(init_from)!r} -> {resolved}")
         self._checkpoint = torch.load(resolved, map_location="cpu", weights_only=False) if resolved else None
         if config is None and self._checkpoint is not None:
             config = GPTConfig(**self._checkpoint["hyper_parameters"]["config"])
