@@ -170,10 +170,9 @@ def test_recipes_pretrain_then_fine_tune_then_test_through_the_cli(tmp_path) -> 
     assert f"--ckpt_path last -> {last.relative_to(tmp_path)}" in out and "test/f1" in out
 
 
-@pytest.mark.slow  # 72 s on the busy shared 2-core machine; likely ~10 s idle, then it can join the fast set
 def test_transfer_benchmark_smoke_writes_the_table_and_the_plot(tmp_path) -> None:
     """`python -m benchmarks transfer --smoke` shrunk to two methods: every column, the random-start row, the
-    full/prompt cost ratios and the PNG."""
+    full/prompt cost ratios and the PNG. 15 s at load average 7 on the shared 2-core machine."""
     from benchmarks.transfer import main
 
     png = tmp_path / "t.png"
