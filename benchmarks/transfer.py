@@ -165,6 +165,7 @@ def main(argv: list[str]) -> dict:
         name="tiny", n_layer=a.layers, n_embd=a.width, n_head=a.heads, block_size=a.block, causal=False
     )
     load = os.getloadavg()
+    Path(a.workdir).mkdir(parents=True, exist_ok=True)  # also when --pretrain-ckpt skips stage 1
     pre_metrics = {}
     ckpt = a.pretrain_ckpt
     if ckpt is None:
