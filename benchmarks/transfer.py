@@ -235,7 +235,8 @@ def main(argv: list[str]) -> dict:
             "GPU peaks and times"
         )
     result = {
-        "title": f"Fine-tuning methods on the 6-topic task ({'smoke' if a.smoke else 'full'} run)",
+        "title": f"Fine-tuning methods on the 6-topic task, {a.train_fraction:.0%} of the labels "
+        f"({'smoke' if a.smoke else 'full'} run)",
         "device": device_name(),
         "rows": rows,
         "notes": notes,
