@@ -93,6 +93,9 @@ def run(
         raise SystemExit(f"unknown benchmark {name!r}; choose one of: {', '.join(available())}")
     from benchmarks._common import pin_threads, progress, set_current
 
+    # `python -m benchmarks` runs this file as __main__; a benchmark that imports benchmarks.__main__ for out_dir()
+    # must get this module (and its _OUT), not a second copy
+    sys.modules.setdefault("benchmarks.__main__", sys.modules[__name__])
     out_dir = Path(out_dir) if out_dir is not None else new_run_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     _OUT["dir"] = out_dir

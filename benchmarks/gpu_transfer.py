@@ -58,7 +58,16 @@ def main(argv: list[str]) -> dict:
     a, rest = parser.parse_known_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     checks = bnb_checks() if torch.cuda.is_available() else {"cuda": False}
-    result = transfer_main([*(["--smoke"] if a.smoke else []), "--workdir", str(a.out / "work"), *rest])
+    result = transfer_main(
+        [
+            *(["--smoke"] if a.smoke else []),
+            "--workdir",
+            str(a.out / "work"),
+            "--png",
+            str(a.out / "transfer-gpu.png"),
+            *rest,
+        ]
+    )
     result["notes"].append(f"bitsandbytes on this device: {checks}")
     failed = [k for k, v in checks.items() if v is False and k != "cuda"]
     result["failed"] = failed

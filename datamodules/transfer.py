@@ -304,6 +304,8 @@ class TopicDataModule(_PassageData):
         tokenizer_dir: tokenizer cache folder.
         train_fraction: class-stratified share of the training passages used (0.01 or 0.001 for few labels).
         val_fraction: share of the (reduced) training passages held out for validation; at least one.
+        sample_seed: the draw of the ``train_fraction`` subset (None: ``seed``). The split and the tokenizer
+            depend on ``seed`` only, so several few-label draws share one pretraining run and one test set.
     """
 
     def __init__(
@@ -319,6 +321,7 @@ class TopicDataModule(_PassageData):
         tokenizer_dir: str | None = None,
         train_fraction: float = 1.0,
         val_fraction: float = 0.1,
+        sample_seed: int | None = None,
     ) -> None:
         super().__init__(
             classes,
@@ -342,8 +345,9 @@ class TopicDataModule(_PassageData):
             return
         hp = self.hparams
         self._build()
-        pool = subsample(self.task.train, hp.train_fraction, hp.seed)
-        random.Random(hp.seed).shuffle(pool)
+        draw = hp.seed if hp.sample_seed is None else hp.sample_seed
+        pool = subsample(self.task.train, hp.train_fraction, draw)
+        random.Random(draw).shuffle(pool)
         n_val = int(hp.val_fraction * len(pool))  # 0 for a handful of passages: validation then reuses train
         val, train = pool[:n_val], pool[n_val:]
         self.train_set = self._dataset(train)

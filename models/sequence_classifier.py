@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+import yaml
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
@@ -37,17 +39,54 @@ from kit.models.gpt import GPT, GPTConfig
 from kit.models.layers.attention import QKVLayoutHooks, upgrade_qkv_layout
 from kit.models.transforms import apply_transforms
 
-__all__ = ["POOLINGS", "SequenceClassifier", "load_backbone"]
+__all__ = ["POOLINGS", "SequenceClassifier", "load_backbone", "resolve_init_from"]
 
 POOLINGS = ("mean", "cls", "last")
 
 
-def _read_checkpoint(path: str | os.PathLike) -> dict:
-    if not os.path.exists(path):
+def _recipe_run_root(name: str) -> Path | None:
+    """``<logger save_dir>/<logger name>`` of the packaged recipe ``name`` (its runs' version folders), or None."""
+    from kit.cli.main import RECIPES_DIR
+
+    recipe = RECIPES_DIR / f"{name.removesuffix('.yaml')}.yaml"
+    if not recipe.is_file():
+        return None
+    logger = ((yaml.safe_load(recipe.read_text()) or {}).get("trainer") or {}).get("logger") or {}
+    args = logger.get("init_args", {}) if isinstance(logger, dict) else {}
+    return Path(args.get("save_dir", "runs")) / args.get("name", recipe.stem)
+
+
+def resolve_init_from(value: str | os.PathLike) -> Path:
+    """The checkpoint ``init_from`` names: a checkpoint file, a run folder, or a packaged recipe's name.
+
+    A file is checked against its manifest (or its zip CRCs) and falls back to the previous good checkpoint
+    beside it; a folder (``runs/bert-tiny-pretrain``, one ``version_N``, or a ``checkpoints`` folder) and a recipe
+    name (``bert-tiny-pretrain``: its logger's ``save_dir/name``, relative to the working directory) give the
+    newest complete checkpoint of any version under them, as ``--ckpt_path last`` does.
+
+    Example:
+        >>> resolve_init_from("runs/bert-tiny-pretrain")  # doctest: +SKIP
+        PosixPath('runs/bert-tiny-pretrain/version_2/checkpoints/last.ckpt')
+
+    Raises:
+        FileNotFoundError: nothing usable there, naming what was searched and how to make it.
+    """
+    from kit.checkpoint import find_latest, resolve_checkpoint
+
+    path = Path(value)
+    if path.is_file():
+        return resolve_checkpoint(path)
+    root = path if path.is_dir() else _recipe_run_root(str(value))
+    if root is None:
         raise FileNotFoundError(
-            f"init_from={str(path)!r} does not exist; pass a CausalLM/MaskedLM checkpoint (.ckpt)"
+            f"init_from={str(value)!r} is neither a checkpoint file, a run folder nor a packaged recipe; pass a "
+            "CausalLM/MaskedLM checkpoint (.ckpt), its run folder, or a recipe name such as 'bert-tiny-pretrain'"
         )
-    return torch.load(path, map_location="cpu", weights_only=False)
+    found = find_latest(root) if root.is_dir() else None
+    if found is None:
+        hint = f"; run `kit fit -c {value}` first" if root != path else ""
+        raise FileNotFoundError(f"init_from={str(value)!r}: no complete checkpoint under {root}{hint}")
+    return found
 
 
 def load_backbone(model: nn.Module, checkpoint: dict) -> tuple[list[str], list[str]]:
@@ -97,7 +136,9 @@ class SequenceClassifier(QKVLayoutHooks, pl.LightningModule):
     Args:
         config: the backbone. None: the ``init_from`` checkpoint's config, else ``tiny`` bidirectional.
         num_classes: labels; None takes the datamodule's ``num_classes``.
-        init_from: a ``CausalLM`` or ``MaskedLM`` checkpoint whose backbone starts the model (None: random).
+        init_from: a ``CausalLM`` or ``MaskedLM`` checkpoint whose backbone starts the model (None: random): a
+            ``.ckpt`` file, a run folder, or a pretraining recipe's name (``bert-tiny-pretrain``), the last two
+            giving the newest complete checkpoint under them (:func:`resolve_init_from`).
         peft: a ``kit.models.adapters.PeftConfig`` (or its dict); None is a full fine-tune.
         pooling: "mean" over non-pad positions, "cls" (position 0, for MLM backbones) or "last" non-pad
             position (for causal backbones).
@@ -145,7 +186,10 @@ class SequenceClassifier(QKVLayoutHooks, pl.LightningModule):
             config = GPTConfig(**config)
         if isinstance(peft, dict):
             peft = PeftConfig(**peft)
-        self._checkpoint = _read_checkpoint(init_from) if init_from is not None else None
+        resolved = resolve_init_from(init_from) if init_from is not None else None
+        if resolved is not None and str(resolved) != str(init_from):
+            rank_zero_info(f"SequenceClassifier: init_from={str(init_from)!r} -> {resolved}")
+        self._checkpoint = torch.load(resolved, map_location="cpu", weights_only=False) if resolved else None
         if config is None and self._checkpoint is not None:
             config = GPTConfig(**self._checkpoint["hyper_parameters"]["config"])
         self.config = config if config is not None else GPTConfig(name="tiny", causal=False)
@@ -153,6 +197,10 @@ class SequenceClassifier(QKVLayoutHooks, pl.LightningModule):
         self.save_hyperparameters(ignore=["config", "peft"])
         self.hparams["config"] = asdict(self.config)
         self.hparams["peft"] = asdict(self.peft)
+        if resolved is not None:
+            # the file itself, so a trainable-only checkpoint reloads the backbone it was trained on, even after a
+            # newer pretraining run
+            self.hparams["init_from"] = str(resolved)
         self.model: nn.Module | None = None
         self.head: nn.Module | None = None
         self.load_report: dict[str, list[str]] = {}
@@ -301,3 +349,13 @@ class SequenceClassifier(QKVLayoutHooks, pl.LightningModule):
             keep = set(self.adapter_state_dict())
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
             checkpoint["trainable_only"] = True
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if not checkpoint.get("trainable_only"):
+            return
+        saved = (checkpoint.get("hyper_parameters") or {}).get("init_from")
+        if saved is not None and self.hparams.init_from is not None and saved != self.hparams.init_from:
+            rank_zero_warn(
+                f"this trainable-only checkpoint was trained on the backbone {saved}, but init_from resolved to "
+                f"{self.hparams.init_from}; the adapters may not fit it. Pass --model.init_from={saved}"
+            )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,7 +28,7 @@ from kit.models.adapters import (
 )
 from kit.models.gpt import GPT, CausalLM, GPTConfig
 from kit.models.masked_lm import MaskedLM
-from kit.models.sequence_classifier import SequenceClassifier, load_backbone
+from kit.models.sequence_classifier import SequenceClassifier, load_backbone, resolve_init_from
 
 SPECIAL = [0, 1, 2]  # PAD, CLS, SEP in these tests
 MASK = 3
@@ -289,6 +290,72 @@ def test_init_from_refuses_a_shape_mismatch_naming_the_parameter_and_both_shapes
         SequenceClassifier(wider, init_from=str(path), num_classes=3)
     with pytest.raises(FileNotFoundError, match="init_from"):
         SequenceClassifier(init_from=str(tmp_path / "nope.ckpt"), num_classes=3)
+
+
+def test_init_from_resolves_a_run_folder_or_a_recipe_name_to_the_newest_complete_checkpoint(
+    tmp_path, monkeypatch
+) -> None:
+    import os
+
+    from kit.checkpoint import Manifest
+
+    src, _ = _pretrain_ckpt(tmp_path)
+    runs = tmp_path / "runs/bert-tiny-pretrain"
+    paths = []
+    for version in (0, 1):  # two runs of the recipe, each in its own version folder; version 1 is newer
+        folder = runs / f"version_{version}/checkpoints"
+        folder.mkdir(parents=True)
+        path = folder / "last.ckpt"
+        torch.save({"state_dict": src.state_dict(), "hyper_parameters": dict(src.hparams)}, path)
+        os.utime(path, (1_000 + version, 1_000 + version))
+        paths.append(path)
+    monkeypatch.chdir(tmp_path)
+    assert resolve_init_from(runs) == paths[1]
+    assert resolve_init_from("bert-tiny-pretrain").resolve() == paths[1]  # the recipe's runs/<name> folder
+    assert resolve_init_from(paths[0]) == paths[0]  # a file is itself
+    paths[1].write_bytes(paths[1].read_bytes()[:100])  # a truncated newest checkpoint is skipped
+    with pytest.warns(UserWarning, match="unusable"):
+        assert resolve_init_from(runs) == paths[0]
+    clf = SequenceClassifier(init_from="bert-tiny-pretrain", num_classes=3)
+    assert clf.hparams.init_from == str(Path("runs/bert-tiny-pretrain/version_0/checkpoints/last.ckpt"))
+    assert Manifest(runs / "version_0/checkpoints").entries == {}  # resolving never writes
+    with pytest.raises(
+        FileNotFoundError, match="no complete checkpoint under runs/classifier-lora; run `kit fit"
+    ):
+        resolve_init_from("classifier-lora")
+    with pytest.raises(
+        FileNotFoundError, match="neither a checkpoint file, a run folder nor a packaged recipe"
+    ):
+        resolve_init_from("no-such-thing")
+
+
+def test_transfer_recipes_pretrain_mlm_only_and_fine_tune_from_the_newest_run_with_mean_pooling() -> None:
+    """The README's choices, pinned: MLM without NSP (NSP lowered the fine-tuned F1 here), each run in its own
+    version folder, and classifiers that find the newest pretraining run and pool what MLM trains."""
+    import yaml
+
+    from kit.cli.main import RECIPES_DIR
+
+    def load(name: str) -> dict:
+        return yaml.safe_load((RECIPES_DIR / f"{name}.yaml").read_text())
+
+    pre = load("bert-tiny-pretrain")
+    assert pre["model"]["init_args"]["nsp"] is False and pre["data"]["init_args"]["nsp"] is False
+    assert pre["model"]["init_args"]["schedule"] == "cosine"
+    for name in (
+        "bert-tiny-pretrain",
+        "classifier-finetune",
+        "classifier-lora",
+        "classifier-adapters",
+        "classifier-prompt",
+        "classifier-qlora",
+    ):
+        recipe = load(name)
+        ckpt = [c for c in recipe["trainer"]["callbacks"] if c["class_path"].endswith("KitCheckpoint")]
+        assert ckpt and "dirpath" not in ckpt[0]["init_args"], name  # <save_dir>/<name>/version_N/checkpoints
+        if name != "bert-tiny-pretrain":
+            args = recipe["model"]["init_args"]
+            assert args["init_from"] == "bert-tiny-pretrain" and args["pooling"] == "mean", name
 
 
 def test_masked_lm_refuses_a_causal_backbone() -> None:

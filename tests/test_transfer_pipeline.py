@@ -3,6 +3,7 @@ TopicDataModule from its checkpoint, with the fit-start cost report, torchmetric
 
 from __future__ import annotations
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from conftest import make_trainer
@@ -79,36 +80,50 @@ def test_topic_data_uses_the_pretraining_tokenizer_and_train_fraction(pretrained
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="not yet shown: the one run so far (2 busy CPU cores) gave test macro-F1 0.474 pretrained vs 0.507 "
-    "random after 400 MLM+NSP steps; a longer pretraining is the next thing to try (README, section 3)",
-)
 def test_pretrained_start_beats_random_start_on_the_same_budget(tmp_path) -> None:
-    """Stage 1 (MLM + NSP, 400 steps) then a 60-step full fine-tune on 10% of the labels, against the same
-    fine-tune from a random start: same seed, batches, steps and learning rate. About 10 minutes on 2 busy cores."""
-    data = {"vocab_size": 1024, "block_size": 64, "batch_size": 32}
-    config = GPTConfig(name="tiny", n_layer=2, n_embd=64, n_head=2, block_size=64, causal=False)
-    torch.manual_seed(0)
-    trainer = make_trainer(max_steps=400, limit_val_batches=0)
-    trainer.fit(MaskedLM(config, nsp=True, lr=2e-3, warmup_steps=40), MLMDataModule(nsp=True, **data))
-    ckpt = tmp_path / "mlm.ckpt"
-    trainer.save_checkpoint(ckpt)
-    accs = {}
-    for name, init in (("pretrained", str(ckpt)), ("random", None)):
-        torch.manual_seed(0)
-        dm = TopicDataModule(train_fraction=0.1, **data)
-        clf = SequenceClassifier(config=None if init else config, init_from=init, lr=1e-3, warmup_steps=6)
-        trainer = make_trainer(max_steps=60, limit_val_batches=0)
-        trainer.fit(clf, dm)
-        accs[name] = trainer.test(clf, dm, verbose=False)[0]["test/f1"]
-    assert accs["pretrained"] > accs["random"] + 0.05, accs
+    """Stage 1: masked-LM pretraining (no NSP, 1500 steps, cosine schedule) on the corpus the task is cut from,
+    minus its test passages. Stage 2: a 150-step full fine-tune on 10% of the labels (39 passages), mean-pooled
+    over non-pad tokens (the positions MLM trains), against the same fine-tune from a random start: same config,
+    batches, steps and learning rate. Three draws of the labelled subset; the means are compared.
+
+    Measured (one thread on 2 busy shared cores): test macro-F1 0.427 (0.358, 0.474, 0.448) pretrained vs 0.366
+    (0.306, 0.374, 0.416) random; the pretrained start won every draw. 17 minutes there; ~3-4 on one idle core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: reproducible figures, and 10x faster than two on busy shared cores
+    try:
+        data = {"vocab_size": 1024, "block_size": 64, "batch_size": 32}
+        config = GPTConfig(name="tiny", n_layer=2, n_embd=64, n_head=2, block_size=64, causal=False)
+        pl.seed_everything(0, verbose=False)
+        trainer = make_trainer(max_steps=1500, val_check_interval=1500, check_val_every_n_epoch=None)
+        trainer.fit(MaskedLM(config, lr=2e-3, warmup_steps=75, schedule="cosine"), MLMDataModule(**data))
+        assert trainer.callback_metrics["val/mlm_acc"] > 0.08  # it learned beyond the unigram guess
+        ckpt = tmp_path / "mlm.ckpt"
+        trainer.save_checkpoint(ckpt)
+        f1: dict[str, list[float]] = {"pretrained": [], "random": []}
+        for draw in range(3):
+            for name, init in (("pretrained", str(ckpt)), ("random", None)):
+                pl.seed_everything(draw, verbose=False)
+                dm = TopicDataModule(train_fraction=0.1, sample_seed=draw, **data)
+                clf = SequenceClassifier(
+                    config=None if init else config, init_from=init, lr=1e-3, warmup_steps=15, pooling="mean"
+                )
+                trainer = make_trainer(max_steps=150, limit_val_batches=0)
+                trainer.fit(clf, dm)
+                if init:
+                    assert clf.load_report == {"missing": [], "unexpected": []}
+                f1[name].append(trainer.test(clf, dm, verbose=False)[0]["test/f1"])
+    finally:
+        torch.set_num_threads(threads)
+    mean = {k: sum(v) / len(v) for k, v in f1.items()}
+    print(f"test macro-F1 per draw {f1}, means {mean}")  # shown with pytest -s: the figures the README cites
+    assert mean["pretrained"] > mean["random"] + 0.02, f1
 
 
 @pytest.mark.slow
 def test_recipes_pretrain_then_fine_tune_then_test_through_the_cli(tmp_path) -> None:
     """bert-tiny-pretrain -> classifier-qlora (NF4 + LoRA + 8-bit AdamW) -> kit test on its trainable-only
-    checkpoint, through the real `kit` command, shrunk to a few steps."""
+    checkpoint, through the real `kit` command, shrunk to a few steps. Every run writes its own version folder;
+    `init_from: bert-tiny-pretrain` and `--ckpt_path last` find the newest complete checkpoint."""
     from test_cli import kit
 
     data = [
@@ -133,8 +148,9 @@ def test_recipes_pretrain_then_fine_tune_then_test_through_the_cli(tmp_path) -> 
         ],
         tmp_path,
     )
-    pre = tmp_path / "runs/bert-tiny-pretrain/checkpoints/last.ckpt"
-    assert pre.exists()
+    (pre,) = (tmp_path / "runs/bert-tiny-pretrain").glob(
+        "version_*/checkpoints/last.ckpt"
+    )  # a version folder
     fine = [
         "-c",
         "classifier-qlora",
@@ -144,8 +160,28 @@ def test_recipes_pretrain_then_fine_tune_then_test_through_the_cli(tmp_path) -> 
     ]
     out = kit(["fit", *fine, "--trainer.max_steps=4", "--model.init_args.warmup_steps=1"], tmp_path).stdout
     assert "kit fit finished" in out
-    last = tmp_path / "runs/classifier-qlora/checkpoints/last.ckpt"
+    (last,) = (tmp_path / "runs/classifier-qlora").glob("version_*/checkpoints/last.ckpt")
     saved = torch.load(last, weights_only=False)
     assert saved["trainable_only"] and all("lora_" in k or k.startswith("head.") for k in saved["state_dict"])
-    out = kit(["test", *fine, "--ckpt_path", str(last)], tmp_path).stdout
-    assert "test/f1" in out
+    assert saved["hyper_parameters"]["init_from"] == str(
+        pre.relative_to(tmp_path)
+    )  # the recipe name, resolved
+    out = kit(["test", *fine, "--ckpt_path", "last"], tmp_path).stdout
+    assert f"--ckpt_path last -> {last.relative_to(tmp_path)}" in out and "test/f1" in out
+
+
+def test_transfer_benchmark_smoke_writes_the_table_and_the_plot(tmp_path) -> None:
+    """`python -m benchmarks transfer --smoke` shrunk to two methods: every column, the random-start row, the
+    full/prompt cost ratios and the PNG. 15 s at load average 7 on the shared 2-core machine."""
+    from benchmarks.transfer import main
+
+    png = tmp_path / "t.png"
+    result = main(["--smoke", "--methods", "full,prompt", "--workdir", str(tmp_path), "--png", str(png)])
+    methods = [r["method"] for r in result["rows"]]
+    assert methods == ["full", "prompt", "full (random init)"]
+    full, prompt = result["rows"][0], result["rows"][1]
+    assert full["trainable %"] == 100 and 0 < prompt["trainable %"] < 10
+    assert prompt["optimizer state (B)"] < full["optimizer state (B)"] / 10
+    assert prompt["checkpoint per task (B)"] < full["checkpoint per task (B)"] / 10
+    assert any("per cost (full / prompt" in n for n in result["notes"])
+    assert png.stat().st_size > 10_000
