@@ -97,6 +97,8 @@ def _worker(rank: int, world: int, port: int, args: dict, out: str) -> None:
                 powersgd_start_iter=args["start_iter"],
                 dense_start=args["dense_start"],
                 scheme=args["scheme"],
+                per_tensor_scale=not args["chunk_scale"],
+                block=args["scale_block"],
             )
         ddp.register_comm_hook(state, hook)
         if name.startswith("1bit-adam"):
@@ -107,6 +109,8 @@ def _worker(rank: int, world: int, port: int, args: dict, out: str) -> None:
                 weight_decay=0.0,
                 freeze_step=args["freeze_step"],
                 compress=compress,
+                per_tensor_scale=not args["chunk_scale"],
+                block=args["scale_block"],
             )
             opt.stats, state.optimizer = state.stats, opt
         elif args["optimizer"] == "sgd":
@@ -190,12 +194,14 @@ def run_ddp(
     seed: int = 0,
     freeze_step: int = 75,
     scheme: str = "2phase",
+    scale_block: int | None = None,
+    chunk_scale: bool = False,
 ) -> dict[str, dict]:
     """Train once per hook in ``world`` gloo processes; return per-hook metrics (see module docstring)."""
     args = {
         "hooks": list(hooks), "steps": steps, "n_embd": n_embd, "n_layer": n_layer, "block": block,
         "batch": batch, "lr": lr, "ratio": ratio, "rank": rank, "start_iter": start_iter, "dense_start": dense_start, "optimizer": optimizer, "seed": seed, "timeout_s": 180,
-        "freeze_step": freeze_step, "scheme": scheme,
+        "freeze_step": freeze_step, "scheme": scheme, "scale_block": scale_block, "chunk_scale": chunk_scale,
     }  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "result.json")
@@ -282,7 +288,12 @@ def _formula_bytes(name: str, numel: int, shapes: list, world: int, args: argpar
         "1bit-adam": "1bit-2phase", "1bit-adam-paper": "1bit-2phase",
     }[name]  # fmt: skip
     n_scales = len(shapes) if method == "1bit-allgather" else 1
-    return method_wire_bytes(method, numel, world, args.ratio, powersgd_bytes(shapes, args.rank), n_scales)
+    sizes = [math.prod(s) for s in shapes]
+    # a DDP bucket holds the gradients in reverse order of the parameters; 1-bit Adam packs its momenta in order
+    segments = None if args.chunk_scale else sizes if name.startswith("1bit-adam") else sizes[::-1]
+    return method_wire_bytes(
+        method, numel, world, args.ratio, powersgd_bytes(shapes, args.rank), n_scales, args.block, segments
+    )
 
 
 def _plot(res: dict, path: Path, title: str) -> None:
@@ -324,6 +335,14 @@ def main(argv: list[str]) -> dict:
     parser.add_argument(
         "--scheme", choices=("2phase", "allgather"), default="2phase", help="top-k/1bit collective"
     )
+    parser.add_argument(
+        "--block", type=int, default=None, help="1bit/1bit-adam two-phase: entries per scale within a tensor"
+    )
+    parser.add_argument(
+        "--chunk-scale",
+        action="store_true",
+        help="1bit/1bit-adam: one scale per chunk (bucket), not per tensor",
+    )
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument(
         "--optimizer", choices=("adamw", "sgd"), default="adamw", help="sgd = momentum 0.9, nesterov"
@@ -360,6 +379,8 @@ def main(argv: list[str]) -> dict:
         optimizer=a.optimizer,
         freeze_step=freeze,
         scheme=a.scheme,
+        scale_block=a.block,
+        chunk_scale=a.chunk_scale,
     )
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)

@@ -75,7 +75,11 @@ class OneBitAdam(torch.optim.Optimizer):
         freeze_step: int | None = 1000,
         process_group: Any = None,
         compress: Literal["update", "momentum"] = "update",
+        per_tensor_scale: bool = True,
+        block: int | None = None,
     ) -> None:
+        if block is not None and block < 1:
+            raise ValueError(f"block={block} must be >= 1 (entries per 1-bit scale) or None (one per tensor)")
         if compress not in ("update", "momentum"):
             raise ValueError(f"compress={compress!r} is not supported; choose 'update' or 'momentum'")
         if lr < 0 or eps < 0 or weight_decay < 0:
@@ -92,7 +96,8 @@ class OneBitAdam(torch.optim.Optimizer):
         self.compress = compress
         self.steps = 0  # completed optimizer steps
         self.feedback = ErrorFeedback()
-        self.codec = SignCodec()
+        self.per_tensor_scale = per_tensor_scale
+        self.codec = SignCodec(block)
         self.stats: Any = None  # a CommStats, set by the strategy to count the momentum's bytes
 
     @property
@@ -157,7 +162,10 @@ class OneBitAdam(torch.optim.Optimizer):
         denoms = [self._denom(p) for p in params] if self.compress == "update" else None
         parts = [m if denoms is None else m / d for m, d in zip(momenta, denoms or momenta, strict=True)]
         flat = torch.cat([x.reshape(-1).float() for x in parts])
-        averaged = compressed_allreduce(flat, self.codec, self.feedback, self.process_group, self.stats)
+        segments = [m.numel() for m in momenta] if self.per_tensor_scale else None
+        averaged = compressed_allreduce(
+            flat, self.codec, self.feedback, self.process_group, self.stats, segments
+        )
         offset = 0
         for i, m in enumerate(momenta):
             chunk = averaged[offset : offset + m.numel()].view_as(m).to(m.dtype)
@@ -201,5 +209,18 @@ class OneBitAdamW(OneBitAdam):
         freeze_step: int | None = 1000,
         process_group: Any = None,
         compress: Literal["update", "momentum"] = "update",
+        per_tensor_scale: bool = True,
+        block: int | None = None,
     ) -> None:
-        super().__init__(params, lr, betas, eps, weight_decay, freeze_step, process_group, compress)
+        super().__init__(
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            freeze_step,
+            process_group,
+            compress,
+            per_tensor_scale,
+            block,
+        )
