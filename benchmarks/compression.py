@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import inspect
 import json
 import math
 import os
@@ -60,6 +61,12 @@ def _batch(
     return x, y
 
 
+def _scale_kwargs(args: dict) -> dict:
+    """The 1-bit scale layout asked for on the command line; the kit's defaults where nothing was asked."""
+    out = {"per_tensor_scale": False} if args["chunk_scale"] else {}
+    return out if args["scale_block"] is None else {**out, "block": args["scale_block"]}
+
+
 def _worker(rank: int, world: int, port: int, args: dict, out: str) -> None:
     from kit.models.gpt import GPT, GPTConfig
 
@@ -97,8 +104,7 @@ def _worker(rank: int, world: int, port: int, args: dict, out: str) -> None:
                 powersgd_start_iter=args["start_iter"],
                 dense_start=args["dense_start"],
                 scheme=args["scheme"],
-                per_tensor_scale=not args["chunk_scale"],
-                block=args["scale_block"],
+                **_scale_kwargs(args),
             )
         ddp.register_comm_hook(state, hook)
         if name.startswith("1bit-adam"):
@@ -109,8 +115,7 @@ def _worker(rank: int, world: int, port: int, args: dict, out: str) -> None:
                 weight_decay=0.0,
                 freeze_step=args["freeze_step"],
                 compress=compress,
-                per_tensor_scale=not args["chunk_scale"],
-                block=args["scale_block"],
+                **_scale_kwargs(args),
             )
             opt.stats, state.optimizer = state.stats, opt
         elif args["optimizer"] == "sgd":
@@ -289,10 +294,14 @@ def _formula_bytes(name: str, numel: int, shapes: list, world: int, args: argpar
     }[name]  # fmt: skip
     n_scales = len(shapes) if method == "1bit-allgather" else 1
     sizes = [math.prod(s) for s in shapes]
+    adam = name.startswith("1bit-adam")
+    defaults = inspect.signature(OneBitAdamW if adam else make_comm_hook).parameters
+    per_tensor = not args.chunk_scale and defaults["per_tensor_scale"].default
+    block = args.block if args.block is not None else defaults["block"].default
     # a DDP bucket holds the gradients in reverse order of the parameters; 1-bit Adam packs its momenta in order
-    segments = None if args.chunk_scale else sizes if name.startswith("1bit-adam") else sizes[::-1]
+    segments = (sizes if adam else sizes[::-1]) if per_tensor else None
     return method_wire_bytes(
-        method, numel, world, args.ratio, powersgd_bytes(shapes, args.rank), n_scales, args.block, segments
+        method, numel, world, args.ratio, powersgd_bytes(shapes, args.rank), n_scales, block, segments
     )
 
 

@@ -45,10 +45,11 @@ def test_without_compression_it_is_torch_adam_bit_for_bit(cls, ref) -> None:
         assert torch.equal(p, q)
 
 
+@pytest.mark.parametrize("per_tensor", [False, True])
 @pytest.mark.parametrize("compress", ["update", "momentum"])
-def test_stage_switches_at_freeze_step(compress: str) -> None:
+def test_stage_switches_at_freeze_step(compress: str, per_tensor: bool) -> None:
     a, b = _pair()
-    opt = OneBitAdamW(a.parameters(), lr=1e-2, freeze_step=4, compress=compress)
+    opt = OneBitAdamW(a.parameters(), lr=1e-2, freeze_step=4, compress=compress, per_tensor_scale=per_tensor)
     ref = torch.optim.AdamW(b.parameters(), lr=1e-2, weight_decay=1e-2, foreach=False)
     flags = []
     for i in range(4):
@@ -64,14 +65,15 @@ def test_stage_switches_at_freeze_step(compress: str) -> None:
     assert opt.feedback.worker is not None and opt.feedback.server is not None
     for p, v in zip(a.parameters(), frozen, strict=True):
         assert torch.equal(opt.state[p]["exp_avg_sq"], v)  # the variance stays frozen
-    # what went through 1-bit compression has one magnitude per tensor (W=1: one chunk): the paper's momentum,
-    # or the kit's default, the update m / (sqrt(v_hat) + eps)
+    # what went through 1-bit compression has one magnitude per chunk (W=1: one chunk), or per tensor: the
+    # paper's momentum, or the kit's default, the update m / (sqrt(v_hat) + eps)
     sent = [
         opt.state[p]["exp_avg"] / (1 if compress == "momentum" else opt._denom(p)) for p in a.parameters()
     ]
     for x in sent:
         assert torch.allclose(x.abs(), x.abs().reshape(-1)[0].expand_as(x), rtol=1e-5)
-    assert len({round(float(x.abs().reshape(-1)[0]), 6) for x in sent}) > 1  # and tensors keep their own
+    magnitudes = {round(float(x.abs().reshape(-1)[0]), 6) for x in sent}
+    assert len(magnitudes) == (len(sent) if per_tensor else 1)
 
 
 def test_resume_mid_compression_continues_identically() -> None:

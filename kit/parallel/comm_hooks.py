@@ -143,7 +143,7 @@ class ResidualState(HookState):
     start_iter: int = 0
     iter: int = 0
     scheme: str = "2phase"
-    block: int | None = None
+    block: int | None = 32
     residuals: dict[int, torch.Tensor] = field(default_factory=dict)
     feedback: dict[int, ErrorFeedback] = field(default_factory=dict)
     warned: bool = False
@@ -413,7 +413,7 @@ def make_comm_hook(
     dense_start: int = 0,
     scheme: str = "2phase",
     per_tensor_scale: bool = True,
-    block: int | None = None,
+    block: int | None = 32,
     **powersgd_kwargs: Any,
 ) -> tuple[HookState, Any]:
     """Build a fresh ``(state, hook)`` pair for ``DistributedDataParallel.register_comm_hook``.
@@ -428,7 +428,8 @@ def make_comm_hook(
         scheme: top-k's and 1bit's collective: ``2phase`` (all-to-all + all-gather, bytes independent of W)
             or ``allgather`` (every worker's message to every worker: a small-W method).
         per_tensor_scale: 1bit's scales follow the parameter tensors (False: one per chunk or bucket).
-        block: 1bit two-phase: at most this many entries of a tensor share a scale (None: whole tensor pieces).
+        block: 1bit two-phase: at most this many entries of a tensor share a scale (None: whole tensor pieces;
+            32, the default, costs 1 bit per entry more than None: a 93.8% cut instead of ~96.9%).
         **powersgd_kwargs: extra ``PowerSGDState`` arguments.
 
     Returns:

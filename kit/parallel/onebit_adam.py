@@ -56,8 +56,14 @@ class OneBitAdam(torch.optim.Optimizer):
             average is the averaged momentum's update exactly; one sign scale then fits every coordinate.
             ``"momentum"``: the momentum itself, as in the paper and DeepSpeed, where coordinates with a
             tiny variance (rare embedding rows) receive the chunk's mean momentum divided by their tiny
-            ``sqrt(v)``. On the kit's 600-step benchmark: +13.8% loss vs dense AdamW at W=2 (update: +7.3%),
-            +5.4% at W=4 (update: +7.5%).
+            ``sqrt(v)``. Measured on the kit's 600-step benchmark: see the README.
+        per_tensor_scale: one 1-bit scale per tensor piece of each chunk (see
+            :func:`kit.parallel.two_phase.scale_groups`) instead of the default one per chunk (the paper's
+            and DeepSpeed's). Not the default here, unlike ``ddp-1bit``: with a young frozen variance a few
+            coordinates of ``m / sqrt(v)`` are huge, and one scale per chunk dilutes them where a scale per
+            tensor lets them set the whole tensor's step (worse on the kit's benchmark: README).
+        block: at most this many consecutive entries share a scale (restarting at each tensor with
+            ``per_tensor_scale``); None: no limit.
 
     Raises:
         ValueError: for a negative ``lr``/``eps``/``weight_decay``, betas outside [0, 1), or ``freeze_step < 1``.
@@ -75,11 +81,11 @@ class OneBitAdam(torch.optim.Optimizer):
         freeze_step: int | None = 1000,
         process_group: Any = None,
         compress: Literal["update", "momentum"] = "update",
-        per_tensor_scale: bool = True,
+        per_tensor_scale: bool = False,
         block: int | None = None,
     ) -> None:
         if block is not None and block < 1:
-            raise ValueError(f"block={block} must be >= 1 (entries per 1-bit scale) or None (one per tensor)")
+            raise ValueError(f"block={block} must be >= 1 (entries per 1-bit scale) or None (no block)")
         if compress not in ("update", "momentum"):
             raise ValueError(f"compress={compress!r} is not supported; choose 'update' or 'momentum'")
         if lr < 0 or eps < 0 or weight_decay < 0:
@@ -209,7 +215,7 @@ class OneBitAdamW(OneBitAdam):
         freeze_step: int | None = 1000,
         process_group: Any = None,
         compress: Literal["update", "momentum"] = "update",
-        per_tensor_scale: bool = True,
+        per_tensor_scale: bool = False,
         block: int | None = None,
     ) -> None:
         super().__init__(
