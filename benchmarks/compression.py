@@ -41,7 +41,8 @@ from kit.parallel.onebit_adam import OneBitAdamW
 # "fork": workers start without re-importing torch and the kit.
 START_METHOD = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
 HOOK_NAMES = ("allreduce", "fp16", "bf16", "powersgd", "topk", "1bit", "1bit-adam")
-# also: "1bit-adam-paper" = OneBitAdamW(compress="momentum"), the paper's / DeepSpeed's choice
+# also: "1bit-adam-paper" = OneBitAdamW(compress="momentum"), the paper's / DeepSpeed's choice, and
+# "1bit-adam-nocompress" = OneBitAdamW(compress="none"): frozen variance, dense momentum all-reduce (ablation)
 CURVE_POINTS = 6  # training-loss curve columns in the table
 
 
@@ -108,7 +109,7 @@ def _worker(rank: int, world: int, port: int, args: dict, out: str) -> None:
             )
         ddp.register_comm_hook(state, hook)
         if name.startswith("1bit-adam"):
-            compress = "momentum" if name == "1bit-adam-paper" else "update"
+            compress = {"1bit-adam-paper": "momentum", "1bit-adam-nocompress": "none"}.get(name, "update")
             opt = OneBitAdamW(
                 model.parameters(),
                 lr=args["lr"],
@@ -241,7 +242,8 @@ PAPER_METHODS = (
     ("topk-allgather", "top-1%, all-gather of values + int32 indices"),
     ("topk-2phase", "top-1% per chunk, all-to-all + all-gather"),
     ("1bit-allgather", "1-bit + one scale per tensor, all-gather"),
-    ("1bit-2phase", "1-bit + one scale per chunk, all-to-all + all-gather (ddp-1bit, 1-bit Adam)"),
+    ("1bit-2phase", "1-bit + one scale per chunk, all-to-all + all-gather (1-bit Adam)"),
+    ("1bit-2phase-b32", "1-bit + one scale per 32 entries of a tensor, all-to-all + all-gather (ddp-1bit)"),
 )
 
 
@@ -259,7 +261,11 @@ def paper_table(worlds: tuple[int, ...] = (8, 64, 512), links_gbps: tuple[float,
             dense = method_wire_bytes("dense", numel, world)
             for method, _ in PAPER_METHODS:
                 n_scales = len(shapes) if method == "1bit-allgather" else 1
-                b = method_wire_bytes(method, numel, world, 0.01, psgd, n_scales)
+                if method == "1bit-2phase-b32":  # a DDP bucket holds the gradients in reverse order
+                    sizes = [math.prod(s) for s in shapes][::-1]
+                    b = method_wire_bytes("1bit-2phase", numel, world, block=32, segments=sizes)
+                else:
+                    b = method_wire_bytes(method, numel, world, 0.01, psgd, n_scales)
                 row = {"model": model, "params": f"{numel / 1e6:,.1f}M", "W": world, "method": method,
                        "MB sent/worker/step": _readable(b / 1e6), "cut vs dense": f"{1 - b / dense:.1%}"}  # fmt: skip
                 for gbps in links_gbps:
@@ -290,7 +296,7 @@ def _formula_bytes(name: str, numel: int, shapes: list, world: int, args: argpar
     method = {
         "allreduce": "dense", "fp16": "fp16", "bf16": "fp16", "powersgd": "powersgd",
         "topk": "topk-2phase" if two else "topk-allgather", "1bit": "1bit-2phase" if two else "1bit-allgather",
-        "1bit-adam": "1bit-2phase", "1bit-adam-paper": "1bit-2phase",
+        "1bit-adam": "1bit-2phase", "1bit-adam-paper": "1bit-2phase", "1bit-adam-nocompress": "dense",
     }[name]  # fmt: skip
     n_scales = len(shapes) if method == "1bit-allgather" else 1
     sizes = [math.prod(s) for s in shapes]
@@ -367,10 +373,11 @@ def main(argv: list[str]) -> dict:
         return paper_table()
     freeze = a.freeze_step if a.freeze_step is not None else max(1, a.steps // 8)
     hooks = tuple(h for h in a.hooks.split(",") if h)
-    unknown = sorted(set(hooks) - {*HOOK_NAMES, "1bit-adam-paper"})
+    unknown = sorted(set(hooks) - {*HOOK_NAMES, "1bit-adam-paper", "1bit-adam-nocompress"})
     if unknown:
         parser.error(
-            f"--hooks {','.join(unknown)} unknown; choose from {', '.join(HOOK_NAMES)}, 1bit-adam-paper"
+            f"--hooks {','.join(unknown)} unknown; choose from {', '.join(HOOK_NAMES)}, 1bit-adam-paper, "
+            "1bit-adam-nocompress"
         )
     if "allreduce" not in hooks:
         hooks = ("allreduce", *hooks)

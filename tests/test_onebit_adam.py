@@ -76,6 +76,26 @@ def test_stage_switches_at_freeze_step(compress: str, per_tensor: bool) -> None:
     assert len(magnitudes) == (len(sent) if per_tensor else 1)
 
 
+def test_compress_none_is_frozen_variance_adam() -> None:
+    """The ablation mode: after ``freeze_step`` the update is ``m_hat / (sqrt(v_hat frozen) + eps)`` exactly."""
+    a, _ = _pair()
+    opt = OneBitAdam(a.parameters(), lr=1e-2, freeze_step=3, compress="none")
+    m = [torch.zeros_like(p) for p in a.parameters()]
+    v = [torch.zeros_like(p) for p in a.parameters()]
+    for i in range(6):
+        before = [p.detach().clone() for p in a.parameters()]
+        _step(a, opt, i)
+        for j, p in enumerate(a.parameters()):
+            g = p.grad
+            m[j] = 0.9 * m[j] + 0.1 * g
+            if i < 3:
+                v[j] = 0.999 * v[j] + 0.001 * g * g
+            denom = (v[j] / (1 - 0.999**3 if i >= 3 else 1 - 0.999 ** (i + 1))).sqrt() + 1e-8
+            expected = before[j] - 1e-2 * m[j] / (1 - 0.9 ** (i + 1)) / denom
+            assert torch.allclose(p.detach(), expected, rtol=1e-5, atol=1e-7), (i, j)
+    assert opt.compressing and opt.feedback.worker is None  # nothing went through the 1-bit codec
+
+
 def test_resume_mid_compression_continues_identically() -> None:
     a, b = _pair()
     opt_a = OneBitAdamW(a.parameters(), lr=1e-2, freeze_step=3)
