@@ -131,11 +131,12 @@ class ResidualState(HookState):
     (all-to-all + all-gather, worker- and server-side error feedback; bytes per worker independent of W);
     ``scheme="allgather"`` all-gathers every worker's message (worker-side error feedback only; each worker
     receives W - 1 messages, so the cut shrinks as W grows: the hook warns once above the W where it falls
-    under 90%). 1-bit scales follow the parameter tensors in both schemes (``per_tensor_scale=True``; in
-    the two-phase scheme one scale per piece of a tensor in a chunk, further cut into ``block`` entries if
-    set); ``per_tensor_scale=False`` is one scale per chunk (two-phase) or per bucket (all-gather), which
-    cost +32.5% loss with momentum SGD on the kit's benchmark: see the README. ``start_iter`` steps of dense all-reduce come first (DGC's and 1-bit Adam's warm-up): the
-    early, fast-changing gradients are the ones compression hurts most.
+    under 90%). 1-bit scales follow the parameter tensors in both schemes (``per_tensor_scale=True``); in
+    the two-phase scheme each tensor's piece of a chunk is further cut into ``block`` (default 32) entries
+    per scale, since the server's second compression needs small groups. ``per_tensor_scale=False`` is one
+    scale per chunk (two-phase) or per bucket (all-gather): one scale per chunk cost +32.5% loss with
+    momentum SGD on the kit's benchmark (README). ``start_iter`` steps of dense all-reduce come first (DGC's
+    and 1-bit Adam's warm-up): the early, fast-changing gradients are the ones compression hurts most.
     """
 
     ratio: float = 0.01
