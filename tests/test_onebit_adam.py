@@ -16,7 +16,15 @@ import kit.parallel.strategies  # noqa: F401  (registers the presets)
 from kit.parallel.compression import method_wire_bytes, wire_bytes
 from kit.parallel.onebit_adam import OneBitAdam, OneBitAdamW
 from kit.parallel.strategies import OneBitAdamStrategy
-from kit.parallel.two_phase import ErrorFeedback, SignCodec, TopKCodec, chunk_size, compressed_allreduce
+from kit.parallel.two_phase import (
+    ErrorFeedback,
+    SignCodec,
+    TopKCodec,
+    chunk_size,
+    compressed_allreduce,
+    group_count,
+    scale_groups,
+)
 
 
 def _pair(seed: int = 0) -> tuple[nn.Module, nn.Module]:
@@ -159,6 +167,33 @@ def test_two_phase_cut_does_not_shrink_with_world(world: int, per_worker: int) -
     assert method_wire_bytes("topk-allgather", n, world, 0.01) / dense == pytest.approx(
         world / 100, abs=1 / per_worker
     )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 200), min_size=1, max_size=8),
+    world=st.integers(1, 6),
+    block=st.one_of(st.none(), st.integers(1, 64)),
+    split=st.booleans(),
+)
+def test_scale_groups_never_span_tensors_and_the_formula_counts_them(sizes, world, block, split) -> None:
+    """Every scale group lies in one tensor (or the padding) and one block; group_count equals the layout's."""
+    n = sum(sizes)
+    segments = sizes if split else None
+    chunk = chunk_size(n, world)
+    ids, groups = scale_groups(n, world, chunk, segments, block)
+    assert groups == group_count(n, world, chunk, segments, block)
+    total = world * chunk
+    spans = torch.tensor([*(sizes if split else [n]), total - n])  # the tensors, then the padding
+    owner = torch.repeat_interleave(torch.arange(len(spans)), spans)
+    offset = torch.repeat_interleave(torch.cumsum(spans, 0) - spans, spans)
+    piece = (torch.arange(total) - offset) // (block or total)
+    key = (owner * (total + 1) + piece).view(world, chunk)
+    for row in range(world):
+        assert int(ids[row].max()) + 1 == key[row].unique().numel()  # one group per (tensor, block) piece
+        for g in range(int(ids[row].max()) + 1):
+            assert key[row][ids[row] == g].unique().numel() == 1  # one tensor, one block
+    assert ids[:, 0].eq(0).all() and (ids.diff(dim=1) >= 0).all()
 
 
 def test_wire_formulas_and_chunks() -> None:

@@ -18,12 +18,16 @@ gathered messages, so they end with bit-identical results.
 
 A codec turns rows of a ``(R, c)`` float32 matrix into rows of a ``(R, P)`` uint8 matrix of fixed width
 ``P`` (``all_to_all_single`` needs equal splits): :class:`SignCodec` (1 bit per entry plus one fp32 scale
-per chunk, the scale being ``mean |x|``) and :class:`TopKCodec` (the ``ratio`` largest entries of each
-chunk as fp32 values and int32 indices).
+``mean |x|`` per scale group: the whole chunk, or, with ``segments``, each tensor's piece of the chunk,
+optionally cut into ``block`` entries; see :func:`scale_groups`) and :class:`TopKCodec` (the ``ratio``
+largest entries of each chunk as fp32 values and int32 indices).
+
+Scales must not span tensors of different gradient scale: one ``mean |x|`` per chunk of a DDP bucket made
+``ddp-1bit`` end 32.5% above dense with momentum SGD; one per 32 entries of a tensor, +0.6% (README).
 
 Example:
-    >>> codec, ef = SignCodec(), ErrorFeedback()
-    >>> out = compressed_allreduce(torch.tensor([1.0, -3.0, 0.5, 0.5]), codec, ef)  # one process: W = 1
+    >>> codec, ef = SignCodec(block=2), ErrorFeedback()
+    >>> out = compressed_allreduce(torch.tensor([1.0, -3.0, 0.5, 0.5]), codec, ef, segments=[2, 2])  # W = 1
     >>> out.shape
     torch.Size([4])
 """
