@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import inspect
 import json
 import math
 import os
@@ -40,7 +41,8 @@ from kit.parallel.onebit_adam import OneBitAdamW
 # "fork": workers start without re-importing torch and the kit.
 START_METHOD = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
 HOOK_NAMES = ("allreduce", "fp16", "bf16", "powersgd", "topk", "1bit", "1bit-adam")
-# also: "1bit-adam-paper" = OneBitAdamW(compress="momentum"), the paper's / DeepSpeed's choice
+# also: "1bit-adam-paper" = OneBitAdamW(compress="momentum"), the paper's / DeepSpeed's choice, and
+# "1bit-adam-nocompress" = OneBitAdamW(compress="none"): frozen variance, dense momentum all-reduce (ablation)
 CURVE_POINTS = 6  # training-loss curve columns in the table
 
 
@@ -58,6 +60,12 @@ def _batch(
     x = torch.stack([data[s : s + block] for s in starts])
     y = torch.stack([data[s + 1 : s + block + 1] for s in starts])
     return x, y
+
+
+def _scale_kwargs(args: dict) -> dict:
+    """The 1-bit scale layout asked for on the command line; the kit's defaults where nothing was asked."""
+    out = {"per_tensor_scale": False} if args["chunk_scale"] else {}
+    return out if args["scale_block"] is None else {**out, "block": args["scale_block"]}
 
 
 def _worker(rank: int, world: int, port: int, args: dict, out: str) -> None:
@@ -97,16 +105,18 @@ def _worker(rank: int, world: int, port: int, args: dict, out: str) -> None:
                 powersgd_start_iter=args["start_iter"],
                 dense_start=args["dense_start"],
                 scheme=args["scheme"],
+                **_scale_kwargs(args),
             )
         ddp.register_comm_hook(state, hook)
         if name.startswith("1bit-adam"):
-            compress = "momentum" if name == "1bit-adam-paper" else "update"
+            compress = {"1bit-adam-paper": "momentum", "1bit-adam-nocompress": "none"}.get(name, "update")
             opt = OneBitAdamW(
                 model.parameters(),
                 lr=args["lr"],
                 weight_decay=0.0,
                 freeze_step=args["freeze_step"],
                 compress=compress,
+                **_scale_kwargs(args),
             )
             opt.stats, state.optimizer = state.stats, opt
         elif args["optimizer"] == "sgd":
@@ -190,12 +200,14 @@ def run_ddp(
     seed: int = 0,
     freeze_step: int = 75,
     scheme: str = "2phase",
+    scale_block: int | None = None,
+    chunk_scale: bool = False,
 ) -> dict[str, dict]:
     """Train once per hook in ``world`` gloo processes; return per-hook metrics (see module docstring)."""
     args = {
         "hooks": list(hooks), "steps": steps, "n_embd": n_embd, "n_layer": n_layer, "block": block,
         "batch": batch, "lr": lr, "ratio": ratio, "rank": rank, "start_iter": start_iter, "dense_start": dense_start, "optimizer": optimizer, "seed": seed, "timeout_s": 180,
-        "freeze_step": freeze_step, "scheme": scheme,
+        "freeze_step": freeze_step, "scheme": scheme, "scale_block": scale_block, "chunk_scale": chunk_scale,
     }  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "result.json")
@@ -230,7 +242,8 @@ PAPER_METHODS = (
     ("topk-allgather", "top-1%, all-gather of values + int32 indices"),
     ("topk-2phase", "top-1% per chunk, all-to-all + all-gather"),
     ("1bit-allgather", "1-bit + one scale per tensor, all-gather"),
-    ("1bit-2phase", "1-bit + one scale per chunk, all-to-all + all-gather (ddp-1bit, 1-bit Adam)"),
+    ("1bit-2phase", "1-bit + one scale per chunk, all-to-all + all-gather (1-bit Adam)"),
+    ("1bit-2phase-b32", "1-bit + one scale per 32 entries of a tensor, all-to-all + all-gather (ddp-1bit)"),
 )
 
 
@@ -248,7 +261,11 @@ def paper_table(worlds: tuple[int, ...] = (8, 64, 512), links_gbps: tuple[float,
             dense = method_wire_bytes("dense", numel, world)
             for method, _ in PAPER_METHODS:
                 n_scales = len(shapes) if method == "1bit-allgather" else 1
-                b = method_wire_bytes(method, numel, world, 0.01, psgd, n_scales)
+                if method == "1bit-2phase-b32":  # a DDP bucket holds the gradients in reverse order
+                    sizes = [math.prod(s) for s in shapes][::-1]
+                    b = method_wire_bytes("1bit-2phase", numel, world, block=32, segments=sizes)
+                else:
+                    b = method_wire_bytes(method, numel, world, 0.01, psgd, n_scales)
                 row = {"model": model, "params": f"{numel / 1e6:,.1f}M", "W": world, "method": method,
                        "MB sent/worker/step": _readable(b / 1e6), "cut vs dense": f"{1 - b / dense:.1%}"}  # fmt: skip
                 for gbps in links_gbps:
@@ -279,10 +296,19 @@ def _formula_bytes(name: str, numel: int, shapes: list, world: int, args: argpar
     method = {
         "allreduce": "dense", "fp16": "fp16", "bf16": "fp16", "powersgd": "powersgd",
         "topk": "topk-2phase" if two else "topk-allgather", "1bit": "1bit-2phase" if two else "1bit-allgather",
-        "1bit-adam": "1bit-2phase", "1bit-adam-paper": "1bit-2phase",
+        "1bit-adam": "1bit-2phase", "1bit-adam-paper": "1bit-2phase", "1bit-adam-nocompress": "dense",
     }[name]  # fmt: skip
     n_scales = len(shapes) if method == "1bit-allgather" else 1
-    return method_wire_bytes(method, numel, world, args.ratio, powersgd_bytes(shapes, args.rank), n_scales)
+    sizes = [math.prod(s) for s in shapes]
+    adam = name.startswith("1bit-adam")
+    defaults = inspect.signature(OneBitAdamW if adam else make_comm_hook).parameters
+    per_tensor = not args.chunk_scale and defaults["per_tensor_scale"].default
+    block = args.block if args.block is not None else defaults["block"].default
+    # a DDP bucket holds the gradients in reverse order of the parameters; 1-bit Adam packs its momenta in order
+    segments = (sizes if adam else sizes[::-1]) if per_tensor else None
+    return method_wire_bytes(
+        method, numel, world, args.ratio, powersgd_bytes(shapes, args.rank), n_scales, block, segments
+    )
 
 
 def _plot(res: dict, path: Path, title: str) -> None:
@@ -324,6 +350,14 @@ def main(argv: list[str]) -> dict:
     parser.add_argument(
         "--scheme", choices=("2phase", "allgather"), default="2phase", help="top-k/1bit collective"
     )
+    parser.add_argument(
+        "--block", type=int, default=None, help="1bit/1bit-adam two-phase: entries per scale within a tensor"
+    )
+    parser.add_argument(
+        "--chunk-scale",
+        action="store_true",
+        help="1bit/1bit-adam: one scale per chunk (bucket), not per tensor",
+    )
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument(
         "--optimizer", choices=("adamw", "sgd"), default="adamw", help="sgd = momentum 0.9, nesterov"
@@ -339,10 +373,11 @@ def main(argv: list[str]) -> dict:
         return paper_table()
     freeze = a.freeze_step if a.freeze_step is not None else max(1, a.steps // 8)
     hooks = tuple(h for h in a.hooks.split(",") if h)
-    unknown = sorted(set(hooks) - {*HOOK_NAMES, "1bit-adam-paper"})
+    unknown = sorted(set(hooks) - {*HOOK_NAMES, "1bit-adam-paper", "1bit-adam-nocompress"})
     if unknown:
         parser.error(
-            f"--hooks {','.join(unknown)} unknown; choose from {', '.join(HOOK_NAMES)}, 1bit-adam-paper"
+            f"--hooks {','.join(unknown)} unknown; choose from {', '.join(HOOK_NAMES)}, 1bit-adam-paper, "
+            "1bit-adam-nocompress"
         )
     if "allreduce" not in hooks:
         hooks = ("allreduce", *hooks)
@@ -360,6 +395,8 @@ def main(argv: list[str]) -> dict:
         optimizer=a.optimizer,
         freeze_step=freeze,
         scheme=a.scheme,
+        scale_block=a.block,
+        chunk_scale=a.chunk_scale,
     )
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)

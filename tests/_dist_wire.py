@@ -102,11 +102,46 @@ def worker(rank: int, world: int, port: int, out: str, steps: int) -> None:
         server_err = torch.cat(server).double()[:101]
         gap = (world_in / world - (total_out + worker_err[:101] / world + server_err)).abs().max()
         results.append({"name": f"conserve-{type(codec).__name__}", "gap": float(gap)})
+    results += _two_phase_streams(rank, world)
     if rank == 0:
         with open(out, "w") as f:
             json.dump(results, f)
     dist.barrier()
     dist.destroy_process_group()
+
+
+# Two-phase outputs for tests/test_wire_bytes.py to compare with its reference of Tang et al.'s algorithm:
+# four tensors whose magnitudes differ up to 10^4x, as a bucket holding LayerNorm weights and biases does.
+SEGMENTS = (5, 40, 3, 53)
+MAGNITUDES = (1e-3, 1.0, 10.0, 1e-2)
+LAYOUTS = {"tensor": (SEGMENTS, None), "tensor-block16": (SEGMENTS, 16), "chunk": (None, None)}
+STREAM_STEPS, FIXED_STEPS = 30, 200
+
+
+def stream_input(step: int, rank: int) -> torch.Tensor:
+    """Worker ``rank``'s vector at ``step`` (``step=-1``: the fixed vector of the telescoping check)."""
+    gen = torch.Generator().manual_seed(10_000 * (step + 1) + rank)
+    scale = torch.repeat_interleave(torch.tensor(MAGNITUDES), torch.tensor(SEGMENTS))
+    return torch.randn(sum(SEGMENTS), generator=gen) * scale
+
+
+def _two_phase_streams(rank: int, world: int) -> list[dict]:
+    out = []
+    for layout, (segments, block) in LAYOUTS.items():
+        segs = list(segments) if segments is not None else None
+        ef = ErrorFeedback()
+        outputs = [
+            compressed_allreduce(stream_input(t, rank), SignCodec(block), ef, segments=segs).tolist()
+            for t in range(STREAM_STEPS)
+        ]
+        ef, fixed = ErrorFeedback(), stream_input(-1, rank)
+        total = torch.zeros(fixed.numel(), dtype=torch.float64)
+        for _ in range(FIXED_STEPS):
+            total += compressed_allreduce(fixed, SignCodec(block), ef, segments=segs).double()
+        out.append(
+            {"name": f"stream-{layout}", "outputs": outputs, "fixed_mean": (total / FIXED_STEPS).tolist()}
+        )
+    return out
 
 
 def main(world: int, out: str, steps: int) -> None:

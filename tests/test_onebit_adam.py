@@ -16,7 +16,15 @@ import kit.parallel.strategies  # noqa: F401  (registers the presets)
 from kit.parallel.compression import method_wire_bytes, wire_bytes
 from kit.parallel.onebit_adam import OneBitAdam, OneBitAdamW
 from kit.parallel.strategies import OneBitAdamStrategy
-from kit.parallel.two_phase import ErrorFeedback, SignCodec, TopKCodec, chunk_size, compressed_allreduce
+from kit.parallel.two_phase import (
+    ErrorFeedback,
+    SignCodec,
+    TopKCodec,
+    chunk_size,
+    compressed_allreduce,
+    group_count,
+    scale_groups,
+)
 
 
 def _pair(seed: int = 0) -> tuple[nn.Module, nn.Module]:
@@ -45,10 +53,11 @@ def test_without_compression_it_is_torch_adam_bit_for_bit(cls, ref) -> None:
         assert torch.equal(p, q)
 
 
+@pytest.mark.parametrize("per_tensor", [False, True])
 @pytest.mark.parametrize("compress", ["update", "momentum"])
-def test_stage_switches_at_freeze_step(compress: str) -> None:
+def test_stage_switches_at_freeze_step(compress: str, per_tensor: bool) -> None:
     a, b = _pair()
-    opt = OneBitAdamW(a.parameters(), lr=1e-2, freeze_step=4, compress=compress)
+    opt = OneBitAdamW(a.parameters(), lr=1e-2, freeze_step=4, compress=compress, per_tensor_scale=per_tensor)
     ref = torch.optim.AdamW(b.parameters(), lr=1e-2, weight_decay=1e-2, foreach=False)
     flags = []
     for i in range(4):
@@ -64,13 +73,35 @@ def test_stage_switches_at_freeze_step(compress: str) -> None:
     assert opt.feedback.worker is not None and opt.feedback.server is not None
     for p, v in zip(a.parameters(), frozen, strict=True):
         assert torch.equal(opt.state[p]["exp_avg_sq"], v)  # the variance stays frozen
-    # what went through 1-bit compression has one magnitude per chunk (W=1: one chunk): the paper's momentum,
-    # or the kit's default, the update m / (sqrt(v_hat) + eps)
+    # what went through 1-bit compression has one magnitude per chunk (W=1: one chunk), or per tensor: the
+    # paper's momentum, or the kit's default, the update m / (sqrt(v_hat) + eps)
     sent = [
         opt.state[p]["exp_avg"] / (1 if compress == "momentum" else opt._denom(p)) for p in a.parameters()
     ]
-    magnitudes = torch.cat([x.reshape(-1) for x in sent]).abs()
-    assert torch.allclose(magnitudes, magnitudes[0].expand_as(magnitudes), rtol=1e-5)
+    for x in sent:
+        assert torch.allclose(x.abs(), x.abs().reshape(-1)[0].expand_as(x), rtol=1e-5)
+    magnitudes = {round(float(x.abs().reshape(-1)[0]), 6) for x in sent}
+    assert len(magnitudes) == (len(sent) if per_tensor else 1)
+
+
+def test_compress_none_is_frozen_variance_adam() -> None:
+    """The ablation mode: after ``freeze_step`` the update is ``m_hat / (sqrt(v_hat frozen) + eps)`` exactly."""
+    a, _ = _pair()
+    opt = OneBitAdam(a.parameters(), lr=1e-2, freeze_step=3, compress="none")
+    m = [torch.zeros_like(p) for p in a.parameters()]
+    v = [torch.zeros_like(p) for p in a.parameters()]
+    for i in range(6):
+        before = [p.detach().clone() for p in a.parameters()]
+        _step(a, opt, i)
+        for j, p in enumerate(a.parameters()):
+            g = p.grad
+            m[j] = 0.9 * m[j] + 0.1 * g
+            if i < 3:
+                v[j] = 0.999 * v[j] + 0.001 * g * g
+            denom = (v[j] / (1 - 0.999**3 if i >= 3 else 1 - 0.999 ** (i + 1))).sqrt() + 1e-8
+            expected = before[j] - 1e-2 * m[j] / (1 - 0.9 ** (i + 1)) / denom
+            assert torch.allclose(p.detach(), expected, rtol=1e-5, atol=1e-7), (i, j)
+    assert opt.compressing and opt.feedback.worker is None  # nothing went through the 1-bit codec
 
 
 def test_resume_mid_compression_continues_identically() -> None:
@@ -136,6 +167,33 @@ def test_two_phase_cut_does_not_shrink_with_world(world: int, per_worker: int) -
     assert method_wire_bytes("topk-allgather", n, world, 0.01) / dense == pytest.approx(
         world / 100, abs=1 / per_worker
     )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 200), min_size=1, max_size=8),
+    world=st.integers(1, 6),
+    block=st.one_of(st.none(), st.integers(1, 64)),
+    split=st.booleans(),
+)
+def test_scale_groups_never_span_tensors_and_the_formula_counts_them(sizes, world, block, split) -> None:
+    """Every scale group lies in one tensor (or the padding) and one block; group_count equals the layout's."""
+    n = sum(sizes)
+    segments = sizes if split else None
+    chunk = chunk_size(n, world)
+    ids, groups = scale_groups(n, world, chunk, segments, block)
+    assert groups == group_count(n, world, chunk, segments, block)
+    total = world * chunk
+    spans = torch.tensor([*(sizes if split else [n]), total - n])  # the tensors, then the padding
+    owner = torch.repeat_interleave(torch.arange(len(spans)), spans)
+    offset = torch.repeat_interleave(torch.cumsum(spans, 0) - spans, spans)
+    piece = (torch.arange(total) - offset) // (block or total)
+    key = (owner * (total + 1) + piece).view(world, chunk)
+    for row in range(world):
+        assert int(ids[row].max()) + 1 == key[row].unique().numel()  # one group per (tensor, block) piece
+        for g in range(int(ids[row].max()) + 1):
+            assert key[row][ids[row] == g].unique().numel() == 1  # one tensor, one block
+    assert ids[:, 0].eq(0).all() and (ids.diff(dim=1) >= 0).all()
 
 
 def test_wire_formulas_and_chunks() -> None:

@@ -131,11 +131,12 @@ class ResidualState(HookState):
     (all-to-all + all-gather, worker- and server-side error feedback; bytes per worker independent of W);
     ``scheme="allgather"`` all-gathers every worker's message (worker-side error feedback only; each worker
     receives W - 1 messages, so the cut shrinks as W grows: the hook warns once above the W where it falls
-    under 90%). 1-bit's two-phase messages carry one scale per chunk (``block=None``, as 1-bit Adam) or
-    one per ``block`` entries; neither has been shown to keep momentum SGD within 5% of dense on the kit's
-    benchmark (per chunk: +32.5%; blocks of 256: diverged), unlike the all-gather scheme's per-tensor scales
-    (+1.7%): see the README. ``start_iter`` steps of dense all-reduce come first (DGC's and 1-bit Adam's warm-up): the
-    early, fast-changing gradients are the ones compression hurts most.
+    under 90%). 1-bit scales follow the parameter tensors in both schemes (``per_tensor_scale=True``); in
+    the two-phase scheme each tensor's piece of a chunk is further cut into ``block`` (default 32) entries
+    per scale, since the server's second compression needs small groups. ``per_tensor_scale=False`` is one
+    scale per chunk (two-phase) or per bucket (all-gather): one scale per chunk cost +32.5% loss with
+    momentum SGD on the kit's benchmark (README). ``start_iter`` steps of dense all-reduce come first (DGC's
+    and 1-bit Adam's warm-up): the early, fast-changing gradients are the ones compression hurts most.
     """
 
     ratio: float = 0.01
@@ -143,7 +144,7 @@ class ResidualState(HookState):
     start_iter: int = 0
     iter: int = 0
     scheme: str = "2phase"
-    block: int | None = None
+    block: int | None = 32
     residuals: dict[int, torch.Tensor] = field(default_factory=dict)
     feedback: dict[int, ErrorFeedback] = field(default_factory=dict)
     warned: bool = False
@@ -268,8 +269,9 @@ def _two_phase(
 ) -> torch.futures.Future[torch.Tensor]:
     grad = bucket.buffer()
     ef = state.feedback.setdefault(bucket.index(), ErrorFeedback())
+    segments = [g.numel() for g in bucket.gradients()] if state.per_tensor_scale else None
     # synchronous: DDP calls the hooks of its buckets in the same order on every rank, so the collectives match
-    grad.copy_(compressed_allreduce(grad, codec, ef, state.process_group, state.stats))
+    grad.copy_(compressed_allreduce(grad, codec, ef, state.process_group, state.stats, segments))
     return _completed(grad)
 
 
@@ -343,8 +345,8 @@ def topk_hook(state: ResidualState, bucket: dist.GradBucket) -> torch.futures.Fu
 def onebit_hook(state: ResidualState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
     """1-bit sign compression with scales and error feedback (the 1-bit SGD/Adam idea).
 
-    ``scheme="2phase"``: signs + one fp32 scale per chunk (or per ``state.block`` entries) through the
-    two-phase compressed all-reduce (``2(W-1)/W x n/8`` bytes per worker plus scales, ~97% cut at any W). ``scheme="allgather"``: ``ceil(n/8)`` bytes
+    ``scheme="2phase"``: signs + one fp32 scale per tensor piece in each chunk (see
+    :func:`kit.parallel.two_phase.scale_groups`) through the two-phase compressed all-reduce (``2(W-1)/W x n/8`` bytes per worker plus scales, ~97% cut at any W). ``scheme="allgather"``: ``ceil(n/8)`` bytes
     of signs plus one scale per parameter tensor (one per bucket with ``per_tensor_scale=False``) in one
     ``all_gather`` (``W/64`` of dense's bytes: no cut left at W = 64).
     """
@@ -411,6 +413,8 @@ def make_comm_hook(
     powersgd_start_iter: int = 10,
     dense_start: int = 0,
     scheme: str = "2phase",
+    per_tensor_scale: bool = True,
+    block: int | None = 32,
     **powersgd_kwargs: Any,
 ) -> tuple[HookState, Any]:
     """Build a fresh ``(state, hook)`` pair for ``DistributedDataParallel.register_comm_hook``.
@@ -424,6 +428,9 @@ def make_comm_hook(
         dense_start: top-k's and 1bit's dense warm-up steps (0 = compress from the first step).
         scheme: top-k's and 1bit's collective: ``2phase`` (all-to-all + all-gather, bytes independent of W)
             or ``allgather`` (every worker's message to every worker: a small-W method).
+        per_tensor_scale: 1bit's scales follow the parameter tensors (False: one per chunk or bucket).
+        block: 1bit two-phase: at most this many entries of a tensor share a scale (None: whole tensor pieces;
+            32, the default, costs 1 bit per entry more than None: a 93.8% cut instead of ~96.9%).
         **powersgd_kwargs: extra ``PowerSGDState`` arguments.
 
     Returns:
@@ -443,7 +450,14 @@ def make_comm_hook(
         return PowerSGDHookState(
             process_group, rank=powersgd_rank, start_iter=powersgd_start_iter, **powersgd_kwargs
         ), powersgd_hook
-    state = ResidualState(process_group, ratio=topk_ratio, start_iter=dense_start, scheme=scheme)
+    if block is not None and block < 1:
+        raise ValueError(
+            f"block={block} must be >= 1 (entries per 1-bit scale) or None (one per tensor piece)"
+        )
+    state = ResidualState(
+        process_group, ratio=topk_ratio, per_tensor_scale=per_tensor_scale, start_iter=dense_start,
+        scheme=scheme, block=block,
+    )  # fmt: skip
     return state, topk_hook if name == "topk" else onebit_hook
 
 

@@ -270,6 +270,7 @@ def method_wire_bytes(
     powersgd_payload: int | None = None,
     n_scales: int = 1,
     block: int | None = None,
+    segments: list[int] | None = None,
 ) -> float:
     """Wire bytes one worker sends per step to average ``numel`` fp32 gradients (or momenta) with ``method``.
 
@@ -277,7 +278,9 @@ def method_wire_bytes(
     all-reduce of the P/Q (+ uncompressed) payload, pass ``powersgd_payload`` from :func:`powersgd_bytes`),
     ``topk-allgather`` / ``1bit-allgather`` (every worker's message all-gathered), ``topk-2phase`` /
     ``1bit-2phase`` (all-to-all of chunk messages, then all-gather of the re-compressed averages; see
-    :mod:`kit.parallel.two_phase`).
+    :mod:`kit.parallel.two_phase`). ``n_scales``: scales per all-gathered 1-bit message (one per tensor);
+    ``segments``/``block``: the tensor sizes (and block) the two-phase 1-bit scales follow
+    (:func:`kit.parallel.two_phase.scale_groups`; None: one scale per chunk).
 
     Raises:
         ValueError: for an unknown method, or ``powersgd`` without ``powersgd_payload``.
@@ -289,7 +292,7 @@ def method_wire_bytes(
         >>> round(1 - method_wire_bytes("1bit-allgather", n, 64) / method_wire_bytes("dense", n, 64), 3)
         -0.0
     """
-    from kit.parallel.two_phase import chunk_size, make_codec
+    from kit.parallel.two_phase import chunk_size, group_count, make_codec
 
     if method == "dense":
         return wire_bytes("all_reduce", 4 * numel, world)
@@ -305,7 +308,8 @@ def method_wire_bytes(
         return wire_bytes("all_gather", sign_bytes(numel, n_scales), world)
     if method in ("topk-2phase", "1bit-2phase"):
         codec = make_codec(method.split("-")[0], topk_ratio, block)
-        msg = codec.message_bytes(chunk_size(numel, world, codec.multiple))
+        chunk = chunk_size(numel, world, codec.multiple)
+        msg = codec.message_bytes(chunk, group_count(numel, world, chunk, segments, block))
         return wire_bytes("all_to_all", world * msg, world) + wire_bytes("all_gather", msg, world)
     raise ValueError(
         f"method={method!r} is not supported; choose dense, fp16, powersgd, topk-allgather, 1bit-allgather, "
