@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from kit.data.dedup import (
@@ -144,6 +144,7 @@ def _perturb(text: str, rate: float, rng: random.Random) -> str:
 
 
 @given(st.integers(0, 10_000))
+@example(8847)  # one LSH miss among its six pairs
 @settings(max_examples=15, deadline=None)
 def test_minhash_finds_planted_near_duplicates_and_spares_distinct(seed):
     rng = random.Random(seed)
@@ -151,9 +152,13 @@ def test_minhash_finds_planted_near_duplicates_and_spares_distinct(seed):
     d = MinHashDeduplicator()
     for i, text in enumerate(base):
         assert d.add(f"base{i}", text) is None  # distinct random texts: Jaccard ~0
-    # 3 of 300 words changed: at most 15 of ~296 5-grams differ, Jaccard >= 0.9, above the ~0.72 threshold
-    for i, text in enumerate(base):
-        assert d.add(f"dup{i}", _perturb(text, 0.01, rng)) == f"base{i}"
+    # 3 of 300 words changed: at most 15 of ~296 5-grams differ, Jaccard >= 0.9, above the ~0.72 threshold.
+    # LSH is probabilistic: such a pair becomes a candidate with probability 1 - (1 - 0.9**8)**14 = 0.9996, so a
+    # miss happens about once in 2,600 pairs (hypothesis found one: seed 8847). Allow one miss in six; two in one
+    # example would happen about once in 500,000 examples.
+    found = [d.add(f"dup{i}", _perturb(text, 0.01, rng)) for i, text in enumerate(base)]
+    assert all(f in (f"base{i}", None) for i, f in enumerate(found)), found  # never matched to the wrong text
+    assert sum(f is not None for f in found) >= 5, found
     # 1 word in 10 changed: Jaccard ~0.5 or less, below the threshold, so the text is kept
     for i, text in enumerate(base):
         assert d.add(f"far{i}", _perturb(text, 0.1, rng)) is None
