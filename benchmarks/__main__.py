@@ -107,6 +107,11 @@ def run(
     result = module.main(argv)
     result.setdefault("wall_s", round(time.perf_counter() - start, 1))
     result.setdefault("threads", pinned)
+    plot = out_dir / Path(str(result.get("plot") or "")).name
+    if suffix and result.get("plot") and plot.is_file() and not plot.stem.endswith(suffix):
+        # the suffix names the run's files, its picture included, so a second run's PNG cannot overwrite the first's
+        plot = plot.replace(plot.with_name(f"{plot.stem}{suffix}{plot.suffix}"))
+        result["plot"] = plot.name
     (out_dir / f"{name}{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / f"{name}{suffix}.md").write_text(to_markdown(result))
     print(to_markdown(result))

@@ -93,3 +93,17 @@ def test_readme_result_blocks_match_the_committed_results() -> None:
             f"README block {name} is stale; run --publish"
         )
     assert Path(RESULTS).is_dir()
+
+
+def test_suffix_names_the_plot_too(tmp_path) -> None:
+    from benchmarks.__main__ import run
+
+    result = run(
+        "data_pipeline", ["--mb", "0.2", "--repeats", "1", "--words", "", "--workers", "1"], tmp_path, "-x"
+    )
+    assert result["plot"] == "data_pipeline-x.png"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "data_pipeline-x.json",
+        "data_pipeline-x.md",
+        "data_pipeline-x.png",
+    ]
