@@ -55,16 +55,24 @@ __all__ = ["KitCheckpoint"]
 _SIGNALS = ("SIGTERM", "SIGUSR1")
 
 
-def _to_cpu(obj: Any) -> Any:
-    """A deep copy of a checkpoint with every tensor cloned to CPU (what async saving must wait for)."""
+def _to_cpu(obj: Any, memo: dict | None = None) -> Any:
+    """A deep copy of a checkpoint with every tensor cloned to CPU (what async saving must wait for).
+
+    Tensors that are the same view of the same storage (tied weights: the embedding and the LM head) get one
+    copy, so the file stores them once, as a synchronous ``torch.save`` of the original would.
+    """
+    memo = {} if memo is None else memo
     if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
+        key = (obj.untyped_storage().data_ptr(), obj.storage_offset(), tuple(obj.shape), obj.stride(), obj.dtype)
+        if key not in memo:
+            memo[key] = obj.detach().to("cpu", copy=True)
+        return memo[key]
     if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
+        return {k: _to_cpu(v, memo) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_to_cpu(v) for v in obj]
+        return [_to_cpu(v, memo) for v in obj]
     if isinstance(obj, tuple):
-        return tuple(_to_cpu(v) for v in obj)
+        return tuple(_to_cpu(v, memo) for v in obj)
     return obj
 
 

@@ -331,3 +331,23 @@ def test_resume_at_the_end_of_an_epoch_cut_short_starts_the_next_epoch_order(tmp
     for name, step in (("step00000005.ckpt", 5), ("step00000010.ckpt", 10), ("best-step=5.ckpt", 5)):
         resumed = fit(f"from-{name}", str(tmp_path / "ref" / name))
         assert straight[: 4 * step] + resumed == straight, name
+
+
+def test_async_copy_keeps_tied_weights_tied() -> None:
+    """The async path's CPU copy stores a tied embedding/head once, as a synchronous torch.save does."""
+    import io
+
+    from kit.callbacks.checkpoint import _to_cpu
+
+    emb = torch.nn.Parameter(torch.randn(64, 8))
+    state = {"state_dict": {"wte.weight": emb.detach(), "lm_head.weight": emb.detach(), "b": torch.zeros(3)}}
+    copy = _to_cpu(state)
+    assert copy["state_dict"]["wte.weight"] is copy["state_dict"]["lm_head.weight"]
+    assert copy["state_dict"]["wte.weight"].data_ptr() != emb.data_ptr()  # a copy, not the live tensor
+
+    def size(obj) -> int:
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        return buf.tell()
+
+    assert size(copy) <= size(state)
