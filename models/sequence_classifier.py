@@ -100,8 +100,12 @@ def load_backbone(model: nn.Module, checkpoint: dict) -> tuple[list[str], list[s
     Raises:
         ValueError: a parameter whose shape differs, naming it and both shapes.
     """
-    for note in upgrade_qkv_layout(model, checkpoint, optimizer_states=False):
-        rank_zero_warn(f"init_from: checkpoint predates the head-major fused QKV layout (issue 10); {note}")
+    notes = upgrade_qkv_layout(model, checkpoint, optimizer_states=False)
+    if notes:
+        rank_zero_warn(
+            "init_from: checkpoint predates the head-major fused QKV layout (issue 10); converted "
+            f"{len(notes)} tensor(s): {'; '.join(notes[:4])}" + (" ..." if len(notes) > 4 else "")
+        )
     state = checkpoint.get("state_dict", checkpoint)
     source = {}
     unexpected = []
