@@ -50,6 +50,8 @@ class GradientCompression(Callback):
         powersgd_start_iter: PowerSGD's first compressed step (>= 2).
         scheme: top-k's and 1bit's collective: ``2phase`` (default; the cut does not shrink with W) or
             ``allgather`` (a small-W method: it warns above the W where it cuts less than 90%).
+        per_tensor_scale: 1bit: scales never span two parameter tensors (``False``: one per chunk or bucket).
+        block: 1bit two-phase: at most this many entries share a scale (``None``: whole tensor pieces).
 
     Raises:
         ValueError: for an unknown hook or invalid setting.
@@ -66,11 +68,17 @@ class GradientCompression(Callback):
         powersgd_rank: int = 4,
         powersgd_start_iter: int = 10,
         scheme: Literal["2phase", "allgather"] = "2phase",
+        per_tensor_scale: bool = True,
+        block: int | None = 32,
     ) -> None:
         check_comm_settings(hook, topk_ratio, powersgd_rank, powersgd_start_iter)
         if scheme not in SCHEMES:
             raise ValueError(f"scheme={scheme!r} is not supported; choose one of {', '.join(SCHEMES)}")
-        self.scheme = scheme
+        if block is not None and block < 1:
+            raise ValueError(
+                f"block={block} must be >= 1 (entries per 1-bit scale) or None (one per tensor piece)"
+            )
+        self.scheme, self.per_tensor_scale, self.block = scheme, per_tensor_scale, block
         self.hook, self.topk_ratio = hook, topk_ratio
         self.powersgd_rank, self.powersgd_start_iter = powersgd_rank, powersgd_start_iter
         self.stats: CommStats | None = None
@@ -97,6 +105,8 @@ class GradientCompression(Callback):
             powersgd_rank=self.powersgd_rank,
             powersgd_start_iter=self.powersgd_start_iter,
             scheme=self.scheme,
+            per_tensor_scale=self.per_tensor_scale,
+            block=self.block,
         )
         try:
             model.register_comm_hook(state, fn)

@@ -98,3 +98,21 @@ def test_deepspeed_presets_registered() -> None:
     off = StrategyRegistry["deepspeed-zero3-offload"]
     assert z3["strategy"] is DeepSpeedStrategy and z3["init_params"] == {"stage": 3}
     assert off["init_params"] == {"stage": 3, "offload_optimizer": True, "offload_parameters": True}
+
+
+def test_compressed_ddp_exposes_the_1bit_scale_layout() -> None:
+    """YAML users can set where 1-bit's scales go (issue 9's defaults: per tensor, one per 32 entries)."""
+    from kit.parallel.strategies import CompressedDDPStrategy
+
+    default = CompressedDDPStrategy(hook="1bit")
+    assert default.comm_state.block == 32 and default.comm_state.per_tensor_scale
+    whole = CompressedDDPStrategy(hook="1bit", block=None, per_tensor_scale=False)
+    assert whole.comm_state.block is None and not whole.comm_state.per_tensor_scale
+    with pytest.raises(ValueError, match="block=0 must be >= 1"):
+        CompressedDDPStrategy(hook="1bit", block=0)
+    from kit.callbacks.compression import GradientCompression
+
+    cb = GradientCompression(hook="1bit", block=64, per_tensor_scale=False)
+    assert cb.block == 64 and not cb.per_tensor_scale
+    with pytest.raises(ValueError, match="block=0 must be >= 1"):
+        GradientCompression(hook="1bit", block=0)
