@@ -63,6 +63,15 @@ def _init(rank: int, world: int, port: int) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
 
 
+def _teardown() -> None:
+    """Barrier, then destroy: a rank that tears gloo down while another still has work in flight can abort
+    the other ("terminate called without an active exception", seen once in CI)."""
+    import torch.distributed as dist
+
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def _full(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
@@ -95,7 +104,7 @@ def _tp_worker(rank: int, world: int, port: int, shape: tuple, names: tuple, out
         losses.append(value.item() / world)
     if rank == 0:
         torch.save({"losses": losses, "grads": grads}, out)
-    dist.destroy_process_group()
+    _teardown()
 
 
 def _pp_worker(rank: int, world: int, port: int, schedule: str, tied: bool, out: str) -> None:
@@ -122,14 +131,13 @@ def _pp_worker(rank: int, world: int, port: int, schedule: str, tied: bool, out:
         if loss is not None:
             losses.append(loss.item())
     torch.save({"losses": losses, "grads": grads}, f"{out}.{rank}")
-    dist.destroy_process_group()
+    _teardown()
 
 
 MESH_3D = ("pipeline_parallel", "data_parallel", "tensor_parallel")
 
 
 def _3d_worker(rank: int, world: int, port: int, shape: tuple, tied: bool, out: str) -> None:
-    import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
     from kit.parallel.pipeline import parallelize_pipeline
@@ -157,11 +165,10 @@ def _3d_worker(rank: int, world: int, port: int, shape: tuple, tied: bool, out: 
     torch.save(
         {"losses": losses, "grads": grads, "coord": mesh.get_coordinate(), "kinds": kinds}, f"{out}.{rank}"
     )
-    dist.destroy_process_group()
+    _teardown()
 
 
 def _gather_count_worker(rank: int, world: int, port: int, reshard: bool | None, out: str) -> None:
-    import torch.distributed as dist
     import torch.distributed.fsdp._fully_shard._fsdp_param_group as fsdp_group
     from torch.distributed.device_mesh import init_device_mesh
 
@@ -186,7 +193,7 @@ def _gather_count_worker(rank: int, world: int, port: int, reshard: bool | None,
     pipe.step(x, y, MAX_NORM)
     if rank == 0:
         torch.save(calls[0], out)
-    dist.destroy_process_group()
+    _teardown()
 
 
 def _compare(result: dict, config: GPTConfig) -> None:
