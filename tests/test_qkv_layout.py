@@ -35,17 +35,14 @@ def _old_style(checkpoint: dict, model: CausalLM) -> dict:
     assert qkv, "the debug model has fused QKV projections"
     for k in qkv:
         old["state_dict"][k] = qkv_stacked(old["state_dict"][k], n_head)
-    params = dict(model.named_parameters())
-    order = [
-        n
-        for g in model.configure_optimizers()["optimizer"].param_groups
-        for p in g["params"]
-        for n in [next(n for n, q in params.items() if q is p)]
-    ]
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = model.configure_optimizers()["optimizer"].param_groups
+    order = [names[id(p)] for g in groups for p in g["params"]]  # the optimizer state's integer keys
     for idx, name in enumerate(order):
         if name in qkv:
             for key in ("exp_avg", "exp_avg_sq"):
                 state = old["optimizer_states"][0]["state"][idx]
+                assert state[key].shape == model.get_parameter(name).shape  # the index really is that param
                 state[key] = qkv_stacked(state[key], n_head)
     return old
 
@@ -124,7 +121,10 @@ def test_plain_state_dict_and_marked_checkpoints_are_left_alone() -> None:
     assert upgrade_qkv_layout(model, marked) == []
     hand_made = {"state_dict": {k: v.clone() for k, v in plain.items()}}  # torch.save({"state_dict": ...})
     assert upgrade_qkv_layout(model, hand_made) == []
-    unmarked = {**copy.deepcopy(marked), QKV_LAYOUT_KEY: None}  # what a Trainer wrote before the layout change
+    unmarked = {
+        **copy.deepcopy(marked),
+        QKV_LAYOUT_KEY: None,
+    }  # what a Trainer wrote before the layout change
     assert upgrade_qkv_layout(model, unmarked) and not torch.equal(
         unmarked["state_dict"]["model.blocks.0.attn.qkv.weight"], plain["model.blocks.0.attn.qkv.weight"]
     )
