@@ -300,7 +300,7 @@ def test_fused_qkv_is_head_major_so_a_plain_row_split_gives_whole_heads() -> Non
 
 
 # Slow, not in the default run: in 2 of 4 full CI runs (2026-11-29) rank 1 aborted ("terminate called without
-# an active exception") although the test passes alone (12 of 12) and in the file's runs; the cause is not
+# an active exception") although it passed alone (6 of 6) and with its file (3 of 3) here; the cause is not
 # found (a barrier before teardown did not help). The 3D and DP x TP slow tests cover TP as well.
 @pytest.mark.slow
 @pytest.mark.distributed
