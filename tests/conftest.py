@@ -4,6 +4,8 @@ tiny LightningModules and Trainer helper every Lightning test uses (``from conft
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -199,3 +201,15 @@ def make_trainer(
     if tmp_path is not None:
         defaults["default_root_dir"] = str(tmp_path)
     return pl.Trainer(max_steps=max_steps, callbacks=list(callbacks), **{**defaults, **kw})
+
+
+def signal_after_steps(proc: subprocess.Popen, record: Path, at_step: int, sig: int, timeout: float = 300) -> str:
+    """Send ``sig`` to ``proc`` once ``record`` (a JSONL line per step) has ``at_step`` lines; return its output."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if record.exists() and len(record.read_text().splitlines()) >= at_step:
+            proc.send_signal(sig)
+            break
+        time.sleep(0.01)
+    output, _ = proc.communicate(timeout=timeout)
+    return output

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import signal_after_steps
 
 SCRIPT = Path(__file__).with_name("resume_script.py")
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,14 +47,7 @@ def _interrupt(out: Path, sig: int, at_step: int, *args: str) -> int:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    record = out / "record.jsonl"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        if record.exists() and len(record.read_text().splitlines()) >= at_step:
-            proc.send_signal(sig)
-            break
-        time.sleep(0.01)
-    output, _ = proc.communicate(timeout=300)
+    output = signal_after_steps(proc, out / "record.jsonl", at_step, sig)
     assert proc.returncode is not None
     (out / "interrupted.log").write_text(output)
     return proc.returncode

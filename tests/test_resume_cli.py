@@ -15,12 +15,12 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from conftest import signal_after_steps
 
 from kit.cli.main import resolve_recipe
 
@@ -93,14 +93,7 @@ def _interrupt(cwd: Path, config: Path, sig: int, at_step: int) -> tuple[int, st
         stderr=subprocess.STDOUT,
         text=True,
     )
-    record = cwd / "record.jsonl"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        if record.exists() and len(record.read_text().splitlines()) >= at_step:
-            proc.send_signal(sig)
-            break
-        time.sleep(0.01)
-    output, _ = proc.communicate(timeout=300)
+    output = signal_after_steps(proc, cwd / "record.jsonl", at_step, sig)
     return proc.returncode, output
 
 
