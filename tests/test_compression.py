@@ -150,7 +150,9 @@ def test_callback_state_carries_the_hook_state_across_a_resume(hook: str, tmp_pa
     resumed = GradientCompression(hook=hook)
     resumed.load_state_dict(saved)  # Lightning restores callbacks before DDP exists
     fresh, _ = make_comm_hook(hook, topk_ratio=0.05, powersgd_rank=2, powersgd_start_iter=2)
-    resumed._attach(fresh, torch.device("cpu"))  # on_fit_start: the hook is built, then the saved state applied
+    resumed._attach(
+        fresh, torch.device("cpu")
+    )  # on_fit_start: the hook is built, then the saved state applied
     assert (fresh.stats.sent, fresh.stats.dense) == (100, 1000)
     if isinstance(state, ResidualState):
         assert fresh.iter == 7 and set(fresh.residuals) == {0, 1}
@@ -175,3 +177,30 @@ def test_restored_hook_state_moves_to_the_buckets_device(hook: str) -> None:
     assert moved[0].device.type == "meta"
     if isinstance(state, PowerSGDHookState):
         assert state.psgd.p_memory_dict[0].device.type == "meta" and state.psgd.iter == 3
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays("float32", st.integers(1, 6).map(lambda k: (8 * k,)), elements=st.floats(-1e3, 1e3, width=32)))
+def test_two_phase_sign_scale_is_mean_magnitude_not_deepspeeds_l2(x) -> None:
+    """The kit's 1-bit scale is ``mean |x|``; DeepSpeed's 1-bit Adam used ``||x||_2 / sqrt(n)`` (``scale="l2"``).
+
+    ``mean |x|`` minimises ``||x - s sign(x)||_2`` over ``s``, so the default's decoded message is never
+    further from the input than DeepSpeed's (equal only when all magnitudes are equal). README: 1-bit Adam,
+    where it differs from the paper and DeepSpeed.
+    """
+    from kit.parallel.two_phase import SignCodec
+
+    rows = torch.from_numpy(x).view(1, -1)
+    decoded = {}
+    for scale in ("mean", "l2"):
+        codec = SignCodec(scale=scale)
+        payload, residual = codec.encode(rows)
+        decoded[scale] = codec.decode(payload, rows.shape[1])
+        assert torch.allclose(rows - decoded[scale], residual, atol=1e-3)  # error feedback keeps the rest
+    tol = 1e-5 * float(rows.norm()) + 1e-6
+    assert torch.allclose(decoded["mean"].abs(), rows.abs().mean().expand_as(rows), rtol=1e-5, atol=tol)
+    rms = rows.norm() / math.sqrt(rows.numel())
+    assert torch.allclose(decoded["l2"].abs(), rms.expand_as(rows), rtol=1e-5, atol=tol)
+    assert (rows - decoded["mean"]).norm() <= (rows - decoded["l2"]).norm() + tol
+    with pytest.raises(ValueError, match="scale='max'"):
+        SignCodec(scale="max")

@@ -4,6 +4,7 @@ and the ddp-1bit-adam preset through a Lightning Trainer (one process; W=2/4 are
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -132,6 +133,34 @@ def test_bad_settings_name_the_value() -> None:
         OneBitAdam(params, betas=(0.9, 1.0))
     with pytest.raises(ValueError, match="freeze_step=0"):
         OneBitAdamStrategy(freeze_step=0)
+    with pytest.raises(ValueError, match="scale='rms'"):
+        OneBitAdam(params, scale="rms")
+    with pytest.raises(ValueError, match="compress='grad'"):
+        OneBitAdamStrategy(compress="grad")
+
+
+def test_deepspeed_configuration_compresses_the_momentum_with_an_l2_scale() -> None:
+    """``compress="momentum", scale="l2"`` is DeepSpeed's former OnebitAdam: one scale ``||m||_2 / sqrt(n)``
+    per chunk on the raw momentum. The strategy hands both to the optimizer it converts (YAML-settable)."""
+    torch.manual_seed(0)
+    model = nn.Linear(6, 4)
+    opt = OneBitAdam(model.parameters(), lr=1e-2, freeze_step=1, compress="momentum", scale="l2")
+    model(torch.randn(3, 6)).square().sum().backward()
+    opt.step()  # warm-up: plain Adam
+    model.zero_grad()
+    model(torch.randn(3, 6)).square().sum().backward()
+    momenta = [opt.state[p]["exp_avg"].clone().lerp_(p.grad, 0.1) for p in model.parameters()]
+    opt.step()  # W = 1: the momentum goes through one 1-bit round trip (worker, then server compression)
+    flat = torch.cat([m.reshape(-1) for m in momenta])
+    rms = flat.norm() / math.sqrt(flat.numel())
+    sent = torch.cat([opt.state[p]["exp_avg"].reshape(-1) for p in model.parameters()])
+    # the worker step sends sign(m) x rms; the server's re-compression of a constant-magnitude vector keeps it
+    assert torch.allclose(sent.abs(), rms.expand_as(sent), rtol=1e-5)
+    assert torch.equal(sent > 0, flat > 0)
+    converted = OneBitAdamStrategy(freeze_step=5, compress="momentum", scale="l2")._convert(
+        torch.optim.AdamW(model.parameters(), lr=1e-3)
+    )
+    assert (converted.compress, converted.codec.scale, converted.freeze_step) == ("momentum", "l2", 5)
 
 
 @settings(max_examples=40, deadline=None)

@@ -67,9 +67,13 @@ class OneBitAdam(torch.optim.Optimizer):
             tensor lets them set the whole tensor's step (worse on the kit's benchmark: README).
         block: at most this many consecutive entries share a scale (restarting at each tensor with
             ``per_tensor_scale``); None: no limit.
+        scale: the 1-bit scale of each group, ``"mean"`` (``mean |x|``, the least-squares scale; default) or
+            ``"l2"`` (``||x||_2 / sqrt(n)``, DeepSpeed's). ``compress="momentum", scale="l2"`` is DeepSpeed's
+            former ``OnebitAdam`` (README, Measured figures: each combination on the kit's benchmark).
 
     Raises:
-        ValueError: for a negative ``lr``/``eps``/``weight_decay``, betas outside [0, 1), or ``freeze_step < 1``.
+        ValueError: for a negative ``lr``/``eps``/``weight_decay``, betas outside [0, 1), ``freeze_step < 1``,
+            or an unknown ``compress``/``scale``.
     """
 
     decoupled = False
@@ -86,6 +90,7 @@ class OneBitAdam(torch.optim.Optimizer):
         compress: Literal["update", "momentum", "none"] = "update",
         per_tensor_scale: bool = False,
         block: int | None = None,
+        scale: Literal["mean", "l2"] = "mean",
     ) -> None:
         if block is not None and block < 1:
             raise ValueError(f"block={block} must be >= 1 (entries per 1-bit scale) or None (no block)")
@@ -106,7 +111,7 @@ class OneBitAdam(torch.optim.Optimizer):
         self.steps = 0  # completed optimizer steps
         self.feedback = ErrorFeedback()
         self.per_tensor_scale = per_tensor_scale
-        self.codec = SignCodec(block)
+        self.codec = SignCodec(block, scale)
         self.stats: Any = None  # a CommStats, set by the strategy to count the momentum's bytes
 
     @property
@@ -236,6 +241,7 @@ class OneBitAdamW(OneBitAdam):
         compress: Literal["update", "momentum", "none"] = "update",
         per_tensor_scale: bool = False,
         block: int | None = None,
+        scale: Literal["mean", "l2"] = "mean",
     ) -> None:
         super().__init__(
             params,
@@ -248,4 +254,5 @@ class OneBitAdamW(OneBitAdam):
             compress,
             per_tensor_scale,
             block,
+            scale,
         )

@@ -137,6 +137,10 @@ class OneBitAdamStrategy(CompressedDDPStrategy):
     Args:
         freeze_step: optimizer steps of plain Adam (dense all-reduce) before compression starts; the paper
             uses 15-25% of the run.
+        compress: what the 1-bit all-reduce carries (:class:`kit.parallel.onebit_adam.OneBitAdam`):
+            ``"update"`` (``m / sqrt(v_frozen)``, default), ``"momentum"`` (the paper's) or ``"none"``.
+        scale: the 1-bit scale, ``"mean"`` (default) or ``"l2"`` (DeepSpeed's); ``compress="momentum",
+            scale="l2"`` reproduces DeepSpeed's former ``OnebitAdam``.
         **kwargs: anything ``DDPStrategy`` takes.
 
     Raises:
@@ -148,9 +152,21 @@ class OneBitAdamStrategy(CompressedDDPStrategy):
         60
     """
 
-    def __init__(self, freeze_step: int = 1000, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        freeze_step: int = 1000,
+        compress: Literal["update", "momentum", "none"] = "update",
+        scale: Literal["mean", "l2"] = "mean",
+        **kwargs: Any,
+    ) -> None:
         if freeze_step < 1:
             raise ValueError(f"freeze_step={freeze_step} must be >= 1; the variance needs a dense warm-up")
+        if compress not in ("update", "momentum", "none") or scale not in ("mean", "l2"):
+            raise ValueError(
+                f"compress={compress!r} / scale={scale!r}: choose compress from 'update', 'momentum', 'none' "
+                "and scale from 'mean', 'l2'"
+            )
+        self.compress, self.scale = compress, scale
         state = OneBitAdamHookState()
         DDPStrategy.__init__(self, ddp_comm_state=state, ddp_comm_hook=onebit_adam_hook, **kwargs)
         self.hook = "1bit-adam"
@@ -187,7 +203,16 @@ class OneBitAdamStrategy(CompressedDDPStrategy):
         cls = OneBitAdamW if decoupled else OneBitAdam
         groups = [{k: v for k, v in g.items() if k in _ADAM_KEYS} for g in old.param_groups]
         d = old.defaults
-        return cls(groups, d["lr"], d["betas"], d["eps"], d["weight_decay"], freeze_step=self.freeze_step)
+        return cls(
+            groups,
+            d["lr"],
+            d["betas"],
+            d["eps"],
+            d["weight_decay"],
+            freeze_step=self.freeze_step,
+            compress=self.compress,
+            scale=self.scale,
+        )
 
 
 def block_classes(blocks: Iterable[str | type[nn.Module]] | None = None) -> set[type[nn.Module]]:
@@ -333,7 +358,11 @@ class PipelineStrategy(ModelParallelStrategy):
         ParallelStrategy.setup_environment(self)
         self._setup_distributed()
         tp = int(self._tensor_parallel_size)
-        pp = self.world_size // tp if self.pipeline_parallel_size == "auto" else int(self.pipeline_parallel_size)
+        pp = (
+            self.world_size // tp
+            if self.pipeline_parallel_size == "auto"
+            else int(self.pipeline_parallel_size)
+        )
         if tp < 1 or pp < 1 or self.world_size % (pp * tp):
             raise ValueError(
                 f"pipeline_parallel_size={pp} x tensor_parallel_size={tp} does not divide the world size "
@@ -383,7 +412,9 @@ class PipelineStrategy(ModelParallelStrategy):
             options = StateDictOptions(flatten_optimizer_state_dict=True)
             optim_state = {key: get_optimizer_state_dict(self.model, optimizer, options=options)}
             _distributed_checkpoint_load(optim_state, path)
-            set_optimizer_state_dict(self.model, optimizer, optim_state_dict=optim_state[key], options=options)
+            set_optimizer_state_dict(
+                self.model, optimizer, optim_state_dict=optim_state[key], options=options
+            )
         return torch.load(path / _METADATA_FILENAME, weights_only=weights_only)
 
 

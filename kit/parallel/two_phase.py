@@ -127,12 +127,23 @@ class SignCodec:
     The groups (see :func:`scale_groups`) are the pieces of each parameter tensor that fall in a chunk
     (``compressed_allreduce(..., segments=sizes)``), or the whole chunk without segments (1-bit Adam's
     and DeepSpeed's single scale); ``block`` further splits each tensor piece into ``block``-sized groups.
-    ``mean |x|`` is the scale that minimises ``||x - s sign(x)||`` (DeepSpeed used ``||x||_2 / sqrt(n)``,
-    which overshoots it whenever the magnitudes are uneven).
+    ``scale="mean"`` (default): ``mean |x|``, the scale that minimises ``||x - s sign(x)||``.
+    ``scale="l2"``: ``||x||_2 / sqrt(n)``, DeepSpeed's (its former ``OnebitAdam``), which keeps the decoded
+    message's norm equal to the input's and overshoots ``mean |x|`` whenever the magnitudes are uneven.
+
+    Raises:
+        ValueError: for another ``scale``.
     """
 
     block: int | None = None
+    scale: str = "mean"
     multiple: int = 8  # chunk sizes are whole sign bytes
+
+    def __post_init__(self) -> None:
+        if self.scale not in ("mean", "l2"):
+            raise ValueError(
+                f"scale={self.scale!r} is not supported; choose 'mean' (mean |x|) or 'l2' (DeepSpeed's)"
+            )
 
     def message_bytes(self, chunk: int, groups: int = 1) -> int:
         return math.ceil(chunk / 8) + 4 * groups
@@ -142,9 +153,10 @@ class SignCodec:
         r, c = rows.shape
         ids = torch.zeros(r, c, dtype=torch.long, device=rows.device) if ids is None else ids.to(rows.device)
         flat_ids = (ids + groups * torch.arange(r, device=rows.device).unsqueeze(1)).reshape(-1)  # (R c,)
-        sums = torch.zeros(r * groups, device=rows.device).index_add_(0, flat_ids, rows.abs().reshape(-1))
+        size = rows.abs() if self.scale == "mean" else rows * rows
+        sums = torch.zeros(r * groups, device=rows.device).index_add_(0, flat_ids, size.reshape(-1))
         counts = torch.bincount(flat_ids, minlength=r * groups).clamp_(min=1)
-        scale = sums / counts  # (R groups,)
+        scale = sums / counts if self.scale == "mean" else (sums / counts).sqrt()  # (R groups,)
         per_entry = scale[flat_ids].view(r, c)
         positive = rows >= 0
         sent = torch.where(positive, per_entry, -per_entry)
