@@ -1,16 +1,21 @@
 """Gradient compression and 1-bit Adam: wire bytes per step and loss, every method vs dense all-reduce.
 
 Trains the kit's GPT (bytes as tokens, the pydoc corpus that ships with CPython) with DDP in ``--world``
-gloo processes on CPU, once per method, from the same seed and on the same batches, in one run. Reports
-the wire bytes one worker sends (counted per collective at this W: ring all-reduce, all-gather,
-all-to-all) vs a dense fp32 ring all-reduce at the same W, over the whole run and over the compression
-stage, the held-out loss after the same number of steps, the training-loss curve, and the ratios to the
-uncompressed baseline. ``1bit-adam`` is :class:`kit.parallel.onebit_adam.OneBitAdamW` (dense warm-up for
-``--freeze-step`` steps, then frozen variance and 1-bit two-phase momentum averaging); every other method
-is a DDP comm hook under the ``--optimizer``. ``--paper`` prints the formula table instead (no training).
+gloo processes on CPU, once per method, from the same seed and on the same batches, in one run, for each
+of ``--seeds``. Reports the wire bytes one worker sends (counted per collective at this W: ring
+all-reduce, all-gather, all-to-all) vs a dense fp32 ring all-reduce at the same W, over the whole run and
+over the compression stage, the held-out loss after the same number of steps (mean over seeds, and each
+seed's ratio to its own dense run), the training-loss curve (a PNG beside the table), and the ratios to
+the uncompressed baseline. The LR follows the gpt-tiny recipe's shape by default (linear warm-up over 1/6
+of the steps, cosine to 0.1x), the same for every method. ``1bit-adam`` is
+:class:`kit.parallel.onebit_adam.OneBitAdamW` (dense warm-up for ``--freeze-step`` steps, then frozen
+variance and 1-bit two-phase momentum averaging; ``1bit-adam-paper``/``-deepspeed``/``-nocompress`` are
+its variants, see ``ADAM_VARIANTS``); every other method is a DDP comm hook under the ``--optimizer``.
+``--paper`` prints the formula table instead (no training).
 
     python -m benchmarks compression --steps 60
-    python -m benchmarks compression --suffix=-w4 --world 4 --steps 600 --freeze-step 75 --plot benchmarks/results/compression-w4.png
+    python -m benchmarks compression --suffix=-w4 --world 4 --steps 600 --freeze-step 75 --seeds 0,1,2
+    python -m benchmarks compression --suffix=-w2-constant --steps 600 --schedule constant --warmup 0
     python -m benchmarks compression --suffix=-paper --paper
 """
 
@@ -34,6 +39,8 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from benchmarks._common import progress
+from kit.optim import lr_lambda
 from kit.parallel.comm_hooks import OneBitAdamHookState, make_comm_hook, onebit_adam_hook
 from kit.parallel.compression import method_wire_bytes, powersgd_bytes
 from kit.parallel.onebit_adam import OneBitAdamW
@@ -41,8 +48,13 @@ from kit.parallel.onebit_adam import OneBitAdamW
 # "fork": workers start without re-importing torch and the kit.
 START_METHOD = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
 HOOK_NAMES = ("allreduce", "fp16", "bf16", "powersgd", "topk", "1bit", "1bit-adam")
-# also: "1bit-adam-paper" = OneBitAdamW(compress="momentum"), the paper's / DeepSpeed's choice, and
-# "1bit-adam-nocompress" = OneBitAdamW(compress="none"): frozen variance, dense momentum all-reduce (ablation)
+# 1-bit Adam's variants beside "1bit-adam" (OneBitAdamW's defaults): name -> OneBitAdamW keyword arguments
+ADAM_VARIANTS = {
+    "1bit-adam": {},
+    "1bit-adam-paper": {"compress": "momentum"},  # the paper's choice of what to compress, the kit's scale
+    "1bit-adam-deepspeed": {"compress": "momentum", "scale": "l2"},  # DeepSpeed's former OnebitAdam
+    "1bit-adam-nocompress": {"compress": "none"},  # frozen variance, dense momentum all-reduce (ablation)
+}
 CURVE_POINTS = 6  # training-loss curve columns in the table
 
 
@@ -65,6 +77,7 @@ def _batch(
 def _scale_kwargs(args: dict) -> dict:
     """The 1-bit scale layout asked for on the command line; the kit's defaults where nothing was asked."""
     out = {"per_tensor_scale": False} if args["chunk_scale"] else {}
+    out = {"per_tensor_scale": True} if args.get("tensor_scale") else out
     return out if args["scale_block"] is None else {**out, "block": args["scale_block"]}
 
 
@@ -80,7 +93,7 @@ def _worker(rank: int, world: int, port: int, args: dict, out: str) -> None:
     split = int(0.9 * data.numel())
     train, val = data[:split], data[split:]
     val_gen = torch.Generator().manual_seed(1234)
-    val_batches = [_batch(val, val_gen, 16, args["block"]) for _ in range(4)]
+    val_batches = [_batch(val, val_gen, 16, args["block"]) for _ in range(args["val_batches"])]
     results = {}
     for name in args["hooks"]:
         torch.manual_seed(args["seed"])
@@ -109,13 +122,12 @@ def _worker(rank: int, world: int, port: int, args: dict, out: str) -> None:
             )
         ddp.register_comm_hook(state, hook)
         if name.startswith("1bit-adam"):
-            compress = {"1bit-adam-paper": "momentum", "1bit-adam-nocompress": "none"}.get(name, "update")
             opt = OneBitAdamW(
                 model.parameters(),
                 lr=args["lr"],
                 weight_decay=0.0,
                 freeze_step=args["freeze_step"],
-                compress=compress,
+                **ADAM_VARIANTS[name],
                 **_scale_kwargs(args),
             )
             opt.stats, state.optimizer = state.stats, opt
@@ -123,6 +135,10 @@ def _worker(rank: int, world: int, port: int, args: dict, out: str) -> None:
             opt = torch.optim.SGD(model.parameters(), lr=args["lr"], momentum=0.9, nesterov=True)
         else:
             opt = torch.optim.AdamW(model.parameters(), lr=args["lr"], weight_decay=0.0)
+        # the recipe's LR shape (kit.optim.lr_lambda), the same for every method; "constant" with no warm-up = none
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lr_lambda(args["warmup"], args["steps"], args["schedule"], args["min_lr_ratio"])
+        )
         gen = torch.Generator().manual_seed(args["seed"] * 1000 + rank)
         sent_steady = dense_steady = 0
         first = args["dense_start"]
@@ -137,8 +153,17 @@ def _worker(rank: int, world: int, port: int, args: dict, out: str) -> None:
             loss = F.cross_entropy(ddp(x).reshape(-1, 256), y.reshape(-1))
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if args["clip"]:
+                # each worker clips the gradient it holds: the averaged one, or its own in 1-bit Adam's
+                # compression stage (no gradient all-reduce there), as Lightning's clipping would
+                torch.nn.utils.clip_grad_norm_(model.parameters(), args["clip"])
             opt.step()
+            sched.step()
             losses.append(float(loss.detach()))
+            if rank == 0 and (step + 1) % 100 == 0:
+                progress(
+                    f"seed {args['seed']} {name}: step {step + 1}/{args['steps']}, loss {losses[-1]:.3f}"
+                )
             sent, dense = state.stats.pop_step()
             if step >= first:
                 sent_steady += sent
@@ -202,12 +227,21 @@ def run_ddp(
     scheme: str = "2phase",
     scale_block: int | None = None,
     chunk_scale: bool = False,
+    tensor_scale: bool = False,
+    schedule: str = "constant",
+    warmup: int = 0,
+    min_lr_ratio: float = 0.1,
+    clip: float = 0.0,
+    val_batches: int = 4,
 ) -> dict[str, dict]:
     """Train once per hook in ``world`` gloo processes; return per-hook metrics (see module docstring)."""
     args = {
         "hooks": list(hooks), "steps": steps, "n_embd": n_embd, "n_layer": n_layer, "block": block,
         "batch": batch, "lr": lr, "ratio": ratio, "rank": rank, "start_iter": start_iter, "dense_start": dense_start, "optimizer": optimizer, "seed": seed, "timeout_s": 180,
         "freeze_step": freeze_step, "scheme": scheme, "scale_block": scale_block, "chunk_scale": chunk_scale,
+        "tensor_scale": tensor_scale,
+        "schedule": schedule, "warmup": warmup, "min_lr_ratio": min_lr_ratio, "clip": clip,
+        "val_batches": val_batches,
     }  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "result.json")
@@ -296,19 +330,48 @@ def _formula_bytes(name: str, numel: int, shapes: list, world: int, args: argpar
     method = {
         "allreduce": "dense", "fp16": "fp16", "bf16": "fp16", "powersgd": "powersgd",
         "topk": "topk-2phase" if two else "topk-allgather", "1bit": "1bit-2phase" if two else "1bit-allgather",
-        "1bit-adam": "1bit-2phase", "1bit-adam-paper": "1bit-2phase", "1bit-adam-nocompress": "dense",
+        "1bit-adam": "1bit-2phase", "1bit-adam-paper": "1bit-2phase", "1bit-adam-deepspeed": "1bit-2phase",
+        "1bit-adam-nocompress": "dense",
     }[name]  # fmt: skip
     n_scales = len(shapes) if method == "1bit-allgather" else 1
     sizes = [math.prod(s) for s in shapes]
     adam = name.startswith("1bit-adam")
     defaults = inspect.signature(OneBitAdamW if adam else make_comm_hook).parameters
-    per_tensor = not args.chunk_scale and defaults["per_tensor_scale"].default
+    per_tensor = args.tensor_scale or (not args.chunk_scale and defaults["per_tensor_scale"].default)
     block = args.block if args.block is not None else defaults["block"].default
     # a DDP bucket holds the gradients in reverse order of the parameters; 1-bit Adam packs its momenta in order
     segments = (sizes if adam else sizes[::-1]) if per_tensor else None
     return method_wire_bytes(
         method, numel, world, args.ratio, powersgd_bytes(shapes, args.rank), n_scales, block, segments
     )
+
+
+def _over_seeds(runs: list[dict[str, dict]], seeds: list[int]) -> dict[str, dict]:
+    """One entry per method: the first seed's bytes (the same for every seed), mean losses, per-seed ratios.
+
+    ``loss_ratios`` are each seed's val loss over that seed's dense val loss (paired: same init, same batches).
+    """
+    out = {}
+    for name in runs[0]:
+        per = [run[name] for run in runs]
+        merged = dict(per[0])
+        merged["val_losses"] = [r["val_loss"] for r in per]
+        merged["val_loss"] = sum(merged["val_losses"]) / len(per)
+        merged["loss_ratios"] = [r["val_loss"] / run["allreduce"]["val_loss"] for r, run in zip(per, runs)]
+        merged["loss_curve"] = [sum(xs) / len(per) for xs in zip(*(r["loss_curve"] for r in per))]
+        merged["replicas_in_sync"] = all(r["replicas_in_sync"] for r in per)
+        merged["seeds"] = list(seeds)
+        out[name] = merged
+    return out
+
+
+def _scale_note(a: argparse.Namespace, adam: bool) -> str:
+    """Where the 1-bit scales go for this run: the defaults of the hook / the optimizer unless overridden."""
+    defaults = inspect.signature(OneBitAdamW if adam else make_comm_hook).parameters
+    per_tensor = a.tensor_scale or (not a.chunk_scale and defaults["per_tensor_scale"].default)
+    block = a.block if a.block is not None else defaults["block"].default
+    where = "tensor piece of a chunk" if per_tensor else "chunk"
+    return f"one per {where}" + (f", in blocks of {block} entries" if block else "")
 
 
 def _plot(res: dict, path: Path, title: str) -> None:
@@ -358,30 +421,62 @@ def main(argv: list[str]) -> dict:
         action="store_true",
         help="1bit/1bit-adam: one scale per chunk (bucket), not per tensor",
     )
+    parser.add_argument(
+        "--tensor-scale",
+        action="store_true",
+        help="1bit/1bit-adam: one scale per tensor piece of a chunk (1-bit Adam's default is one per chunk)",
+    )
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument(
+        "--schedule",
+        choices=("constant", "cosine", "linear"),
+        default="cosine",
+        help="LR after --warmup (kit.optim.lr_lambda); the default is gpt-tiny's shape: cosine to 0.1 x",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="linear LR warm-up steps (default: 1/6 of the steps, gpt-tiny's)",
+    )
+    parser.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine/linear floor, x peak LR")
+    parser.add_argument("--clip", type=float, default=0.0, help="clip each worker's gradient norm (0: off)")
+    parser.add_argument(
+        "--seeds", default="0", help="comma-separated seeds (model init and batches); figures are their mean"
+    )
+    parser.add_argument("--val-batches", type=int, default=16, help="held-out batches of 16 x 32 bytes")
     parser.add_argument(
         "--optimizer", choices=("adamw", "sgd"), default="adamw", help="sgd = momentum 0.9, nesterov"
     )
     parser.add_argument("--hooks", default=",".join(HOOK_NAMES))
     parser.add_argument("--json", type=Path, default=None, help="also write the raw per-hook metrics here")
-    parser.add_argument("--plot", type=Path, default=None, help="write the loss curves as a PNG here")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        help="the loss curves' PNG (default: compression.png beside the table)",
+    )
+    parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
     parser.add_argument(
         "--paper", action="store_true", help="the formula table for GPT-2 124M / 7B, no training"
     )
     a = parser.parse_args(argv)
     if a.paper:
         return paper_table()
+    if a.chunk_scale and a.tensor_scale:
+        parser.error("--chunk-scale and --tensor-scale contradict each other; pass at most one")
     freeze = a.freeze_step if a.freeze_step is not None else max(1, a.steps // 8)
+    warmup = a.warmup if a.warmup is not None else a.steps // 6
     hooks = tuple(h for h in a.hooks.split(",") if h)
-    unknown = sorted(set(hooks) - {*HOOK_NAMES, "1bit-adam-paper", "1bit-adam-nocompress"})
+    unknown = sorted(set(hooks) - {*HOOK_NAMES, *ADAM_VARIANTS})
     if unknown:
         parser.error(
-            f"--hooks {','.join(unknown)} unknown; choose from {', '.join(HOOK_NAMES)}, 1bit-adam-paper, "
-            "1bit-adam-nocompress"
+            f"--hooks {','.join(unknown)} unknown; choose from {', '.join(dict.fromkeys([*HOOK_NAMES, *ADAM_VARIANTS]))}"
         )
     if "allreduce" not in hooks:
         hooks = ("allreduce", *hooks)
-    res = run_ddp(
+    seeds = [int(x) for x in a.seeds.split(",") if x]
+    runs = [run_ddp(
         hooks,
         a.steps,
         a.world,
@@ -397,7 +492,15 @@ def main(argv: list[str]) -> dict:
         scheme=a.scheme,
         scale_block=a.block,
         chunk_scale=a.chunk_scale,
-    )
+        tensor_scale=a.tensor_scale,
+        schedule=a.schedule,
+        warmup=warmup,
+        min_lr_ratio=a.min_lr_ratio,
+        clip=a.clip,
+        val_batches=a.val_batches,
+        seed=seed,
+    ) for seed in seeds]  # fmt: skip
+    res = _over_seeds(runs, seeds)
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(res, indent=2))
@@ -409,7 +512,6 @@ def main(argv: list[str]) -> dict:
     with torch.device("meta"):
         shapes = [tuple(p.shape) for p in GPT(cfg).parameters()]
     numel = sum(math.prod(s) for s in shapes)
-    base = res["allreduce"]
     points = [round(a.steps * (i + 1) / CURVE_POINTS) for i in range(CURVE_POINTS)]
     rows = []
     for name in hooks:
@@ -427,8 +529,10 @@ def main(argv: list[str]) -> dict:
                 r["bytes_steady"] / max(compressed, 1) / formula, 4
             ) if compressed > 0 and name != "allreduce" else "",
             "val loss": round(r["val_loss"], 4),
-            "loss / dense": round(r["val_loss"] / base["val_loss"], 4),
+            "loss / dense": round(sum(r["loss_ratios"]) / len(seeds), 4),
         }  # fmt: skip
+        if len(seeds) > 1:
+            row["loss / dense per seed"] = " / ".join(f"{x:.3f}" for x in r["loss_ratios"])
         curve = r["loss_curve"]
         window = max(1, a.steps // (2 * CURVE_POINTS))
         for p in points:
@@ -438,10 +542,22 @@ def main(argv: list[str]) -> dict:
     title = (
         f"DDP gradient compression and 1-bit Adam, {a.world} gloo workers, GPT d={a.n_embd} L={a.n_layer}, "
         f"{a.optimizer} lr={a.lr}, {a.steps} steps"
+        + (
+            f", {a.schedule} LR (warm-up {warmup}, floor {a.min_lr_ratio})"
+            if a.schedule != "constant" or warmup
+            else ""
+        )
+        + (f", clip {a.clip}" if a.clip else "")
+        + (f", seeds {a.seeds}" if seeds != [0] else "")
     )
-    if a.plot:
-        _plot({h: res[h] for h in hooks}, a.plot, title)
+    plot = None
+    if not a.no_plot:
+        from benchmarks.__main__ import out_dir
+
+        plot = a.plot or out_dir() / "compression.png"
+        _plot({h: res[h] for h in hooks}, plot, title)
     return {
+        "plot": plot.name if plot else None,  # the harness renames it with --suffix
         "title": title,
         "device": f"CPU ({os.cpu_count()} cores), gloo",
         "rows": rows,
@@ -449,16 +565,24 @@ def main(argv: list[str]) -> dict:
             "bytes = wire bytes one worker sends per step, counted per collective at this W (ring all-reduce "
             "2(W-1)/W x B, all-gather (W-1) x B, all-to-all (W-1)/W x B), vs a dense fp32 ring all-reduce at the same W",
             f"top-k ratio={a.ratio} and 1bit ({a.scheme}): "
-            + ("two-phase all-to-all + all-gather, worker+server error feedback, one scale per chunk"
+            + ("two-phase all-to-all + all-gather, worker+server error feedback; 1-bit scales: "
+               + _scale_note(a, adam=False) + " (1bit), " + _scale_note(a, adam=True) + " (1bit-adam*)"
                if a.scheme == "2phase" else "all-gather of every worker's message, one scale per tensor"),
             f"PowerSGD rank={a.rank}: dense all-reduce for the first {a.start_iter} steps; top-k/1bit dense "
             f"warm-up: {a.dense_start} steps; 1bit-adam = OneBitAdamW, freeze_step={freeze} (dense AdamW before, "
             "then frozen variance and 1-bit two-phase averaging of the update m/(sqrt(v)+eps), no gradient all-reduce); "
-            "1bit-adam-paper = the same with the momentum m compressed, as in the paper and DeepSpeed",
+            "1bit-adam-paper = the same with the momentum m compressed, as in the paper; 1bit-adam-deepspeed = "
+            "momentum compressed with DeepSpeed's scale ||x||_2/sqrt(n) (its former OnebitAdam); "
+            "1bit-adam-nocompress = frozen variance, momentum averaged by a dense all-reduce (ablation)",
             "compression stage = the steps after each method's warm-up; 'all steps' includes the warm-up",
             "measured / formula: compression-stage bytes per step over kit.parallel.compression.method_wire_bytes",
-            "val loss = held-out cross-entropy (nats/byte) after the same steps on the same batches; train loss @s "
-            f"= mean over workers and the {max(1, a.steps // (2 * CURVE_POINTS))} steps before s",
-            "timing is not reported: the CPU is shared (2 cores, other jobs running)",
+            f"val loss = held-out cross-entropy (nats/byte, {a.val_batches} batches of 16 x 32) after the same steps on "
+            f"the same batches, mean over seeds {a.seeds}; loss / dense = mean over seeds of each seed's val loss over "
+            "that seed's dense val loss (same init, same batches); train loss @s = mean over workers, seeds and the "
+            f"{max(1, a.steps // (2 * CURVE_POINTS))} steps before s",
+            f"LR: {a.schedule} after a linear warm-up of {warmup} steps to lr, floor {a.min_lr_ratio} x lr "
+            "(kit.optim.lr_lambda, gpt-tiny's shape), the same for every method"
+            + (f"; every worker clips its gradient's norm to {a.clip}" if a.clip else ""),
+            "timing is not reported: loss and bytes only (the 2-core CPU runs W processes of 1 thread)",
         ],
     }  # fmt: skip
