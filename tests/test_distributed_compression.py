@@ -57,42 +57,60 @@ def test_every_hook_trains_and_cuts_bytes(tmp_path: Path) -> None:
     # issue 10, which changed what the seeded init computes; 2% before it), so its bound is 10%.
     assert res["fp16"]["val_loss"] == pytest.approx(dense["val_loss"], rel=0.02)
     assert res["bf16"]["val_loss"] == pytest.approx(dense["val_loss"], rel=0.10)
+    assert (tmp_path / "compression.png").stat().st_size > 0  # the loss curves, beside the table
 
 
 @pytest.mark.distributed
-def test_seed_claim_with_momentum_sgd(tmp_path: Path) -> None:
-    """The seed's claim: >= 90% fewer bytes with the final loss within 5% of dense, after the same steps.
+def test_gradient_methods_with_momentum_sgd_cut_bytes_and_track_dense(tmp_path: Path) -> None:
+    """PowerSGD rank 4, top-k 3% and 1-bit (two-phase defaults) with momentum SGD, lr 0.05, 200 steps, W=2,
+    seed 0: >= 90% fewer bytes over the whole run (5 dense steps included), and a held-out loss near dense.
 
-    Holds for PowerSGD rank 4 and the two-phase defaults of top-k 3% and 1-bit (scales per 32 entries of a
-    tensor) when the optimizer is SGD with momentum (the setting the 1-bit SGD / DGC / PowerSGD papers use):
-    GPT d=128 L=2, 200 steps, 2 workers, 5 dense warm-up steps; bytes counted over the whole run, warm-up
-    included. Measured: +0.8%, -0.4%, +0.6%. Two-phase 1-bit with one scale per chunk ended +32.5% here.
+    This one seed is a regression check, not the claim: measured +0.7% / +5.0% / +4.1% at seed 0, and
+    +0.3% / +2.0% / +2.2% over seeds 0-2, so the bound is 8%. The 5% claim is checked over three seeds of
+    600 steps in the slow test below (README: Measured figures, SGD).
     """
     res = _run(
         tmp_path, "--steps", "200", "--hooks", "allreduce,powersgd,topk,1bit", "--dense-start", "5",
-        "--optimizer", "sgd", "--lr", "0.1", "--ratio", "0.03",
+        "--optimizer", "sgd", "--lr", "0.05", "--ratio", "0.03", "--no-plot",
     )  # fmt: skip
     dense = res["allreduce"]["val_loss"]
     for name in ("powersgd", "topk", "1bit"):
+        assert res[name]["replicas_in_sync"], name
         assert res[name]["bytes_cut_total"] >= 0.9, name
-        assert res[name]["val_loss"] <= 1.05 * dense, (name, res[name]["val_loss"], dense)
+        assert res[name]["val_loss"] <= 1.08 * dense, (name, res[name]["val_loss"], dense)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_seed_claim_with_momentum_sgd_over_three_seeds(tmp_path: Path) -> None:
+    """The seed's claim with momentum SGD (lr 0.05, 600 steps, W=2, seeds 0-2): >= 90% fewer bytes and the
+    held-out loss within 5% of dense, in the mean and in every seed, for PowerSGD, top-k 3% and 1-bit.
+    Measured (compression-sgd600-lr05-w2.md): every seed within 3.3%. Not at W=4, where only PowerSGD
+    holds (README), nor at lr 0.1, where one seed in three of each method blows up."""
+    res = _run(
+        tmp_path, "--steps", "600", "--hooks", "allreduce,powersgd,topk,1bit", "--dense-start", "5",
+        "--optimizer", "sgd", "--lr", "0.05", "--ratio", "0.03", "--seeds", "0,1,2", "--no-plot", timeout=3600,
+    )  # fmt: skip
+    for name in ("powersgd", "topk", "1bit"):
+        assert res[name]["bytes_cut_total"] >= 0.9, name
+        assert len(res[name]["loss_ratios"]) == 3
+        assert max(res[name]["loss_ratios"]) <= 1.05, (name, res[name]["loss_ratios"])
 
 
 @pytest.mark.slow
 @pytest.mark.distributed
 @pytest.mark.parametrize("world", [2, 4])
 def test_seed_claim_with_onebit_adam(tmp_path: Path, world: int) -> None:
-    """The seed's claim for AdamW with 1-bit Adam: >= 90% fewer wire bytes than dense AdamW over the
-    compression stage holds (96.9%); the loss half does not: 600 steps, freeze_step 75 (12.5%) end 6.8% (W=2)
-    and 7.5% (W=4) above dense AdamW, so this pins the measured bound (10%), not the seed's 5%. The gap is the
-    frozen variance's (with exact momentum averaging: +17.9% at W=2). The README (Measured figures,
-    compression-w2/w4/-w2-ablation) has the whole-run figures beside it."""
+    """The seed's claim for AdamW with 1-bit Adam, on the benchmark's defaults (gpt-tiny's LR shape: linear
+    warm-up over the first 1/6 of the steps, cosine to 0.1x): >= 90% fewer wire bytes than dense AdamW over
+    the compression stage (96.9%) and the held-out loss within 5% of dense AdamW after 600 steps with
+    freeze_step 75 (12.5%). Seed 0 is the README's first seed (compression-w2.md / -w4.md, 3 seeds)."""
     res = _run(
         tmp_path, "--world", str(world), "--steps", "600", "--freeze-step", "75", "--hooks", "allreduce,1bit-adam",
-        timeout=3600,
+        "--no-plot", timeout=3600,
     )  # fmt: skip
     dense, onebit = res["allreduce"], res["1bit-adam"]
     assert onebit["replicas_in_sync"]
     assert onebit["bytes_cut_steady"] >= 0.9
     assert onebit["bytes_cut_total"] >= 0.9 * (1 - 75 / 600)  # the warm-up is dense
-    assert onebit["val_loss"] <= 1.10 * dense["val_loss"], (onebit["val_loss"], dense["val_loss"])
+    assert onebit["val_loss"] <= 1.05 * dense["val_loss"], (onebit["val_loss"], dense["val_loss"])
