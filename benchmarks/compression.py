@@ -336,9 +336,7 @@ def _formula_bytes(name: str, numel: int, shapes: list, world: int, args: argpar
     n_scales = len(shapes) if method == "1bit-allgather" else 1
     sizes = [math.prod(s) for s in shapes]
     adam = name.startswith("1bit-adam")
-    defaults = inspect.signature(OneBitAdamW if adam else make_comm_hook).parameters
-    per_tensor = args.tensor_scale or (not args.chunk_scale and defaults["per_tensor_scale"].default)
-    block = args.block if args.block is not None else defaults["block"].default
+    per_tensor, block = _scale_layout(args, adam)
     # a DDP bucket holds the gradients in reverse order of the parameters; 1-bit Adam packs its momenta in order
     segments = (sizes if adam else sizes[::-1]) if per_tensor else None
     return method_wire_bytes(
@@ -365,11 +363,16 @@ def _over_seeds(runs: list[dict[str, dict]], seeds: list[int]) -> dict[str, dict
     return out
 
 
-def _scale_note(a: argparse.Namespace, adam: bool) -> str:
-    """Where the 1-bit scales go for this run: the defaults of the hook / the optimizer unless overridden."""
+def _scale_layout(a: argparse.Namespace, adam: bool) -> tuple[bool, int | None]:
+    """``(per_tensor_scale, block)`` of this run: the hook's / the optimizer's defaults unless overridden."""
     defaults = inspect.signature(OneBitAdamW if adam else make_comm_hook).parameters
     per_tensor = a.tensor_scale or (not a.chunk_scale and defaults["per_tensor_scale"].default)
-    block = a.block if a.block is not None else defaults["block"].default
+    return per_tensor, a.block if a.block is not None else defaults["block"].default
+
+
+def _scale_note(a: argparse.Namespace, adam: bool) -> str:
+    """Where the 1-bit scales go for this run, in words (the table's notes)."""
+    per_tensor, block = _scale_layout(a, adam)
     where = "tensor piece of a chunk" if per_tensor else "chunk"
     return f"one per {where}" + (f", in blocks of {block} entries" if block else "")
 
