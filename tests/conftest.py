@@ -4,6 +4,7 @@ tiny LightningModules and Trainer helper every Lightning test uses (``from conft
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Sequence
@@ -213,3 +214,10 @@ def signal_after_steps(proc: subprocess.Popen, record: Path, at_step: int, sig: 
         time.sleep(0.01)
     output, _ = proc.communicate(timeout=timeout)
     return output
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for a test's rendezvous (MASTER_PORT, --master-port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

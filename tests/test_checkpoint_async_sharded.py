@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 WORKER = r"""
 import json, sys, time
@@ -114,12 +114,6 @@ open(f"{out}/rank{t.global_rank}.json", "w").write(json.dumps(res))
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run(tmp_path: Path, world: int, mode: str, accelerator: str = "cpu") -> list[dict]:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
@@ -129,7 +123,7 @@ def _run(tmp_path: Path, world: int, mode: str, accelerator: str = "cpu") -> lis
         "torch.distributed.run",
         "--nproc-per-node",
         str(world),
-        f"--master-port={_free_port()}",
+        f"--master-port={free_port()}",
         str(script),
         str(tmp_path),
         str(world),

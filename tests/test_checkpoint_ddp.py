@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 WORKER = r"""
 import json, os, signal, sys
@@ -60,16 +60,10 @@ open(f"{out}/rank{trainer.global_rank}.json", "w").write(json.dumps(result))
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(tmp_path: Path, mode: str) -> tuple[list[subprocess.Popen], float]:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    port = _free_port()
+    port = free_port()
     procs = []
     for rank in (0, 1):
         env = {

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_port
 
 from kit.data.sampling import TemperatureSampler
 from kit.data.shards import write_shards
@@ -46,12 +46,6 @@ open(f"{out}/rank{trainer.global_rank}.json", "w").write(json.dumps(result))
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_two_ranks_split_sampler_and_shards(tmp_path: Path) -> None:
@@ -72,7 +66,7 @@ def test_two_ranks_split_sampler_and_shards(tmp_path: Path) -> None:
         "--nproc-per-node",
         "2",
         "--master-port",
-        str(_free_port()),
+        str(free_port()),
         str(script),
         str(tmp_path),
         str(tmp_path),

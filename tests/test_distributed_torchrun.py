@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 WORKER = r"""
 import json, sys
@@ -47,12 +47,6 @@ open(f"{out}/rank{trainer.global_rank}.json", "w").write(json.dumps(result))
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.distributed
 @pytest.mark.parametrize(
     ("strategy", "hook", "min_ratio", "cls"),
@@ -65,7 +59,7 @@ def test_torchrun_two_nodes(tmp_path: Path, strategy: str, hook: str, min_ratio:
         pytest.skip("torchrun is not on PATH")
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     procs = [
         subprocess.Popen(

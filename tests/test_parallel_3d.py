@@ -7,11 +7,11 @@ and must give the same losses and step-0 gradients as one process training the s
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import free_port
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -47,12 +47,6 @@ def _reference(config: GPTConfig) -> tuple[list[float], dict[str, torch.Tensor]]
         opt.zero_grad()
         losses.append(loss.item())
     return losses, grads
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _init(rank: int, world: int, port: int) -> None:
@@ -306,7 +300,7 @@ def test_fused_qkv_is_head_major_so_a_plain_row_split_gives_whole_heads() -> Non
 @pytest.mark.distributed
 def test_tensor_parallel_2_ranks_matches_one_process(tmp_path) -> None:
     out = str(tmp_path / "tp.pt")
-    mp.spawn(_tp_worker, args=(2, _port(), (2,), ("tensor_parallel",), out), nprocs=2)
+    mp.spawn(_tp_worker, args=(2, free_port(), (2,), ("tensor_parallel",), out), nprocs=2)
     _compare(torch.load(out), _config())
 
 
@@ -314,7 +308,7 @@ def test_tensor_parallel_2_ranks_matches_one_process(tmp_path) -> None:
 @pytest.mark.distributed
 def test_data_x_tensor_parallel_4_ranks_matches_one_process(tmp_path) -> None:
     out = str(tmp_path / "dptp.pt")
-    mp.spawn(_tp_worker, args=(4, _port(), (2, 2), ("data_parallel", "tensor_parallel"), out), nprocs=4)
+    mp.spawn(_tp_worker, args=(4, free_port(), (2, 2), ("data_parallel", "tensor_parallel"), out), nprocs=4)
     _compare(torch.load(out), _config())  # every gradient, the fused QKV's included (see test_qkv_...)
 
 
@@ -324,7 +318,7 @@ def test_data_x_tensor_parallel_4_ranks_matches_one_process(tmp_path) -> None:
 )
 def test_pipeline_2_stages_matches_one_process(tmp_path, schedule: str, tied: bool) -> None:
     out = str(tmp_path / "pp.pt")
-    mp.spawn(_pp_worker, args=(2, _port(), schedule, tied, out), nprocs=2)
+    mp.spawn(_pp_worker, args=(2, free_port(), schedule, tied, out), nprocs=2)
     first, last = torch.load(f"{out}.0"), torch.load(f"{out}.1")
     ref_losses, ref_grads = _reference(_config(tie_embeddings=tied))
     assert last["losses"] == pytest.approx(ref_losses, abs=1e-5)
@@ -348,7 +342,7 @@ def test_3d_data_x_pipeline_x_tensor_matches_one_process(tmp_path, shape: tuple,
     """DP x PP x TP on one (pipeline, data, tensor) mesh: 8 gloo ranks, 1F1B with 2 micro-batches per replica,
     FSDP2 over data and Megatron TP inside each stage, the tied embedding/head synced between the end stages."""
     out, world = str(tmp_path / "3d.pt"), shape[0] * shape[1] * shape[2]
-    mp.spawn(_3d_worker, args=(world, _port(), shape, tied, out), nprocs=world)
+    mp.spawn(_3d_worker, args=(world, free_port(), shape, tied, out), nprocs=world)
     results = [torch.load(f"{out}.{r}") for r in range(world)]
     ref_losses, ref_grads = _reference(_config(tie_embeddings=tied))
     last = [res for res in results if res["coord"][0] == shape[0] - 1]
@@ -372,7 +366,7 @@ def test_fsdp_inside_a_stage_does_not_regather_for_every_microbatch(tmp_path) ->
     counts = {}
     for reshard in (None, True):
         out = str(tmp_path / f"count{reshard}.pt")
-        mp.spawn(_gather_count_worker, args=(4, _port(), reshard, out), nprocs=4)
+        mp.spawn(_gather_count_worker, args=(4, free_port(), reshard, out), nprocs=4)
         counts[reshard] = torch.load(out)
     # seen on CPU/gloo, stage 0 of pp 2 x dp 2, 1F1B with 4 micro-batches: 4 all-gathers per step, 12 resharding
     assert 0 < counts[None] < counts[True]

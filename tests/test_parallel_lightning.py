@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
+from conftest import free_port
 
 WORKER = r"""
 import json, sys
@@ -73,12 +73,6 @@ open(f"{out}/rank{rank}.json", "w").write(json.dumps(result))
 PP_MESH = ["pipeline_parallel", "data_parallel", "tensor_parallel"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _one_process_reference() -> tuple[dict, dict]:
     """The same model, data, schedule and clipping trained by ``CausalLM`` in this process."""
     import lightning.pytorch as pl
@@ -124,7 +118,7 @@ def _run(tmp_path, preset: str, world: int, opts: dict) -> list[dict]:
         "torch.distributed.run",
         "--nproc-per-node",
         str(world),
-        f"--master-port={_free_port()}",
+        f"--master-port={free_port()}",
         str(script),
         str(tmp_path),
         preset,
