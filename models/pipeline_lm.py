@@ -30,7 +30,14 @@ import torch
 import torch.distributed as dist
 
 from kit.models.gpt import CausalLM
-from kit.parallel.pipeline import GPTStage, Pipeline, build_schedule, lm_loss, parallelize_pipeline
+from kit.parallel.pipeline import (
+    GPTStage,
+    Pipeline,
+    build_schedule,
+    lm_loss,
+    parallelize_pipeline,
+    pipeline_eval,
+)
 from kit.parallel.tensor import DP_DIM, PP_DIM, mesh_dim
 
 __all__ = ["PipelineCausalLM"]
@@ -142,14 +149,7 @@ class PipelineCausalLM(CausalLM):
             self._eval_schedules[key] = build_schedule(
                 stage, n_microbatches=m, schedule="gpipe", device=self.device, group=self._pipe.group
             )
-        schedule, losses = self._eval_schedules[key], []
-        if stage.is_first:
-            schedule.eval(idx)
-        elif stage.is_last:
-            schedule.eval(target=targets, losses=losses)
-        else:
-            schedule.eval()
-        loss = torch.stack([x.detach() for x in losses]).mean() if stage.is_last else None
+        loss = pipeline_eval(self._eval_schedules[key], stage, idx, targets)
         return self._from_last_stage(loss, idx.device)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:

@@ -11,7 +11,8 @@ Pieces, each a small function over torch's ``PipelineStage`` / ``ScheduleGPipe``
 - :func:`build_schedule` wraps a stage in ``PipelineStage`` and a schedule (``"gpipe"`` or ``"1f1b"``) with
   ``n_microbatches``; the loss runs on the last stage, per micro-batch, and torch scales the gradients by
   ``1 / n_microbatches`` so they equal the full batch's mean-loss gradients.
-- :func:`pipeline_step` runs one forward+backward on any stage (inputs on the first, targets on the last).
+- :func:`pipeline_step` runs one forward+backward on any stage (inputs on the first, targets on the last),
+  :func:`pipeline_eval` one forward only.
 - :func:`sync_tied_grads` adds the tied embedding/head gradient across the first and last stage (Megatron's
   "embedding group" all-reduce): with ``tie_embeddings`` the two copies receive the same update, as one
   shared parameter would.
@@ -51,6 +52,7 @@ __all__ = [
     "clip_grad_norm_",
     "lm_loss",
     "parallelize_pipeline",
+    "pipeline_eval",
     "pipeline_rows",
     "pipeline_step",
     "stage_bounds",
@@ -187,13 +189,29 @@ def pipeline_step(
         loss = schedule._loss_fn(stage(idx), targets)
         loss.backward()
         return loss.detach()
+    return _run_schedule(schedule.step, stage, idx, targets)
+
+
+def pipeline_eval(
+    schedule: Any, stage: GPTStage, idx: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor | None:
+    """One pipelined forward of a batch, no backward (validation/test); needs two stages or more.
+
+    Returns:
+        The batch's mean loss on the last stage (the mean of the micro-batch losses), None on the others.
+    """
+    return _run_schedule(schedule.eval, stage, idx, targets)
+
+
+def _run_schedule(run: Any, stage: GPTStage, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
+    # a schedule's step/eval takes the inputs on the first stage, the targets on the last, nothing in between
     losses: list[torch.Tensor] = []
     if stage.is_first:
-        schedule.step(idx)
+        run(idx)
     elif stage.is_last:
-        schedule.step(target=targets, losses=losses)
+        run(target=targets, losses=losses)
     else:
-        schedule.step()
+        run()
     return torch.stack([x.detach() for x in losses]).mean() if stage.is_last else None
 
 
