@@ -27,6 +27,9 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 
 def _test_module():
+    # the test imports its helpers from tests/conftest.py, as pytest would let it
+    if str(ROOT / "tests") not in sys.path:
+        sys.path.insert(0, str(ROOT / "tests"))
     spec = importlib.util.spec_from_file_location(
         "async_sharded_test", ROOT / "tests" / "test_checkpoint_async_sharded.py"
     )

@@ -30,3 +30,16 @@ def test_gpu_perf_smoke_writes_one_table_with_every_case_it_ran(tmp_path):
     assert all(r["tokens_per_s"] > 0 for r in rows.values())
     assert result["torch"] and result["lightning"]
     assert "| trainer |" in (tmp_path / "gpu_perf.md").read_text()
+
+
+@pytest.mark.slow
+def test_gpu_checkpoint_smoke_runs_the_async_sharded_test_worker(tmp_path):
+    """benchmarks/gpu_checkpoint.py loads tests/test_checkpoint_async_sharded.py outside pytest, so the test's
+    `from conftest import ...` must resolve there too (it did not, once)."""
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/gpu_checkpoint.py", "--out", str(tmp_path), "--smoke"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "PASS: async sharded KitCheckpoint" in proc.stdout
+    assert (tmp_path / "gpu_checkpoint.json").is_file()
