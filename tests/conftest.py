@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -221,3 +222,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def torchrun(
+    script: Path, world: int, *args: object, timeout: float, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """Run ``script`` with ``python -m torch.distributed.run`` on ``world`` local processes (a free master port);
+    ``args`` follow the script. Returns the finished process (output captured as text)."""
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world),
+        f"--master-port={free_port()}", str(script), *map(str, args),
+    ]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)

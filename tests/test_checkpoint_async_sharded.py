@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import torchrun
 
 WORKER = r"""
 import json, sys, time
@@ -117,21 +115,8 @@ open(f"{out}/rank{t.global_rank}.json", "w").write(json.dumps(res))
 def _run(tmp_path: Path, world: int, mode: str, accelerator: str = "cpu") -> list[dict]:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        str(world),
-        f"--master-port={free_port()}",
-        str(script),
-        str(tmp_path),
-        str(world),
-        mode,
-        accelerator,
-    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    proc = torchrun(script, world, tmp_path, world, mode, accelerator, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
     return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
 

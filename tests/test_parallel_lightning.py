@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import free_port
+from conftest import torchrun
 
 WORKER = r"""
 import json, sys
@@ -112,20 +110,7 @@ def _run(tmp_path, preset: str, world: int, opts: dict) -> list[dict]:
         pytest.skip("torchrun not on PATH")
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        str(world),
-        f"--master-port={free_port()}",
-        str(script),
-        str(tmp_path),
-        preset,
-        str(world),
-        json.dumps(opts),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    proc = torchrun(script, world, tmp_path, preset, world, json.dumps(opts), timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
 
