@@ -125,7 +125,7 @@ def summarize(values: list[float]) -> dict[str, float]:
 
 def timing_config(name: str, block_size: int, fallback_vocab: int = 512):
     """``GPTConfig.from_name(name)`` for timing runs: dropout off, ``block_size`` set, a vocabulary if it has none."""
-    from kit.models.gpt import GPTConfig
+    from kit.nn import GPTConfig
 
     overrides = {"block_size": block_size, "dropout": 0.0, "attn_dropout": 0.0, "embd_dropout": 0.0}
     if GPTConfig.from_name(name).vocab_size is None:

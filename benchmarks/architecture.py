@@ -10,7 +10,7 @@ Three parts (``--parts``, default all):
   equal *executed* FLOPs (MoE compute includes the router and the capacity padding, so the dense side gets
   that many more steps). This tests the seed's "MoE lowers energy" claim at toy scale.
 - ``checkpointing``: activation bytes saved for backward (counted with ``saved_tensors_hooks``, exact on any
-  device) and step time, without checkpointing and with each mode of ``kit.models.transforms``.
+  device) and step time, without checkpointing and with each mode of ``kit.nn.transforms``.
 
 Wall-clock figures on a shared CPU are noisy: use ratios from one run, on an idle machine.
 
@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks._common import cuda_sync, device_name
-from kit.models.gpt import GPT, GPTConfig
-from kit.models.layers import MLP, SwitchMoE, aux_outputs
-from kit.models.transforms import apply_transforms
+from kit.nn import GPT, GPTConfig
+from kit.nn.layers import MLP, SwitchMoE, aux_outputs
+from kit.nn.transforms import apply_transforms
 
 PARTS = ("moe-speed", "moe-quality", "checkpointing")
 

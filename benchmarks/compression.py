@@ -82,7 +82,7 @@ def _scale_kwargs(args: dict) -> dict:
 
 
 def _worker(rank: int, world: int, port: int, args: dict, out: str) -> None:
-    from kit.models.gpt import GPT, GPTConfig
+    from kit.nn import GPT, GPTConfig
 
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ["MASTER_PORT"] = str(port)
@@ -507,7 +507,7 @@ def main(argv: list[str]) -> dict:
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(res, indent=2))
-    from kit.models.gpt import GPT, GPTConfig
+    from kit.nn import GPT, GPTConfig
 
     cfg = GPTConfig.from_name(
         "debug", vocab_size=256, block_size=32, n_layer=a.n_layer, n_head=4, n_embd=a.n_embd

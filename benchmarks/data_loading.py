@@ -27,7 +27,7 @@ from kit.data.shards import write_shards
 from kit.data.text import embedded_corpus
 from kit.data.tokenizer import train_bpe
 from kit.datamodules.webdataset import WebDataModule
-from kit.models.gpt import GPT, GPTConfig
+from kit.nn import GPT, GPTConfig
 
 BLOCK, BATCH = 32, 16
 

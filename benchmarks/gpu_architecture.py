@@ -5,7 +5,7 @@
    a raw compiled ``flex_attention`` call with the same mask is timed beside it as the reference.
    The issue's bar: at least 10x faster than dense at 64k, memory linear in length (a raw call measured ~17x).
 2. Activation checkpointing on GPT-2 124M, batch 16 x 1024, bf16 autocast + fused AdamW: peak memory and step
-   time without checkpointing and with each mode of ``kit.models.transforms``, then the full mode at larger
+   time without checkpointing and with each mode of ``kit.nn.transforms``, then the full mode at larger
    batch and length to show where the saving approaches the seed's 75%. The bar: >= 50% less peak memory for
    <= 15% slower steps.
 
@@ -27,9 +27,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import cuda_sync, device_name
-from kit.models.gpt import GPT, GPTConfig
-from kit.models.layers import dense_attention, sliding_window_attention
-from kit.models.transforms import apply_transforms
+from kit.nn import GPT, GPTConfig
+from kit.nn.layers import dense_attention, sliding_window_attention
+from kit.nn.transforms import apply_transforms
 
 
 def _peak_reset() -> None:

@@ -43,7 +43,7 @@ def _worker(args: argparse.Namespace) -> None:
     import torch.nn.functional as F
     from torch.distributed.device_mesh import init_device_mesh
 
-    from kit.models.gpt import GPT, GPTConfig
+    from kit.nn import GPT, GPTConfig
     from kit.parallel.pipeline import GPTStage, build_schedule, parallelize_pipeline, pipeline_step
     from kit.parallel.tensor import parallelize
 

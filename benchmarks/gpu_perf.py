@@ -19,7 +19,7 @@ Cases (``--cases`` picks a subset; default all):
 - ``fp32``, ``tf32``, ``fp16``: the ``trainer`` case at strict fp32, fp32 with TF32 matmuls, and 16-mixed
   with the kit's ``ScaledFP16Precision`` loss scaler and ``LossScaleMonitor``.
 - ``ac-full``, ``ac-ffn``, ``ac-attention``: the ``trainer`` case with activation checkpointing, whole blocks
-  or selectively (``kit.models.transforms.CHECKPOINT_MODES``); ``ac-ffn`` is in the default set.
+  or selectively (``kit.nn.transforms.CHECKPOINT_MODES``); ``ac-ffn`` is in the default set.
 - ``moe``: the ``trainer`` case with ``ffn="moe"`` (8 experts, top-1): the same active parameters per token as
   the dense ``trainer`` row, so its ``x raw`` beside ``trainer``'s is MoE against dense at equal active
   parameters (MFU counts active parameters).
@@ -173,7 +173,7 @@ def run_case(name: str, config: GPTConfig, data, args) -> float:
             plugins=[ScaledFP16Precision("cuda")], callbacks=[LossScaleMonitor()],
         )
     if name.startswith("ac-"):
-        from kit.models.transforms import CHECKPOINT_MODES
+        from kit.nn.transforms import CHECKPOINT_MODES
 
         mode = name.removeprefix("ac-")
         if mode not in CHECKPOINT_MODES:

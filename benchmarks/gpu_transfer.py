@@ -25,8 +25,8 @@ def bnb_checks() -> dict[str, object]:
     """NF4 forward/backward and one 8-bit AdamW step on the GPU, compared with the same ops on the CPU."""
     import bitsandbytes as bnb
 
-    from kit.models.adapters import PeftConfig, apply_peft
-    from kit.models.gpt import GPT, GPTConfig
+    from kit.nn import GPT, GPTConfig
+    from kit.nn.peft import PeftConfig, apply_peft
 
     out: dict[str, object] = {"bitsandbytes": bnb.__version__}
     torch.manual_seed(0)

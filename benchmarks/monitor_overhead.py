@@ -30,7 +30,8 @@ from kit.callbacks.gradient_health import GradientHealth
 from kit.callbacks.hardware import HardwareMonitor
 from kit.callbacks.hessian import HessianMonitor
 from kit.callbacks.spike_guard import SpikeGuard
-from kit.models.gpt import CausalLM, GPTConfig
+from kit.models.gpt import CausalLM
+from kit.nn import GPTConfig
 
 PRESETS = {
     # name: (GPTConfig base, vocab, block, batch, precision on CUDA)

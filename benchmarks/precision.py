@@ -20,7 +20,8 @@ import torch
 
 from benchmarks._common import device_name, interleave, summarize, timing_config
 from kit.callbacks.loss_scale import LossScaleMonitor
-from kit.models.gpt import CausalLM, GPTConfig
+from kit.models.gpt import CausalLM
+from kit.nn import GPTConfig
 
 
 class StepTimer(pl.Callback):

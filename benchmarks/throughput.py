@@ -20,7 +20,8 @@ import torch
 
 from benchmarks._common import cuda_sync, device_name, progress
 from kit.datamodules.text import TextDataModule
-from kit.models.gpt import CausalLM, GPTConfig
+from kit.models.gpt import CausalLM
+from kit.nn import GPTConfig
 
 PRESETS = {
     # name: (model overrides, data vocab, block, batch, precision, compile)

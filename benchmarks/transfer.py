@@ -81,8 +81,8 @@ def pretrain(a: argparse.Namespace, config) -> tuple[Path, dict]:
 
 
 def finetune(a: argparse.Namespace, dm, method: str, init_from: str | None, config, draw: int) -> dict:
-    from kit.models.adapters import adapter_state_dict, cost_report
     from kit.models.sequence_classifier import SequenceClassifier
+    from kit.nn.peft import adapter_state_dict, cost_report
 
     pl.seed_everything(draw)
     optimizer = "adamw8bit" if method == "qlora" else "adamw"
@@ -159,7 +159,7 @@ def main(argv: list[str]) -> dict:
     if a.smoke:
         a.pretrain_steps, a.steps, a.layers, a.width, a.heads, a.vocab, a.draws = 6, 4, 1, 32, 2, 512, 1
     from kit.datamodules.transfer import TopicDataModule
-    from kit.models.gpt import GPTConfig
+    from kit.nn import GPTConfig
 
     config = GPTConfig(
         name="tiny", n_layer=a.layers, n_embd=a.width, n_head=a.heads, block_size=a.block, causal=False

@@ -9,7 +9,7 @@ Where the kit differs from BERT: no segment (token-type) embeddings, the ``[SEP]
 boundary; and no attention mask, pads are attended to (``MLMDataModule`` rows are ~98% text).
 
 Example:
-    >>> from kit.models.gpt import GPTConfig
+    >>> from kit.nn import GPTConfig
     >>> mlm = MaskedLM(GPTConfig.from_name("debug", causal=False), nsp=True)
     >>> ids = torch.randint(0, 64, (2, 16)); labels = torch.full((2, 16), -100); labels[:, 3] = 7
     >>> mlm.training_step({"input_ids": ids, "labels": labels, "next_sentence_label": torch.tensor([0, 1])}, 0).ndim
@@ -28,10 +28,10 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from kit.data.masking import IGNORE_INDEX
+from kit.models._hooks import QKVLayoutHooks
 from kit.models._optim import optimizers_from_hparams
-from kit.models.gpt import GPT, GPTConfig
-from kit.models.layers.attention import QKVLayoutHooks
-from kit.models.transforms import apply_transforms
+from kit.nn import GPT, GPTConfig
+from kit.nn.transforms import apply_transforms
 
 __all__ = ["MaskedLM"]
 

@@ -1,9 +1,9 @@
 """``SequenceClassifier``: stage two of transfer learning, the shared backbone plus a classification head,
 started from a pretraining checkpoint (``init_from``) of either objective and fine-tuned fully or with a
-parameter-efficient method (``peft``, applied by ``kit.models.transforms``).
+parameter-efficient method (``peft``, applied by ``kit.nn.transforms``).
 
 Example:
-    >>> from kit.models.gpt import GPTConfig
+    >>> from kit.nn import GPTConfig
     >>> clf = SequenceClassifier(GPTConfig.from_name("debug", causal=False), num_classes=3,
     ...                          peft={"method": "adapters", "adapter_size": 4})
     >>> clf(torch.randint(0, 64, (2, 16))).shape
@@ -26,8 +26,11 @@ from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from kit.checkpoint.migrations import upgrade_qkv_layout
+from kit.models._hooks import QKVLayoutHooks
 from kit.models._optim import optimizers_from_hparams
-from kit.models.adapters import (
+from kit.nn import GPT, GPTConfig
+from kit.nn.peft import (
     PeftConfig,
     adapter_state_dict,
     cost_report,
@@ -35,9 +38,7 @@ from kit.models.adapters import (
     measured_optimizer_state_bytes,
     prompt_length,
 )
-from kit.models.gpt import GPT, GPTConfig
-from kit.models.layers.attention import QKVLayoutHooks, upgrade_qkv_layout
-from kit.models.transforms import apply_transforms
+from kit.nn.transforms import apply_transforms
 
 __all__ = ["POOLINGS", "SequenceClassifier", "load_backbone", "resolve_init_from"]
 
@@ -143,7 +144,7 @@ class SequenceClassifier(QKVLayoutHooks, pl.LightningModule):
         init_from: a ``CausalLM`` or ``MaskedLM`` checkpoint whose backbone starts the model (None: random): a
             ``.ckpt`` file, a run folder, or a pretraining recipe's name (``bert-tiny-pretrain``), the last two
             giving the newest complete checkpoint under them (:func:`resolve_init_from`).
-        peft: a ``kit.models.adapters.PeftConfig`` (or its dict); None is a full fine-tune.
+        peft: a ``kit.nn.peft.PeftConfig`` (or its dict); None is a full fine-tune.
         pooling: "mean" over non-pad positions, "cls" (position 0, for MLM backbones) or "last" non-pad
             position (for causal backbones).
         pad_id: the padding token; None takes the datamodule's ``pad_id``.

@@ -14,8 +14,9 @@ from torch import nn
 
 from kit.health.flops import moe_active_params
 from kit.health.planner import TrainingPlan
-from kit.models.gpt import GPT, Block, CausalLM, GPTConfig
-from kit.models.layers import (
+from kit.models.gpt import CausalLM
+from kit.nn import GPT, Block, GPTConfig
+from kit.nn.layers import (
     MLP,
     SlidingWindowAttention,
     SwitchMoE,
@@ -30,8 +31,8 @@ from kit.models.layers import (
     sliding_window_attention,
     sliding_window_mask,
 )
-from kit.models.layers.moe import expert_capacity
-from kit.models.transforms import checkpoint_blocks
+from kit.nn.layers.moe import expert_capacity
+from kit.nn.transforms import checkpoint_blocks
 
 
 # -- sliding window + global attention ---------------------------------------------------------------------

@@ -23,7 +23,8 @@ import torch
 import lightning.pytorch as pl
 import kit.parallel.strategies  # registers the presets
 from kit.callbacks.compression import GradientCompression
-from kit.models.gpt import CausalLM, GPTConfig
+from kit.nn import GPTConfig
+from kit.models.gpt import CausalLM
 
 strategy, hook, out = sys.argv[1], sys.argv[2], sys.argv[3]
 torch.set_num_threads(1)

@@ -315,7 +315,8 @@ def test_validation() -> None:
 def test_kit_doctor_rebuilds_the_kits_datamodule_from_the_checkpoint(tmp_path: Path) -> None:
     """CausalLM + TextDataModule: the data comes back from ``datamodule_hyper_parameters``, the model from --model."""
     from kit.datamodules.text import TextDataModule
-    from kit.models.gpt import CausalLM, GPTConfig
+    from kit.models.gpt import CausalLM
+    from kit.nn import GPTConfig
 
     dm = TextDataModule(vocab_size=300, block_size=16, batch_size=8)
     lm = CausalLM(GPTConfig.from_name("debug", vocab_size=None, block_size=16), warmup_steps=2)

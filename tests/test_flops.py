@@ -15,7 +15,8 @@ from kit.health.flops import GPUS, peak_flops_for, transformer_flops
 from kit.health.hardware import guess_peak_flops, mfu
 from kit.health.planner import GPUS as PLANNER_GPUS
 from kit.health.planner import training_flops
-from kit.models.gpt import CausalLM, GPTConfig
+from kit.models.gpt import CausalLM
+from kit.nn import GPTConfig
 
 
 def test_transformer_flops_is_6n_plus_attention_per_token() -> None:

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from kit.cli.main import resolve_recipe
-from kit.models.gpt import GPT, CausalLM, GPTConfig
+from kit.models.gpt import CausalLM
+from kit.nn import GPT, GPTConfig
 
 
 def test_config_errors_say_how_to_fix() -> None:

@@ -209,7 +209,8 @@ def test_finite_difference_matches_double_backward_on_a_small_gpt() -> None:
     Along the sharpest direction FD must still be accurate (a 1e-3 relative step was 4.4% low here)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from kit.models.gpt import CausalLM, GPTConfig
+    from kit.models.gpt import CausalLM
+    from kit.nn import GPTConfig
 
     torch.manual_seed(0)
     module = CausalLM(GPTConfig.from_name("debug", vocab_size=128, block_size=32), warmup_steps=1)

@@ -1,4 +1,4 @@
-"""kit.models.layers: every registered attention and feed-forward variant, run through the whole model."""
+"""kit.nn.layers: every registered attention and feed-forward variant, run through the whole model."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kit.models.gpt import GPT, GPTConfig
-from kit.models.layers import (
+from kit.nn import GPT, GPTConfig
+from kit.nn.layers import (
     ATTENTION,
     DEPTH,
     FFN,

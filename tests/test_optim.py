@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from kit.models.gpt import GPT, GPTConfig
+from kit.nn import GPT, GPTConfig
 from kit.optim import lr_lambda, param_groups
 
 

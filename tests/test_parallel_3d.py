@@ -15,7 +15,7 @@ from conftest import free_port
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kit.models.gpt import GPT, GPTConfig
+from kit.nn import GPT, GPTConfig
 from kit.parallel.pipeline import GPTStage, clip_grad_norm_, lm_loss, stage_bounds
 
 STEPS, BATCH, MAX_NORM, LR = 5, 4, 0.5, 1e-2
@@ -253,7 +253,7 @@ def test_tp_plan_of_a_pipeline_stage_covers_only_what_the_stage_holds() -> None:
 @settings(max_examples=25, deadline=None)
 @given(n_head=st.integers(1, 4), head_dim=st.integers(1, 3), cols=st.integers(0, 2))
 def test_qkv_layout_conversion_round_trips(n_head: int, head_dim: int, cols: int) -> None:
-    from kit.models.layers.attention import qkv_head_major, qkv_stacked
+    from kit.nn.layers.attention import qkv_head_major, qkv_stacked
 
     shape = (3 * n_head * head_dim,) + (cols,) * (cols > 0)
     t = torch.randn(shape)
@@ -270,7 +270,7 @@ def test_fused_qkv_is_head_major_so_a_plain_row_split_gives_whole_heads() -> Non
     """
     import torch.nn.functional as F
 
-    from kit.models.layers.attention import DenseAttention, qkv_head_major
+    from kit.nn.layers.attention import DenseAttention, qkv_head_major
 
     cfg = _config(n_head=4)
     torch.manual_seed(0)

@@ -22,7 +22,8 @@ import json, sys
 import torch
 import lightning.pytorch as pl
 import kit.parallel.strategies  # registers fsdp2-tp and pipeline
-from kit.models.gpt import CausalLM, GPTConfig
+from kit.nn import GPTConfig
+from kit.models.gpt import CausalLM
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 out, preset, world, opts = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
@@ -75,7 +76,8 @@ def _one_process_reference() -> tuple[dict, dict]:
     """The same model, data, schedule and clipping trained by ``CausalLM`` in this process."""
     import lightning.pytorch as pl
 
-    from kit.models.gpt import CausalLM, GPTConfig
+    from kit.models.gpt import CausalLM
+    from kit.nn import GPTConfig
 
     torch.manual_seed(0)
     model = CausalLM(GPTConfig.from_name("debug"), lr=1e-2, warmup_steps=1, max_steps=4)

@@ -15,9 +15,11 @@ import torch
 from conftest import make_trainer
 from torch.utils.data import DataLoader, TensorDataset
 
-from kit.models.gpt import CausalLM, GPTConfig
-from kit.models.layers.attention import QKV_LAYOUT_KEY, qkv_head_major, qkv_stacked, upgrade_qkv_layout
+from kit.checkpoint.migrations import QKV_LAYOUT_KEY, upgrade_qkv_layout
+from kit.models.gpt import CausalLM
 from kit.models.sequence_classifier import load_backbone
+from kit.nn import GPTConfig
+from kit.nn.layers.attention import qkv_head_major, qkv_stacked
 
 
 def _loader() -> DataLoader:

@@ -53,7 +53,8 @@ def test_causal_lm_sizes_itself_from_the_shards_and_rejects_a_smaller_vocabulary
     import lightning.pytorch as pl
 
     from kit.datamodules.webdataset import WebDataModule
-    from kit.models.gpt import CausalLM, GPTConfig
+    from kit.models.gpt import CausalLM
+    from kit.nn import GPTConfig
 
     out, vocab = shards
 

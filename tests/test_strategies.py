@@ -9,7 +9,7 @@ from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStr
 from torch import nn
 
 import kit.parallel.strategies as ks
-from kit.models.gpt import Block
+from kit.nn import Block
 from kit.parallel.comm_hooks import CommStats, PowerSGDHookState, ResidualState, onebit_hook, topk_hook
 
 

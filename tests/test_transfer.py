@@ -16,7 +16,11 @@ from torch import nn
 
 from kit.data.masking import IGNORE_INDEX, bert_mask, nsp_pair
 from kit.data.passages import split_passages, subsample
-from kit.models.adapters import (
+from kit.models.gpt import CausalLM
+from kit.models.masked_lm import MaskedLM
+from kit.models.sequence_classifier import SequenceClassifier, load_backbone, resolve_init_from
+from kit.nn import GPT, GPTConfig
+from kit.nn.peft import (
     PeftConfig,
     adapter_state_dict,
     apply_peft,
@@ -26,9 +30,6 @@ from kit.models.adapters import (
     merge_lora,
     optimizer_state_bytes,
 )
-from kit.models.gpt import GPT, CausalLM, GPTConfig
-from kit.models.masked_lm import MaskedLM
-from kit.models.sequence_classifier import SequenceClassifier, load_backbone, resolve_init_from
 
 SPECIAL = [0, 1, 2]  # PAD, CLS, SEP in these tests
 MASK = 3

@@ -9,9 +9,9 @@ import torch
 from conftest import make_trainer
 
 from kit.datamodules.transfer import SPECIALS, MLMDataModule, TopicDataModule
-from kit.models.gpt import GPTConfig
 from kit.models.masked_lm import MaskedLM
 from kit.models.sequence_classifier import SequenceClassifier
+from kit.nn import GPTConfig
 
 DATA = {"vocab_size": 300, "block_size": 32, "batch_size": 8, "passage_words": 24}
 CONFIG = GPTConfig.from_name("debug", causal=False, block_size=32, vocab_size=None)

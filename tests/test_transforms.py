@@ -1,4 +1,4 @@
-"""kit.models.transforms: checkpointing and compile applied in one place, in order, with nothing else changed."""
+"""kit.nn.transforms: checkpointing and compile applied in one place, in order, with nothing else changed."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from kit.models.gpt import GPT, Block, CausalLM, GPTConfig
-from kit.models.transforms import apply_transforms, checkpoint_blocks
+from kit.models.gpt import CausalLM
+from kit.nn import GPT, Block, GPTConfig
+from kit.nn.transforms import apply_transforms, checkpoint_blocks
 
 
 def test_activation_checkpointing_recomputes_blocks_with_the_same_gradients_and_keys(monkeypatch) -> None:

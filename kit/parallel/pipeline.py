@@ -5,7 +5,7 @@ Pieces, each a small function over torch's ``PipelineStage`` / ``ScheduleGPipe``
 - :func:`stage_bounds` splits ``n_layer`` blocks into ``p`` contiguous, near-equal runs (earlier stages take
   the remainder; the first stage also holds the embeddings and the last the head, as in torchtitan's
   default split).
-- :class:`GPTStage` is one stage's slice of a ``kit.models.gpt.GPT``: the same submodules under the same
+- :class:`GPTStage` is one stage's slice of a ``kit.nn.GPT``: the same submodules under the same
   names, so ``state_dict`` keys are the full model's (``blocks.5.attn.qkv.weight``) and the union of the
   stages' checkpoints is a single-GPU checkpoint.
 - :func:`build_schedule` wraps a stage in ``PipelineStage`` and a schedule (``"gpipe"`` or ``"1f1b"``) with
@@ -83,7 +83,7 @@ def stage_bounds(n_layer: int, n_stages: int) -> list[tuple[int, int]]:
 
 
 class GPTStage(nn.Module):
-    """Stage ``stage_index`` of ``n_stages`` of a ``kit.models.gpt.GPT``, sharing (not copying) its modules.
+    """Stage ``stage_index`` of ``n_stages`` of a ``kit.nn.GPT``, sharing (not copying) its modules.
 
     The first stage maps token ids to embeddings, every stage runs its blocks, the last applies ``ln_f`` and
     ``lm_head`` and returns logits. Blocks sit in a ``ModuleDict`` keyed by their index in the full model.
@@ -94,7 +94,7 @@ class GPTStage(nn.Module):
         n_stages: pipeline size p.
 
     Example:
-        >>> from kit.models.gpt import GPT, GPTConfig
+        >>> from kit.nn import GPT, GPTConfig
         >>> stage = GPTStage(GPT(GPTConfig.from_name("debug")), 1, 2)
         >>> sorted(stage.state_dict())[:2]
         ['blocks.1.attn.proj.bias', 'blocks.1.attn.proj.weight']

@@ -220,7 +220,7 @@ def block_classes(blocks: Iterable[str | type[nn.Module]] | None = None) -> set[
 
     Args:
         blocks: classes, or dotted paths for YAML (``"transformers.models.llama.modeling_llama.LlamaDecoderLayer"``);
-            None means the kit's own ``kit.models.gpt.Block`` (imported here, not at module import).
+            None means the kit's own ``kit.nn.Block`` (imported here, not at module import).
 
     Returns:
         The set of classes, one per entry.
@@ -234,7 +234,7 @@ def block_classes(blocks: Iterable[str | type[nn.Module]] | None = None) -> set[
         ['LayerNorm', 'Linear']
     """
     if blocks is None:
-        from kit.models.gpt import Block
+        from kit.nn import Block
 
         return {Block}
     found: set[type[nn.Module]] = set()
@@ -273,7 +273,7 @@ class FSDPZero3Strategy(FSDPStrategy):
 
     Args:
         blocks: the block classes to wrap and checkpoint, or their dotted paths (for YAML); None (default) is
-            the kit's ``kit.models.gpt.Block``. Pass your own (``[LlamaDecoderLayer]`` or
+            the kit's ``kit.nn.Block``. Pass your own (``[LlamaDecoderLayer]`` or
             ``["transformers.models.llama.modeling_llama.LlamaDecoderLayer"]``) for other models.
         param_dtype: ``"bf16"``, ``"fp16"``, ``"fp32"`` or ``"trainer"`` (follow ``Trainer(precision=...)``).
         activation_checkpointing: recompute each block in backward.

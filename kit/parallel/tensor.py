@@ -4,7 +4,7 @@ Built on ``torch.distributed.tensor.parallel`` (``parallelize_module`` with colu
 ``SequenceParallel``) and ``torch.distributed.fsdp.fully_shard`` (FSDP2), torchtitan-style: nothing here
 moves a tensor by hand, the styles say where each tensor lives and DTensor inserts the collectives.
 
-The plan for each ``kit.models.gpt.Block`` over the ``tensor_parallel`` mesh dimension (Megatron-LM,
+The plan for each ``kit.nn.Block`` over the ``tensor_parallel`` mesh dimension (Megatron-LM,
 Shoeybi et al. 2019; sequence parallelism from Korthikanti et al. 2022):
 
 ==================  ==================================================================================
@@ -34,7 +34,7 @@ Order (torchtitan's): tensor parallel -> activation checkpointing -> compile -> 
 then the root. FSDP2 must see the final module tree, and compile must see the checkpoint wrappers.
 
 Example:
-    >>> from kit.models.gpt import GPT, GPTConfig
+    >>> from kit.nn import GPT, GPTConfig
     >>> tp_plan(GPT(GPTConfig.from_name("debug")))["blocks.0.attn.qkv"].__class__.__name__
     'ColwiseParallel'
 """
@@ -71,7 +71,7 @@ PP_DIM = "pipeline_parallel"
 
 
 def tp_plan(model: nn.Module, *, sequence_parallel: bool = True) -> dict[str, ParallelStyle]:
-    """The ``parallelize_module`` plan for a ``kit.models.gpt.GPT`` (see the module docstring's table).
+    """The ``parallelize_module`` plan for a ``kit.nn.GPT`` (see the module docstring's table).
 
     Args:
         model: the GPT (dense attention, MLP feed-forward), or one ``kit.parallel.pipeline.GPTStage`` of it (only
@@ -146,14 +146,14 @@ def parallelize(
     """Apply tensor parallelism, activation checkpointing, compile and FSDP2 to a kit GPT, in that order.
 
     Args:
-        model: a ``kit.models.gpt.GPT`` (on CPU, CUDA or the meta device), or one pipeline stage of it
+        model: a ``kit.nn.GPT`` (on CPU, CUDA or the meta device), or one pipeline stage of it
             (``kit.parallel.pipeline.GPTStage``: the 3D case, see ``kit.parallel.pipeline.parallelize_pipeline``).
         device_mesh: a ``DeviceMesh`` with dimensions named ``"data_parallel"`` and/or ``"tensor_parallel"``
             (Lightning's ``ModelParallelStrategy`` builds it; a 1-D mesh without names is taken as data parallel);
             other named dimensions (``"pipeline_parallel"``) are ignored here.
         tp: shard layers over ``tensor_parallel`` (skipped when that dimension has size 1).
         fsdp: ``fully_shard`` every block and the root over ``data_parallel`` (the whole mesh when unnamed).
-        activation_checkpointing: recompute each block in backward (``kit.models.transforms``): True/``"full"``,
+        activation_checkpointing: recompute each block in backward (``kit.nn.transforms``): True/``"full"``,
             ``"attention"`` or ``"ffn"`` (that sublayer only), False/``"none"``.
         checkpoint_every: checkpoint every k-th block only.
         compile: ``torch.compile`` each block (per-block, as torchtitan, so FSDP2's hooks stay outside).
@@ -214,7 +214,7 @@ def parallelize(
         raise ValueError("device_mesh has no 'tensor_parallel' dimension and fsdp=False: nothing to do")
     mode = {True: "full", False: "none"}.get(activation_checkpointing, activation_checkpointing)
     if mode != "none":
-        from kit.models.transforms import checkpoint_blocks
+        from kit.nn.transforms import checkpoint_blocks
 
         checkpoint_blocks(model, every=checkpoint_every, part=mode)
     if compile:

@@ -1,51 +1,8 @@
-"""Transformer layers chosen by name from ``GPTConfig`` (installed as ``kit.models.layers``).
+"""Moved to :mod:`kit.nn.layers`; this path works for one release, with a ``DeprecationWarning``."""
 
-| family | config field | names |
-| --- | --- | --- |
-| attention | ``attention`` | ``ATTENTION``: ``"dense"``, ``"sliding_window"`` (Longformer window + global) |
-| feed-forward | ``ffn`` | ``FFN``: ``"mlp"``, ``"moe"`` (Switch Transformer) |
-| depth | ``depth`` | ``DEPTH``: ``"stack"``, ``"universal"`` (shared block + ACT halting) |
+from kit._deprecate import moved_module
 
-Layers that add to the loss (MoE balance and z-loss, the ACT ponder cost) do it through the auxiliary-loss
-protocol in :mod:`kit.models.layers._aux` (:func:`add_aux_losses`).
-"""
+moved_module("kit.models.layers", "kit.nn.layers")
 
-from kit.models.layers._aux import add_aux_losses, aux_outputs, clear_aux, record_aux
-from kit.models.layers.attention import (
-    ATTENTION,
-    DenseAttention,
-    SlidingWindowAttention,
-    dense_attention,
-    get_attention,
-    sliding_window_attention,
-    sliding_window_mask,
-)
-from kit.models.layers.depth import DEPTH, Stack, UniversalACT, adaptive_computation, get_depth
-from kit.models.layers.ffn import FFN, MLP, get_ffn
-from kit.models.layers.moe import SwitchMoE, load_balancing_loss, route_tokens, router_z_loss
-
-__all__ = [
-    "ATTENTION",
-    "DEPTH",
-    "FFN",
-    "MLP",
-    "DenseAttention",
-    "SlidingWindowAttention",
-    "Stack",
-    "SwitchMoE",
-    "UniversalACT",
-    "adaptive_computation",
-    "add_aux_losses",
-    "aux_outputs",
-    "clear_aux",
-    "dense_attention",
-    "get_attention",
-    "get_depth",
-    "get_ffn",
-    "load_balancing_loss",
-    "record_aux",
-    "route_tokens",
-    "router_z_loss",
-    "sliding_window_attention",
-    "sliding_window_mask",
-]
+from kit.nn.layers import *  # noqa: E402, F403
+from kit.nn.layers import __all__  # noqa: E402, F401

@@ -1,28 +1,7 @@
-"""The one lookup behind every layer factory: a registered name or a class, or an error listing the names."""
+"""Moved to :mod:`kit.nn.layers._factory`; this path works for one release, with a ``DeprecationWarning``."""
 
-from __future__ import annotations
+from kit._deprecate import moved_module
 
-from torch import nn
+moved_module("kit.models.layers._factory", "kit.nn.layers._factory")
 
-
-def resolve(kind: str | type[nn.Module], registry: dict[str, type[nn.Module]], field: str) -> type[nn.Module]:
-    """The class registered under ``kind``, or ``kind`` itself when it is already a module class.
-
-    Args:
-        kind: a registered name (``"dense"``) or an ``nn.Module`` subclass.
-        registry: name -> class table of one layer family.
-        field: the ``GPTConfig`` field that chooses this family, for the error message.
-
-    Returns:
-        The module class.
-
-    Raises:
-        ValueError: if ``kind`` is neither a registered name nor an ``nn.Module`` subclass.
-    """
-    if isinstance(kind, type) and issubclass(kind, nn.Module):
-        return kind
-    if isinstance(kind, str) and kind in registry:
-        return registry[kind]
-    raise ValueError(
-        f"{field}={kind!r} is not one of {sorted(registry)}; set GPTConfig.{field} to one of them"
-    )
+from kit.nn.layers._factory import *  # noqa: E402, F403

@@ -1,0 +1,41 @@
+"""The model core: the kit's Transformer, its layers and transforms, in plain torch (never Lightning).
+
+| module | what it holds |
+| --- | --- |
+| :mod:`kit.nn.config` | ``GPTConfig`` and its presets (``GPTConfig.from_name``) |
+| :mod:`kit.nn.gpt` | ``GPT`` and ``Block`` |
+| :mod:`kit.nn.layers` | attention, feed-forward, MoE and depth layers, chosen by name through registries |
+| :mod:`kit.nn.aux` | the auxiliary-loss protocol (``add_aux_losses``) that MoE and ACT layers use |
+| :mod:`kit.nn.transforms` | PEFT, activation checkpointing and compile, applied in one documented order |
+| :mod:`kit.nn.peft` | LoRA, QLoRA, bottleneck adapters and prompt tuning (``PeftConfig``) |
+
+Everything here works inside a user's own ``nn.Module`` and training loop; the LightningModules that train these
+networks live in :mod:`kit.models`.
+
+Example:
+    >>> import torch
+    >>> from kit.nn import GPT, GPTConfig
+    >>> GPT(GPTConfig.from_name("debug"))(torch.zeros(1, 4, dtype=torch.long)).shape
+    torch.Size([1, 4, 64])
+"""
+
+from kit.nn.aux import add_aux_losses, aux_outputs, clear_aux, record_aux
+from kit.nn.config import CHECKPOINT_MODES, GPTConfig
+from kit.nn.gpt import GPT, Block
+from kit.nn.peft import PeftConfig, apply_peft
+from kit.nn.transforms import apply_transforms, checkpoint_blocks
+
+__all__ = [
+    "CHECKPOINT_MODES",
+    "GPT",
+    "Block",
+    "GPTConfig",
+    "PeftConfig",
+    "add_aux_losses",
+    "apply_peft",
+    "apply_transforms",
+    "aux_outputs",
+    "checkpoint_blocks",
+    "clear_aux",
+    "record_aux",
+]
