@@ -76,7 +76,7 @@ class CausalLM(QKVLayoutHooks, pl.LightningModule):
         if lr <= 0:
             raise ValueError(f"lr={lr} must be > 0")
         if isinstance(config, dict):  # load_from_checkpoint passes the saved hyperparameters back as a dict
-            config = GPTConfig(**config)
+            config = GPTConfig.from_dict(config)
         self.config = config if config is not None else GPTConfig.from_name("tiny")
         self.save_hyperparameters(ignore=["config"])
         self.hparams["config"] = asdict(self.config)

@@ -68,7 +68,7 @@ class MaskedLM(QKVLayoutHooks, pl.LightningModule):
     ) -> None:
         super().__init__()
         if isinstance(config, dict):
-            config = GPTConfig(**config)
+            config = GPTConfig.from_dict(config)
         self.config = config if config is not None else GPTConfig(name="tiny", causal=False)
         if self.config.causal:
             raise ValueError(

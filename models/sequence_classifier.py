@@ -188,7 +188,7 @@ class SequenceClassifier(QKVLayoutHooks, pl.LightningModule):
         if lr <= 0:
             raise ValueError(f"lr={lr} must be > 0")
         if isinstance(config, dict):
-            config = GPTConfig(**config)
+            config = GPTConfig.from_dict(config)
         if isinstance(peft, dict):
             peft = PeftConfig(**peft)
         resolved = resolve_init_from(init_from) if init_from is not None else None
@@ -196,7 +196,7 @@ class SequenceClassifier(QKVLayoutHooks, pl.LightningModule):
             rank_zero_info(f"SequenceClassifier: init_from={str(init_from)!r} -> {resolved}")
         self._checkpoint = torch.load(resolved, map_location="cpu", weights_only=False) if resolved else None
         if config is None and self._checkpoint is not None:
-            config = GPTConfig(**self._checkpoint["hyper_parameters"]["config"])
+            config = GPTConfig.from_dict(self._checkpoint["hyper_parameters"]["config"])
         self.config = config if config is not None else GPTConfig(name="tiny", causal=False)
         self.peft = peft or PeftConfig()
         self.save_hyperparameters(ignore=["config", "peft"])

@@ -1,14 +1,17 @@
 """The auxiliary-loss protocol: any layer can add a term to the training loss and a statistic to the logs.
 
-A layer calls :func:`record_aux` during its forward; the owning LightningModule calls :func:`add_aux_losses`
-once per training step, which sums every recorded loss into the task loss and logs each loss and statistic.
-Nothing else is wired: a model using a layer that records (``ffn="moe"``, ``depth="universal"``) gets its
-load-balancing, router z-loss or ponder cost trained and logged by any module that calls the function.
+A layer calls :func:`record_aux` during its forward; the training loop (a LightningModule's ``training_step``,
+or a plain loop around a user's own ``nn.Module``) calls :func:`add_aux_losses` once per step, which sums every
+recorded loss into the task loss and logs each loss and statistic. Nothing else is wired: a model using a layer
+that records (``ffn="moe"``, ``depth="universal"``, a ``SwitchMoE`` inside any module) gets its
+load-balancing, router z-loss or ponder cost trained and logged by any loop that calls the function.
 
-Values accumulate over the calls of one forward (a shared Universal Transformer block runs several times), and
-:func:`clear_aux` drops them at the start of the next forward (``GPT.hidden_states`` calls it), so a validation
-forward never leaks into a training loss. Statistics are averaged over the recording calls, losses summed.
-Nothing here syncs with the host: the logged values stay tensors until the logger reads them.
+Values accumulate over the calls of one forward (a shared Universal Transformer block runs several times).
+Collecting them (:func:`add_aux_losses`, :func:`aux_outputs`) consumes them, so the next step starts empty and
+never sums a graph that an earlier backward already freed; :func:`clear_aux` drops them without collecting
+(``GPT.hidden_states`` calls it at the start of each forward, so an uncollected validation forward never leaks
+into a training loss). Statistics are averaged over the recording calls, losses summed. Nothing here syncs
+with the host: the logged values stay tensors until the logger reads them.
 
 Lightning-free on purpose: the MaskedLM and classifiers call the same function.
 
@@ -23,6 +26,8 @@ Example:
     tensor(1.5000)
     >>> logged
     {'aux/toy/loss': 0.5, 'aux/toy/load': 3.0}
+    >>> add_aux_losses(layer, torch.tensor(1.0))  # consumed: nothing is left for the next step
+    tensor(1.)
 """
 
 from __future__ import annotations
@@ -61,17 +66,23 @@ def record_aux(module: nn.Module, name: str, value: torch.Tensor, *, loss: bool 
 
 
 def clear_aux(model: nn.Module) -> None:
-    """Forget every recorded value under ``model`` (called at the start of each forward)."""
+    """Forget every recorded value under ``model`` without collecting it (e.g. after an evaluation forward)."""
     for m in model.modules():
         m.__dict__.pop(_LOSSES, None)
         m.__dict__.pop(_STATS, None)
 
 
-def aux_outputs(model: nn.Module) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
-    """Collect what the layers under ``model`` recorded in the last forward.
+def aux_outputs(
+    model: nn.Module, *, consume: bool = True
+) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+    """Collect what the layers under ``model`` recorded since the last collection, and (by default) forget it.
 
     Losses of the same name are summed across layers (each layer's term is a loss of its own); statistics of the
     same name are averaged across layers and calls.
+
+    Args:
+        model: the network (or any module holding recording layers).
+        consume: drop the collected values, so the next step's forward starts empty; False only peeks.
 
     Returns:
         ``(total, values)``: the sum of every auxiliary loss (None when no layer recorded one) and a flat
@@ -88,6 +99,8 @@ def aux_outputs(model: nn.Module) -> tuple[torch.Tensor | None, dict[str, torch.
                 stats[name][1] += n
             else:
                 stats[name] = [v, n]
+    if consume:
+        clear_aux(model)
     total = sum(losses.values()) if losses else None
     values = {k: v.detach() for k, v in losses.items()}
     for name, (v, n) in stats.items():
@@ -107,8 +120,9 @@ def add_aux_losses(
 ) -> torch.Tensor:
     """``loss`` plus every auxiliary loss recorded under ``model``, logging each one and each statistic.
 
-    The one call a LightningModule makes in ``training_step``:
-    ``loss = add_aux_losses(self.model, loss, log=lambda k, v: self.log(f"train/{k}", v))``.
+    The one call a training step makes, in a LightningModule
+    (``loss = add_aux_losses(self.model, loss, log=lambda k, v: self.log(f"train/{k}", v))``) or in a plain loop.
+    What it collects is consumed: the next step's forward records afresh.
 
     Args:
         model: the network whose last forward produced ``loss``.

@@ -2,20 +2,56 @@
 
 litgpt's pattern: ``GPTConfig.from_name(name, **overrides)`` shrinks or varies any preset, layer choices are
 names (strings) so a config survives YAML and checkpoints, and cross-field checks in ``__post_init__`` say
-how to fix a bad value. Imports no Lightning.
+how to fix a bad value. A variant's own settings are a sub-config defined and checked beside its layer
+(``sliding``, ``moe``, ``universal``); a dict given for one becomes the dataclass, so ``asdict`` output and a
+checkpoint's hyper-parameters rebuild the same config. Configs written with the older flat names
+(``moe_experts``, ``attn_window``...) load through :meth:`GPTConfig.from_dict`. Imports no Lightning.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import warnings
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 
-from kit.nn.layers import get_attention, get_depth, get_ffn
+from kit.nn.layers import get_activation, get_attention, get_depth, get_ffn
+from kit.nn.layers._factory import check_keys, coerce_config
+from kit.nn.layers.attention import SlidingWindowConfig
+from kit.nn.layers.depth import UniversalConfig
+from kit.nn.layers.moe import MoEConfig
 
-__all__ = ["CHECKPOINT_MODES", "PRESETS", "GPTConfig"]
+__all__ = ["CHECKPOINT_MODES", "PRESETS", "RENAMED", "GPTConfig"]
 
 # what activation checkpointing wraps: nothing, whole blocks, or one sublayer of each block
 CHECKPOINT_MODES: tuple[str, ...] = ("none", "full", "attention", "ffn")
 
+
+# The flat names older configs and checkpoints use -> (sub-config, field); GPTConfig.from_dict maps them.
+RENAMED: dict[str, tuple[str, str]] = {
+    "attn_window": ("sliding", "window"),
+    "attn_global": ("sliding", "global_positions"),
+    **{
+        f"moe_{name}": ("moe", name)
+        for name in (
+            "experts",
+            "top_k",
+            "capacity_factor",
+            "eval_capacity_factor",
+            "aux_alpha",
+            "z_loss",
+            "jitter",
+            "expert_dropout",
+        )
+    },
+    "ut_max_steps": ("universal", "max_steps"),
+    "act_eps": ("universal", "act_eps"),
+    "act_ponder_cost": ("universal", "ponder_cost"),
+}
+_SUBCONFIGS: dict[str, type] = {
+    "sliding": SlidingWindowConfig,
+    "moe": MoEConfig,
+    "universal": UniversalConfig,
+}
 
 # The named presets. Each fills the fields a GPTConfig leaves None; "tiny" is the base every preset starts from.
 _BASE: dict[str, object] = {
@@ -29,6 +65,7 @@ _BASE: dict[str, object] = {
     "bias": True,
     "causal": True,
     "mlp_ratio": 4,
+    "activation": "gelu",
     "tie_embeddings": True,
     "attention": "dense",
     "ffn": "mlp",
@@ -69,11 +106,18 @@ class GPTConfig:
     ``vocab_size`` is the exception: None always means "the datamodule's tokenizer size", so the same preset
     follows whatever tokenizer the recipe trains; :meth:`from_name` copies the preset's vocabulary.
 
+    A variant's settings are a sub-config beside its layer, given as the dataclass or a dict:
+    ``sliding`` (:class:`~kit.nn.layers.attention.SlidingWindowConfig`), ``moe``
+    (:class:`~kit.nn.layers.moe.MoEConfig`), ``universal`` (:class:`~kit.nn.layers.depth.UniversalConfig`).
+    In YAML: ``config: {name: tiny, ffn: moe, moe: {experts: 4}}``.
+
     Example:
         >>> GPTConfig.from_name("tiny", n_layer=2).n_layer
         2
         >>> GPTConfig(name="gpt2", dropout=0.1).n_embd
         768
+        >>> GPTConfig(ffn="moe", moe={"experts": 4}).moe.experts
+        4
     """
 
     name: str | None = None  # preset filling every None field below; None: the "tiny" values
@@ -88,27 +132,18 @@ class GPTConfig:
     bias: bool | None = None  # biases in Linear and LayerNorm
     causal: bool | None = None  # False gives bidirectional attention (MLM encoders)
     mlp_ratio: int | None = None  # hidden width of the MLP as a multiple of n_embd
+    activation: str | None = None  # in kit.nn.layers.ACTIVATIONS, for the MLP and experts: "gelu", "relu"...
     tie_embeddings: bool | None = None  # share the token embedding with the output head
     attention: str | None = None  # a name in kit.nn.layers.ATTENTION: "dense", "sliding_window"
     ffn: str | None = None  # a name in kit.nn.layers.FFN: "mlp", "moe"
     depth: str | None = None  # a name in kit.nn.layers.DEPTH: "stack", "universal"
-    # attention="sliding_window" (Longformer): a query sees keys fewer than attn_window positions away
-    # (earlier ones only when causal) plus the attn_global positions, which see and are seen by every token
-    attn_window: int = 64
-    attn_global: list[int] = field(default_factory=list)
-    # ffn="moe" (Switch Transformer): experts of width mlp_ratio * n_embd, top-k routing with capacity
-    moe_experts: int = 8
-    moe_top_k: int = 1  # 1 is Switch; 2 is GShard
-    moe_capacity_factor: float = 1.25  # expert capacity = factor * tokens * top_k / experts; <= 0: no limit
-    moe_eval_capacity_factor: float = 2.0  # the same in evaluation
-    moe_aux_alpha: float = 0.01  # load-balancing loss weight alpha (alpha * E * sum f_i P_i)
-    moe_z_loss: float = 1e-3  # router z-loss weight (ST-MoE)
-    moe_jitter: float = 0.0  # multiplicative router-input noise in training, e.g. 0.01 (Switch)
-    moe_expert_dropout: float = 0.0  # dropout inside the experts (Switch fine-tuning uses 0.4)
-    # depth="universal" (Universal Transformer + ACT): one shared block, at most ut_max_steps applications
-    ut_max_steps: int | None = None  # None: n_layer
-    act_eps: float = 0.01  # a token halts when its summed halting probability passes 1 - act_eps
-    act_ponder_cost: float = 0.01  # tau: weight of the ponder cost mean(N + R) in the loss
+    # attention="sliding_window" (Longformer): a query sees keys fewer than sliding.window positions away
+    # (earlier ones only when causal) plus sliding.global_positions, which see and are seen by every token
+    sliding: SlidingWindowConfig = field(default_factory=SlidingWindowConfig)
+    # ffn="moe" (Switch Transformer): moe.experts experts of width mlp_ratio * n_embd, top-k routing with capacity
+    moe: MoEConfig = field(default_factory=MoEConfig)
+    # depth="universal" (Universal Transformer + ACT): one shared block, at most universal.max_steps applications
+    universal: UniversalConfig = field(default_factory=UniversalConfig)
     # recompute activations in backward (kit.nn.transforms): False/"none", True/"full" (whole blocks),
     # "attention" or "ffn" (only that sublayer); checkpoint_every=k does it on every k-th block only
     activation_checkpointing: bool | str = False
@@ -121,6 +156,13 @@ class GPTConfig:
         for f in fields(self):
             if f.name in _BASE and getattr(self, f.name) is None:
                 setattr(self, f.name, preset[f.name])
+        for key, cls in _SUBCONFIGS.items():  # a dict (YAML, asdict, a checkpoint) becomes the dataclass
+            setattr(self, key, coerce_config(getattr(self, key), cls, key))
+        self._check_shape()
+        self._check_layers()
+        self._check_checkpointing()
+
+    def _check_shape(self) -> None:
         if self.n_embd % self.n_head:
             raise ValueError(
                 f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
@@ -138,6 +180,8 @@ class GPTConfig:
                 raise ValueError(
                     f"{name}={getattr(self, name)} must be in [0, 1); the seed recipe uses 0.1-0.3"
                 )
+
+    def _check_layers(self) -> None:
         for name, registry in (("attention", "ATTENTION"), ("ffn", "FFN")):
             if not isinstance(getattr(self, name), str):  # a class would not survive YAML or a checkpoint
                 raise ValueError(
@@ -147,29 +191,9 @@ class GPTConfig:
         get_attention(self.attention)  # unknown names raise here, listing the registered ones
         get_ffn(self.ffn)
         get_depth(self.depth)
-        self._check_variants()
+        get_activation(self.activation)
 
-    def _check_variants(self) -> None:
-        self.attn_global = [int(g) for g in self.attn_global]
-        if self.attn_window < 1:
-            raise ValueError(f"attn_window={self.attn_window} must be >= 1 (1: each token sees only itself)")
-        if any(g < 0 for g in self.attn_global):
-            raise ValueError(
-                f"attn_global={self.attn_global} must hold positions >= 0, e.g. [0] for the first token"
-            )
-        if self.moe_experts < 1 or not 1 <= self.moe_top_k <= self.moe_experts:
-            raise ValueError(
-                f"moe_experts={self.moe_experts}, moe_top_k={self.moe_top_k}: need 1 <= moe_top_k <= moe_experts"
-            )
-        for name in ("moe_aux_alpha", "moe_z_loss", "moe_jitter", "act_ponder_cost"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 0 (0 turns it off)")
-        if not 0.0 <= self.moe_expert_dropout < 1.0:
-            raise ValueError(f"moe_expert_dropout={self.moe_expert_dropout} must be in [0, 1)")
-        if self.ut_max_steps is not None and self.ut_max_steps < 1:
-            raise ValueError(f"ut_max_steps={self.ut_max_steps} must be >= 1, or None for n_layer")
-        if not 0.0 < self.act_eps < 1.0:
-            raise ValueError(f"act_eps={self.act_eps} must be in (0, 1); Graves uses 0.01")
+    def _check_checkpointing(self) -> None:
         mode = self.activation_checkpointing
         if mode not in (True, False) and mode not in CHECKPOINT_MODES:
             raise ValueError(
@@ -183,14 +207,73 @@ class GPTConfig:
         return self.n_embd // self.n_head
 
     @classmethod
+    def from_dict(cls, values: Mapping[str, object]) -> GPTConfig:
+        """A config from a plain dict (YAML, a checkpoint's hyper-parameters), older flat names included.
+
+        Each flat name of older configs moves to its sub-config with a ``DeprecationWarning`` naming the new key
+        (``moe_experts`` -> ``moe.experts``, ``attn_window`` -> ``sliding.window``, ``attn_global`` ->
+        ``sliding.global_positions``, ``ut_max_steps`` -> ``universal.max_steps``, ``act_eps`` ->
+        ``universal.act_eps``, ``act_ponder_cost`` -> ``universal.ponder_cost``; :data:`RENAMED` lists them all).
+
+        Args:
+            values: field name -> value; sub-configs as dicts or dataclasses.
+
+        Returns:
+            The config.
+
+        Raises:
+            ValueError: for an unknown key (naming the close matches), or a setting given under both its old
+                and its new name.
+
+        Example:
+            >>> import warnings
+            >>> with warnings.catch_warnings():
+            ...     warnings.simplefilter("ignore", DeprecationWarning)
+            ...     GPTConfig.from_dict({"name": "tiny", "ffn": "moe", "moe_experts": 4}).moe.experts
+            4
+        """
+        return cls(**_migrate_flat(values, stacklevel=3))
+
+    @classmethod
     def from_name(cls, name: str, **overrides: object) -> GPTConfig:
-        """A named preset, its vocabulary included, with any field overridden.
+        """A named preset, its vocabulary included, with any field overridden (as :meth:`from_dict` reads them).
 
         Example:
             >>> GPTConfig.from_name("gpt2", dropout=0.1).vocab_size
             50304
+            >>> GPTConfig.from_name("debug", ffn="moe", moe={"experts": 2}).moe.experts
+            2
         """
         if name not in PRESETS:
             raise ValueError(f"unknown config name {name!r}; choose one of {sorted(PRESETS)}")
-        return cls(name=name, **{"vocab_size": PRESETS[name].get("vocab_size"), **overrides})
+        values = {"name": name, "vocab_size": PRESETS[name].get("vocab_size"), **overrides}
+        return cls(**_migrate_flat(values, stacklevel=3))
 
+
+def _migrate_flat(values: Mapping[str, object], stacklevel: int) -> dict[str, object]:
+    """``values`` with each older flat name moved into its sub-config dict, warning once per name."""
+    out = dict(values)
+    moved: dict[str, dict[str, object]] = {}
+    for old, (group, key) in RENAMED.items():
+        if old in out:
+            value = out.pop(old)
+            warnings.warn(
+                f"GPTConfig key {old!r} is now {group}.{key}; write `{group}: {{{key}: {value!r}}}` in YAML "
+                f"or GPTConfig({group}={{{key!r}: {value!r}}})",
+                DeprecationWarning,
+                stacklevel=stacklevel + 1,
+            )
+            moved.setdefault(group, {})[key] = value
+    check_keys(out, [f.name for f in fields(GPTConfig)], "GPTConfig")
+    for group, settings in moved.items():
+        given = out.get(group)
+        if is_dataclass(given) and not isinstance(given, type):
+            given = asdict(given)
+        given = dict(given or {})
+        both = sorted(set(given) & set(settings))
+        if both:
+            raise ValueError(
+                f"{group}.{both[0]} is set twice, under its old flat name and in {group}; keep only {group}.{both[0]}"
+            )
+        out[group] = {**given, **settings}
+    return out

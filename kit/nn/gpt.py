@@ -1,7 +1,7 @@
 """A GPT-style Transformer in one file: ``Block`` and ``GPT`` (torch only, no Lightning).
 
 The backbone follows nanoGPT's shape: pre-LayerNorm blocks, fused QKV projection, SDPA attention (causal
-or bidirectional), GELU MLP, tied input/output embeddings. Variants are data: a preset ``name`` plus field
+or bidirectional), GELU MLP (``activation`` picks another), tied input/output embeddings. Variants are data: a preset ``name`` plus field
 overrides (``GPTConfig.from_name``), with the attention and feed-forward layers picked by name from
 ``kit.nn.layers``. Activation checkpointing and compile are applied by ``kit.nn.transforms``; the
 ``CausalLM`` LightningModule that trains it lives in ``kit.models.gpt``.
@@ -18,20 +18,29 @@ from torch import nn
 from kit.health.flops import transformer_flops
 from kit.nn.aux import clear_aux
 from kit.nn.config import GPTConfig
-from kit.nn.layers import get_attention, get_depth, get_ffn
+from kit.nn.layers import build_layer, get_attention, get_depth, get_ffn
 
 __all__ = ["GPT", "Block", "GPTConfig"]
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm Transformer block: ``x + attn(ln(x))`` then ``x + mlp(ln(x))``."""
+    """Pre-LayerNorm Transformer block: ``x + attn(ln(x))`` then ``x + mlp(ln(x))``.
+
+    The attention and feed-forward layers are the registry entries ``config.attention`` and ``config.ffn``,
+    built by :func:`~kit.nn.layers.build_layer` (each class's ``from_config``).
+
+    Example:
+        >>> Block(GPTConfig.from_name("debug", ffn="moe"))(torch.randn(2, 4, 32)).shape
+        torch.Size([2, 4, 32])
+    """
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = get_attention(config.attention)(config)
+        self.attn = build_layer(get_attention(config.attention), config)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = get_ffn(config.ffn)(config)  # named mlp whatever the variant, so state-dict keys stay
+        # named mlp whatever the variant, so state-dict keys stay
+        self.mlp = build_layer(get_ffn(config.ffn), config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x))
@@ -62,7 +71,8 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(config.embd_dropout)
         depth = get_depth(config.depth)
         self.blocks = nn.ModuleList(Block(config) for _ in range(depth.num_blocks(config)))
-        self.depth = depth(config)  # how the blocks are applied: once each, or one shared block with ACT
+        # how the blocks are applied: once each, or one shared block with ACT
+        self.depth = build_layer(depth, config)
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
@@ -146,4 +156,3 @@ class GPT(nn.Module):
                 next_id = torch.multinomial(probs, num_samples=1, generator=generator)
             idx = torch.cat((idx, next_id), dim=1)
         return idx
-

@@ -1,44 +1,61 @@
 """Transformer layers chosen by name from ``GPTConfig`` (installed as ``kit.nn.layers``).
 
-| family | config field | names |
-| --- | --- | --- |
-| attention | ``attention`` | ``ATTENTION``: ``"dense"``, ``"sliding_window"`` (Longformer window + global) |
-| feed-forward | ``ffn`` | ``FFN``: ``"mlp"``, ``"moe"`` (Switch Transformer) |
-| depth | ``depth`` | ``DEPTH``: ``"stack"``, ``"universal"`` (shared block + ACT halting) |
+| family | config field | names | settings |
+| --- | --- | --- | --- |
+| attention | ``attention`` | ``ATTENTION``: ``"dense"``, ``"sliding_window"`` (Longformer window + global) | ``sliding``: :class:`SlidingWindowConfig` |
+| feed-forward | ``ffn`` | ``FFN``: ``"mlp"``, ``"moe"`` (Switch Transformer) | ``moe``: :class:`MoEConfig` |
+| depth | ``depth`` | ``DEPTH``: ``"stack"``, ``"universal"`` (shared block + ACT halting) | ``universal``: :class:`UniversalConfig` |
+| activation | ``activation`` | ``ACTIVATIONS``: ``"gelu"``, ``"gelu_tanh"``, ``"relu"``, ``"silu"`` | |
+
+Every layer takes explicit constructor arguments, so it works in any ``nn.Module``
+(``SwitchMoE(256, 1024, experts=8)``), and has a ``from_config(config)`` classmethod that reads them from a
+``GPTConfig``; :func:`build_layer` builds a registry entry for a config (what ``Block`` does). To add a variant,
+register a class that has ``from_config`` (a class without one is called as ``cls(config)``):
+``FFN["mine"] = MyFFN`` then ``GPTConfig(ffn="mine")``.
 
 Layers that add to the loss (MoE balance and z-loss, the ACT ponder cost) do it through the auxiliary-loss
-protocol in :mod:`kit.nn.aux` (:func:`add_aux_losses`).
+protocol in :mod:`kit.nn.aux` (:func:`add_aux_losses`, which consumes what it collects, so any training loop
+can call it once per step).
 """
 
 from kit.nn.aux import add_aux_losses, aux_outputs, clear_aux, record_aux
+from kit.nn.layers._factory import build_layer
+from kit.nn.layers.activations import ACTIVATIONS, get_activation
 from kit.nn.layers.attention import (
     ATTENTION,
     DenseAttention,
     SlidingWindowAttention,
+    SlidingWindowConfig,
     dense_attention,
     get_attention,
     sliding_window_attention,
     sliding_window_mask,
 )
-from kit.nn.layers.depth import DEPTH, Stack, UniversalACT, adaptive_computation, get_depth
+from kit.nn.layers.depth import DEPTH, Stack, UniversalACT, UniversalConfig, adaptive_computation, get_depth
 from kit.nn.layers.ffn import FFN, MLP, get_ffn
-from kit.nn.layers.moe import SwitchMoE, load_balancing_loss, route_tokens, router_z_loss
+from kit.nn.layers.moe import MoEConfig, SwitchMoE, load_balancing_loss, route_tokens, router_z_loss
 
 __all__ = [
+    "ACTIVATIONS",
     "ATTENTION",
     "DEPTH",
     "FFN",
     "MLP",
     "DenseAttention",
+    "MoEConfig",
     "SlidingWindowAttention",
+    "SlidingWindowConfig",
     "Stack",
     "SwitchMoE",
     "UniversalACT",
+    "UniversalConfig",
     "adaptive_computation",
     "add_aux_losses",
     "aux_outputs",
+    "build_layer",
     "clear_aux",
     "dense_attention",
+    "get_activation",
     "get_attention",
     "get_depth",
     "get_ffn",

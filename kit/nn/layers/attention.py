@@ -2,7 +2,7 @@
 
 - ``"dense"``: every query over every (earlier, when causal) key, through SDPA.
 - ``"sliding_window"``: the Longformer pattern (Beltagy et al. 2020): each query sees the keys less than
-  ``attn_window`` positions away (only earlier ones when causal), plus ``attn_global`` positions that see every
+  ``sliding.window`` positions away (only earlier ones when causal), plus ``sliding.global_positions`` that see every
   key and are seen by every query. On CUDA it runs through FlexAttention with a ``BlockMask`` built once per
   shape and cached, so blocks the window never reaches are skipped and time and memory grow linearly with
   length; elsewhere (CPU, attention dropout, no FlexAttention) an exact masked-SDPA path runs, with the same
@@ -10,13 +10,16 @@
   token (not the future ones, which would leak the targets), and the window is one-sided.
 
 Each variant is a function over ``(B, nh, T, hs)`` heads plus a module that owns the projections and calls it
-(timm's ``drop_path`` / ``DropPath`` split). A new variant is one function/module pair and one ``ATTENTION``
-entry; ``tests/test_layers.py`` then runs it through the whole model.
+(timm's ``drop_path`` / ``DropPath`` split). The modules take explicit arguments and build from a ``GPTConfig``
+through ``from_config``; the sliding window's settings are :class:`SlidingWindowConfig` (``GPTConfig.sliding``).
+A new variant is one function/module pair and one ``ATTENTION`` entry; ``tests/test_layers.py`` then runs it
+through the whole model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -33,6 +36,7 @@ __all__ = [
     "ATTENTION",
     "DenseAttention",
     "SlidingWindowAttention",
+    "SlidingWindowConfig",
     "dense_attention",
     "get_attention",
     "qkv_head_major",
@@ -40,6 +44,30 @@ __all__ = [
     "sliding_window_attention",
     "sliding_window_mask",
 ]
+
+
+@dataclass
+class SlidingWindowConfig:
+    """Settings of ``attention="sliding_window"`` (``GPTConfig.sliding``), checked when built.
+
+    Example:
+        >>> SlidingWindowConfig(window=32, global_positions=(0,))
+        SlidingWindowConfig(window=32, global_positions=[0])
+    """
+
+    window: int = 64  # a query sees keys fewer than `window` positions away (earlier ones only when causal)
+    # positions that see every key and are seen by every query
+    global_positions: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.global_positions = [int(g) for g in self.global_positions]
+        if self.window < 1:
+            raise ValueError(f"sliding.window={self.window} must be >= 1 (1: each token sees only itself)")
+        if any(g < 0 for g in self.global_positions):
+            raise ValueError(
+                f"sliding.global_positions={self.global_positions} must hold positions >= 0, "
+                "e.g. [0] for the first token"
+            )
 
 
 def dense_attention(
@@ -211,7 +239,7 @@ def qkv_head_major(t: torch.Tensor, n_head: int) -> torch.Tensor:
     """Reorder a fused QKV weight or bias from ``[q; k; v]`` stacked rows to :class:`DenseAttention`'s head-major rows.
 
     Use it to load nanoGPT / Hugging Face GPT-2 style ``c_attn`` weights (transpose GPT-2's ``Conv1D`` weight
-    to ``(3 * n_embd, n_embd)`` first), or a kit checkpoint written before the layout changed (issue 10).
+    to ``(3 * n_embd, n_embd)`` first), or a kit checkpoint written before the layout changed.
 
     Args:
         t: ``(3 * n_embd, ...)``, rows ordered (q|k|v, head, head_dim).
@@ -252,23 +280,59 @@ class DenseAttention(nn.Module):
     each part whole heads of q, k and v, which is what tensor parallelism needs.
 
     Args:
-        config: reads ``n_embd``, ``n_head``, ``bias``, ``causal``, ``attn_dropout`` and ``dropout``
-            (residual dropout after the output projection).
+        n_embd: model width C; must divide by ``n_head``.
+        n_head: attention heads.
+        bias: biases in the QKV and output projections.
+        causal: mask later keys (decoders); False attends both ways (MLM encoders).
+        attn_dropout: dropout on the attention probabilities (training only).
+        dropout: residual dropout after the output projection.
+
+    Raises:
+        ValueError: if ``n_embd`` does not divide by ``n_head``.
 
     Example:
-        >>> from kit.nn import GPTConfig
-        >>> DenseAttention(GPTConfig.from_name("debug"))(torch.randn(2, 4, 32)).shape
+        >>> DenseAttention(32, 2)(torch.randn(2, 4, 32)).shape
         torch.Size([2, 4, 32])
+        >>> from kit.nn import GPTConfig
+        >>> DenseAttention.from_config(GPTConfig.from_name("debug")).n_head
+        2
     """
 
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(
+        self,
+        n_embd: int,
+        n_head: int,
+        *,
+        bias: bool = True,
+        causal: bool = True,
+        attn_dropout: float = 0.0,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
-        self.n_head = config.n_head
-        self.causal = config.causal
-        self.attn_dropout = config.attn_dropout
-        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.resid_dropout = nn.Dropout(config.dropout)
+        if n_embd % n_head:
+            raise ValueError(
+                f"n_embd={n_embd} is not divisible by n_head={n_head}; pick a head count dividing it"
+            )
+        self.n_head = n_head
+        self.causal = causal
+        self.attn_dropout = attn_dropout
+        self.qkv = nn.Linear(n_embd, 3 * n_embd, bias=bias)
+        self.proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.resid_dropout = nn.Dropout(dropout)
+
+    @classmethod
+    def from_config(cls, config: GPTConfig) -> DenseAttention:
+        """The layer with ``config``'s width, heads, bias, causality and dropouts."""
+        return cls(config.n_embd, config.n_head, **cls._common(config))
+
+    @staticmethod
+    def _common(config: GPTConfig) -> dict[str, object]:
+        return {
+            "bias": config.bias,
+            "causal": config.causal,
+            "attn_dropout": config.attn_dropout,
+            "dropout": config.dropout,
+        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
@@ -289,19 +353,52 @@ class SlidingWindowAttention(DenseAttention):
     """:class:`DenseAttention`'s projections over :func:`sliding_window_attention`.
 
     Args:
-        config: as :class:`DenseAttention`, plus ``attn_window`` and ``attn_global``.
+        n_embd: model width C; must divide by ``n_head``.
+        n_head: attention heads.
+        window: each query sees keys fewer than ``window`` positions away.
+        global_positions: positions that see every key and are seen by every query.
+        **kwargs: ``bias``, ``causal``, ``attn_dropout`` and ``dropout``, as :class:`DenseAttention`.
+
+    Raises:
+        ValueError: for ``window < 1`` or a negative global position.
 
     Example:
-        >>> from kit.nn import GPTConfig
-        >>> cfg = GPTConfig.from_name("debug", attention="sliding_window", attn_window=4, attn_global=(0,))
-        >>> SlidingWindowAttention(cfg)(torch.randn(2, 8, 32)).shape
+        >>> SlidingWindowAttention(32, 2, window=4, global_positions=(0,))(torch.randn(2, 8, 32)).shape
         torch.Size([2, 8, 32])
+        >>> from kit.nn import GPTConfig
+        >>> cfg = GPTConfig.from_name("debug", attention="sliding_window", sliding={"window": 4})
+        >>> SlidingWindowAttention.from_config(cfg).window
+        4
     """
 
-    def __init__(self, config: GPTConfig) -> None:
-        super().__init__(config)
-        self.window = config.attn_window
-        self.global_positions = tuple(config.attn_global)
+    def __init__(
+        self,
+        n_embd: int,
+        n_head: int,
+        *,
+        window: int = 64,
+        global_positions: Sequence[int] = (),
+        bias: bool = True,
+        causal: bool = True,
+        attn_dropout: float = 0.0,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__(n_embd, n_head, bias=bias, causal=causal, attn_dropout=attn_dropout, dropout=dropout)
+        checked = SlidingWindowConfig(window, list(global_positions))
+        self.window = checked.window
+        self.global_positions = tuple(checked.global_positions)
+
+    @classmethod
+    def from_config(cls, config: GPTConfig) -> SlidingWindowAttention:
+        """The layer with ``config``'s shape and ``config.sliding``'s window and global positions."""
+        s = config.sliding
+        return cls(
+            config.n_embd,
+            config.n_head,
+            window=s.window,
+            global_positions=s.global_positions,
+            **cls._common(config),
+        )
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
         return sliding_window_attention(

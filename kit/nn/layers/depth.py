@@ -2,25 +2,28 @@
 
 - ``"stack"``: ``n_layer`` blocks, each applied once (the usual Transformer).
 - ``"universal"``: the Universal Transformer (Dehghani et al. 2019): one shared block applied recurrently up
-  to ``ut_max_steps`` times, with per-token adaptive computation time (ACT, Graves 2016). Before each step a
-  learned position embedding and a step embedding are added; a sigmoid halting unit gives each token a
+  to ``universal.max_steps`` times, with per-token adaptive computation time (ACT, Graves 2016). Before each
+  step a learned position embedding and a step embedding are added; a sigmoid halting unit gives each token a
   halting probability, a token halts once its cumulative probability would pass ``1 - act_eps`` (taking the
   remainder ``R`` as its last weight), and the output is the halting-weighted mean of the step states. The
   ponder cost ``tau * mean(N + R)`` (``N`` the steps a token took) goes into the loss through the kit's
   auxiliary-loss protocol, and the mean and max steps are logged.
 
 A depth module owns only its own parameters; the model keeps the blocks (``GPT.blocks``, so state-dict keys stay
-``blocks.0...``) and passes them in. ``num_blocks`` says how many blocks to build, ``applications`` how many
-block applications one forward runs (for FLOP counts).
+``blocks.0...``) and passes them in. Besides ``from_config(config)``, a ``DEPTH`` entry has two static methods
+of the config: ``num_blocks`` says how many blocks to build, ``applications`` how many block applications one
+forward runs (for FLOP counts). The Universal Transformer's settings are :class:`UniversalConfig`
+(``GPTConfig.universal``).
 
 Where the kit differs from tensor2tensor's UT: every step runs on every token (halted tokens keep their state
-because their weight is zero) and the loop always runs ``ut_max_steps`` steps, so a forward never syncs with
-the host to ask whether all tokens halted; FLOP counts use ``ut_max_steps`` applications accordingly.
+because their weight is zero) and the loop always runs ``max_steps`` steps, so a forward never syncs with
+the host to ask whether all tokens halted; FLOP counts use ``max_steps`` applications accordingly.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -32,14 +35,50 @@ from kit.nn.layers._factory import resolve
 if TYPE_CHECKING:
     from kit.nn import GPTConfig
 
-__all__ = ["DEPTH", "ACTOutput", "Stack", "UniversalACT", "adaptive_computation", "get_depth"]
+__all__ = [
+    "DEPTH",
+    "ACTOutput",
+    "Stack",
+    "UniversalACT",
+    "UniversalConfig",
+    "adaptive_computation",
+    "get_depth",
+]
+
+
+@dataclass
+class UniversalConfig:
+    """Settings of ``depth="universal"`` (``GPTConfig.universal``), checked when built.
+
+    Example:
+        >>> UniversalConfig(max_steps=4).ponder_cost
+        0.01
+    """
+
+    max_steps: int | None = None  # the most applications of the shared block; None: n_layer
+    act_eps: float = 0.01  # a token halts when its summed halting probability passes 1 - act_eps
+    ponder_cost: float = 0.01  # tau: weight of the ponder cost mean(N + R) in the loss
+
+    def __post_init__(self) -> None:
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"universal.max_steps={self.max_steps} must be >= 1, or None for n_layer")
+        if not 0.0 < self.act_eps < 1.0:
+            raise ValueError(f"universal.act_eps={self.act_eps} must be in (0, 1); Graves uses 0.01")
+        if self.ponder_cost < 0:
+            raise ValueError(f"universal.ponder_cost={self.ponder_cost} must be >= 0 (0 turns it off)")
 
 
 class Stack(nn.Module):
-    """Apply each block once, in order."""
+    """Apply each block once, in order.
 
-    def __init__(self, config: GPTConfig) -> None:
-        super().__init__()
+    Example:
+        >>> Stack()(torch.ones(1, 2, 3), [nn.Identity(), nn.Identity()]).shape
+        torch.Size([1, 2, 3])
+    """
+
+    @classmethod
+    def from_config(cls, config: GPTConfig) -> Stack:
+        return cls()
 
     @staticmethod
     def num_blocks(config: GPTConfig) -> int:
@@ -118,29 +157,59 @@ def adaptive_computation(
 
 
 class UniversalACT(nn.Module):
-    """One shared block applied up to ``ut_max_steps`` times with ACT halting (see the module docstring).
+    """One shared block applied up to ``max_steps`` times with ACT halting (see the module docstring).
 
     Args:
-        config: reads ``n_embd``, ``block_size``, ``ut_max_steps`` (None: ``n_layer``), ``act_eps`` and
-            ``act_ponder_cost`` (tau).
+        n_embd: model width C.
+        block_size: the longest sequence (rows of the learned position embedding).
+        max_steps: the most applications of the shared block.
+        act_eps: a token halts when its summed halting probability passes ``1 - act_eps``.
+        ponder_cost: tau, the weight of the ponder cost ``mean(N + R)`` recorded as an auxiliary loss.
+
+    Raises:
+        ValueError: for settings :class:`UniversalConfig` rejects.
 
     Example:
+        >>> act = UniversalACT(32, 16, max_steps=3)
+        >>> act(torch.randn(2, 5, 32), [nn.Identity()]).shape
+        torch.Size([2, 5, 32])
         >>> from kit.nn import GPT, GPTConfig
-        >>> model = GPT(GPTConfig.from_name("debug", depth="universal", ut_max_steps=3))
-        >>> len(model.blocks), model(torch.zeros(2, 5, dtype=torch.long)).shape
-        (1, torch.Size([2, 5, 64]))
+        >>> model = GPT(GPTConfig.from_name("debug", depth="universal", universal={"max_steps": 3}))
+        >>> len(model.blocks), model.depth.max_steps
+        (1, 3)
     """
 
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(
+        self,
+        n_embd: int,
+        block_size: int,
+        *,
+        max_steps: int,
+        act_eps: float = 0.01,
+        ponder_cost: float = 0.01,
+    ) -> None:
         super().__init__()
-        self.max_steps = self.applications(config)
-        self.eps, self.tau = config.act_eps, config.act_ponder_cost
-        self.pos_emb = nn.Parameter(torch.randn(config.block_size, config.n_embd) * 0.02)  # (T, C)
-        self.step_emb = nn.Parameter(torch.randn(self.max_steps, config.n_embd) * 0.02)  # (steps, C)
-        self.halt = nn.Parameter(torch.randn(config.n_embd) * 0.02)
+        UniversalConfig(max_steps, act_eps, ponder_cost)
+        self.max_steps = max_steps
+        self.eps, self.tau = act_eps, ponder_cost
+        self.pos_emb = nn.Parameter(torch.randn(block_size, n_embd) * 0.02)  # (T, C)
+        self.step_emb = nn.Parameter(torch.randn(self.max_steps, n_embd) * 0.02)  # (steps, C)
+        self.halt = nn.Parameter(torch.randn(n_embd) * 0.02)
         # halting bias starts at 1 (sigmoid ~0.73): tokens begin by halting after about two steps, as
         # tensor2tensor's UT initialises it
         self.halt_bias = nn.Parameter(torch.ones(()))
+
+    @classmethod
+    def from_config(cls, config: GPTConfig) -> UniversalACT:
+        """The depth with ``config``'s width and block size and ``config.universal``'s settings."""
+        u = config.universal
+        return cls(
+            config.n_embd,
+            config.block_size,
+            max_steps=cls.applications(config),
+            act_eps=u.act_eps,
+            ponder_cost=u.ponder_cost,
+        )
 
     @staticmethod
     def num_blocks(config: GPTConfig) -> int:
@@ -148,7 +217,7 @@ class UniversalACT(nn.Module):
 
     @staticmethod
     def applications(config: GPTConfig) -> int:
-        return config.ut_max_steps or config.n_layer
+        return config.universal.max_steps or config.n_layer
 
     def coordinates(self, T: int, n: int) -> torch.Tensor:
         """The embedding added before step ``n``: position plus step, shape (T, C)."""

@@ -1,8 +1,9 @@
 """Feed-forward layers, chosen by ``GPTConfig.ffn`` through :func:`get_ffn`.
 
-``"mlp"`` is the dense GELU MLP; ``"moe"`` is the Switch Transformer mixture of experts
-(:class:`kit.nn.layers.moe.SwitchMoE`). A new variant (a gated MLP, say) is one module taking the config, one ``FFN`` entry, and
-nothing else; ``tests/test_layers.py`` then runs it through the whole model.
+``"mlp"`` is the dense MLP (GELU unless ``GPTConfig.activation`` names another); ``"moe"`` is the Switch
+Transformer mixture of experts (:class:`kit.nn.layers.moe.SwitchMoE`). A new variant (a gated MLP, say) is one
+module with explicit arguments and a ``from_config(config)`` classmethod, plus one ``FFN`` entry;
+``tests/test_layers.py`` then runs it through the whole model.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from kit.nn.layers._factory import resolve
+from kit.nn.layers.activations import get_activation
 from kit.nn.layers.moe import SwitchMoE
 
 if TYPE_CHECKING:
@@ -23,26 +24,49 @@ __all__ = ["FFN", "MLP", "get_ffn"]
 
 
 class MLP(nn.Module):
-    """Position-wise ``proj(gelu(fc(x)))`` with hidden width ``mlp_ratio * n_embd``, then residual dropout.
+    """Position-wise ``proj(activation(fc(x)))`` with hidden width ``hidden``, then residual dropout.
 
     Args:
-        config: reads ``n_embd``, ``mlp_ratio``, ``bias`` and ``dropout``.
+        n_embd: input and output width C.
+        hidden: hidden width (``mlp_ratio * n_embd`` in a ``GPTConfig``).
+        bias: biases in both projections.
+        dropout: residual dropout after the output projection.
+        activation: a name in :data:`~kit.nn.layers.activations.ACTIVATIONS` (``"gelu"``, ``"relu"``...).
 
     Example:
-        >>> from kit.nn import GPTConfig
-        >>> MLP(GPTConfig.from_name("debug"))(torch.randn(2, 4, 32)).shape
+        >>> MLP(32, 128, activation="relu")(torch.randn(2, 4, 32)).shape
         torch.Size([2, 4, 32])
+        >>> from kit.nn import GPTConfig
+        >>> MLP.from_config(GPTConfig.from_name("debug")).fc.out_features
+        128
     """
 
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(
+        self, n_embd: int, hidden: int, *, bias: bool = True, dropout: float = 0.0, activation: str = "gelu"
+    ) -> None:
         super().__init__()
-        hidden = config.mlp_ratio * config.n_embd
-        self.fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
-        self.proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.activation = activation
+        self.act = get_activation(activation)
+        self.fc = nn.Linear(n_embd, hidden, bias=bias)
+        self.proj = nn.Linear(hidden, n_embd, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    @classmethod
+    def from_config(cls, config: GPTConfig) -> MLP:
+        """The MLP of width ``mlp_ratio * n_embd`` with ``config``'s bias, dropout and activation."""
+        return cls(
+            config.n_embd,
+            config.mlp_ratio * config.n_embd,
+            bias=config.bias,
+            dropout=config.dropout,
+            activation=config.activation,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(F.gelu(self.fc(x))))  # (B, T, C) -> (B, T, hidden) -> (B, T, C)
+        return self.dropout(self.proj(self.act(self.fc(x))))  # (B, T, C) -> (B, T, hidden) -> (B, T, C)
+
+    def extra_repr(self) -> str:
+        return f"activation={self.activation!r}"
 
 
 FFN: dict[str, type[nn.Module]] = {"mlp": MLP, "moe": SwitchMoE}

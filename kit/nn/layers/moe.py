@@ -1,6 +1,7 @@
 """Switch Transformer mixture-of-experts feed-forward (Fedus et al. 2021): ``GPTConfig.ffn = "moe"``.
 
-A linear router scores ``moe_experts`` expert MLPs per token; each token goes to its top-``moe_top_k`` experts
+Its settings are :class:`MoEConfig` (``GPTConfig.moe``). A linear router scores ``experts`` expert MLPs per
+token; each token goes to its top-``top_k`` experts
 (top-1 is Switch; top-2 is GShard), each expert takes at most ``capacity = ceil(capacity_factor * N * k / E)``
 tokens of the ``N`` in the batch (separate factors for training and evaluation), and a token over capacity is
 dropped: the layer outputs zero for it, so the block's residual carries it through unchanged. Tokens are
@@ -23,6 +24,7 @@ GShard); with ``top_k = 1`` the gate is the raw router probability, as in the pa
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -30,11 +32,57 @@ import torch.nn.functional as F
 from torch import nn
 
 from kit.nn.aux import record_aux
+from kit.nn.layers.activations import get_activation
 
 if TYPE_CHECKING:
     from kit.nn import GPTConfig
 
-__all__ = ["Routing", "SwitchMoE", "expert_capacity", "load_balancing_loss", "route_tokens", "router_z_loss"]
+__all__ = [
+    "MoEConfig",
+    "Routing",
+    "SwitchMoE",
+    "expert_capacity",
+    "load_balancing_loss",
+    "route_tokens",
+    "router_z_loss",
+]
+
+
+@dataclass
+class MoEConfig:
+    """Settings of ``ffn="moe"`` (``GPTConfig.moe``), checked when built.
+
+    Example:
+        >>> MoEConfig(experts=4, top_k=2).top_k
+        2
+        >>> MoEConfig(experts=2, top_k=3)
+        Traceback (most recent call last):
+        ...
+        ValueError: moe.experts=2, moe.top_k=3: need 1 <= top_k <= experts; lower top_k or add experts
+    """
+
+    experts: int = 8  # expert MLPs, each of width mlp_ratio * n_embd
+    top_k: int = 1  # experts per token: 1 is Switch; 2 is GShard
+    capacity_factor: float = 1.25  # expert capacity = factor * tokens * top_k / experts; <= 0: no limit
+    eval_capacity_factor: float = 2.0  # the same in evaluation
+    aux_alpha: float = 0.01  # load-balancing loss weight alpha (alpha * E * sum f_i P_i)
+    z_loss: float = 1e-3  # router z-loss weight (ST-MoE)
+    jitter: float = 0.0  # multiplicative router-input noise in training, e.g. 0.01 (Switch)
+    expert_dropout: float = 0.0  # dropout inside the experts (Switch fine-tuning uses 0.4)
+
+    def __post_init__(self) -> None:
+        if self.experts < 1 or not 1 <= self.top_k <= self.experts:
+            raise ValueError(
+                f"moe.experts={self.experts}, moe.top_k={self.top_k}: need 1 <= top_k <= experts; "
+                "lower top_k or add experts"
+            )
+        for name in ("aux_alpha", "z_loss", "jitter"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"moe.{name}={getattr(self, name)} must be >= 0 (0 turns it off)")
+        if not 0.0 <= self.expert_dropout < 1.0:
+            raise ValueError(
+                f"moe.expert_dropout={self.expert_dropout} must be in [0, 1); Switch fine-tunes with 0.4"
+            )
 
 
 class Routing(NamedTuple):
@@ -111,40 +159,97 @@ def router_z_loss(logits: torch.Tensor, beta: float = 1e-3) -> torch.Tensor:
 
 
 class SwitchMoE(nn.Module):
-    """``moe_experts`` GELU MLPs of width ``mlp_ratio * n_embd`` behind a top-k router with capacity.
+    """``experts`` MLPs of width ``hidden`` behind a top-k router with capacity.
 
     Each token uses ``top_k`` experts, so with ``top_k=1`` it multiplies by as many weights as the dense
-    :class:`~kit.nn.layers.ffn.MLP` (plus the router): the same *active* parameters, E times the total.
+    :class:`~kit.nn.layers.ffn.MLP` of the same ``hidden`` (plus the router): the same *active* parameters, E
+    times the total.
 
     Args:
-        config: reads ``n_embd``, ``mlp_ratio``, ``bias``, ``dropout``, ``n_layer`` (init scale) and the
-            ``moe_*`` fields: ``moe_experts``, ``moe_top_k``, ``moe_capacity_factor``,
-            ``moe_eval_capacity_factor``, ``moe_aux_alpha``, ``moe_z_loss``, ``moe_jitter`` (multiplicative
-            uniform noise on the router input in training), ``moe_expert_dropout`` (dropout inside experts).
+        n_embd: input and output width d.
+        hidden: each expert's hidden width h (``mlp_ratio * n_embd`` in a ``GPTConfig``).
+        experts, top_k, capacity_factor, eval_capacity_factor, aux_alpha, z_loss, jitter, expert_dropout: the
+            :class:`MoEConfig` fields (pass one as ``**dataclasses.asdict(moe)``); ``jitter`` is multiplicative
+            uniform noise on the router input in training, ``expert_dropout`` dropout inside the experts.
+        bias: expert biases.
+        dropout: residual dropout on the output.
+        activation: the experts' activation, a name in :data:`~kit.nn.layers.activations.ACTIVATIONS`.
+        n_layer: blocks in the model; the output projection starts at std ``0.02 / sqrt(2 n_layer)`` (GPT-2).
+
+    Raises:
+        ValueError: for settings :class:`MoEConfig` rejects, or an unknown activation.
 
     Example:
-        >>> from kit.nn import GPTConfig
-        >>> SwitchMoE(GPTConfig.from_name("debug", ffn="moe", moe_experts=4))(torch.randn(2, 4, 32)).shape
+        >>> SwitchMoE(32, 128, experts=4)(torch.randn(2, 4, 32)).shape
         torch.Size([2, 4, 32])
+        >>> from dataclasses import asdict
+        >>> SwitchMoE(32, 128, **asdict(MoEConfig(experts=2, top_k=2))).top_k
+        2
+        >>> from kit.nn import GPTConfig
+        >>> SwitchMoE.from_config(GPTConfig.from_name("debug", ffn="moe", moe={"experts": 4})).n_experts
+        4
     """
 
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(
+        self,
+        n_embd: int,
+        hidden: int,
+        *,
+        experts: int = 8,
+        top_k: int = 1,
+        capacity_factor: float = 1.25,
+        eval_capacity_factor: float = 2.0,
+        aux_alpha: float = 0.01,
+        z_loss: float = 1e-3,
+        jitter: float = 0.0,
+        expert_dropout: float = 0.0,
+        bias: bool = True,
+        dropout: float = 0.0,
+        activation: str = "gelu",
+        n_layer: int = 1,
+    ) -> None:
         super().__init__()
-        d, h, E = config.n_embd, config.mlp_ratio * config.n_embd, config.moe_experts
-        self.n_experts, self.top_k = E, config.moe_top_k
-        self.capacity_factor = config.moe_capacity_factor
-        self.eval_capacity_factor = config.moe_eval_capacity_factor
-        self.alpha, self.beta, self.jitter = config.moe_aux_alpha, config.moe_z_loss, config.moe_jitter
+        MoEConfig(
+            experts, top_k, capacity_factor, eval_capacity_factor, aux_alpha, z_loss, jitter, expert_dropout
+        )
+        d, h, E = n_embd, hidden, experts
+        self.n_experts, self.top_k = E, top_k
+        self.capacity_factor = capacity_factor
+        self.eval_capacity_factor = eval_capacity_factor
+        self.alpha, self.beta, self.jitter = aux_alpha, z_loss, jitter
+        self.activation = activation
+        self.act = get_activation(activation)
         self.router = nn.Linear(d, E, bias=False)
         self.w_fc = nn.Parameter(torch.empty(E, d, h))  # (E, d, h): expert e computes x @ w_fc[e]
         self.w_proj = nn.Parameter(torch.empty(E, h, d))
-        self.b_fc = nn.Parameter(torch.zeros(E, h)) if config.bias else None
-        self.b_proj = nn.Parameter(torch.zeros(E, d)) if config.bias else None
-        self.expert_dropout = nn.Dropout(config.moe_expert_dropout)
-        self.dropout = nn.Dropout(config.dropout)
+        self.b_fc = nn.Parameter(torch.zeros(E, h)) if bias else None
+        self.b_proj = nn.Parameter(torch.zeros(E, d)) if bias else None
+        self.expert_dropout = nn.Dropout(expert_dropout)
+        self.dropout = nn.Dropout(dropout)
         # GPT-2 init, with the residual projection scaled by 1/sqrt(2 * n_layer) like the dense MLP's
         nn.init.normal_(self.w_fc, std=0.02)
-        nn.init.normal_(self.w_proj, std=0.02 / math.sqrt(2 * config.n_layer))
+        nn.init.normal_(self.w_proj, std=0.02 / math.sqrt(2 * n_layer))
+
+    @classmethod
+    def from_config(cls, config: GPTConfig) -> SwitchMoE:
+        """The layer with ``config.moe``'s settings and ``config``'s width, bias, dropout and activation."""
+        m = config.moe
+        return cls(
+            config.n_embd,
+            config.mlp_ratio * config.n_embd,
+            experts=m.experts,
+            top_k=m.top_k,
+            capacity_factor=m.capacity_factor,
+            eval_capacity_factor=m.eval_capacity_factor,
+            aux_alpha=m.aux_alpha,
+            z_loss=m.z_loss,
+            jitter=m.jitter,
+            expert_dropout=m.expert_dropout,
+            bias=config.bias,
+            dropout=config.dropout,
+            activation=config.activation,
+            n_layer=config.n_layer,
+        )
 
     def expert_params(self) -> int:
         """Parameters inside the experts (what the router chooses among)."""
@@ -178,7 +283,7 @@ class SwitchMoE(nn.Module):
         hidden = torch.bmm(buf, self.w_fc)  # (E, C, h)
         if self.b_fc is not None:
             hidden = hidden + self.b_fc[:, None, :]
-        hidden = self.expert_dropout(F.gelu(hidden))
+        hidden = self.expert_dropout(self.act(hidden))
         y = torch.bmm(hidden, self.w_proj)  # (E, C, d)
         if self.b_proj is not None:
             y = y + self.b_proj[:, None, :]
