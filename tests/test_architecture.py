@@ -94,9 +94,12 @@ def test_global_tokens_see_everything_and_are_seen_by_everyone(causal: bool) -> 
     assert torch.equal(mask[glob], allowed[glob]) and torch.equal(mask[:, glob], allowed[:, glob])
     # through the module: changing the global token changes every output it may reach, even far away
     cfg = GPTConfig.from_name(
-        "debug", attention="sliding_window", attn_window=window, attn_global=[glob], causal=causal
+        "debug",
+        attention="sliding_window",
+        sliding={"window": window, "global_positions": [glob]},
+        causal=causal,
     )
-    attn = SlidingWindowAttention(cfg).eval()
+    attn = SlidingWindowAttention.from_config(cfg).eval()
     x = torch.randn(1, T, 32)
     x2 = x.clone()
     x2[0, glob] += 1.0
@@ -111,13 +114,15 @@ def test_sliding_window_rejects_bad_settings() -> None:
     q = torch.randn(1, 1, 4, 2)
     with pytest.raises(ValueError, match="window=0 must be >= 1"):
         sliding_window_attention(q, q, q, window=0)
-    with pytest.raises(ValueError, match="attn_global=\\[-1\\] must hold positions >= 0"):
-        GPTConfig(attn_global=[-1])
+    with pytest.raises(ValueError, match="sliding.global_positions=\\[-1\\] must hold positions >= 0"):
+        GPTConfig(sliding={"global_positions": [-1]})
+    with pytest.raises(ValueError, match="sliding.window=0 must be >= 1"):
+        SlidingWindowAttention(32, 2, window=0)
 
 
 # -- Switch MoE ----------------------------------------------------------------------------------------------
-def moe_config(**kw) -> GPTConfig:
-    return GPTConfig.from_name("debug", ffn="moe", **kw)
+def moe_config(moe: dict | None = None, **kw) -> GPTConfig:
+    return GPTConfig.from_name("debug", ffn="moe", moe=moe or {}, **kw)
 
 
 def test_load_balancing_and_z_loss_equal_a_hand_computation_on_fixed_routing() -> None:
@@ -130,7 +135,7 @@ def test_load_balancing_and_z_loss_equal_a_hand_computation_on_fixed_routing() -
     z = torch.stack([torch.log(torch.exp(row).sum()) ** 2 for row in logits]).mean()
     assert torch.allclose(router_z_loss(logits, beta=1e-3), 1e-3 * z)
     # the layer records exactly these through the protocol
-    moe = SwitchMoE(moe_config(moe_experts=3, n_embd=4, n_head=1, moe_capacity_factor=0.0))
+    moe = SwitchMoE.from_config(moe_config({"experts": 3, "capacity_factor": 0.0}, n_embd=4, n_head=1))
     x = torch.eye(4)[None]  # (1, 4, 4): token t's router logits are row t of router.weight.T
     with torch.no_grad():
         moe.router.weight.copy_(logits.t())
@@ -165,7 +170,7 @@ def test_capacity_is_respected_and_first_choices_come_first(N, E, k, cf, seed) -
 
 def test_dropped_tokens_pass_through_and_every_routed_expert_gets_a_gradient() -> None:
     torch.manual_seed(0)
-    moe = SwitchMoE(moe_config(moe_experts=4, moe_capacity_factor=0.5))
+    moe = SwitchMoE.from_config(moe_config({"experts": 4, "capacity_factor": 0.5}))
     x = torch.randn(2, 8, 32)
     out = moe(x)
     routing = route_tokens(moe.router(x.transpose(0, 1).reshape(16, 32)), 1, expert_capacity(16, 4, 1, 0.5))
@@ -183,8 +188,8 @@ def test_dropped_tokens_pass_through_and_every_routed_expert_gets_a_gradient() -
 
 def test_top1_with_one_expert_equals_the_dense_mlp() -> None:
     torch.manual_seed(0)
-    cfg = moe_config(moe_experts=1)
-    mlp, moe = MLP(cfg), SwitchMoE(cfg)
+    cfg = moe_config({"experts": 1})
+    mlp, moe = MLP.from_config(cfg), SwitchMoE.from_config(cfg)
     with torch.no_grad():
         moe.w_fc[0].copy_(mlp.fc.weight.t())
         moe.b_fc[0].copy_(mlp.fc.bias)
@@ -196,7 +201,8 @@ def test_top1_with_one_expert_equals_the_dense_mlp() -> None:
 
 def test_causal_lm_adds_and_logs_aux_losses_without_wiring() -> None:
     torch.manual_seed(0)
-    lm = CausalLM(GPTConfig.from_name("debug", ffn="moe", moe_experts=4, depth="universal", ut_max_steps=2))
+    cfg = GPTConfig.from_name("debug", ffn="moe", moe={"experts": 4}, depth="universal", universal={"max_steps": 2})
+    lm = CausalLM(cfg)
     logged = {}
     lm.log = lambda name, value, **kw: logged.__setitem__(name, value)
     batch = (torch.randint(0, 64, (2, 8)), torch.randint(0, 64, (2, 8)))
@@ -221,7 +227,7 @@ def test_causal_lm_adds_and_logs_aux_losses_without_wiring() -> None:
 # -- Universal Transformer + ACT -----------------------------------------------------------------------------
 def test_universal_with_one_step_is_one_block_application() -> None:
     torch.manual_seed(0)
-    cfg = GPTConfig.from_name("debug", depth="universal", ut_max_steps=1)
+    cfg = GPTConfig.from_name("debug", depth="universal", universal={"max_steps": 1})
     model = GPT(cfg).eval()
     assert len(model.blocks) == 1 and isinstance(model.depth, UniversalACT)
     x = torch.randn(2, 6, 32)
@@ -249,7 +255,9 @@ def test_halting_respects_the_maximum_and_weights_sum_to_one(max_steps, bias, se
 
 def test_ponder_cost_has_a_gradient_into_the_halting_unit() -> None:
     torch.manual_seed(0)
-    model = GPT(GPTConfig.from_name("debug", depth="universal", ut_max_steps=4, act_ponder_cost=0.1))
+    model = GPT(
+        GPTConfig.from_name("debug", depth="universal", universal={"max_steps": 4, "ponder_cost": 0.1})
+    )
     model(torch.randint(0, 64, (2, 8)))
     total, values = aux_outputs(model)
     assert 1.0 <= values["act/steps_mean"] <= values["act/steps_max"] <= 4
@@ -260,14 +268,14 @@ def test_ponder_cost_has_a_gradient_into_the_halting_unit() -> None:
 # -- FLOPs and the planner count active parameters ---------------------------------------------------------------
 def test_flops_count_active_parameters_for_moe_and_applications_for_universal() -> None:
     dense = GPT(GPTConfig.from_name("debug"))
-    moe = GPT(GPTConfig.from_name("debug", ffn="moe", moe_experts=4))
+    moe = GPT(GPTConfig.from_name("debug", ffn="moe", moe={"experts": 4}))
     router = sum(b.mlp.router.weight.numel() for b in moe.blocks)
     assert moe.num_params() > 3 * dense.num_params() / 2  # 4x the MLP weights in total...
     assert moe.num_active_params() == dense.num_params() + router  # ...the dense count active (top-1)
     assert moe.flops_per_token(16) == pytest.approx(dense.flops_per_token(16) + 6 * router)
     expert = moe.blocks[0].mlp.expert_params()
     assert moe_active_params(1000 + expert, expert, 4, 1) == pytest.approx(1000 + expert / 4)
-    ut = GPT(GPTConfig.from_name("debug", depth="universal", ut_max_steps=3))
+    ut = GPT(GPTConfig.from_name("debug", depth="universal", universal={"max_steps": 3}))
     block = sum(p.numel() for p in ut.blocks.parameters())
     assert ut.num_active_params() == ut.num_params() + 2 * block
     plan = TrainingPlan(params=8e9, active_params=2e9, tokens=1e11, n_layer=32, d_model=4096)
@@ -280,7 +288,7 @@ def test_flops_count_active_parameters_for_moe_and_applications_for_universal() 
 @pytest.mark.parametrize(("part", "every"), [("full", 2), ("attention", 1), ("ffn", 1)])
 def test_selective_checkpointing_wraps_what_it_says_and_keeps_gradients(part: str, every: int) -> None:
     torch.manual_seed(0)
-    cfg = GPTConfig.from_name("debug", n_layer=3, ffn="moe" if part == "ffn" else "mlp", moe_experts=2)
+    cfg = GPTConfig.from_name("debug", n_layer=3, ffn="moe" if part == "ffn" else "mlp", moe={"experts": 2})
     plain, ckpt = GPT(cfg), GPT(cfg)
     ckpt.load_state_dict(plain.state_dict())
     checkpoint_blocks(ckpt, every=every, part=part)
@@ -310,13 +318,11 @@ def test_every_variant_compiles_with_checkpointing_and_gives_the_same_gradients(
     cfg = GPTConfig.from_name(
         "debug",
         attention="sliding_window",
-        attn_window=4,
-        attn_global=[0],
+        sliding={"window": 4, "global_positions": [0]},
         ffn="moe",
-        moe_experts=4,
-        moe_top_k=2,
+        moe={"experts": 4, "top_k": 2},
         depth="universal",
-        ut_max_steps=3,
+        universal={"max_steps": 3},
     )
     plain, ckpt = GPT(cfg), GPT(cfg)
     ckpt.load_state_dict(plain.state_dict())
@@ -371,7 +377,7 @@ def test_recipe_trains_end_to_end_and_logs_its_aux_values(recipe: str, tmp_path)
     from test_cli import FAST, _metrics, kit
 
     # a window shorter than the test's 32-token blocks, so the sliding pattern is really sparse
-    extra = ["--model.init_args.config.attn_window=8"] if recipe == "gpt-tiny-sliding" else []
+    extra = ["--model.init_args.config.sliding.window=8"] if recipe == "gpt-tiny-sliding" else []
     out = kit(["fit", "--config", recipe, *FAST, *extra], tmp_path).stdout
     assert "kit fit finished" in out
     rows = _metrics(tmp_path / "runs")

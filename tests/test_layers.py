@@ -26,9 +26,9 @@ CHOICES = (
 # settings that make each variant do something at T=12 (a window shorter than the sequence, a global token,
 # several experts with a capacity that drops, more than one recurrent step)
 SETTINGS = {
-    "sliding_window": {"attn_window": 3, "attn_global": [0]},
-    "moe": {"moe_experts": 4, "moe_capacity_factor": 1.0, "moe_eval_capacity_factor": 1.0},
-    "universal": {"ut_max_steps": 3},
+    "sliding_window": {"sliding": {"window": 3, "global_positions": [0]}},
+    "moe": {"moe": {"experts": 4, "capacity_factor": 1.0, "eval_capacity_factor": 1.0}},
+    "universal": {"universal": {"max_steps": 3}},
 }
 
 
@@ -80,7 +80,7 @@ def test_dense_attention_function_matches_explicit_softmax_and_the_module_uses_i
     assert torch.allclose(dense_attention(q, k, v, causal=True), causal, atol=1e-5)
     assert torch.allclose(dense_attention(q, k, v, causal=False), scores.softmax(-1) @ v, atol=1e-5)
     # the module is projections around the function: bidirectional config -> future tokens matter
-    attn = DenseAttention(GPTConfig.from_name("debug", causal=False)).eval()
+    attn = DenseAttention.from_config(GPTConfig.from_name("debug", causal=False)).eval()
     x = torch.randn(1, 6, 32)
     x2 = x.clone()
     x2[0, -1] += 1.0
