@@ -3,7 +3,9 @@ and a variant's sub-config given as a dataclass or a plain dict (YAML, a checkpo
 
 The registry contract: a class registered in ``ATTENTION``, ``FFN`` or ``DEPTH`` takes explicit constructor
 arguments and has a ``from_config(config)`` classmethod that reads them from a ``GPTConfig``;
-:func:`build_layer` calls it. A class without ``from_config`` is called as ``cls(config)``.
+:func:`build_layer` calls it. A class without its own ``from_config`` is called as ``cls(config)``: one
+written against the whole config, or a subclass of a kit layer that redefines ``__init__`` (the ``from_config``
+it inherits would not know the new signature).
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ def resolve(kind: str | type[nn.Module], registry: dict[str, type[nn.Module]], f
 def build_layer(cls: type[nn.Module], config: GPTConfig) -> nn.Module:
     """An instance of ``cls`` for ``config``: ``cls.from_config(config)``, or ``cls(config)`` without one.
 
+    ``from_config`` counts only when it is defined no higher in the class hierarchy than ``__init__``.
+
     Args:
         cls: a layer class, e.g. from :func:`~kit.nn.layers.get_ffn`.
         config: the model's ``GPTConfig``.
@@ -61,8 +65,17 @@ def build_layer(cls: type[nn.Module], config: GPTConfig) -> nn.Module:
         >>> build_layer(get_ffn("mlp"), GPTConfig.from_name("debug")).fc.out_features
         128
     """
-    from_config = getattr(cls, "from_config", None)
-    return from_config(config) if callable(from_config) else cls(config)
+    return cls.from_config(config) if _has_own_from_config(cls) else cls(config)
+
+
+def _has_own_from_config(cls: type) -> bool:
+    """True when, walking from ``cls`` up, a ``from_config`` comes before (or beside) an ``__init__``."""
+    for klass in cls.__mro__:
+        if "from_config" in vars(klass):
+            return True
+        if "__init__" in vars(klass):
+            return False
+    return False
 
 
 def coerce_config(value: object, cls: type[T], key: str) -> T:
