@@ -201,7 +201,9 @@ def test_top1_with_one_expert_equals_the_dense_mlp() -> None:
 
 def test_causal_lm_adds_and_logs_aux_losses_without_wiring() -> None:
     torch.manual_seed(0)
-    cfg = GPTConfig.from_name("debug", ffn="moe", moe={"experts": 4}, depth="universal", universal={"max_steps": 2})
+    cfg = GPTConfig.from_name(
+        "debug", ffn="moe", moe={"experts": 4}, depth="universal", universal={"max_steps": 2}
+    )
     lm = CausalLM(cfg)
     logged = {}
     lm.log = lambda name, value, **kw: logged.__setitem__(name, value)

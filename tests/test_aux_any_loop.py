@@ -28,7 +28,9 @@ class MoENet(nn.Module):
     def __init__(self, moe: MoEConfig) -> None:
         super().__init__()
         self.inp = nn.Linear(8, 16)
-        self.moe = SwitchMoE(16, 32, experts=moe.experts, capacity_factor=moe.capacity_factor, z_loss=moe.z_loss)
+        self.moe = SwitchMoE(
+            16, 32, experts=moe.experts, capacity_factor=moe.capacity_factor, z_loss=moe.z_loss
+        )
         self.out = nn.Linear(16, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, 8) -> (B, 3)
@@ -67,7 +69,11 @@ def _task_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor
 @pytest.mark.parametrize(
     ("make", "batch", "aux_names"),
     [
-        (lambda: MoENet(MoEConfig(experts=4)), _moe_batch, {"aux/moe/balance", "aux/moe/z_loss", "aux/moe/load/3"}),
+        (
+            lambda: MoENet(MoEConfig(experts=4)),
+            _moe_batch,
+            {"aux/moe/balance", "aux/moe/z_loss", "aux/moe/load/3"},
+        ),
         (ACTNet, _act_batch, {"aux/act/ponder", "aux/act/steps_mean", "aux/act/steps_max"}),
     ],
     ids=["switch-moe", "universal-act"],
@@ -86,7 +92,9 @@ def test_a_users_module_trains_many_steps_with_add_aux_losses_each_step(make, ba
         loss.backward()  # a second backward through step 1's values would raise here
         opt.step()
         assert aux_names <= set(logged)
-        aux = sum(v for k, v in logged.items() if k in {"aux/moe/balance", "aux/moe/z_loss", "aux/act/ponder"})
+        aux = sum(
+            v for k, v in logged.items() if k in {"aux/moe/balance", "aux/moe/z_loss", "aux/act/ponder"}
+        )
         assert torch.allclose(loss.detach(), task.detach() + aux)  # this step's aux losses, once
         assert aux_outputs(net) == (None, {})  # consumed: the next step starts empty
         assert all(torch.isfinite(p).all() for p in net.parameters())
@@ -105,7 +113,9 @@ def test_the_balance_loss_alone_reaches_the_router() -> None:
         assert torch.allclose(aux, load_balancing_loss(r.probs, r.expert))
         aux.backward()
         assert net.moe.router.weight.grad.abs().sum() > 0
-        assert net.moe.w_fc.grad is None and net.out.weight.grad is None  # nothing else feeds the balance loss
+        assert (
+            net.moe.w_fc.grad is None and net.out.weight.grad is None
+        )  # nothing else feeds the balance loss
 
 
 def test_the_ponder_cost_alone_reaches_the_halting_unit() -> None:

@@ -1,3 +1,4 @@
+import warnings
 from dataclasses import asdict, replace
 
 import pytest
@@ -7,6 +8,8 @@ import torch.nn.functional as F
 from kit.cli.main import resolve_recipe
 from kit.models.gpt import CausalLM
 from kit.nn import GPT, GPTConfig
+from kit.nn.config import RENAMED
+from kit.nn.layers import MoEConfig, SlidingWindowConfig, UniversalConfig
 
 
 def test_config_errors_say_how_to_fix() -> None:
@@ -173,3 +176,153 @@ def test_dict_config_round_trip_as_load_from_checkpoint_does() -> None:
     again = CausalLM(**lm.hparams)
     assert again.config == lm.config
     again.model.load_state_dict(lm.model.state_dict())
+
+
+# -- sub-configs and the older flat names ------------------------------------------------------------------------
+# a valid, non-default value for each flat name older configs and checkpoints use
+_FLAT_VALUES = {
+    "attn_window": 8,
+    "attn_global": [0, 5],
+    "moe_experts": 4,
+    "moe_top_k": 2,
+    "moe_capacity_factor": 1.5,
+    "moe_eval_capacity_factor": 1.0,
+    "moe_aux_alpha": 0.02,
+    "moe_z_loss": 0.0,
+    "moe_jitter": 0.01,
+    "moe_expert_dropout": 0.1,
+    "ut_max_steps": 3,
+    "act_eps": 0.05,
+    "act_ponder_cost": 0.1,
+}
+
+
+def test_every_flat_name_has_a_value_here() -> None:
+    assert set(_FLAT_VALUES) == set(RENAMED)
+
+
+@pytest.mark.parametrize("old", sorted(_FLAT_VALUES))
+def test_from_dict_moves_each_flat_name_to_its_sub_config_with_a_warning(old: str) -> None:
+    group, key = RENAMED[old]
+    value = _FLAT_VALUES[old]
+    with pytest.warns(DeprecationWarning, match=rf"GPTConfig key '{old}' is now {group}\.{key}; write"):
+        cfg = GPTConfig.from_dict({"name": "debug", old: value})
+    assert getattr(getattr(cfg, group), key) == value
+    assert cfg == GPTConfig(name="debug", **{group: {key: value}})
+    with pytest.warns(DeprecationWarning, match=rf"'{old}' is now {group}\.{key}"):
+        assert GPTConfig.from_name("debug", **{old: value}) == GPTConfig.from_name(
+            "debug", **{group: {key: value}}
+        )
+
+
+def test_the_renames_named_in_the_docs() -> None:
+    assert RENAMED["moe_experts"] == ("moe", "experts")
+    assert RENAMED["attn_window"] == ("sliding", "window")
+    assert RENAMED["attn_global"] == ("sliding", "global_positions")
+    assert RENAMED["ut_max_steps"] == ("universal", "max_steps")
+    assert RENAMED["act_eps"] == ("universal", "act_eps")
+    assert RENAMED["act_ponder_cost"] == ("universal", "ponder_cost")
+
+
+def test_unknown_or_doubled_keys_raise_with_the_fix() -> None:
+    with pytest.raises(ValueError, match=r"unknown key 'n_layers' in GPTConfig; did you mean \['n_layer'"):
+        GPTConfig.from_dict({"n_layers": 2})
+    with pytest.raises(ValueError, match=r"unknown key 'expert' in moe; did you mean \['experts'"):
+        GPTConfig(moe={"expert": 2})
+    with pytest.raises(ValueError, match=r"unknown key 'moe_experts' in moe; did you mean \['experts'"):
+        GPTConfig(moe={"moe_experts": 2})
+    with pytest.raises(ValueError, match=r"moe\.experts is set twice.*keep only moe\.experts"):
+        GPTConfig.from_dict({"moe_experts": 4, "moe": {"experts": 2}})
+    with pytest.raises(ValueError, match=r"moe=4 must be a MoEConfig or a dict of its fields"):
+        GPTConfig(moe=4)
+
+
+def test_sub_configs_check_their_values_beside_their_layer() -> None:
+    with pytest.raises(ValueError, match=r"moe\.experts=2, moe\.top_k=3: need 1 <= top_k <= experts"):
+        GPTConfig(moe={"experts": 2, "top_k": 3})
+    with pytest.raises(ValueError, match=r"moe\.z_loss=-1 must be >= 0"):
+        MoEConfig(z_loss=-1)
+    with pytest.raises(ValueError, match=r"moe\.expert_dropout=1.0 must be in \[0, 1\)"):
+        MoEConfig(expert_dropout=1.0)
+    with pytest.raises(ValueError, match=r"universal\.max_steps=0 must be >= 1, or None for n_layer"):
+        GPTConfig(universal={"max_steps": 0})
+    with pytest.raises(ValueError, match=r"universal\.act_eps=1.0 must be in \(0, 1\)"):
+        UniversalConfig(act_eps=1.0)
+    with pytest.raises(ValueError, match=r"universal\.ponder_cost=-0.1 must be >= 0"):
+        UniversalConfig(ponder_cost=-0.1)
+    with pytest.raises(ValueError, match=r"sliding\.window=0 must be >= 1"):
+        SlidingWindowConfig(window=0)
+    assert SlidingWindowConfig(global_positions=(3, 0)).global_positions == [3, 0]  # a tuple (YAML) -> list
+
+
+def test_sub_configs_round_trip_through_asdict_and_from_dict() -> None:
+    cfg = GPTConfig.from_name(
+        "debug",
+        attention="sliding_window",
+        sliding=SlidingWindowConfig(window=4, global_positions=[0]),
+        ffn="moe",
+        moe={"experts": 4, "top_k": 2},
+        depth="universal",
+        universal={"max_steps": 3},
+        activation="silu",
+    )
+    assert isinstance(cfg.moe, MoEConfig) and isinstance(cfg.universal, UniversalConfig)
+    assert asdict(cfg)["moe"] == asdict(MoEConfig(experts=4, top_k=2))
+    assert GPTConfig(**asdict(cfg)) == cfg  # what a checkpoint's hparams rebuild
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # nested names are current: no warning
+        assert GPTConfig.from_dict(asdict(cfg)) == cfg
+    assert replace(cfg, n_layer=3).moe == cfg.moe
+    assert GPTConfig().sliding is not GPTConfig().sliding  # each config its own sub-configs
+
+
+# asdict(GPTConfig) as checkpoints saved it before the sub-configs: every field flat, in the old order
+_OLD_CHECKPOINT_CONFIG = dict(
+    name="debug", vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0, attn_dropout=0.0,
+    embd_dropout=0.0, bias=True, causal=True, mlp_ratio=4, tie_embeddings=True, attention="sliding_window",
+    ffn="moe", depth="stack", attn_window=4, attn_global=[0], moe_experts=4, moe_top_k=1,
+    moe_capacity_factor=1.25, moe_eval_capacity_factor=2.0, moe_aux_alpha=0.01, moe_z_loss=1e-3, moe_jitter=0.0,
+    moe_expert_dropout=0.0, ut_max_steps=None, act_eps=0.01, act_ponder_cost=0.01,
+    activation_checkpointing=False, checkpoint_every=1,
+)  # fmt: skip
+
+
+def test_an_old_checkpoints_flat_config_still_loads() -> None:
+    torch.manual_seed(0)
+    new = GPTConfig.from_name(
+        "debug", attention="sliding_window", sliding={"window": 4, "global_positions": [0]}, ffn="moe",
+        moe={"experts": 4},
+    )  # fmt: skip
+    lm = CausalLM(new)
+    hparams = {**lm.hparams, "config": dict(_OLD_CHECKPOINT_CONFIG)}  # what load_from_checkpoint passes back
+    with pytest.warns(DeprecationWarning, match=r"'moe_experts' is now moe\.experts"):
+        old = CausalLM(**hparams)
+    assert old.config == new
+    old.model.load_state_dict(lm.model.state_dict())  # the same state-dict keys and shapes
+    x = torch.randint(0, 64, (2, 8))
+    assert torch.allclose(old.model(x), lm.model(x))
+    saved = old.hparams["config"]  # what its own checkpoint will hold: the nested names
+    assert "moe" in saved and "moe_experts" not in saved
+
+
+def _write_recipe(tmp_path, config: str) -> str:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(f"model:\n  class_path: kit.models.gpt.CausalLM\n  init_args:\n    config: {config}\n")
+    return str(path)
+
+
+def test_a_yaml_config_with_old_flat_names_parses_and_converts_with_a_warning(tmp_path) -> None:
+    recipe = _write_recipe(tmp_path, "{name: debug, ffn: moe, moe_experts: 4, attn_window: 8}")
+    with pytest.warns(DeprecationWarning, match=r"'moe_experts' is now moe\.experts"):
+        config = _cli_config(["--config", recipe])
+    assert (config.ffn, config.moe.experts, config.sliding.window) == ("moe", 4, 8)
+
+
+def test_a_yaml_config_with_nested_names_parses_and_overrides_one_field(tmp_path) -> None:
+    recipe = _write_recipe(tmp_path, "{name: debug, ffn: moe, moe: {experts: 4}}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        config = _cli_config(["--config", recipe])
+    assert isinstance(config.moe, MoEConfig) and config.moe.experts == 4
+    override = _cli_config(["--config", recipe, "--model.init_args.config.moe.top_k", "2"])
+    assert (override.moe.experts, override.moe.top_k) == (4, 2)

@@ -9,10 +9,16 @@ from torch import nn
 
 from kit.nn import GPT, GPTConfig
 from kit.nn.layers import (
+    ACTIVATIONS,
     ATTENTION,
     DEPTH,
     FFN,
+    MLP,
     DenseAttention,
+    SlidingWindowAttention,
+    SwitchMoE,
+    UniversalACT,
+    build_layer,
     dense_attention,
     get_attention,
     get_ffn,
@@ -85,3 +91,107 @@ def test_dense_attention_function_matches_explicit_softmax_and_the_module_uses_i
     x2 = x.clone()
     x2[0, -1] += 1.0
     assert not torch.allclose(attn(x)[0, :-1], attn(x2)[0, :-1], atol=1e-6)
+
+
+# -- explicit arguments, from_config and the registry contract ---------------------------------------------------
+def test_layers_take_explicit_arguments_and_from_config_reads_the_same_ones() -> None:
+    cfg = GPTConfig.from_name("debug", bias=False, causal=False, attn_dropout=0.2, dropout=0.1)
+    for built, explicit in (
+        (
+            DenseAttention.from_config(cfg),
+            DenseAttention(32, 2, bias=False, causal=False, attn_dropout=0.2, dropout=0.1),
+        ),
+        (MLP.from_config(cfg), MLP(32, 128, bias=False, dropout=0.1)),
+    ):
+        assert str(built) == str(explicit)  # same submodules, shapes and settings
+        assert built.state_dict().keys() == explicit.state_dict().keys()
+    attn = DenseAttention.from_config(cfg)
+    assert (attn.n_head, attn.causal, attn.attn_dropout) == (2, False, 0.2)  # what tensor parallelism reads
+    sliding = SlidingWindowAttention.from_config(
+        GPTConfig.from_name(
+            "debug", attention="sliding_window", sliding={"window": 5, "global_positions": [0, 2]}
+        )
+    )
+    assert (sliding.window, sliding.global_positions) == (5, (0, 2))
+    moe = SwitchMoE.from_config(
+        GPTConfig.from_name("debug", ffn="moe", moe={"experts": 3, "top_k": 2}, bias=False)
+    )
+    assert (moe.n_experts, moe.top_k, moe.b_fc, tuple(moe.w_fc.shape)) == (3, 2, None, (3, 32, 128))
+    ut = UniversalACT.from_config(
+        GPTConfig.from_name("debug", depth="universal", universal={"ponder_cost": 0.5})
+    )
+    assert (ut.max_steps, ut.tau, tuple(ut.pos_emb.shape)) == (2, 0.5, (16, 32))  # max_steps None: n_layer
+    with pytest.raises(ValueError, match=r"moe\.experts=2, moe\.top_k=3"):
+        SwitchMoE(8, 16, experts=2, top_k=3)
+    with pytest.raises(ValueError, match=r"n_embd=30 is not divisible by n_head=4"):
+        DenseAttention(30, 4)
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_the_activation_is_a_name_from_the_registry_used_by_mlp_and_experts(name: str) -> None:
+    torch.manual_seed(0)
+    fn = {
+        "gelu": F.gelu,
+        "relu": F.relu,
+        "silu": F.silu,
+        "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"),
+    }
+    mlp = MLP(8, 16, activation=name)
+    x = torch.randn(2, 3, 8)
+    assert torch.allclose(mlp(x), mlp.proj(fn[name](mlp.fc(x))))
+    model = GPT(GPTConfig.from_name("debug", ffn="moe", activation=name))
+    assert model.blocks[0].mlp.activation == name
+    one = SwitchMoE(8, 16, experts=1, activation=name)
+    with torch.no_grad():
+        one.w_fc[0].copy_(mlp.fc.weight.t())
+        one.b_fc[0].copy_(mlp.fc.bias)
+        one.w_proj[0].copy_(mlp.proj.weight.t())
+        one.b_proj[0].copy_(mlp.proj.bias)
+    assert torch.allclose(one(x), mlp(x), atol=1e-6)
+
+
+def test_an_unknown_activation_lists_the_registered_ones() -> None:
+    with pytest.raises(
+        ValueError, match=r"activation='swish' is not one of \['gelu', 'gelu_tanh', 'relu', 'silu'\]"
+    ):
+        GPTConfig(activation="swish")
+    with pytest.raises(ValueError, match=r"activation='tanh' is not one of"):
+        MLP(4, 8, activation="tanh")
+
+
+class GatedFFN(nn.Module):
+    """A user's feed-forward with explicit arguments and ``from_config``: the registry contract."""
+
+    def __init__(self, n_embd: int, hidden: int) -> None:
+        super().__init__()
+        self.gate = nn.Linear(n_embd, hidden)
+        self.up = nn.Linear(n_embd, hidden)
+        self.down = nn.Linear(hidden, n_embd)
+
+    @classmethod
+    def from_config(cls, config: GPTConfig) -> GatedFFN:
+        return cls(config.n_embd, 2 * config.n_embd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class ConfigOnlyAttention(DenseAttention):
+    """A user's attention written against the whole config (no ``from_config``): built as ``cls(config)``."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__(config.n_embd, config.n_head, causal=config.causal)
+
+
+def test_a_registered_user_class_is_built_from_the_config(monkeypatch) -> None:
+    monkeypatch.setitem(FFN, "gated", GatedFFN)
+    monkeypatch.setitem(ATTENTION, "mine", ConfigOnlyAttention)
+    cfg = GPTConfig.from_name("debug", ffn="gated", attention="mine")
+    assert isinstance(build_layer(get_ffn("gated"), cfg), GatedFFN)
+    model = GPT(cfg)
+    block = model.blocks[0]
+    assert isinstance(block.mlp, GatedFFN) and block.mlp.up.out_features == 64
+    assert isinstance(block.attn, ConfigOnlyAttention)
+    x = torch.randint(0, 64, (2, 12))
+    F.cross_entropy(model(x).view(-1, 64), x.view(-1)).backward()
+    assert block.mlp.gate.weight.grad.abs().sum() > 0
