@@ -47,9 +47,9 @@ def _time(fn, iters: int) -> float:
 
 def moe_speed(a: argparse.Namespace, device: torch.device) -> tuple[list[dict], list[str]]:
     cfg = GPTConfig.from_name(
-        "tiny", n_embd=a.width, n_head=4, dropout=0.0, ffn="moe", moe_experts=a.experts, moe_jitter=0.0
+        "tiny", n_embd=a.width, n_head=4, dropout=0.0, ffn="moe", moe={"experts": a.experts, "jitter": 0.0}
     )
-    dense, moe = MLP(cfg).to(device), SwitchMoE(cfg).to(device)
+    dense, moe = MLP.from_config(cfg).to(device), SwitchMoE.from_config(cfg).to(device)
     x = torch.randn(a.batch, a.block, a.width, device=device, requires_grad=True)
 
     def step(layer):
@@ -154,7 +154,7 @@ def moe_quality(a: argparse.Namespace, device: torch.device) -> tuple[list[dict]
     dm.setup("fit")
     base = {"vocab_size": dm.vocab_size, "dropout": 0.0, "attn_dropout": 0.0, "embd_dropout": 0.0}
     dense_cfg = GPTConfig.from_name("tiny", **base)
-    moe_cfg = GPTConfig.from_name("tiny", **base, ffn="moe", moe_experts=a.experts)
+    moe_cfg = GPTConfig.from_name("tiny", **base, ffn="moe", moe={"experts": a.experts})
     ratio = executed_flops_per_token(GPT(moe_cfg), 128) / executed_flops_per_token(GPT(dense_cfg), 128)
     dense_steps_equal_flops = math.ceil(a.quality_steps * ratio)
     rows = []
