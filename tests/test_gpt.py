@@ -210,6 +210,8 @@ def test_from_dict_moves_each_flat_name_to_its_sub_config_with_a_warning(old: st
     assert getattr(getattr(cfg, group), key) == value
     assert cfg == GPTConfig(name="debug", **{group: {key: value}})
     with pytest.warns(DeprecationWarning, match=rf"'{old}' is now {group}\.{key}"):
+        assert GPTConfig(name="debug", **{old: value}) == cfg  # the constructor reads them too
+    with pytest.warns(DeprecationWarning, match=rf"'{old}' is now {group}\.{key}"):
         assert GPTConfig.from_name("debug", **{old: value}) == GPTConfig.from_name(
             "debug", **{group: {key: value}}
         )

@@ -2,9 +2,9 @@
 
 | module | what it holds |
 | --- | --- |
-| :mod:`kit.nn.config` | ``GPTConfig`` and its presets (``GPTConfig.from_name``) |
+| :mod:`kit.nn.config` | ``GPTConfig`` and its presets (``GPTConfig.from_name``, ``GPTConfig.from_dict``) |
 | :mod:`kit.nn.gpt` | ``GPT`` and ``Block`` |
-| :mod:`kit.nn.layers` | attention, feed-forward, MoE and depth layers, chosen by name through registries |
+| :mod:`kit.nn.layers` | attention, feed-forward, MoE and depth layers with explicit arguments, chosen by name through registries; their settings (``SlidingWindowConfig``, ``MoEConfig``, ``UniversalConfig``) |
 | :mod:`kit.nn.aux` | the auxiliary-loss protocol (``add_aux_losses``) that MoE and ACT layers use |
 | :mod:`kit.nn.transforms` | PEFT, activation checkpointing and compile, applied in one documented order |
 | :mod:`kit.nn.peft` | LoRA, QLoRA, bottleneck adapters and prompt tuning (``PeftConfig``) |
@@ -22,6 +22,7 @@ Example:
 from kit.nn.aux import add_aux_losses, aux_outputs, clear_aux, record_aux
 from kit.nn.config import CHECKPOINT_MODES, GPTConfig
 from kit.nn.gpt import GPT, Block
+from kit.nn.layers import MoEConfig, SlidingWindowConfig, UniversalConfig
 from kit.nn.peft import PeftConfig, apply_peft
 from kit.nn.transforms import apply_transforms, checkpoint_blocks
 
@@ -30,7 +31,10 @@ __all__ = [
     "GPT",
     "Block",
     "GPTConfig",
+    "MoEConfig",
     "PeftConfig",
+    "SlidingWindowConfig",
+    "UniversalConfig",
     "add_aux_losses",
     "apply_peft",
     "apply_transforms",

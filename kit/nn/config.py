@@ -5,13 +5,15 @@ names (strings) so a config survives YAML and checkpoints, and cross-field check
 how to fix a bad value. A variant's own settings are a sub-config defined and checked beside its layer
 (``sliding``, ``moe``, ``universal``); a dict given for one becomes the dataclass, so ``asdict`` output and a
 checkpoint's hyper-parameters rebuild the same config. Configs written with the older flat names
-(``moe_experts``, ``attn_window``...) load through :meth:`GPTConfig.from_dict`. Imports no Lightning.
+(``moe_experts``, ``attn_window``...) load through :meth:`GPTConfig.from_dict` (and the constructor), with a
+``DeprecationWarning`` naming the new key. Imports no Lightning.
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 
 from kit.nn.layers import get_activation, get_attention, get_depth, get_ffn
@@ -109,7 +111,8 @@ class GPTConfig:
     A variant's settings are a sub-config beside its layer, given as the dataclass or a dict:
     ``sliding`` (:class:`~kit.nn.layers.attention.SlidingWindowConfig`), ``moe``
     (:class:`~kit.nn.layers.moe.MoEConfig`), ``universal`` (:class:`~kit.nn.layers.depth.UniversalConfig`).
-    In YAML: ``config: {name: tiny, ffn: moe, moe: {experts: 4}}``.
+    In YAML: ``config: {name: tiny, ffn: moe, moe: {experts: 4}}``. The older flat names (``moe_experts``...)
+    still work here and in :meth:`from_dict`, with a ``DeprecationWarning`` naming the new key.
 
     Example:
         >>> GPTConfig.from_name("tiny", n_layer=2).n_layer
@@ -250,6 +253,21 @@ class GPTConfig:
         return cls(**_migrate_flat(values, stacklevel=3))
 
 
+def _accept_flat_names(init: Callable[..., None]) -> Callable[..., None]:
+    """Let ``GPTConfig(moe_experts=4)`` work as :meth:`GPTConfig.from_dict` does (with its warning)."""
+
+    @functools.wraps(init)  # keeps the signature that LightningCLI and --print_config read
+    def __init__(self: GPTConfig, *args: object, **kwargs: object) -> None:
+        if any(name in RENAMED for name in kwargs):
+            kwargs = _migrate_flat(kwargs, stacklevel=3)
+        init(self, *args, **kwargs)
+
+    return __init__
+
+
+GPTConfig.__init__ = _accept_flat_names(GPTConfig.__init__)
+
+
 def _migrate_flat(values: Mapping[str, object], stacklevel: int) -> dict[str, object]:
     """``values`` with each older flat name moved into its sub-config dict, warning once per name."""
     out = dict(values)
@@ -261,7 +279,7 @@ def _migrate_flat(values: Mapping[str, object], stacklevel: int) -> dict[str, ob
                 f"GPTConfig key {old!r} is now {group}.{key}; write `{group}: {{{key}: {value!r}}}` in YAML "
                 f"or GPTConfig({group}={{{key!r}: {value!r}}})",
                 DeprecationWarning,
-                stacklevel=stacklevel + 1,
+                stacklevel=stacklevel,
             )
             moved.setdefault(group, {})[key] = value
     check_keys(out, [f.name for f in fields(GPTConfig)], "GPTConfig")
