@@ -28,7 +28,8 @@ __all__ = ["CHECKPOINT_MODES", "PRESETS", "RENAMED", "GPTConfig"]
 CHECKPOINT_MODES: tuple[str, ...] = ("none", "full", "attention", "ffn")
 
 
-# The flat names older configs and checkpoints use -> (sub-config, field); GPTConfig.from_dict maps them.
+# The flat names older configs and checkpoints use -> (sub-config, field); GPTConfig.from_dict and the
+# constructor map them, with a DeprecationWarning naming the new key.
 RENAMED: dict[str, tuple[str, str]] = {
     "attn_window": ("sliding", "window"),
     "attn_global": ("sliding", "global_positions"),
