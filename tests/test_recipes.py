@@ -185,6 +185,16 @@ def test_only_the_header_names_a_base(tmp_path: Path) -> None:
     assert expand_config('{"seed_everything": 3}') == ['{"seed_everything": 3}']
 
 
+def test_a_base_key_instead_of_a_header_line_says_how_to_write_it(tmp_path: Path) -> None:
+    mine = _write(tmp_path / "mine.yaml", "base: gpt-tiny\nseed_everything: 1\n")
+    with pytest.raises(
+        SystemExit, match=r"'base:' key; name the base in a header comment .*'# base: gpt-tiny'"
+    ):
+        expand_config(str(mine))
+    nested = _write(tmp_path / "nested.yaml", "# base: gpt-tiny\nmodel:\n  base: 1\n")  # not top-level
+    assert len(expand_config(str(nested))) == 2
+
+
 def test_an_unknown_base_is_a_one_line_error_naming_the_recipe(tmp_path: Path) -> None:
     bad = _write(tmp_path / "mine.yaml", "# base: gpt-huge\nseed_everything: 1\n")
     with pytest.raises(

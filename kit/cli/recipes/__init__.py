@@ -131,6 +131,23 @@ def _base_path(base: str, overlay: Path) -> Path:
     )
 
 
+_BASE_KEY = re.compile(r"base\s*:")
+
+
+def _base_of(path: Path) -> str | None:
+    """The ``# base:`` a file names; a top-level ``base:`` key (which jsonargparse would reject as an unknown
+    option) is an error that says how to write it."""
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if _BASE_KEY.match(line):
+                base = line.split(":", 1)[1].strip()
+                raise SystemExit(
+                    f"kit: config {str(path)!r} has a top-level 'base:' key; name the base in a header comment "
+                    f"above the first key instead: '# base: {base}'"
+                )
+    return read_header(path).get("base")
+
+
 def expand_config(value: str) -> list[str]:
     """The ``--config`` files a config argument stands for, base first: the overlay chain of a recipe or file.
 
@@ -148,7 +165,7 @@ def expand_config(value: str) -> list[str]:
     if not path.is_file():
         return [first]
     chain = [path]
-    while (base := read_header(chain[-1]).get("base")) is not None:
+    while (base := _base_of(chain[-1])) is not None:
         base_path = _base_path(base, chain[-1])
         if base_path.resolve() in {p.resolve() for p in chain}:
             cycle = " -> ".join(p.stem for p in [*chain, base_path])
