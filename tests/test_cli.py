@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -52,7 +53,11 @@ def test_recipes_are_listed_and_resolved_by_name(capsys) -> None:
     assert all(recipes.values()), "every recipe needs a '# description:' line"
     assert resolve_recipe("gpt-tiny").endswith("kit/cli/recipes/gpt-tiny.yaml")
     assert main(["recipes"]) == 0
-    assert "gpt-tiny" in capsys.readouterr().out
+    listed = capsys.readouterr().out
+    # each recipe with its base ("-" for one that stands alone) and its description
+    assert re.search(r"^  gpt-tiny +- +tiny GPT", listed, re.M)
+    assert re.search(r"^  gpt-tiny-moe +gpt-tiny +gpt-tiny with a Switch MoE", listed, re.M)
+    assert re.search(r"^  classifier-lora +classifier-finetune +stage 2, LoRA", listed, re.M)
     with pytest.raises(SystemExit, match="neither a file nor a packaged recipe; recipes: "):
         resolve_recipe("no-such-recipe")
 
@@ -69,6 +74,10 @@ def test_bench_and_help_subcommands(capsys) -> None:
 def test_fit_without_config_gets_the_default_recipe() -> None:
     assert _rewrite_args(["fit"])[:3] == ["fit", "--config", resolve_recipe("gpt-tiny")]
     assert _rewrite_args(["fit", "-c", "seed-recipe"]) == ["fit", "-c", resolve_recipe("seed-recipe")]
+    # an overlay's name expands to its base's file and then its own
+    assert _rewrite_args(["fit", "-c", "gpt-tiny-moe"]) == [
+        "fit", "-c", resolve_recipe("gpt-tiny"), "-c", resolve_recipe("gpt-tiny-moe")
+    ]  # fmt: skip
     assert "--config" not in _rewrite_args(["fit", "--model=MyModel"])
 
 

@@ -2,7 +2,9 @@
 
 ``kit fit|validate|test|predict`` is a ``LightningCLI`` in subclass mode (any LightningModule and
 LightningDataModule, the user's included); ``--config`` takes a file or the name of a packaged recipe, and
-``kit fit`` with no config runs the default recipe ``gpt-tiny``. Other subcommands (``recipes``, ``bench``,
+``kit fit`` with no config runs the default recipe ``gpt-tiny``. A recipe or file whose header says
+``# base: NAME`` is an overlay: its ``--config`` expands to its base's chain followed by itself
+(``kit.cli.recipes``). Other subcommands (``recipes``, ``bench``,
 ``data``, ``plan``, ``doctor``) are plain argparse tools dispatched before LightningCLI.
 """
 
@@ -16,9 +18,20 @@ import sys
 import warnings
 from pathlib import Path
 
-__all__ = ["DEFAULT_RECIPE", "import_object", "list_recipes", "main", "one_line", "resolve_ckpt_path", "resolve_recipe"]
+from kit.cli.recipes import RECIPES_DIR, expand_config, list_recipes, recipe_bases, resolve_recipe
 
-RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+__all__ = [
+    "DEFAULT_RECIPE",
+    "RECIPES_DIR",
+    "expand_config",
+    "import_object",
+    "list_recipes",
+    "main",
+    "one_line",
+    "resolve_ckpt_path",
+    "resolve_recipe",
+]
+
 DEFAULT_RECIPE = "gpt-tiny"
 TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 # name -> (module with main(argv) -> int, one-line help)
@@ -30,49 +43,21 @@ TOOL_SUBCOMMANDS = {
 }
 
 
-def list_recipes() -> dict[str, str]:
-    """Packaged recipes: ``{name: description}`` from each YAML's ``# description:`` line."""
-    out = {}
-    for path in sorted(RECIPES_DIR.glob("*.yaml")):
-        description = ""
-        for line in path.read_text().splitlines():
-            if line.startswith("# description:"):
-                description = line.split(":", 1)[1].strip()
-                break
-        out[path.stem] = description
-    return out
-
-
-def resolve_recipe(value: str) -> str:
-    """A config argument as given: an existing file stays, a packaged recipe name becomes its path.
-
-    Raises:
-        SystemExit: neither a file nor a recipe; the message lists the recipes.
-    """
-    if Path(value).exists() or value.lstrip().startswith("{"):
-        return value
-    name = value[:-5] if value.endswith(".yaml") else value
-    candidate = RECIPES_DIR / f"{name}.yaml"
-    if candidate.exists():
-        return str(candidate)
-    raise SystemExit(
-        f"kit: --config {value!r} is neither a file nor a packaged recipe; recipes: {', '.join(list_recipes())}"
-    )
-
-
 def _rewrite_args(argv: list[str]) -> list[str]:
-    """Resolve recipe names after --config/-c, and add the default recipe to a config-less fit."""
+    """Expand each --config/-c into its recipe's overlay chain (base first), and add the default recipe to a
+    config-less fit."""
     out: list[str] = []
     i, has_config = 0, False
     while i < len(argv):
         arg = argv[i]
         if arg in ("--config", "-c") and i + 1 < len(argv):
-            out += [arg, resolve_recipe(argv[i + 1])]
+            for path in expand_config(argv[i + 1]):
+                out += [arg, path]
             has_config = True
             i += 2
             continue
         if arg.startswith("--config="):
-            out.append("--config=" + resolve_recipe(arg.split("=", 1)[1]))
+            out += ["--config=" + path for path in expand_config(arg.split("=", 1)[1])]
             has_config = True
         else:
             out.append(arg)
@@ -80,7 +65,7 @@ def _rewrite_args(argv: list[str]) -> list[str]:
     if out and out[0] in TRAINER_SUBCOMMANDS and not has_config:
         names_model = any(a == "--model" or a.startswith("--model=") for a in out)
         if not names_model and not any(a in ("-h", "--help") for a in out):
-            out[1:1] = ["--config", str(RECIPES_DIR / f"{DEFAULT_RECIPE}.yaml")]
+            out[1:1] = [item for path in expand_config(DEFAULT_RECIPE) for item in ("--config", path)]
     return out
 
 
@@ -326,11 +311,13 @@ def _print_fit_summary(trainer, model, datamodule) -> None:
 
 
 def _print_recipes() -> int:
-    recipes = list_recipes()
-    width = max(map(len, recipes), default=0)
-    print("packaged recipes (kit fit --config NAME):")
-    for name, description in recipes.items():
-        print(f"  {name:<{width}}  {description}")
+    descriptions, bases = list_recipes(), recipe_bases()
+    width = max(map(len, descriptions), default=0)
+    base_width = max((len(b) for b in bases.values() if b), default=0)
+    print("packaged recipes (kit fit --config NAME; an overlay runs on top of its base):")
+    print(f"  {'name':<{width}}  {'base':<{base_width}}  description")
+    for name, description in descriptions.items():
+        print(f"  {name:<{width}}  {bases[name] or '-':<{base_width}}  {description}")
     return 0
 
 
@@ -340,7 +327,7 @@ def _print_help() -> int:
     print(
         "  fit/validate/test/predict  LightningCLI (kit fit --help for every option; --print_config shows them)"
     )
-    print("  recipes                    list packaged recipes")
+    print("  recipes                    list packaged recipes and the base each one overlays")
     for name, (_, text) in TOOL_SUBCOMMANDS.items():
         print(f"  {name:<26} {text}")
     print(f"\nWith no --config, kit fit runs the default recipe {DEFAULT_RECIPE!r}.")
