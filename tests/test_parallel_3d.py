@@ -274,7 +274,7 @@ def test_fused_qkv_is_head_major_so_a_plain_row_split_gives_whole_heads() -> Non
 
     cfg = _config(n_head=4)
     torch.manual_seed(0)
-    attn = DenseAttention(cfg).eval()
+    attn = DenseAttention.from_config(cfg).eval()
     C, nh = cfg.n_embd, cfg.n_head
     stacked_w, stacked_b = torch.randn(3 * C, C), torch.randn(3 * C)
     with torch.no_grad():

@@ -3,7 +3,6 @@ the chain, and the errors for an unknown base and a cycle."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ from kit.cli.recipes import (
     read_header,
     recipe_bases,
 )
-from kit.nn import GPTConfig
 
 BASES = {
     "gpt-tiny-moe": "gpt-tiny",
@@ -228,26 +226,9 @@ def _print_config(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     return capsys.readouterr().out
 
 
-def _nested_model_config() -> bool:
-    return {"moe", "sliding", "universal"} <= {f.name for f in dataclasses.fields(GPTConfig)}
-
-
 @pytest.mark.parametrize(
     "name",
-    [
-        *(n for n in sorted(BASES) if n.startswith("classifier-")),
-        *(
-            pytest.param(
-                n,
-                marks=pytest.mark.skipif(
-                    not _nested_model_config(),
-                    reason="GPTConfig here has no moe/sliding/universal sub-configs",
-                ),
-            )
-            for n in sorted(BASES)
-            if n.startswith("gpt-tiny-")
-        ),
-    ],
+    sorted(n for n in BASES if n.startswith(("classifier-", "gpt-tiny-"))),
 )
 def test_lightning_cli_merges_the_chain_as_the_merged_file(
     name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

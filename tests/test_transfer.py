@@ -333,12 +333,10 @@ def test_init_from_resolves_a_run_folder_or_a_recipe_name_to_the_newest_complete
 def test_transfer_recipes_pretrain_mlm_only_and_fine_tune_from_the_newest_run_with_mean_pooling() -> None:
     """The README's choices, pinned: MLM without NSP (NSP lowered the fine-tuned F1 here), each run in its own
     version folder, and classifiers that find the newest pretraining run and pool what MLM trains."""
-    import yaml
-
-    from kit.cli.main import RECIPES_DIR
+    from kit.cli.recipes import merged_recipe
 
     def load(name: str) -> dict:
-        return yaml.safe_load((RECIPES_DIR / f"{name}.yaml").read_text())
+        return merged_recipe(name)[1]  # an overlay's own file holds only what it changes over its base
 
     pre = load("bert-tiny-pretrain")
     assert pre["model"]["init_args"]["nsp"] is False and pre["data"]["init_args"]["nsp"] is False
