@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from kit._compat import attached_trainer
 from kit.models.gpt import CausalLM
 from kit.parallel.pipeline import (
     GPTStage,
@@ -75,7 +76,7 @@ class PipelineCausalLM(CausalLM):
 
     def configure_model(self) -> None:
         mesh = getattr(self, "_device_mesh", None)
-        if mesh is None and self._trainer is None:
+        if mesh is None and attached_trainer(self) is None:
             # CausalLM.__init__'s eager build: the full GPT, cut into stages once the strategy's mesh is there (so
             # the weights are those CausalLM would start from with the same seed)
             return super().configure_model()
