@@ -135,18 +135,15 @@ class KitCheckpoint(ModelCheckpoint):
         self._preemption = self._own_preemption  # or the Trainer's own PreemptionSave (found at setup)
         self._watchdog = HangWatchdog(hang_timeout_s) if hang_timeout_s is not None else None
         if hang_timeout_s is not None:
-            warnings.warn(
-                f"KitCheckpoint(hang_timeout_s={hang_timeout_s}) is deprecated: add "
-                f"kit.callbacks.HangWatchdog(timeout_s={hang_timeout_s}) to the callbacks instead",
-                DeprecationWarning,
-                stacklevel=2,
+            t = hang_timeout_s
+            _deprecated(
+                f"hang_timeout_s={t}", f"add kit.callbacks.HangWatchdog(timeout_s={t}) to the callbacks"
             )
         if preemption_every_n_steps != 1:
-            warnings.warn(
-                f"KitCheckpoint(preemption_every_n_steps={preemption_every_n_steps}) is deprecated: add "
-                f"kit.callbacks.PreemptionSave(every_n_steps={preemption_every_n_steps}) and set preemption=False",
-                DeprecationWarning,
-                stacklevel=2,
+            n = preemption_every_n_steps
+            _deprecated(
+                f"preemption_every_n_steps={n}",
+                f"add kit.callbacks.PreemptionSave(every_n_steps={n}) to the callbacks and set preemption=False",
             )
         self._rng = StepRng()
         self._writer = AsyncWriter(dirpath)
@@ -190,9 +187,9 @@ class KitCheckpoint(ModelCheckpoint):
         self._writer.folder = self.dirpath
         if stage == "fit" and self._hook is None:  # the resume (if any) loads weights before on_train_start
             self._hook = pl_module.register_load_state_dict_pre_hook(mismatch_hook)
-        if self._own_preemption is not None:  # the Trainer's own PreemptionSave, if any, takes over
-            own = [cb for cb in trainer.callbacks if isinstance(cb, PreemptionSave)]
-            self._preemption = own[0] if own else self._own_preemption
+        # the Trainer's own PreemptionSave, if any, takes over from the composed one
+        own = [cb for cb in trainer.callbacks if isinstance(cb, PreemptionSave)]
+        self._preemption = own[0] if own else self._own_preemption
         if (
             self.async_save
             and self._dcp_group is None
@@ -541,3 +538,7 @@ def _link_or_copy(src: str, dst: str) -> None:
         import shutil
 
         shutil.copy2(src, dst)
+
+
+def _deprecated(arg: str, instead: str) -> None:
+    warnings.warn(f"KitCheckpoint({arg}) is deprecated; {instead}", DeprecationWarning, stacklevel=3)

@@ -58,7 +58,7 @@ def load_backbone(model: nn.Module, checkpoint: dict) -> tuple[list[str], list[s
     notes = upgrade_qkv_layout(model, checkpoint, optimizer_states=False)
     if notes:
         rank_zero_warn(
-            "init_from: checkpoint predates the head-major fused QKV layout (issue 10); converted "
+            "init_from: checkpoint predates the head-major fused QKV layout; converted "
             f"{len(notes)} tensor(s): {'; '.join(notes[:4])}" + (" ..." if len(notes) > 4 else "")
         )
     state = checkpoint.get("state_dict", checkpoint)

@@ -67,8 +67,7 @@ class Stream(torch.utils.data.IterableDataset):
     """An unsized stream: Lightning fetches one batch ahead to learn which one is the last."""
 
     def __iter__(self):
-        for batch in regression_loader(n=64, batch_size=8):
-            yield batch
+        yield from regression_loader(n=64, batch_size=8)
 
 
 def test_the_training_fetcher_is_visible_and_counts_the_batches_fetched_ahead(tmp_path: Path) -> None:

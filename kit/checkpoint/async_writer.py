@@ -71,10 +71,10 @@ class AsyncWriter:
         thread_name: prefix of the writer thread's name (shown in stack dumps).
 
     Example:
-        >>> writer = AsyncWriter("checkpoints")
-        >>> writer.submit(print, "written")
-        >>> writer.drain()
-        written
+        >>> writer, done = AsyncWriter("checkpoints"), []
+        >>> writer.submit(done.append, "written")
+        >>> writer.drain(); done
+        ['written']
         >>> writer.shutdown()
     """
 
