@@ -75,7 +75,7 @@ class PipelineCausalLM(CausalLM):
         self._eval_schedules: dict[tuple, object] = {}
 
     def configure_model(self) -> None:
-        mesh = getattr(self, "_device_mesh", None)
+        mesh = self.device_mesh
         if mesh is None and attached_trainer(self) is None:
             # CausalLM.__init__'s eager build: the full GPT, cut into stages once the strategy's mesh is there (so
             # the weights are those CausalLM would start from with the same seed)
@@ -108,7 +108,7 @@ class PipelineCausalLM(CausalLM):
         """The last stage's loss on every rank of its pipeline, averaged over the data-parallel replicas."""
         value = loss.detach().float() if loss is not None else torch.zeros((), device=device)
         dist.broadcast(value, src=self._pipe.last_rank, group=self._pipe.group)
-        dp = mesh_dim(self._device_mesh, DP_DIM)
+        dp = mesh_dim(self.device_mesh, DP_DIM)
         if dp is not None and dp.size() > 1:
             dist.all_reduce(value, group=dp.get_group())
             value /= dp.size()
