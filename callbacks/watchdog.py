@@ -34,7 +34,8 @@ class HangWatchdog(Callback):
     Logs ``watchdog/max_idle_s``: the longest gap between heartbeats so far, to choose ``timeout_s`` from.
 
     Args:
-        timeout_s: seconds without a heartbeat before the process exits.
+        timeout_s: seconds without a heartbeat before the process exits; the default (15 minutes) is half the
+            process group's own default timeout.
 
     Raises:
         ValueError: ``timeout_s <= 0``.
@@ -44,7 +45,7 @@ class HangWatchdog(Callback):
         120
     """
 
-    def __init__(self, timeout_s: float = 1800.0) -> None:
+    def __init__(self, timeout_s: float = 900.0) -> None:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s={timeout_s} must be > 0 seconds; set it well above the slowest step")
         self.timeout_s = timeout_s
@@ -66,9 +67,9 @@ class HangWatchdog(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._beat = time.monotonic()
         if self._thread is None:
-            self._stop.clear()
+            self._stop = threading.Event()  # a fresh one: the previous thread may not have seen its stop yet
             self._thread = threading.Thread(
-                target=self._watch, args=(trainer,), name="kit-hang-watchdog", daemon=True
+                target=self._watch, args=(trainer, self._stop), name="kit-hang-watchdog", daemon=True
             )
             self._thread.start()
 
@@ -84,8 +85,8 @@ class HangWatchdog(Callback):
     def on_validation_batch_end(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
         self.beat()
 
-    def _watch(self, trainer: pl.Trainer) -> None:
-        while not self._stop.wait(min(5.0, self.timeout_s / 4)):
+    def _watch(self, trainer: pl.Trainer, stop: threading.Event) -> None:
+        while not stop.wait(min(5.0, self.timeout_s / 4)):
             idle = time.monotonic() - self._beat
             if idle > self.timeout_s:
                 print(self.message(trainer, idle), file=sys.stderr, flush=True)
