@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import MeanMetric
 
+from kit._compat import attached_trainer
 from kit.models._hooks import QKVLayoutHooks
 from kit.nn.aux import add_aux_losses
 from kit.nn.config import GPTConfig
@@ -90,7 +91,7 @@ class CausalLM(QKVLayoutHooks, pl.LightningModule):
     # -- model construction -------------------------------------------------------------------------------
     def _check_vocab(self) -> None:
         """The embedding must cover the data's tokenizer (shards or TextDataModule), or ids fail deep inside it."""
-        dm = self._trainer.datamodule if self._trainer is not None else None
+        dm = getattr(attached_trainer(self), "datamodule", None)
         dm_vocab = getattr(dm, "vocab_size", None)
         if dm_vocab is not None and self.config.vocab_size < int(dm_vocab):
             raise ValueError(
@@ -114,7 +115,7 @@ class CausalLM(QKVLayoutHooks, pl.LightningModule):
             self._check_vocab()  # built in __init__ (vocab_size given): still check it against the data
             return
         if self.config.vocab_size is None:
-            dm = self._trainer.datamodule if self._trainer is not None else None
+            dm = getattr(attached_trainer(self), "datamodule", None)
             vocab = getattr(dm, "vocab_size", None)
             if vocab is None:
                 raise ValueError(
@@ -123,7 +124,7 @@ class CausalLM(QKVLayoutHooks, pl.LightningModule):
             self.config = replace(self.config, vocab_size=int(vocab))
             self.hparams["config"] = asdict(self.config)  # so checkpoints rebuild the same shape
         self._check_vocab()
-        dm = self._trainer.datamodule if self._trainer is not None else None
+        dm = getattr(attached_trainer(self), "datamodule", None)
         dm_block = getattr(dm, "block_size", None)
         if dm_block is not None and dm_block > self.config.block_size:
             raise ValueError(
@@ -228,7 +229,7 @@ class CausalLM(QKVLayoutHooks, pl.LightningModule):
         optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), fused=fused or None)
         total = hp.max_steps
         if total is None:
-            total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 10_000
+            total = int(self.trainer.estimated_stepping_batches) if attached_trainer(self) is not None else 10_000
         if hp.warmup_steps >= total:
             rank_zero_warn(
                 f"warmup_steps={hp.warmup_steps} >= total steps {total}: the LR never decays; lower model.warmup_steps"
