@@ -37,7 +37,17 @@ from lightning.pytorch.strategies import (
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from kit.parallel.comm_hooks import CommStats, OneBitAdamHookState, make_comm_hook, onebit_adam_hook
+from kit.parallel.comm_hooks import (
+    DEFAULT_COMM,
+    UNSET,
+    CommHookConfig,
+    CommStats,
+    OneBitAdamHookState,
+    Unset,
+    comm_config,
+    make_comm_hook,
+    onebit_adam_hook,
+)
 from kit.parallel.onebit_adam import OneBitAdam, OneBitAdamW
 
 __all__ = [
@@ -59,40 +69,43 @@ class CompressedDDPStrategy(DDPStrategy):
     byte counters as ``comm_stats`` (logged by :class:`kit.callbacks.compression.GradientCompression`).
 
     Args:
-        hook: ``allreduce``, ``fp16``, ``bf16``, ``powersgd``, ``topk`` or ``1bit``.
-        topk_ratio: fraction of gradient entries top-k sends (also the ``ratio`` of 1bit, unused there).
-        powersgd_rank: PowerSGD's matrix approximation rank.
-        powersgd_start_iter: first PowerSGD-compressed step (dense before; >= 2).
-        scheme: top-k's and 1bit's collective: ``2phase`` (all-to-all + all-gather with worker- and
-            server-side error feedback; the cut does not shrink with W) or ``allgather`` (small W only).
-        per_tensor_scale: 1bit: scales never span two parameter tensors (``False``: one scale per chunk, which
-            cost +32.5% loss with momentum SGD in issue 9's runs).
-        block: 1bit two-phase: at most this many entries share a scale (32: a 93.8% byte cut; ``None``: whole
-            tensor pieces, ~96.9%).
+        comm: the hook and its settings (:class:`kit.parallel.comm_hooks.CommHookConfig`; default PowerSGD
+            rank 4). YAML: ``comm: {hook: topk, topk_ratio: 0.01}``.
+        hook: deprecated, use ``comm`` (as are the six below; each is the ``CommHookConfig`` field of that name).
+        topk_ratio: deprecated.
+        powersgd_rank: deprecated.
+        powersgd_start_iter: deprecated.
+        scheme: deprecated.
+        per_tensor_scale: deprecated.
+        block: deprecated.
         **kwargs: anything ``DDPStrategy`` takes (``process_group_backend``, ``find_unused_parameters``...).
 
     Raises:
         ValueError: for an unknown hook or invalid setting.
+        TypeError: for ``comm`` and flat settings together.
 
     Example:
-        >>> strategy = CompressedDDPStrategy(hook="topk", topk_ratio=0.01)
-        >>> strategy.comm_stats.ratio
-        1.0
+        >>> strategy = CompressedDDPStrategy(CommHookConfig(hook="topk", topk_ratio=0.01))
+        >>> strategy.comm_stats.ratio, strategy.comm_state.ratio
+        (1.0, 0.01)
     """
 
     def __init__(
         self,
-        hook: Literal["allreduce", "fp16", "bf16", "powersgd", "topk", "1bit"] = "powersgd",
-        topk_ratio: float = 0.01,
-        powersgd_rank: int = 4,
-        powersgd_start_iter: int = 10,
-        scheme: Literal["2phase", "allgather"] = "2phase",
-        per_tensor_scale: bool = True,
-        block: int | None = 32,
+        comm: CommHookConfig = DEFAULT_COMM,
+        hook: Literal["allreduce", "fp16", "bf16", "powersgd", "topk", "1bit"] | None = None,
+        topk_ratio: float | None = None,
+        powersgd_rank: int | None = None,
+        powersgd_start_iter: int | None = None,
+        scheme: Literal["2phase", "allgather"] | None = None,
+        per_tensor_scale: bool | None = None,
+        block: int | Unset | None = UNSET,
         **kwargs: Any,
     ) -> None:
-        state, fn = make_comm_hook(
-            hook,
+        self.comm = comm_config(
+            comm,
+            type(self).__name__,
+            hook=hook,
             topk_ratio=topk_ratio,
             powersgd_rank=powersgd_rank,
             powersgd_start_iter=powersgd_start_iter,
@@ -100,8 +113,9 @@ class CompressedDDPStrategy(DDPStrategy):
             per_tensor_scale=per_tensor_scale,
             block=block,
         )
+        state, fn = make_comm_hook(self.comm.hook, self.comm)
         super().__init__(ddp_comm_state=state, ddp_comm_hook=fn, **kwargs)
-        self.hook = hook
+        self.hook = self.comm.hook
         self.comm_state = state  # read (and checkpointed) by kit.callbacks.compression.GradientCompression
         self.comm_stats: CommStats = state.stats
 
@@ -422,19 +436,23 @@ PRESETS: dict[str, tuple[type, str, dict[str, Any]]] = {
     "ddp-powersgd": (
         CompressedDDPStrategy,
         "DDP + PowerSGD rank 4 (dense first 10 steps)",
-        {"hook": "powersgd"},
+        {"comm": CommHookConfig(hook="powersgd")},
     ),
     "ddp-topk": (
         CompressedDDPStrategy,
         "DDP + top-1% per chunk, two-phase all-reduce, worker+server error feedback",
-        {"hook": "topk"},
+        {"comm": CommHookConfig(hook="topk")},
     ),
     "ddp-1bit": (
         CompressedDDPStrategy,
         "DDP + 1-bit sign+scale, two-phase all-reduce, worker+server error feedback",
-        {"hook": "1bit"},
+        {"comm": CommHookConfig(hook="1bit")},
     ),
-    "ddp-fp16": (CompressedDDPStrategy, "DDP + fp16 gradient all-reduce", {"hook": "fp16"}),
+    "ddp-fp16": (
+        CompressedDDPStrategy,
+        "DDP + fp16 gradient all-reduce",
+        {"comm": CommHookConfig(hook="fp16")},
+    ),
     "ddp-1bit-adam": (
         OneBitAdamStrategy,
         "DDP + 1-bit Adam: dense warm-up, then frozen variance and 1-bit two-phase momentum averaging",
