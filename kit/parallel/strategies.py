@@ -219,10 +219,10 @@ class OneBitAdamStrategy(CompressedDDPStrategy):
         d = old.defaults
         return cls(
             groups,
-            d["lr"],
-            d["betas"],
-            d["eps"],
-            d["weight_decay"],
+            lr=d["lr"],
+            betas=d["betas"],
+            eps=d["eps"],
+            weight_decay=d["weight_decay"],
             freeze_step=self.freeze_step,
             compress=self.compress,
             scale=self.scale,
