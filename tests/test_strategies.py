@@ -9,6 +9,7 @@ from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStr
 from torch import nn
 
 import kit.parallel.strategies as ks
+from kit._compat import ddp_comm_hook
 from kit.nn import Block
 from kit.parallel.comm_hooks import (
     CommHookConfig,
@@ -41,11 +42,12 @@ def test_ddp_presets_build_fresh_hook_state(name: str, hook: str, state_cls, fn)
     a, b = StrategyRegistry.get(name), StrategyRegistry.get(name)
     assert isinstance(a, ks.CompressedDDPStrategy) and isinstance(a, DDPStrategy)
     assert a.hook == hook and isinstance(a.comm_stats, CommStats)
-    assert a._ddp_comm_state is not b._ddp_comm_state  # no state shared between two Trainers
+    (state_a, hook_a), (state_b, _) = ddp_comm_hook(a), ddp_comm_hook(b)  # what Lightning's DDP will register
+    assert state_a is a.comm_state and state_a is not state_b  # no state shared between two Trainers
     if state_cls is not None:
-        assert isinstance(a._ddp_comm_state, state_cls)
+        assert isinstance(state_a, state_cls)
     if fn is not None:
-        assert a._ddp_comm_hook is fn
+        assert hook_a is fn
 
 
 def test_trainer_resolves_preset_by_name() -> None:

@@ -37,6 +37,14 @@ from lightning.pytorch.strategies import (
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from kit._compat import (
+    checkpoint_metadata_file,
+    ddp_comm_hook,
+    set_ddp_kwarg_default,
+    set_device_mesh,
+    setup_distributed,
+    tensor_parallel_size,
+)
 from kit.parallel.comm_hooks import (
     DEFAULT_COMM,
     UNSET,
@@ -123,14 +131,16 @@ class CompressedDDPStrategy(DDPStrategy):
         if self.hook == "powersgd" and self.root_device.type != "cuda":
             # torch's PowerSGD chains collectives in future callbacks; over gloo two buckets in flight can
             # interleave them differently on each rank (a collective mismatch). One bucket avoids that.
-            self._ddp_kwargs.setdefault("bucket_cap_mb", 1024)
+            set_ddp_kwarg_default(self, "bucket_cap_mb", 1024)
         super().configure_ddp()
 
     def _register_ddp_hooks(self) -> None:
+        # overrides a private hook (listed in kit._compat): Lightning registers comm hooks on CUDA only
         if self.root_device.type == "cuda":
             return super()._register_ddp_hooks()
-        if isinstance(self.model, DistributedDataParallel) and self._ddp_comm_hook is not None:
-            self.model.register_comm_hook(self._ddp_comm_state, self._ddp_comm_hook)
+        state, hook = ddp_comm_hook(self)
+        if isinstance(self.model, DistributedDataParallel) and hook is not None:
+            self.model.register_comm_hook(state, hook)
         return None
 
 
@@ -370,8 +380,8 @@ class PipelineStrategy(ModelParallelStrategy):
         from torch.distributed.device_mesh import init_device_mesh
 
         ParallelStrategy.setup_environment(self)
-        self._setup_distributed()
-        tp = int(self._tensor_parallel_size)
+        setup_distributed(self)
+        tp = int(tensor_parallel_size(self))
         pp = (
             self.world_size // tp
             if self.pipeline_parallel_size == "auto"
@@ -382,13 +392,13 @@ class PipelineStrategy(ModelParallelStrategy):
                 f"pipeline_parallel_size={pp} x tensor_parallel_size={tp} does not divide the world size "
                 f"{self.world_size}; pick sizes whose product divides it (the rest is data parallel)"
             )
-        self._data_parallel_size = self.world_size // (pp * tp)
-        self._device_mesh = init_device_mesh(
+        dp = self.world_size // (pp * tp)
+        mesh = init_device_mesh(
             self.root_device.type,
-            (pp, self._data_parallel_size, tp),
+            (pp, dp, tp),
             mesh_dim_names=("pipeline_parallel", "data_parallel", "tensor_parallel"),
         )
-        self.lightning_module._device_mesh = self._device_mesh
+        set_device_mesh(self, mesh, data_parallel_size=dp)
 
     def optimizer_state(self, optimizer: Any) -> dict[str, Any]:
         """The optimizer state flattened to ``{"state.<fqn>.exp_avg": ..., "param_groups.<fqn>.lr": ...}``: the
@@ -403,8 +413,7 @@ class PipelineStrategy(ModelParallelStrategy):
         stage's parameters are plain tensors, each stage owning distinct keys)."""
         from pathlib import Path
 
-        from lightning.fabric.strategies.fsdp import _distributed_checkpoint_load
-        from lightning.fabric.utilities.load import _METADATA_FILENAME
+        from torch.distributed.checkpoint import load as dcp_load
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
             get_model_state_dict,
@@ -419,17 +428,17 @@ class PipelineStrategy(ModelParallelStrategy):
                 "(save_distributed_checkpoint=True)"
             )
         state = {"state_dict": get_model_state_dict(self.model)}
-        _distributed_checkpoint_load(state, path)
+        dcp_load(state, checkpoint_id=path)
         self.model.load_state_dict(state["state_dict"], strict=self.lightning_module.strict_loading)
         for idx, optimizer in enumerate(self.optimizers):
             key = f"optimizer_{idx}"
             options = StateDictOptions(flatten_optimizer_state_dict=True)
             optim_state = {key: get_optimizer_state_dict(self.model, optimizer, options=options)}
-            _distributed_checkpoint_load(optim_state, path)
+            dcp_load(optim_state, checkpoint_id=path)
             set_optimizer_state_dict(
                 self.model, optimizer, optim_state_dict=optim_state[key], options=options
             )
-        return torch.load(path / _METADATA_FILENAME, weights_only=weights_only)
+        return torch.load(checkpoint_metadata_file(path), weights_only=weights_only)
 
 
 PRESETS: dict[str, tuple[type, str, dict[str, Any]]] = {
