@@ -124,6 +124,12 @@ def test_make_comm_hook_validates() -> None:
 
 
 def test_make_comm_hook_uses_every_setting_and_refuses_unknown_keywords() -> None:
+    import inspect
+
+    params = inspect.signature(make_comm_hook).parameters  # lists the settings, for help() and the benchmark
+    assert {k: params[k].default for k in ("topk_ratio", "per_tensor_scale", "block")} == {
+        "topk_ratio": 0.01, "per_tensor_scale": True, "block": 32,
+    }  # fmt: skip
     state, _ = make_comm_hook("topk", ratio=0.05)  # the short spelling is taken, not swallowed
     assert state.ratio == 0.05
     config = CommHookConfig(

@@ -17,6 +17,7 @@ Example:
 """
 
 # No ``from __future__ import annotations`` here: DDP checks the hooks' annotations as real objects.
+import inspect
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
@@ -551,6 +552,22 @@ def make_comm_hook(
         scheme=cfg.scheme, block=cfg.block,
     )  # fmt: skip
     return state, topk_hook if cfg.hook == "topk" else onebit_hook
+
+
+def _settings_signature() -> inspect.Signature:
+    # make_comm_hook's settings are CommHookConfig's fields; its signature lists them, with their defaults, for
+    # help(), IDEs and code that reads a default (inspect.signature(make_comm_hook).parameters["block"].default)
+    sig = inspect.signature(make_comm_hook)
+    fixed = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    settings = [
+        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
+        for f in fields(CommHookConfig)
+        if f.name != "hook"
+    ]
+    return sig.replace(parameters=[*fixed, *settings])
+
+
+make_comm_hook.__signature__ = _settings_signature()  # type: ignore[attr-defined]
 
 
 def _hook_config(name: str, config: CommHookConfig | None, settings: dict[str, Any]) -> CommHookConfig:
