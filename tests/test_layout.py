@@ -272,6 +272,52 @@ def test_a_type_checking_import_closes_no_cycle(tmp_path: Path) -> None:
     assert cycles(planted) == []
 
 
+_MUTATORS = {"insert", "append", "extend", "remove", "pop", "clear", "setdefault", "update", "__setitem__"}
+
+
+def import_state_edits(path: Path) -> list[int]:
+    """Lines of ``path`` that edit ``sys.path`` or ``sys.modules`` (a method call, an item set or deleted)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    lines = []
+    for node in ast.walk(tree):
+        target = None
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in _MUTATORS
+        ):
+            target = node.func.value
+        elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store | ast.Del):
+            target = node.value
+        elif isinstance(node, ast.Assign | ast.AugAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            target = next((x for x in targets if ast.unparse(x) in ("sys.path", "sys.modules")), None)
+        if target is not None and ast.unparse(target) in ("sys.path", "sys.modules"):
+            lines.append(node.lineno)
+    return sorted(lines)
+
+
+def test_no_module_edits_the_import_state() -> None:
+    """The CLI reaches ``benchmarks/`` by running it in a child process, not by editing this one's path."""
+    bad = [
+        f"{name}:{line}"
+        for name, path in module_files(ROOT, PACKAGES).items()
+        for line in import_state_edits(path)
+    ]
+    assert not bad, (
+        f"sys.path / sys.modules edited at {bad}; run the code in a subprocess with PYTHONPATH instead"
+    )
+
+
+def test_import_state_edits_are_found(tmp_path: Path) -> None:
+    path = tmp_path / "m.py"
+    path.write_text(
+        "import sys\nsys.path.insert(0, 'x')\ndel sys.modules['a']\nsys.path = []\nsys.modules['b'] = 1\n"
+        "print(sys.path[0], 'a' in sys.modules)\n"
+    )
+    assert import_state_edits(path) == [2, 3, 4, 5]
+
+
 # --- importing and running without Lightning --------------------------------------------------------------
 
 
