@@ -61,7 +61,9 @@ def test_compressed_ddp_validates() -> None:
     with pytest.raises(ValueError, match="ratio=2"):
         ks.CompressedDDPStrategy(CommHookConfig(hook="topk", topk_ratio=2))
     with pytest.raises(TypeError, match="not a CommHookConfig"):
-        ks.CompressedDDPStrategy("topk")
+        ks.CompressedDDPStrategy({"hook": "topk"})
+    with pytest.warns(DeprecationWarning, match="hook='topk'"):  # the old positional hook
+        assert ks.CompressedDDPStrategy("topk").comm == CommHookConfig(hook="topk")
 
 
 def test_flat_settings_still_work_with_a_deprecation_warning() -> None:

@@ -474,7 +474,8 @@ def comm_config(comm: CommHookConfig | None, owner: str, **flat: Any) -> CommHoo
     """The config a strategy or callback runs with: ``comm``, or its deprecated flat keyword arguments.
 
     Args:
-        comm: the config (None or the defaults: not given, so flat arguments may fill it).
+        comm: the config (None or the defaults: not given, so flat arguments may fill it; a string is the old
+            positional ``hook``, deprecated too).
         owner: the class name, for the messages.
         **flat: the flat arguments as passed (None or ``UNSET``: not given; ``block=None`` is a value).
 
@@ -489,6 +490,8 @@ def comm_config(comm: CommHookConfig | None, owner: str, **flat: Any) -> CommHoo
         >>> comm_config(None, "GradientCompression", hook=None, block=UNSET) == CommHookConfig()
         True
     """
+    if isinstance(comm, str) and flat.get("hook") is None:  # the old first positional argument was the hook
+        comm, flat = None, {**flat, "hook": comm}
     if comm is not None and not isinstance(comm, CommHookConfig):
         raise TypeError(
             f"{owner}: comm={comm!r} is not a CommHookConfig; pass comm=CommHookConfig(hook=...) "
