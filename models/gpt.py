@@ -101,7 +101,7 @@ class CausalLM(QKVLayoutHooks, pl.LightningModule):
             )
 
     def configure_model(self) -> None:
-        mesh = getattr(self, "_device_mesh", None)  # set by ModelParallelStrategy (preset fsdp2-tp)
+        mesh = self.device_mesh  # set by ModelParallelStrategy (preset fsdp2-tp)
         if self.model is not None:
             if mesh is not None and not getattr(self.model, "_kit_parallelized", False):
                 if self.config.activation_checkpointing not in (False, "none") or self.hparams.compile:
