@@ -26,6 +26,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from kit._compat import attached_trainer
 from kit.checkpoint.init_from import resolve_init_from
 from kit.checkpoint.migrations import upgrade_qkv_layout
+from kit.checkpoint.safe_load import load_checkpoint
 from kit.models._hooks import QKVLayoutHooks
 from kit.models._optim import optimizers_from_hparams
 from kit.nn import GPT, GPTConfig
@@ -39,7 +40,14 @@ from kit.nn.peft import (
 )
 from kit.nn.transforms import apply_transforms
 
-__all__ = ["POOLINGS", "SequenceClassifier", "load_backbone", "resolve_init_from"]
+__all__ = [
+    "POOLINGS",
+    "SequenceClassifier",
+    "check_vocabulary",
+    "checkpoint_vocab_size",
+    "load_backbone",
+    "resolve_init_from",
+]
 
 POOLINGS = ("mean", "cls", "last")
 
@@ -82,6 +90,44 @@ def load_backbone(model: nn.Module, checkpoint: dict) -> tuple[list[str], list[s
     missing = sorted(k for k in target if k not in source)
     model.load_state_dict({k: v for k, v in source.items() if k in target}, strict=False)
     return missing, unexpected
+
+
+def checkpoint_vocab_size(checkpoint: dict) -> int | None:
+    """The vocabulary of a pretraining checkpoint: rows of its token embedding (or its config's ``vocab_size``)."""
+    state = checkpoint.get("state_dict", checkpoint)
+    for key in ("model.wte.weight", "model._orig_mod.wte.weight", "wte.weight"):
+        if key in state and hasattr(state[key], "shape"):
+            return int(state[key].shape[0])
+    config = (checkpoint.get("hyper_parameters") or {}).get("config") or {}
+    vocab = config.get("vocab_size") if isinstance(config, dict) else None
+    return int(vocab) if vocab is not None else None
+
+
+def check_vocabulary(checkpoint: dict, model_vocab: int | None, data_vocab: int | None) -> None:
+    """Before ``init_from`` loads a backbone: its vocabulary must match the model's and the data's tokenizer.
+
+    Raises:
+        ValueError: the sizes differ, naming both and the fix (token ids past the embedding would otherwise end in
+            an IndexError deep inside the first forward).
+
+    Example:
+        >>> check_vocabulary({"state_dict": {"model.wte.weight": torch.zeros(64, 8)}}, 64, 512)  # doctest: +SKIP
+        ValueError: init_from: the checkpoint's vocabulary has 64 tokens but the data's tokenizer has 512 ...
+    """
+    vocab = checkpoint_vocab_size(checkpoint)
+    if vocab is None:
+        return
+    if data_vocab is not None and int(data_vocab) != vocab:
+        raise ValueError(
+            f"init_from: the checkpoint's vocabulary has {vocab:,} tokens but the data's tokenizer has "
+            f"{int(data_vocab):,}; fine-tune with the tokenizer the backbone was pretrained with (the same "
+            "data.vocab_size and tokenizer_dir as the pretraining run)"
+        )
+    if model_vocab is not None and int(model_vocab) != vocab:
+        raise ValueError(
+            f"init_from: the checkpoint's vocabulary has {vocab:,} tokens but model.config.vocab_size is "
+            f"{int(model_vocab):,}; leave model.config unset to take the pretraining config from the checkpoint"
+        )
 
 
 class SequenceClassifier(QKVLayoutHooks, pl.LightningModule):
@@ -148,7 +194,8 @@ class SequenceClassifier(QKVLayoutHooks, pl.LightningModule):
         resolved = resolve_init_from(init_from) if init_from is not None else None
         if resolved is not None and str(resolved) != str(init_from):
             rank_zero_info(f"SequenceClassifier: init_from={str(init_from)!r} -> {resolved}")
-        self._checkpoint = torch.load(resolved, map_location="cpu", weights_only=False) if resolved else None
+        # data, never code: a file that needs pickled objects is refused with one line
+        self._checkpoint = load_checkpoint(resolved) if resolved else None
         if config is None and self._checkpoint is not None:
             config = GPTConfig.from_dict(self._checkpoint["hyper_parameters"]["config"])
         self.config = config if config is not None else GPTConfig(name="tiny", causal=False)
@@ -191,6 +238,8 @@ class SequenceClassifier(QKVLayoutHooks, pl.LightningModule):
             self.hparams.num_classes = int(n)
         if self.hparams.pad_id is None and getattr(dm, "pad_id", None) is not None:
             self.hparams.pad_id = int(dm.pad_id)
+        if self._checkpoint is not None:
+            check_vocabulary(self._checkpoint, self.config.vocab_size, getattr(dm, "vocab_size", None))
         backbone = GPT(self.config)
         if self._checkpoint is not None:
             missing, unexpected = load_backbone(backbone, self._checkpoint)
