@@ -156,6 +156,7 @@ def save_torch_file(obj: Any, path: str | os.PathLike) -> None:
     """
     import torch
 
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "xb") as f:
         torch.save(obj, f)
         f.flush()

@@ -40,7 +40,8 @@ def _pickle_reason(err: BaseException) -> str:
     """The line of torch's weights-only error that names the object it refused."""
     for line in str(err).splitlines():
         if "WeightsUnpickler error:" in line:
-            return line.split("WeightsUnpickler error:", 1)[1].strip()[:200]
+            reason = line.split("WeightsUnpickler error:", 1)[1].strip()
+            return reason.split(" by default", 1)[0][:200]  # "Unsupported global: GLOBAL x was not an allowed global"
     return _first_line(err)
 
 

@@ -115,7 +115,9 @@ def sweep(folder: str | os.PathLike) -> list[str]:
         manifest.remove("last.ckpt")
         changed = True
         remove_path(folder / "last.ckpt")
-        notes.append("removed last.ckpt, left stale by an interrupted save (the newest step checkpoint holds its state)")
+        notes.append(
+            "removed last.ckpt, left stale by an interrupted save (the newest step checkpoint holds its state)"
+        )
     if changed:
         manifest.save()
     if not manifest.clean:
