@@ -414,7 +414,38 @@ def _is_progress_bar(callback) -> bool:
     return isinstance(cls, type) and issubclass(cls, ProgressBar)
 
 
+def _sample_line(trainer, model, datamodule) -> str | None:
+    """The summary's sample line, or why there is none.
+
+    A model sharded over several ranks (FSDP, DeepSpeed ZeRO-3, tensor or pipeline parallel) is not sampled: its
+    forward needs every rank's collectives, and token-by-token generation feeds sequence lengths a
+    sequence-parallel plan cannot split evenly, so the line says so and points at the checkpoint instead. Every
+    rank may call this; it runs no collective.
+    """
+    tokenizer = getattr(datamodule, "tokenizer", None)
+    if tokenizer is None:
+        return None
+    from kit._compat import strategy_traits
+
+    if trainer.world_size > 1 and strategy_traits(trainer.strategy).shards_state:
+        return (
+            f"  sample: none (the model is sharded over {trainer.world_size} ranks by "
+            f"{type(trainer.strategy).__name__}; sample from the last checkpoint in one process)"
+        )
+    if not hasattr(model, "generate_text"):
+        return f"  sample: none ({type(model).__name__} has no generate_text(tokenizer, prompt))"
+    if not trainer.is_global_zero:
+        return None
+    try:
+        sample = model.generate_text(tokenizer, "The ", max_new_tokens=48)
+    except Exception as err:  # a summary must never turn a finished run into a failure
+        text = (str(err).strip().splitlines() or [""])[0][:200]
+        return f"  sample: unavailable ({type(err).__name__}: {text})"
+    return "  sample: " + " ".join(sample.split())[:300]
+
+
 def _print_fit_summary(trainer, model, datamodule) -> None:
+    sample = _sample_line(trainer, model, datamodule)
     if not trainer.is_global_zero:
         return
     lines = ["", "kit fit finished"]
@@ -437,13 +468,8 @@ def _print_fit_summary(trainer, model, datamodule) -> None:
     unigram = getattr(datamodule, "unigram_loss", None)
     if unigram is not None:
         lines.append(f"  unigram baseline val loss: {unigram:.4f}  (perplexity {math.exp(unigram):.2f})")
-    tokenizer = getattr(datamodule, "tokenizer", None)
-    if tokenizer is not None and hasattr(model, "generate_text"):
-        try:
-            sample = model.generate_text(tokenizer, "The ", max_new_tokens=48)
-            lines.append("  sample: " + " ".join(sample.split())[:300])
-        except Exception as err:  # a summary must never turn a finished run into a failure
-            lines.append(f"  sample: unavailable ({type(err).__name__}: {err})")
+    if sample is not None:
+        lines.append(sample)
     print("\n".join(lines), flush=True)
 
 
