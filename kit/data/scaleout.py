@@ -48,7 +48,7 @@ import numpy as np
 
 from kit.data.dedup import fingerprint, signature_similarity
 from kit.data.filters import DocFilter
-from kit.data.pipeline import DataPipeline, PipelineReport
+from kit.data.pipeline import DataPipeline, PipelineReport, utf8_len
 from kit.data.text import LoadReport, iter_documents, resolve_paths
 
 __all__ = ["CleanSettings", "CleanStats", "clean_corpus", "peak_rss_mb"]
@@ -138,7 +138,7 @@ def _screen_shard(task: _Shard) -> _ShardResult:
     base = Path(task.folder) / f"{task.index:06d}"
     n_pass, block = 0, 4096
     digests: list[bytes] = []
-    sigs: list[np.ndarray] = []
+    sigs: list[np.ndarray] = []  # (docs, num_perm) blocks
     lengths: list[int] = []
     with (
         open(f"{base}.jsonl", "w", encoding="utf-8") as texts,
@@ -152,7 +152,7 @@ def _screen_shard(task: _Shard) -> _ShardResult:
             dig_f.write(b"".join(digests))
             len_f.write(np.asarray(lengths, dtype="<i8").tobytes())
             if sigs:
-                sig_f.write(np.stack(sigs).tobytes())
+                sig_f.write(np.concatenate(sigs).tobytes())
             digests.clear()
             sigs.clear()
             lengths.clear()
@@ -160,22 +160,24 @@ def _screen_shard(task: _Shard) -> _ShardResult:
         def screen(batch: list[tuple[str, str]]) -> None:
             nonlocal n_pass
             rep = pipe.report
+            norms: list[bytes] = []
             for (name, text), (cleaned, reason) in zip(batch, pipe.screen_many([t for _, t in batch])):
                 rep.docs_in += 1
-                rep.bytes_in += len(text.encode("utf-8"))
+                rep.bytes_in += utf8_len(text)
                 if reason is not None:
                     pipe.record_removed(reason, text)
                     continue
                 n_pass += 1
                 # the output line itself, so the serial write phase copies bytes instead of re-encoding JSON
                 texts.write(json.dumps({"id": name, settings.text_key: cleaned}, ensure_ascii=False) + "\n")
-                lengths.append(len(cleaned.encode("utf-8")))
+                lengths.append(utf8_len(cleaned))
                 if settings.keep_examples:
                     raws.write(json.dumps(text[:300], ensure_ascii=False) + "\n")
                 norm, digest = fingerprint(cleaned)
                 digests.append(digest)
-                if near is not None:
-                    sigs.append(near.hasher.signature(norm))
+                norms.append(norm)
+            if near is not None and norms:
+                sigs.append(near.hasher.signatures(norms))  # the whole batch in one vectorised pass
             if len(digests) >= block:
                 flush()
 
