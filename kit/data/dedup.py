@@ -39,24 +39,38 @@ __all__ = [
     "text_hash",
 ]
 
-# A run of non-word characters (punctuation and whitespace alike) becomes one space: the same text as
-# replacing punctuation by spaces and then collapsing whitespace, in one pass.
-_NON_WORD = re.compile(r"\W+")
+# The normalised text is the runs of word characters (``\w``: letters, digits, underscore) joined by single
+# spaces. ASCII bytes that are not word characters become spaces through one byte table; the few distinct
+# non-ASCII characters of a text are checked one by one (``str.isalnum`` is exactly ``\w`` outside ASCII).
+_ASCII_NON_WORD = bytes(c if chr(c).isalnum() or c == 95 or c >= 128 else 32 for c in range(256))
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+
+
+def _normalized_bytes(text: str) -> bytes:
+    text = unicodedata.normalize("NFKC", text).lower()
+    if not text.isascii():
+        for ch in set(_NON_ASCII.findall(text)):
+            if not ch.isalnum():  # punctuation, symbols, Unicode spaces, lone surrogates
+                text = text.replace(ch, " ")
+    return b" ".join(text.encode("utf-8").translate(_ASCII_NON_WORD).split())
 
 
 def normalize_for_hash(text: str) -> str:
     """NFKC, lower-case, punctuation out, whitespace collapsed: texts differing only in these hash alike.
 
+    Every run of non-word characters (``re``'s ``\\W``: punctuation and whitespace alike) becomes one space,
+    and the ends are stripped.
+
     Example:
         >>> normalize_for_hash("  Hello,\\tWORLD! ")
         'hello world'
     """
-    return _NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).lower()).strip()
+    return _normalized_bytes(text).decode("utf-8")
 
 
 def text_hash(text: str) -> bytes:
     """16-byte BLAKE2b digest of ``normalize_for_hash(text)``."""
-    return hashlib.blake2b(normalize_for_hash(text).encode("utf-8"), digest_size=16).digest()
+    return hashlib.blake2b(_normalized_bytes(text), digest_size=16).digest()
 
 
 def fingerprint(text: str) -> tuple[bytes, bytes]:
@@ -66,7 +80,7 @@ def fingerprint(text: str) -> tuple[bytes, bytes]:
         >>> fingerprint("Hello,  World!")[1] == text_hash("hello world")
         True
     """
-    raw = normalize_for_hash(text).encode("utf-8")
+    raw = _normalized_bytes(text)
     return raw, hashlib.blake2b(raw, digest_size=16).digest()
 
 
@@ -209,11 +223,11 @@ class MinHashDeduplicator:
 
     def signature(self, text: str) -> np.ndarray:
         """MinHash signature of ``text``'s shingles (``num_perm`` uint32)."""
-        return self.hasher.signature(normalize_for_hash(text).encode("utf-8"))
+        return self.hasher.signature(_normalized_bytes(text))
 
     def signatures(self, texts: Sequence[str]) -> np.ndarray:
         """:meth:`signature` for many texts in one vectorised pass: ``(len(texts), num_perm)`` uint32."""
-        return self.hasher.signatures([normalize_for_hash(t).encode("utf-8") for t in texts])
+        return self.hasher.signatures([_normalized_bytes(t) for t in texts])
 
     def add(self, key: Hashable, text: str) -> Hashable | None:
         """Insert ``text`` unless it near-duplicates an earlier one.
