@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,10 @@ from typing import Any
 from kit.data.dedup import ExactDeduplicator, MinHashDeduplicator, fingerprint
 from kit.data.filters import DocFilter, FilterChain, default_filters
 
-__all__ = ["DataPipeline", "PipelineReport", "utf8_len"]
+__all__ = ["STAGES", "DataPipeline", "PipelineReport", "utf8_len"]
+
+# The steps whose CPU time PipelineReport.seconds records, in pipeline order.
+STAGES = ("clean", "filters", "normalise + exact dedup", "MinHash signatures", "LSH index")
 
 Document = str | dict[str, Any]
 
@@ -42,7 +46,9 @@ class PipelineReport:
 
     ``removed`` maps a reason (``"clean:empty"``, ``"length:min_chars"``, ``"gopher_quality:stop_words"``,
     ``"exact_dup"``, ``"near_dup"``, ...) to a document count; ``examples`` keeps up to ``keep_examples``
-    removed texts per reason (truncated to 300 characters).
+    removed texts per reason (truncated to 300 characters). ``seconds`` is the CPU time of this process per
+    step (:data:`STAGES`), for finding where the time goes; it is left out of :meth:`to_dict`, which describes
+    the data only.
     """
 
     docs_in: int = 0
@@ -52,6 +58,13 @@ class PipelineReport:
     removed: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[str]] = field(default_factory=dict)
     minhash: dict[str, float | int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add_seconds(self, stage: str, start: float) -> float:
+        """Add the CPU time since ``start`` (a ``time.process_time()``) to ``stage``; return the time now."""
+        now = time.process_time()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - start
+        return now
 
     def removed_pct(self, reason: str) -> float:
         """Share of input documents removed for ``reason``, in percent."""
@@ -167,11 +180,15 @@ class DataPipeline:
 
     def screen_many(self, texts: Sequence[str]) -> list[tuple[str, str | None]]:
         """:meth:`screen` for a batch: filters with batched work (the repetition rules) run once over it."""
+        rep = self.report
+        start = time.process_time()
         cleaned = [self._clean(t) for t in texts] if self._clean is not None else list(texts)
+        start = rep.add_seconds("clean", start)
         reasons: list[str | None] = [None if t.strip() else "clean:empty" for t in cleaned]
         todo = [i for i, why in enumerate(reasons) if why is None]
         for i, why in zip(todo, self.filter.reasons([cleaned[i] for i in todo])):
             reasons[i] = why
+        rep.add_seconds("filters", start)
         return list(zip(cleaned, reasons))
 
     def check(self, text: str) -> tuple[str, str | None]:
@@ -204,19 +221,23 @@ class DataPipeline:
         rep = self.report
         reasons = [reason for _, reason in screened]
         if self._exact is not None or self._near is not None:
+            start = time.process_time()
             todo = [i for i, reason in enumerate(reasons) if reason is None]
             prints = [fingerprint(screened[i][0]) for i in todo]  # one normalisation for both dedup steps
             if self._exact is not None:
                 for i, (_, digest) in zip(todo, prints):
                     if not self._exact.add_digest(digest):
                         reasons[i] = "exact_dup"
+            start = rep.add_seconds("normalise + exact dedup", start)
             if self._near is not None:
                 near = [(i, norm) for i, (norm, _) in zip(todo, prints) if reasons[i] is None]
                 sigs = self._near.hasher.signatures([norm for _, norm in near])
+                start = rep.add_seconds("MinHash signatures", start)
                 keys = [rep.docs_in + i + 1 for i, _ in near]  # the document's 1-based position in the stream
                 for (i, _), hit in zip(near, self._near.add_signatures(keys, sigs)):
                     if hit is not None:
                         reasons[i] = "near_dup"
+                rep.add_seconds("LSH index", start)
         out = []
         for raw, (text, _), reason in zip(raws, screened, reasons):
             rep.docs_in += 1
