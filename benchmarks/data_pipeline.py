@@ -10,7 +10,9 @@ other load on a shared machine distorts it less than wall time) with the spread 
 multi-process rows are wall-clock (that is what workers buy) and say so.
 
 Run: ``python -m benchmarks data_pipeline [--mb 32] [--repeats 3] [--workers 2] [--scale-mb 200,800]``.
-Needs the ``data`` extra (datatrove, orjson) for the datatrove side; without it the kit side still runs.
+Needs the ``data-bench`` extra (datatrove, orjson, rensa) for the peers' sides; without them the kit side
+still runs. The MinHash row compares the kit's signatures with rensa's (a compiled Rust MinHash) on the same
+normalised texts and shingles; the "end to end, step" rows say where the kit's end-to-end time goes.
 """
 
 from __future__ import annotations
@@ -293,7 +295,7 @@ def rensa_rows(cleaned: list[str], repeats: int) -> list[dict]:
     Both sides get the same word 5-gram shingles (the kit finds them in the bytes; the rensa side builds
     them in Python, as its users do) and 112 permutations; each repeat runs both, alternating which goes
     first. rensa hashes the shingle strings with its own hash, so the signatures differ but estimate the
-    same similarities. Empty list if rensa is not installed (the ``data-bench`` extra).
+    same similarities. Empty list if rensa is not installed (``pip install "lightning-kit[data-bench]"``).
     """
     try:
         import rensa
