@@ -369,7 +369,7 @@ s = clean_corpus(sys.argv[1], sys.argv[2], CleanSettings(), workers=int(sys.argv
 r = s.report
 print(json.dumps({"docs_in": r.docs_in, "docs_out": r.docs_out, "bytes_in": r.bytes_in, "removed": r.removed,
                   "index_bytes_per_doc": s.bytes_per_doc(), "rss_main_mb": s.peak_rss_mb,
-                  "rss_worker_mb": s.peak_worker_rss_mb}))
+                  "rss_worker_mb": s.peak_worker_rss_mb, "pieces": s.pieces}))
 """
 
 
@@ -402,7 +402,8 @@ def _scale_rows(folder: Path, mb: float, workers: int, repeats: int) -> list[dic
         wall = statistics.median(x["wall_s"] for x in results)
         rows.append(
             {
-                "stage": f"kit data clean --workers {w} ({mb:g} MB, {len(list(shards.iterdir()))} shards, wall clock)",
+                "stage": f"kit data clean --workers {w} ({mb:g} MB, {len(list(shards.iterdir()))} shards "
+                f"in {results[0]['pieces']} pieces, wall clock)",
                 "kit MB/s": round(mb / wall, 2),
                 "speedup vs 1 worker": round(one / wall, 2),
                 "output identical to 1 worker": same,
