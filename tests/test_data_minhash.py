@@ -52,7 +52,8 @@ words_st = st.text(alphabet=st.sampled_from("ab é中_"), max_size=40)
 @given(st.lists(words_st.map(lambda t: normalize_for_hash(t).encode()), max_size=12), st.integers(1, 6))
 @settings(max_examples=60, deadline=None)
 def test_batch_equals_reference_and_single(docs: list[bytes], ngram: int):
-    hasher = MinHasher(ngram=ngram, num_perm=8, seed=5, block=7)  # a tiny block: documents straddle blocks
+    # a tiny block and groups: documents straddle blocks, and batches are hashed in several groups
+    hasher = MinHasher(ngram=ngram, num_perm=8, seed=5, block=7, max_batch_bytes=50)
     sigs = hasher.signatures(docs)
     assert sigs.shape == (len(docs), 8) and sigs.dtype == np.uint32
     for doc, sig in zip(docs, sigs):
@@ -68,6 +69,8 @@ def test_batch_does_not_depend_on_batching_or_block():
     whole = MinHasher().signatures(docs)
     for block in (1, 64, 100_000):
         np.testing.assert_array_equal(MinHasher(block=block).signatures(docs), whole)
+    for group in (1, 500, 5000):  # text bytes hashed together: one document per group up to all in one
+        np.testing.assert_array_equal(MinHasher(max_batch_bytes=group).signatures(docs), whole)
     parts = np.concatenate([MinHasher().signatures(docs[i : i + 7]) for i in range(0, len(docs), 7)])
     np.testing.assert_array_equal(parts, whole)
     assert MinHasher().signatures([]).shape == (0, 112)
@@ -83,6 +86,8 @@ def test_bad_arguments_name_the_value():
         MinHasher(num_perm=0)
     with pytest.raises(ValueError, match="block=-1"):
         MinHasher(block=-1)
+    with pytest.raises(ValueError, match="max_batch_bytes=0"):
+        MinHasher(max_batch_bytes=0)
     d = MinHashDeduplicator()
     with pytest.raises(ValueError, match="2 keys for 1 texts"):
         d.add_many([1, 2], ["x"])

@@ -62,9 +62,11 @@ class MinHasher:
         num_perm: signature length.
         seed: permutation seed.
         block: shingles per vectorised block; bounds the working set at ``8 * num_perm * block`` bytes.
+        max_batch_bytes: text bytes hashed together; a longer batch is hashed in groups of about this size,
+            which bounds the temporaries (about 40 bytes per byte of text).
 
     Raises:
-        ValueError: a non-positive ``ngram``, ``num_perm`` or ``block``.
+        ValueError: a non-positive ``ngram``, ``num_perm``, ``block`` or ``max_batch_bytes``.
 
     Example:
         >>> h = MinHasher(num_perm=16)
@@ -76,11 +78,28 @@ class MinHasher:
     _pow = np.ones(1, dtype=np.uint64)  # _BASE**t and its inverse, shared and grown on demand
     _ipow = np.ones(1, dtype=np.uint64)
 
-    def __init__(self, ngram: int = 5, num_perm: int = 112, seed: int = 1, block: int = 8192) -> None:
-        for name, value in (("ngram", ngram), ("num_perm", num_perm), ("block", block)):
+    def __init__(
+        self,
+        ngram: int = 5,
+        num_perm: int = 112,
+        seed: int = 1,
+        block: int = 8192,
+        max_batch_bytes: int = 1 << 20,
+    ) -> None:
+        checks = (
+            ("ngram", ngram),
+            ("num_perm", num_perm),
+            ("block", block),
+            ("max_batch_bytes", max_batch_bytes),
+        )
+        for name, value in checks:
             if value < 1:
-                raise ValueError(f"{name}={value} must be >= 1 (defaults: ngram=5, num_perm=112, block=8192)")
+                raise ValueError(
+                    f"{name}={value} must be >= 1 (defaults: ngram=5, num_perm=112, block=8192, "
+                    "max_batch_bytes=1048576)"
+                )
         self.ngram, self.num_perm, self.seed, self.block = ngram, num_perm, seed, block
+        self.max_batch_bytes = max_batch_bytes
         rng = np.random.default_rng(seed)
         self.a = rng.integers(1, 2**63, size=num_perm, dtype=np.uint64) | np.uint64(1)
         self.b = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64)
@@ -153,8 +172,19 @@ class MinHasher:
             >>> MinHasher(num_perm=8).signatures([b"one doc", b"", b"another one here"]).shape
             (3, 8)
         """
-        if not docs:
-            return np.empty((0, self.num_perm), dtype=np.uint32)
+        out = np.empty((len(docs), self.num_perm), dtype=np.uint32)
+        start, size = 0, 0
+        for i, doc in enumerate(docs):  # groups of about max_batch_bytes: the temporaries stay small
+            size += len(doc) + 1
+            if size >= self.max_batch_bytes:
+                out[start : i + 1] = self._signatures(docs[start : i + 1])
+                start, size = i + 1, 0
+        if start < len(docs):
+            out[start:] = self._signatures(docs[start:])
+        return out
+
+    def _signatures(self, docs: Sequence[bytes]) -> np.ndarray:
+        """:meth:`signatures` of one group: about 40 bytes of temporaries per byte of text."""
         x, first = self._batch_shingles(docs)
         sig = np.full((self.num_perm, len(docs)), _MAX64, dtype=np.uint64)  # (perm, docs)
         work = np.empty((self.num_perm, min(self.block, len(x))), dtype=np.uint64)
@@ -170,7 +200,7 @@ class MinHasher:
             # the top 32 bits are taken after the minimum: the shift is monotone, so the result is the same
             np.minimum(sig[:, d0:d1], np.minimum.reduceat(out, cuts, axis=1), out=sig[:, d0:d1])
         sig >>= _S32
-        return np.ascontiguousarray(sig.T, dtype=np.uint32)
+        return sig.T
 
     def signature(self, raw: bytes) -> np.ndarray:
         """MinHash signature (``num_perm`` uint32) of one normalised UTF-8 text: ``signatures([raw])[0]``.
