@@ -43,6 +43,7 @@ import json
 import os
 import shutil
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -290,13 +291,15 @@ def _gpt2_fields(config: GPTConfig, vocab: int) -> dict[str, object]:
         raise ValueError(
             f"activation={config.activation!r} has no Hugging Face name; use one of {sorted(_ACT_OUT)}"
         )
+    if config.mlp_hidden is None and config.mlp_ratio != 4:
+        config = replace(config, mlp_hidden=config.ffn_hidden)  # GPT-2's n_inner None means 4 * n_embd
     return {
         "vocab_size": vocab,
         "n_positions": config.block_size,
         "n_embd": config.n_embd,
         "n_layer": config.n_layer,
         "n_head": config.n_head,
-        "n_inner": config.ffn_hidden,
+        "n_inner": config.mlp_hidden,  # None: 4 * n_embd, as in GPT-2
         "activation_function": _ACT_OUT[config.activation],
         "resid_pdrop": config.dropout,
         "embd_pdrop": config.embd_dropout,
