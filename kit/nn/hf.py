@@ -209,6 +209,8 @@ def _llama_config(hf: Mapping[str, Any], model_type: str) -> dict[str, object]:
         values["mlp_bias"] = bool(hf.get("mlp_bias", False))
     elif model_type == "qwen2":
         values.update(qkv_bias=True, proj_bias=False, mlp_bias=False)
+    else:
+        values.update(qkv_bias=False, proj_bias=False, mlp_bias=False)
     window = _sliding_window(hf, model_type)
     if window is not None:
         values.update(attention="sliding_window", sliding={"window": window})
