@@ -310,3 +310,26 @@ def test_generate_greedy_runs_past_the_context_with_rotary() -> None:
     model = GPT(GPTConfig.from_name("llama-debug")).eval()
     out = model.generate(torch.zeros(1, 3, dtype=torch.long), 20, temperature=0)
     assert out.shape == (1, 23)
+
+
+# -- kit plan ---------------------------------------------------------------------------------------------------
+def test_kit_plan_takes_the_llama3_presets(capsys: pytest.CaptureFixture[str]) -> None:
+    from kit.cli.commands.plan import main
+    from kit.health.planner import preset_shape, suggest_layout
+
+    assert main(["--model", "llama3-8b", "--tokens", "1e12", "--gpus", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "suggested 3D layout on 64 GPUs" in out
+    assert main(["--model", "llama3-70b", "--tokens", "1e12", "--gpus", "64"]) == 0
+    assert main(["--model", "llama-4", "--tokens", "1e12"]) == 2
+    assert "unknown config name 'llama-4'" in capsys.readouterr().err
+    shape = preset_shape("llama3-70b")
+    assert (shape["params"], shape["n_layer"], shape["d_model"], shape["n_kv_head"]) == (
+        70_553_706_496,
+        80,
+        8192,
+        8,
+    )
+    # tensor parallelism never splits a key/value head: with 2 of them, tp stops at 2
+    layout = suggest_layout(70e9, 64, "h100-80gb", n_layer=80, d_model=8192, n_head=64, n_kv_head=2)
+    assert layout.tp <= 2
