@@ -33,8 +33,8 @@ class RMSNorm(nn.Module):
         eps: added to the mean square before the square root.
 
     Example:
-        >>> RMSNorm(4)(torch.tensor([[3.0, 3.0, 3.0, 3.0]])).tolist()
-        [[1.0, 1.0, 1.0, 1.0]]
+        >>> RMSNorm(4)(torch.tensor([[3.0, -3.0, 3.0, -3.0]])).round().tolist()
+        [[1.0, -1.0, 1.0, -1.0]]
     """
 
     def __init__(self, n_embd: int, eps: float = 1e-6) -> None:
