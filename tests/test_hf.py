@@ -350,3 +350,18 @@ def test_causal_lm_starts_from_a_kit_checkpoint(tmp_path: Path) -> None:
         torch.testing.assert_close(lm(x), trained.eval()(x))
     fresh = CausalLM(GPTConfig.from_name("llama-debug")).eval()
     assert not torch.allclose(fresh(x), lm(x))
+
+
+def test_to_hf_wants_the_plain_gpt_and_from_hf_casts(tmp_path: Path) -> None:
+    from kit.nn.peft import PeftConfig, apply_peft, merge_lora
+
+    model = GPT(GPTConfig.from_name("llama-debug"))
+    with pytest.raises(ValueError, match="no GPTConfig at .config"):
+        to_hf(torch.nn.Sequential(model), tmp_path / "a")
+    lora = apply_peft(model, PeftConfig(method="lora", lora_targets=["qkv", "proj", "gate", "up"]))
+    with pytest.raises(ValueError, match="merge_lora"):
+        to_hf(lora, tmp_path / "b")
+    merged = merge_lora(lora)
+    to_hf(merged, tmp_path / "c")
+    half = from_hf(tmp_path / "c", dtype=torch.bfloat16)
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}

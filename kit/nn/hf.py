@@ -627,6 +627,11 @@ def _kit_state(model: nn.Module) -> dict[str, torch.Tensor]:
         for wrapper in ("_orig_mod.", "_checkpoint_wrapped_module."):
             key = key.replace(wrapper, "")
         state[key] = value
+    if "wte.weight" not in state:
+        raise ValueError(
+            f"{type(model).__name__} is not a plain kit GPT (its state dict has no 'wte.weight'); merge LoRA "
+            "adapters first with kit.nn.peft.merge_lora(model), and pass the GPT itself, not its LightningModule"
+        )
     return state
 
 
@@ -702,7 +707,12 @@ def to_hf(
     target = Path(path)
     if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
         raise FileExistsError(f"{target} exists and is not empty; pass overwrite=True or choose a new folder")
-    config: GPTConfig = model.config
+    config = getattr(model, "config", None)
+    if not isinstance(config, GPTConfig):
+        raise ValueError(
+            f"{type(model).__name__} has no GPTConfig at .config; pass the kit GPT (a CausalLM's .model, with LoRA "
+            "merged by kit.nn.peft.merge_lora)"
+        )
     vocab = vocab_size or _tokenizer_vocab(tokenizer) or config.vocab_size
     if vocab > config.vocab_size:
         raise ValueError(
