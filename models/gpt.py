@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics import MeanMetric
 
+from kit._compat import attached_trainer
 from kit.checkpoint.compat import describe_mismatch
 from kit.models._hooks import QKVLayoutHooks
 from kit.nn.aux import add_aux_losses
@@ -152,7 +153,7 @@ class CausalLM(QKVLayoutHooks, pl.LightningModule):
     # -- model construction -------------------------------------------------------------------------------
     def _check_vocab(self) -> None:
         """The embedding must cover the data's tokenizer (shards or TextDataModule), or ids fail deep inside it."""
-        dm = self._trainer.datamodule if self._trainer is not None else None
+        dm = getattr(attached_trainer(self), "datamodule", None)
         dm_vocab = getattr(dm, "vocab_size", None)
         if dm_vocab is not None and self.config.vocab_size < int(dm_vocab):
             raise ValueError(
@@ -162,7 +163,7 @@ class CausalLM(QKVLayoutHooks, pl.LightningModule):
             )
 
     def configure_model(self) -> None:
-        mesh = getattr(self, "_device_mesh", None)  # set by ModelParallelStrategy (preset fsdp2-tp)
+        mesh = self.device_mesh  # set by ModelParallelStrategy (preset fsdp2-tp)
         if self.model is not None:
             if mesh is not None and not getattr(self.model, "_kit_parallelized", False):
                 if self.config.activation_checkpointing not in (False, "none") or self.hparams.compile:
@@ -176,7 +177,7 @@ class CausalLM(QKVLayoutHooks, pl.LightningModule):
             self._check_vocab()  # built in __init__ (vocab_size given): still check it against the data
             return
         if self.config.vocab_size is None:
-            dm = self._trainer.datamodule if self._trainer is not None else None
+            dm = getattr(attached_trainer(self), "datamodule", None)
             vocab = getattr(dm, "vocab_size", None)
             if vocab is None:
                 raise ValueError(
@@ -185,7 +186,7 @@ class CausalLM(QKVLayoutHooks, pl.LightningModule):
             self.config = replace(self.config, vocab_size=int(vocab))
             self.hparams["config"] = asdict(self.config)  # so checkpoints rebuild the same shape
         self._check_vocab()
-        dm = self._trainer.datamodule if self._trainer is not None else None
+        dm = getattr(attached_trainer(self), "datamodule", None)
         dm_block = getattr(dm, "block_size", None)
         if dm_block is not None and dm_block > self.config.block_size:
             raise ValueError(
@@ -306,7 +307,7 @@ class CausalLM(QKVLayoutHooks, pl.LightningModule):
         optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), fused=fused or None)
         total = hp.max_steps
         if total is None:
-            total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 10_000
+            total = int(self.trainer.estimated_stepping_batches) if attached_trainer(self) is not None else 10_000
         if hp.warmup_steps >= total:
             rank_zero_warn(
                 f"warmup_steps={hp.warmup_steps} >= total steps {total}: the LR never decays; lower model.warmup_steps"

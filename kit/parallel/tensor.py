@@ -30,8 +30,10 @@ weights stay one parameter) and its logits are all-gathered to ``Replicate`` so 
 all-gather of ``B x T x V`` logits but needs the loss computed inside a ``loss_parallel()`` context on a
 DTensor, which ``CausalLM._loss`` (a ``.view`` and ``.float`` on the logits) does not do.
 
-Order (torchtitan's): tensor parallel -> activation checkpointing -> compile -> ``fully_shard`` per block,
-then the root. FSDP2 must see the final module tree, and compile must see the checkpoint wrappers.
+:func:`parallelize` applies four independent transforms in torchtitan's order: :func:`apply_tp` (tensor
+parallel) -> :func:`apply_ac` (activation checkpointing) -> :func:`apply_compile` -> :func:`apply_fsdp`
+(``fully_shard`` per block, then the root). FSDP2 must see the final module tree, and compile must see the
+checkpoint wrappers.
 
 Example:
     >>> from kit.nn import GPT, GPTConfig
@@ -59,6 +61,10 @@ __all__ = [
     "DP_DIM",
     "PP_DIM",
     "TP_DIM",
+    "apply_ac",
+    "apply_compile",
+    "apply_fsdp",
+    "apply_tp",
     "mesh_dim",
     "parallelize",
     "tp_plan",
@@ -129,6 +135,131 @@ def mesh_dim(device_mesh: Any, name: str) -> Any | None:
     return device_mesh[name] if name in names else None
 
 
+def apply_tp(model: nn.Module, tp_mesh: Any, *, sequence_parallel: bool = True) -> nn.Module:
+    """Megatron tensor parallelism (and sequence parallelism) over ``tp_mesh`` with :func:`tp_plan`.
+
+    Args:
+        model: a ``kit.nn.GPT`` or a ``kit.parallel.pipeline.GPTStage`` of it.
+        tp_mesh: the 1-D ``tensor_parallel`` mesh.
+        sequence_parallel: see :func:`tp_plan`.
+
+    Returns:
+        ``model``, sharded in place; tied ``wte``/``lm_head`` weights stay one parameter and ``wpe`` becomes a
+        replicated DTensor, so every parameter is a DTensor.
+
+    Raises:
+        ValueError: if the head count, vocabulary, MLP width or (with sequence parallelism) ``block_size`` does
+            not divide by the mesh size.
+
+    Example:
+        >>> tp_mesh = init_device_mesh("cuda", (4,), mesh_dim_names=("tensor_parallel",))  # doctest: +SKIP
+        >>> model = apply_tp(GPT(config), tp_mesh["tensor_parallel"])  # doctest: +SKIP
+    """
+    _check_tp_sizes(model.config, tp_mesh.size(), sequence_parallel)
+    head, wte = getattr(model, "lm_head", None), getattr(model, "wte", None)
+    tied = head is not None and wte is not None and head.weight is wte.weight
+    parallelize_module(model, tp_mesh, tp_plan(model, sequence_parallel=sequence_parallel))
+    if tied:  # both styles place the weight Shard(0) over the vocabulary: keep one parameter
+        model.lm_head.weight = model.wte.weight
+    if getattr(model, "wpe", None) is not None:
+        # every parameter a DTensor (wpe replicated), so clip_grad_norm_ and optimizers see one kind of tensor
+        distribute_module(
+            model.wpe,
+            tp_mesh,
+            input_fn=lambda mod, inputs, mesh: tuple(
+                DTensor.from_local(t, mesh, [Replicate()]) for t in inputs
+            ),
+            output_fn=lambda mod, outputs, mesh: outputs.to_local(),
+        )
+    return model
+
+
+def _check_tp_sizes(cfg: Any, size: int, sequence_parallel: bool) -> None:
+    for what, value in (
+        ("n_head", cfg.n_head),
+        ("vocab_size", cfg.vocab_size),
+        ("mlp hidden", cfg.mlp_ratio * cfg.n_embd),
+    ):
+        if value % size:
+            raise ValueError(
+                f"{what}={value} does not divide by tensor_parallel_size={size}; pick a tensor-parallel "
+                "size that divides the head count and the (padded) vocabulary, e.g. vocab 50304 = 2^7 * 393"
+            )
+    if sequence_parallel and cfg.block_size % size:
+        raise ValueError(f"block_size={cfg.block_size} does not divide by tensor_parallel_size={size}")
+
+
+def apply_ac(model: nn.Module, mode: bool | str = "full", *, every: int = 1) -> nn.Module:
+    """Activation checkpointing of the blocks (``kit.nn.transforms.checkpoint_blocks``).
+
+    Args:
+        model: anything with a ``blocks`` container of transformer blocks.
+        mode: True/``"full"`` (the whole block), ``"attention"`` or ``"ffn"`` (that sublayer only); False/
+            ``"none"`` leaves the model as it is.
+        every: checkpoint every k-th block only.
+
+    Returns:
+        ``model``, wrapped in place.
+
+    Example:
+        >>> from kit.nn import GPT, GPTConfig
+        >>> model = apply_ac(GPT(GPTConfig.from_name("debug")), "full")
+        >>> type(model.blocks[0]).__name__
+        'CheckpointWrapper'
+    """
+    mode = {True: "full", False: "none"}.get(mode, mode)
+    if mode != "none":
+        from kit.nn.transforms import checkpoint_blocks
+
+        checkpoint_blocks(model, every=every, part=mode)
+    return model
+
+
+def apply_compile(model: nn.Module) -> nn.Module:
+    """``torch.compile`` each block on its own (torchtitan's way: FSDP2's hooks stay outside the graphs).
+
+    Example:
+        >>> model = apply_compile(GPT(config))  # doctest: +SKIP
+    """
+    for name, block in list(model.blocks.named_children()):
+        model.blocks.register_module(name, torch.compile(block))
+    return model
+
+
+def apply_fsdp(
+    model: nn.Module,
+    dp_mesh: Any,
+    *,
+    param_dtype: torch.dtype | None = None,
+    reduce_dtype: torch.dtype | None = None,
+    reshard_after_forward: bool = True,
+) -> nn.Module:
+    """FSDP2 (``fully_shard``) over ``dp_mesh``: each block a unit, then the root.
+
+    Args:
+        model: the model, after any tensor parallelism, checkpointing and compile (FSDP2 must see the final
+            module tree).
+        dp_mesh: the data-parallel mesh.
+        param_dtype: ``MixedPrecisionPolicy`` parameter dtype (None: keep the parameters').
+        reduce_dtype: gradient reduce dtype (None: the parameter dtype).
+        reshard_after_forward: free the gathered blocks after forward and gather again in backward (ZeRO-3);
+            False keeps them until backward (one all-gather per step; what pipeline stages use).
+
+    Returns:
+        ``model``, sharded in place.
+
+    Example:
+        >>> model = apply_fsdp(model, mesh["data_parallel"], param_dtype=torch.bfloat16)  # doctest: +SKIP
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
+    for block in model.blocks.children():
+        fully_shard(block, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+    fully_shard(model, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+    return model
+
+
 def parallelize(
     model: nn.Module,
     device_mesh: Any,
@@ -145,6 +276,9 @@ def parallelize(
 ) -> nn.Module:
     """Apply tensor parallelism, activation checkpointing, compile and FSDP2 to a kit GPT, in that order.
 
+    :func:`apply_tp`, :func:`apply_ac`, :func:`apply_compile` and :func:`apply_fsdp`, each skipped when not asked
+    for or when its mesh dimension is absent; call them yourself for another order or model.
+
     Args:
         model: a ``kit.nn.GPT`` (on CPU, CUDA or the meta device), or one pipeline stage of it
             (``kit.parallel.pipeline.GPTStage``: the 3D case, see ``kit.parallel.pipeline.parallelize_pipeline``).
@@ -160,10 +294,8 @@ def parallelize(
         sequence_parallel: see :func:`tp_plan`.
         param_dtype: FSDP2 ``MixedPrecisionPolicy`` parameter dtype (None: keep the parameters' dtype).
         reduce_dtype: FSDP2 gradient reduce dtype (None: the parameter dtype).
-        reshard_after_forward: FSDP2 frees the gathered blocks after forward and gathers again in backward
-            (ZeRO-3). False keeps them until backward (ZeRO-2-like memory, one all-gather per step instead of
-            two); ``parallelize_pipeline`` passes False, as torchtitan does under pipeline parallelism, where
-            every micro-batch would otherwise re-gather the stage.
+        reshard_after_forward: see :func:`apply_fsdp`; ``parallelize_pipeline`` passes False, as torchtitan does
+            under pipeline parallelism, where every micro-batch would otherwise re-gather the stage.
 
     Returns:
         ``model``, parallelized in place.
@@ -177,54 +309,29 @@ def parallelize(
         >>> mesh = init_device_mesh("cuda", (2, 4), mesh_dim_names=("data_parallel", "tensor_parallel"))  # doctest: +SKIP
         >>> model = parallelize(GPT(config), mesh, activation_checkpointing=True)  # doctest: +SKIP
     """
+    tp_mesh, dp_mesh = _meshes(device_mesh, tp=tp, fsdp=fsdp)
+    if tp_mesh is not None:
+        apply_tp(model, tp_mesh, sequence_parallel=sequence_parallel)
+    apply_ac(model, activation_checkpointing, every=checkpoint_every)
+    if compile:
+        apply_compile(model)
+    if dp_mesh is not None:
+        apply_fsdp(
+            model,
+            dp_mesh,
+            param_dtype=param_dtype,
+            reduce_dtype=reduce_dtype,
+            reshard_after_forward=reshard_after_forward,
+        )
+    return model
+
+
+def _meshes(device_mesh: Any, *, tp: bool, fsdp: bool) -> tuple[Any | None, Any | None]:
+    """``(tp_mesh, dp_mesh)`` that :func:`parallelize` uses; None for a step to skip."""
     names = getattr(device_mesh, "mesh_dim_names", None) or ()
     tp_mesh = mesh_dim(device_mesh, TP_DIM)
     dp_mesh = mesh_dim(device_mesh, DP_DIM) if names else device_mesh
-    if tp and tp_mesh is not None and tp_mesh.size() > 1:
-        cfg = model.config
-        size = tp_mesh.size()
-        for what, value in (
-            ("n_head", cfg.n_head),
-            ("vocab_size", cfg.vocab_size),
-            ("mlp hidden", cfg.mlp_ratio * cfg.n_embd),
-        ):
-            if value % size:
-                raise ValueError(
-                    f"{what}={value} does not divide by tensor_parallel_size={size}; pick a tensor-parallel "
-                    "size that divides the head count and the (padded) vocabulary, e.g. vocab 50304 = 2^7 * 393"
-                )
-        if sequence_parallel and cfg.block_size % size:
-            raise ValueError(f"block_size={cfg.block_size} does not divide by tensor_parallel_size={size}")
-        head, wte = getattr(model, "lm_head", None), getattr(model, "wte", None)
-        tied = head is not None and wte is not None and head.weight is wte.weight
-        parallelize_module(model, tp_mesh, tp_plan(model, sequence_parallel=sequence_parallel))
-        if tied:  # both styles place the weight Shard(0) over the vocabulary: keep one parameter
-            model.lm_head.weight = model.wte.weight
-        if getattr(model, "wpe", None) is not None:
-            # every parameter a DTensor (wpe replicated), so clip_grad_norm_ and optimizers see one kind of tensor
-            distribute_module(
-                model.wpe,
-                tp_mesh,
-                input_fn=lambda mod, inputs, mesh: tuple(
-                    DTensor.from_local(t, mesh, [Replicate()]) for t in inputs
-                ),
-                output_fn=lambda mod, outputs, mesh: outputs.to_local(),
-            )
-    elif tp_mesh is None and not names and not fsdp:
+    if tp_mesh is None and not names and not fsdp:
         raise ValueError("device_mesh has no 'tensor_parallel' dimension and fsdp=False: nothing to do")
-    mode = {True: "full", False: "none"}.get(activation_checkpointing, activation_checkpointing)
-    if mode != "none":
-        from kit.nn.transforms import checkpoint_blocks
-
-        checkpoint_blocks(model, every=checkpoint_every, part=mode)
-    if compile:
-        for name, block in list(model.blocks.named_children()):
-            model.blocks.register_module(name, torch.compile(block))
-    if fsdp and dp_mesh is not None:
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-        mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
-        for block in model.blocks.children():
-            fully_shard(block, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
-        fully_shard(model, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
-    return model
+    use_tp = tp and tp_mesh is not None and tp_mesh.size() > 1
+    return (tp_mesh if use_tp else None), (dp_mesh if fsdp else None)
