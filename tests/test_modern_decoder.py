@@ -333,3 +333,73 @@ def test_kit_plan_takes_the_llama3_presets(capsys: pytest.CaptureFixture[str]) -
     # tensor parallelism never splits a key/value head: with 2 of them, tp stops at 2
     layout = suggest_layout(70e9, 64, "h100-80gb", n_layer=80, d_model=8192, n_head=64, n_kv_head=2)
     assert layout.tp <= 2
+
+
+# -- tensor parallelism -----------------------------------------------------------------------------------------
+def test_tp_plan_covers_swiglu_and_refuses_a_tp_that_splits_kv_heads() -> None:
+    from kit.parallel.tensor import check_tp_sizes, tp_plan
+
+    cfg = GPTConfig.from_name("llama-debug")
+    plan = {k: type(v).__name__ for k, v in tp_plan(GPT(cfg)).items()}
+    assert (
+        plan["blocks.0.attn.qkv"] == plan["blocks.0.mlp.gate"] == plan["blocks.0.mlp.up"] == "ColwiseParallel"
+    )
+    assert plan["blocks.0.attn.proj"] == plan["blocks.0.mlp.proj"] == "RowwiseParallel"
+    assert "blocks.0.mlp.fc" not in plan and "wpe" not in plan
+    check_tp_sizes(cfg, 2)
+    with pytest.raises(ValueError, match=r"n_kv_head=2 does not divide by tensor_parallel_size=4.*\[1, 2\]"):
+        check_tp_sizes(cfg, 4)
+    with pytest.raises(ValueError, match=r"n_kv_head=1 does not divide by tensor_parallel_size=2"):
+        check_tp_sizes(GPTConfig.from_name("llama-debug", n_kv_head=1), 2)
+    with pytest.raises(ValueError, match="n_head=2 does not divide by tensor_parallel_size=4"):
+        check_tp_sizes(GPTConfig.from_name("debug"), 4)
+
+
+def _llama_tp_config() -> GPTConfig:
+    return GPTConfig.from_name("llama-debug", rope={"theta": 500.0}, qkv_bias=True)
+
+
+def _tp_worker(rank: int, world: int, port: int, out: str) -> None:
+    import os
+
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from kit.parallel.tensor import parallelize
+
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("tensor_parallel",))
+    torch.manual_seed(0)
+    model = parallelize(GPT(_llama_tp_config()), mesh, fsdp=False)
+    x = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(3))
+    logits = model(x)
+    logits.logsumexp(-1).mean().backward()
+    grads = {
+        k: (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad)
+        for k, p in model.named_parameters()
+    }
+    if rank == 0:
+        torch.save({"logits": logits.detach(), "grads": grads}, out)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_tensor_parallel_llama_layout_matches_one_process(tmp_path) -> None:
+    import torch.multiprocessing as mp
+    from conftest import free_port
+
+    out = str(tmp_path / "tp.pt")
+    mp.spawn(_tp_worker, args=(2, free_port(), out), nprocs=2)
+    result = torch.load(out)
+    torch.manual_seed(0)
+    model = GPT(_llama_tp_config())
+    x = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(3))
+    logits = model(x)
+    logits.logsumexp(-1).mean().backward()
+    torch.testing.assert_close(result["logits"], logits.detach(), atol=1e-5, rtol=1e-4)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(result["grads"][name], p.grad, atol=1e-6, rtol=1e-4)
