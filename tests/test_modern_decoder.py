@@ -278,6 +278,22 @@ def test_sliding_window_composes_with_rotary_and_grouped_query() -> None:
     assert isinstance(model.blocks[0].attn, SlidingWindowAttention) and model.blocks[0].attn.rope is not None
 
 
+@pytest.mark.parametrize("backend", ["sdpa", "flex"])
+def test_sliding_window_backends_take_grouped_key_value_heads(backend: str) -> None:
+    from kit.nn.layers import sliding_window_attention
+
+    if backend == "flex":
+        pytest.importorskip("torch.nn.attention.flex_attention")
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 4, 24, 8), torch.randn(1, 2, 24, 8), torch.randn(1, 2, 24, 8)
+    kw = {"window": 5, "global_positions": (0,), "causal": True}
+    got = sliding_window_attention(q, k, v, backend=backend, **kw)  # flex: eager FlexAttention on CPU
+    repeated = sliding_window_attention(
+        q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), backend="sdpa", **kw
+    )
+    torch.testing.assert_close(got, repeated, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("part", ["full", "attention", "ffn"])
 def test_activation_checkpointing_covers_the_new_layers(part: str) -> None:
     torch.manual_seed(0)
