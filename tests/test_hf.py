@@ -85,6 +85,8 @@ CASES = {
     "llama3-scaling": lambda: _llama(rope_theta=500000.0, rope_scaling={"rope_type": "llama3", **LLAMA3}),
     "mistral-sliding": lambda: _mistral(),
     "mistral-dense": lambda: _mistral(sliding_window=None, num_key_value_heads=2),
+    "mistral-head-dim": lambda: _mistral(head_dim=16, num_key_value_heads=2),
+    "llama-head-dim": lambda: _llama(head_dim=4, num_key_value_heads=3),
     "qwen2": lambda: _qwen2(),
     "qwen2-tied-mqa": lambda: _qwen2(num_key_value_heads=1, tie_word_embeddings=True, rope_theta=1e6),
 }
@@ -144,6 +146,7 @@ KIT_CONFIGS = {
     "llama-biases": {"name": "llama-debug", "bias": True, "tie_embeddings": True},
     "qwen2-like": {"name": "llama-debug", "qkv_bias": True, "n_embd": 64, "n_head": 8, "n_kv_head": 2},
     "mistral-like": {"name": "llama-debug", "attention": "sliding_window", "sliding": {"window": 4}},
+    "llama-head-dim": {"name": "llama-debug", "head_dim": 12, "n_kv_head": 1},
 }
 
 
@@ -222,8 +225,6 @@ def test_unimplemented_variants_are_refused() -> None:
     qwen = _qwen2(use_sliding_window=True, sliding_window=8, max_window_layers=1).config.to_dict()
     with pytest.raises(ValueError, match="mixes sliding-window and full-attention"):
         config_from_hf(qwen)
-    with pytest.raises(ValueError, match="head_dim=4"):
-        config_from_hf({**_llama().config.to_dict(), "head_dim": 4})
 
 
 def test_pickled_weights_are_refused(tmp_path: Path) -> None:

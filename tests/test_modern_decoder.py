@@ -33,7 +33,7 @@ def _reference_attention(
     layer: DenseAttention, x: torch.Tensor, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Attention written out from separate q/k/v weights, repeating each key/value head over its query heads."""
-    B, T, C = x.shape
+    B, T, _ = x.shape
     nh, nkv, hs = layer.n_head, layer.n_kv_head, layer.head_size
     bias = layer.qkv.bias if layer.qkv.bias is not None else torch.zeros(layer.qkv.out_features)
     (wq, wk, wv), (bq, bk, bv) = qkv_split(layer.qkv.weight, nh, nkv), qkv_split(bias, nh, nkv)
@@ -46,7 +46,7 @@ def _reference_attention(
     scores = q @ k.transpose(-2, -1) / math.sqrt(hs)
     allowed = torch.ones(T, T, dtype=torch.bool).tril() if mask is None else mask
     y = scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ v
-    return layer.proj(y.transpose(1, 2).reshape(B, T, C))
+    return layer.proj(y.transpose(1, 2).reshape(B, T, nh * hs))
 
 
 # -- grouped-query attention ------------------------------------------------------------------------------------
@@ -148,7 +148,7 @@ def test_rope_config_rejects_other_scalings_and_small_theta() -> None:
         RopeConfig(scaling={"factor": 2.0})
     with pytest.raises(ValueError, match="theta=1.0 must be > 1"):
         RopeConfig(theta=1.0)
-    with pytest.raises(ValueError, match="head size.*n_embd / n_head = 3"):
+    with pytest.raises(ValueError, match="even head size, but the head size is 3"):
         GPTConfig.from_name("llama-debug", n_embd=12, n_head=4, n_kv_head=None)
 
 
@@ -419,3 +419,17 @@ def test_tensor_parallel_llama_layout_matches_one_process(tmp_path) -> None:
     torch.testing.assert_close(result["logits"], logits.detach(), atol=1e-5, rtol=1e-4)
     for name, p in model.named_parameters():
         torch.testing.assert_close(result["grads"][name], p.grad, atol=1e-6, rtol=1e-4)
+
+
+def test_head_dim_apart_from_the_width() -> None:
+    torch.manual_seed(0)
+    layer = DenseAttention(24, 4, n_kv_head=2, head_dim=10, rope=RopeConfig()).eval()
+    assert (layer.qkv.out_features, layer.proj.in_features) == ((4 + 2 * 2) * 10, 40)
+    x = torch.randn(2, 5, 24)
+    torch.testing.assert_close(layer(x), _reference_attention(layer, x), atol=1e-5, rtol=1e-5)
+    cfg = GPTConfig.from_name(
+        "llama-debug", n_embd=30, head_dim=8
+    )  # 30 does not divide by 4 heads: fine here
+    assert GPT(cfg)(torch.zeros(1, 3, dtype=torch.long)).shape == (1, 3, 64)
+    with pytest.raises(ValueError, match="n_embd=30 is not divisible by n_head=4.*or set head_dim"):
+        GPTConfig.from_name("llama-debug", n_embd=30)

@@ -82,7 +82,7 @@ _BASE: dict[str, object] = {
     "position": "learned",
 }
 # fields whose None means something (n_kv_head None: n_head...) but that a preset may still set
-_PRESET_OPTIONAL = ("n_kv_head", "mlp_hidden", "qkv_bias", "proj_bias", "mlp_bias", "rope")
+_PRESET_OPTIONAL = ("n_kv_head", "head_dim", "mlp_hidden", "qkv_bias", "proj_bias", "mlp_bias", "rope")
 _NO_DROPOUT = {"dropout": 0.0, "attn_dropout": 0.0, "embd_dropout": 0.0}
 # the Llama family's layer choices: RMSNorm, rotary positions, SwiGLU, no biases, an untied head
 _LLAMA = {
@@ -222,6 +222,7 @@ class GPTConfig:
     # position="rope": the frequency base and optional Llama-3 scaling; None: the preset's (theta 10000)
     rope: RopeConfig | None = None
     n_kv_head: int | None = None  # key/value heads (grouped-query attention); None: n_head, 1: multi-query
+    head_dim: int | None = None  # channels per head; None: n_embd // n_head (Mistral-Nemo sets it apart)
     qkv_bias: bool | None = None  # bias in the fused QKV projection (Qwen2 has one); None: `bias`
     proj_bias: bool | None = None  # bias in the attention output projection; None: `bias`
     mlp_bias: bool | None = None  # biases in the feed-forward projections; None: `bias`
@@ -254,11 +255,13 @@ class GPTConfig:
         self._check_checkpointing()
 
     def _check_shape(self) -> None:
-        if self.n_embd % self.n_head:
+        if self.head_dim is None and self.n_embd % self.n_head:
             raise ValueError(
                 f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
-                f"pick n_head from {[h for h in range(1, 33) if self.n_embd % h == 0]}"
+                f"pick n_head from {[h for h in range(1, 33) if self.n_embd % h == 0]}, or set head_dim"
             )
+        if self.head_dim is not None and self.head_dim < 1:
+            raise ValueError(f"head_dim={self.head_dim} must be >= 1, or null for n_embd // n_head")
         for name in ("block_size", "n_layer", "n_head", "n_embd", "mlp_ratio"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
@@ -270,7 +273,9 @@ class GPTConfig:
         if self.mlp_hidden is not None and self.mlp_hidden < 1:
             raise ValueError(f"mlp_hidden={self.mlp_hidden} must be >= 1, or null for mlp_ratio * n_embd")
         if self.norm_eps <= 0:
-            raise ValueError(f"norm_eps={self.norm_eps} must be > 0 (LayerNorm uses 1e-5, Llama 1e-5 or 1e-6)")
+            raise ValueError(
+                f"norm_eps={self.norm_eps} must be > 0 (LayerNorm uses 1e-5, Llama 1e-5 or 1e-6)"
+            )
         if self.vocab_size is not None and self.vocab_size < 2:
             raise ValueError(
                 f"vocab_size={self.vocab_size} must be >= 2, or None to take it from the datamodule"
@@ -299,8 +304,8 @@ class GPTConfig:
             raise ValueError(f"position={self.position!r} is not one of {list(POSITIONS)}")
         if self.position == "rope" and self.head_size % 2:
             raise ValueError(
-                f"position='rope' needs an even head size, but n_embd / n_head = {self.head_size}; "
-                "change n_head or n_embd"
+                f"position='rope' needs an even head size, but the head size is {self.head_size}; "
+                "change n_head, n_embd or head_dim"
             )
 
     def _check_checkpointing(self) -> None:
@@ -314,7 +319,8 @@ class GPTConfig:
 
     @property
     def head_size(self) -> int:
-        return self.n_embd // self.n_head
+        """Channels per head: ``head_dim``, or ``n_embd // n_head`` when it is None."""
+        return self.head_dim or self.n_embd // self.n_head
 
     @property
     def kv_heads(self) -> int:

@@ -178,11 +178,8 @@ def _rope(hf: Mapping[str, Any]) -> dict[str, object]:
 def _llama_config(hf: Mapping[str, Any], model_type: str) -> dict[str, object]:
     n_embd, n_head = hf["hidden_size"], hf["num_attention_heads"]
     head_dim = hf.get("head_dim")
-    if head_dim is not None and head_dim * n_head != n_embd:
-        raise ValueError(
-            f"head_dim={head_dim} with {n_head} heads is not hidden_size={n_embd}; the kit's GPT needs "
-            "head_dim == hidden_size / num_attention_heads"
-        )
+    if head_dim is not None and head_dim * n_head == n_embd:
+        head_dim = None  # the usual width: keep the config plain
     values: dict[str, object] = {
         "vocab_size": hf["vocab_size"],
         "block_size": hf["max_position_embeddings"],
@@ -190,6 +187,7 @@ def _llama_config(hf: Mapping[str, Any], model_type: str) -> dict[str, object]:
         "n_head": n_head,
         "n_kv_head": hf.get("num_key_value_heads") or n_head,
         "n_embd": n_embd,
+        "head_dim": head_dim,
         "mlp_hidden": hf["intermediate_size"],
         "activation": _activation(hf, "hidden_act", "silu"),
         "norm": "rmsnorm",
@@ -284,10 +282,11 @@ def _bias(config: GPTConfig, which: str) -> bool:
 
 def _gpt2_fields(config: GPTConfig, vocab: int) -> dict[str, object]:
     biases = {w: _bias(config, w) for w in ("qkv", "proj", "mlp")}
-    if not config.bias or not all(biases.values()) or config.kv_heads != config.n_head:
+    if not config.bias or not all(biases.values()) or config.kv_heads != config.n_head or config.head_dim:
         raise ValueError(
             "GPT-2 has biases in every Linear and LayerNorm and multi-head attention; this config has "
-            f"bias={config.bias}, {biases}, n_kv_head={config.n_kv_head}: set them back or use the llama layout"
+            f"bias={config.bias}, {biases}, n_kv_head={config.n_kv_head}, head_dim={config.head_dim}: set them back "
+            "or use the llama layout"
         )
     if config.activation not in _ACT_OUT:
         raise ValueError(

@@ -289,7 +289,9 @@ def _check_heads(n_head: int, n_kv_head: int) -> None:
         )
 
 
-def qkv_grouped(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_head: int, n_kv_head: int) -> torch.Tensor:
+def qkv_grouped(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_head: int, n_kv_head: int
+) -> torch.Tensor:
     """Fuse separate q, k, v projection weights (or biases) into :class:`DenseAttention`'s grouped ``qkv`` rows.
 
     For each key/value head ``g``: the rows of its ``n_head / n_kv_head`` query heads, then its k rows, then its
@@ -358,6 +360,8 @@ class DenseAttention(nn.Module):
         n_embd: model width C; must divide by ``n_head``.
         n_head: query heads.
         n_kv_head: key/value heads (grouped-query attention); None is ``n_head``, 1 is multi-query.
+        head_dim: channels per head; None is ``n_embd // n_head``. Set apart, the attention works at width
+            ``n_head * head_dim`` and ``proj`` maps it back to ``n_embd``.
         bias: biases in the QKV and output projections, unless ``qkv_bias`` / ``proj_bias`` say otherwise.
         qkv_bias: bias in the fused QKV projection (Qwen2 has one); None follows ``bias``.
         proj_bias: bias in the output projection; None follows ``bias``.
@@ -367,7 +371,8 @@ class DenseAttention(nn.Module):
         rope: rotary embeddings on queries and keys (:class:`~kit.nn.layers.rotary.RopeConfig`); None: none.
 
     Raises:
-        ValueError: if ``n_embd`` does not divide by ``n_head`` or ``n_kv_head`` does not divide ``n_head``.
+        ValueError: if ``n_embd`` does not divide by ``n_head`` (without ``head_dim``) or ``n_kv_head`` does not
+            divide ``n_head``.
 
     Example:
         >>> DenseAttention(32, 2)(torch.randn(2, 4, 32)).shape
@@ -385,6 +390,7 @@ class DenseAttention(nn.Module):
         n_head: int,
         *,
         n_kv_head: int | None = None,
+        head_dim: int | None = None,
         bias: bool = True,
         qkv_bias: bool | None = None,
         proj_bias: bool | None = None,
@@ -394,20 +400,20 @@ class DenseAttention(nn.Module):
         rope: RopeConfig | None = None,
     ) -> None:
         super().__init__()
-        if n_embd % n_head:
+        if head_dim is None and n_embd % n_head:
             raise ValueError(
-                f"n_embd={n_embd} is not divisible by n_head={n_head}; pick a head count dividing it"
+                f"n_embd={n_embd} is not divisible by n_head={n_head}; pick a head count dividing it or set head_dim"
             )
         n_kv_head = n_head if n_kv_head is None else n_kv_head
         _check_heads(n_head, n_kv_head)
         self.n_head, self.n_kv_head = n_head, n_kv_head
-        self.head_size = n_embd // n_head
+        self.head_size = head_dim or n_embd // n_head
         self.causal = causal
         self.attn_dropout = attn_dropout
         self.rope = rope
         width = (n_head + 2 * n_kv_head) * self.head_size
         self.qkv = nn.Linear(n_embd, width, bias=bias if qkv_bias is None else qkv_bias)
-        self.proj = nn.Linear(n_embd, n_embd, bias=bias if proj_bias is None else proj_bias)
+        self.proj = nn.Linear(n_head * self.head_size, n_embd, bias=bias if proj_bias is None else proj_bias)
         self.resid_dropout = nn.Dropout(dropout)
 
     @classmethod
@@ -419,6 +425,7 @@ class DenseAttention(nn.Module):
     def _common(config: GPTConfig) -> dict[str, object]:
         return {
             "n_kv_head": config.n_kv_head,
+            "head_dim": config.head_dim,
             "bias": config.bias,
             "qkv_bias": config.qkv_bias,
             "proj_bias": config.proj_bias,
@@ -444,7 +451,7 @@ class DenseAttention(nn.Module):
         if self.rope is not None:
             q, k = apply_rotary(q, k, self.rope.theta, self.rope.scaling)
         y = self._attend(q, k, v, self.attn_dropout if self.training else 0.0)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, -1)  # (B, T, C), or C / tp per rank
+        y = y.transpose(1, 2).contiguous().view(B, T, -1)  # (B, T, nh * hs), or a 1 / tp share per rank
         return self.resid_dropout(self.proj(y))
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
@@ -464,7 +471,7 @@ class SlidingWindowAttention(DenseAttention):
         n_head: attention heads.
         window: each query sees keys fewer than ``window`` positions away.
         global_positions: positions that see every key and are seen by every query.
-        **kwargs: ``n_kv_head``, ``bias``, ``qkv_bias``, ``proj_bias``, ``causal``, ``attn_dropout``,
+        **kwargs: ``n_kv_head``, ``head_dim``, ``bias``, ``qkv_bias``, ``proj_bias``, ``causal``, ``attn_dropout``,
             ``dropout`` and ``rope``, as :class:`DenseAttention`.
 
     Raises:

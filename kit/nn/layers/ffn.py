@@ -116,7 +116,8 @@ class SwiGLU(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(self.act(self.gate(x)) * self.up(x)))  # (B, T, C) -> (B, T, h) -> (B, T, C)
+        # (B, T, C) -> (B, T, h) -> (B, T, C)
+        return self.dropout(self.proj(self.act(self.gate(x)) * self.up(x)))
 
     def extra_repr(self) -> str:
         return f"activation={self.activation!r}"
