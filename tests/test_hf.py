@@ -281,7 +281,7 @@ def test_trained_gpt_tiny_generates_the_same_greedy_tokens_in_transformers(tmp_p
     tok = _tokenizer(300)
     vocab = tok.get_vocab_size()
     torch.manual_seed(0)
-    model = GPT(GPTConfig.from_name("tiny", vocab_size=vocab, n_layer=2, block_size=64))
+    model = GPT(GPTConfig.from_name("tiny", vocab_size=vocab))  # the gpt-tiny recipe's model
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     data = torch.tensor([tok.encode("the cat sat on the mat a dog ran in the park " * 4).ids[:33]])
     for _ in range(5):  # a few steps of training, dropout on
@@ -366,3 +366,13 @@ def test_to_hf_wants_the_plain_gpt_and_from_hf_casts(tmp_path: Path) -> None:
     to_hf(merged, tmp_path / "c")
     half = from_hf(tmp_path / "c", dtype=torch.bfloat16)
     assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+
+
+def test_half_precision_logits_stay_close_to_transformers() -> None:
+    hf = _random(_llama(num_key_value_heads=3)).to(torch.bfloat16)
+    model = from_hf(hf).eval()
+    assert model.wte.weight.dtype == torch.bfloat16
+    x = _ids(71)
+    with torch.no_grad():
+        ours, theirs = model(x).float(), hf(x).logits.float()
+    assert (ours - theirs).abs().max() < 0.05 * theirs.abs().max()
