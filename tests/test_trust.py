@@ -458,3 +458,26 @@ def test_a_ckpt_path_whose_hyper_parameters_swap_the_class_runs_nothing(tmp_path
     assert not marker.exists()
     assert "ignored its hyper-parameters" in proc.stderr and "SequenceClassifier" in proc.stderr
     assert proc.returncode == 0, proc.stderr[-3000:]  # the configured CausalLM resumed from the weights
+
+
+def test_a_sharded_run_says_plainly_why_it_has_no_sample_and_runs_no_collective():
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    from kit.cli.main import _sample_line
+
+    class Model:
+        def generate_text(self, *args, **kwargs):
+            raise AssertionError("a sharded model must not be sampled on one rank")
+
+    data = SimpleNamespace(tokenizer=object())
+    for rank_zero in (True, False):
+        trainer = SimpleNamespace(world_size=2, strategy=ModelParallelStrategy(), is_global_zero=rank_zero)
+        line = _sample_line(trainer, Model(), data)
+        assert line.startswith("  sample: none (the model is sharded over 2 ranks by ModelParallelStrategy")
+    single = SimpleNamespace(world_size=1, strategy=None, is_global_zero=True)
+
+    class Small:
+        def generate_text(self, tokenizer, prompt, max_new_tokens):
+            return prompt + "world"
+
+    assert _sample_line(single, Small(), data) == "  sample: The world"
