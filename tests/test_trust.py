@@ -416,6 +416,27 @@ def test_an_explicit_corrupt_ckpt_path_is_one_line_before_lightning_loads_it(tmp
     assert "cut.ckpt is unusable" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_a_ckpt_path_payload_is_refused_in_one_line(tmp_path):
+    marker = tmp_path / "marker"
+    evil = _hostile(tmp_path / "evil.ckpt", marker)
+    proc = _kit(["fit", *TINY, f"--ckpt_path={evil}"], tmp_path)
+    assert proc.returncode == 2 and not marker.exists()
+    assert "refused to load" in proc.stderr and "evil.ckpt" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_lightning_configuration_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    import pickle
+
+    from kit.cli.main import _user_error, main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "--trainer.max_steps=-5", "--data.init_args.vocab_size=280"]) == 2
+    err = capsys.readouterr().err
+    assert "kit fit: error: MisconfigurationException: `max_steps` must be a non-negative integer" in err
+    assert "Traceback" not in err and "--debug" in err
+    assert _user_error(pickle.UnpicklingError("bad"))
+
+
 def test_two_fits_of_one_recipe_started_together_get_their_own_folders(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "kit.cli", "fit", *TINY]

@@ -293,7 +293,7 @@ def _claim_logger_version(logger) -> None:
         init = one.get("init_args") if hasattr(one, "get") and one.get("class_path") else None
         if init is None or "version" not in init or init.get("version") is not None:
             continue
-        if not init.get("save_dir"):
+        if not init.get("save_dir") or not _numbers_its_versions(one.get("class_path")):
             continue
         from kit.checkpoint.runs import claim_version
 
@@ -305,6 +305,18 @@ def _claim_logger_version(logger) -> None:
         else:
             continue
         init["version"] = version
+
+
+def _numbers_its_versions(class_path: str) -> bool:
+    """Whether the logger keeps each run in ``<save_dir>/<name>/version_N`` (CSV and TensorBoard loggers and
+    their subclasses; a wandb run id is not a folder number)."""
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    try:
+        cls = import_object(class_path)
+    except (ImportError, AttributeError, ValueError):
+        return False
+    return isinstance(cls, type) and issubclass(cls, (CSVLogger, TensorBoardLogger))
 
 
 _VERSION_ENV = "KIT_RUN_VERSION"
