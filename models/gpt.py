@@ -18,6 +18,7 @@ from kit.models._hooks import QKVLayoutHooks
 from kit.nn.aux import add_aux_losses
 from kit.nn.config import GPTConfig
 from kit.nn.gpt import GPT as _GPT
+from kit.nn.peft import PeftConfig
 from kit.nn.transforms import apply_transforms
 from kit.optim import SCHEDULES, fused_available, lr_lambda, param_groups
 
@@ -45,6 +46,8 @@ class CausalLM(QKVLayoutHooks, pl.LightningModule):
         label_smoothing: cross-entropy smoothing for training (validation reports the true NLL).
         compile: ``torch.compile`` the network.
         fused: fused AdamW; None means on for CUDA.
+        peft: parameter-efficient fine-tuning (:class:`kit.nn.peft.PeftConfig` or its dict: ``lora``, ``qlora``,
+            ``adapters``, ``prompt``), applied after the weights are in place; None trains every parameter.
 
     Example:
         >>> lm = CausalLM(GPTConfig.from_name("debug"))
@@ -65,6 +68,7 @@ class CausalLM(QKVLayoutHooks, pl.LightningModule):
         label_smoothing: float = 0.0,
         compile: bool = False,
         fused: bool | None = None,
+        peft: PeftConfig | dict | None = None,
     ) -> None:
         super().__init__()
         if schedule not in SCHEDULES:
@@ -78,8 +82,10 @@ class CausalLM(QKVLayoutHooks, pl.LightningModule):
         if isinstance(config, dict):  # load_from_checkpoint passes the saved hyperparameters back as a dict
             config = GPTConfig.from_dict(config)
         self.config = config if config is not None else GPTConfig.from_name("tiny")
-        self.save_hyperparameters(ignore=["config"])
+        self.peft = PeftConfig(**peft) if isinstance(peft, dict) else peft
+        self.save_hyperparameters(ignore=["config", "peft"])
         self.hparams["config"] = asdict(self.config)
+        self.hparams["peft"] = asdict(self.peft) if self.peft is not None else None
         self.model: _GPT | None = None
         # nan_strategy="disable": the default NaN check calls .any() on the host, one GPU sync per update
         # (measured: the Trainer side ran at 0.82x a plain loop on an H200 with it). A NaN loss stays NaN.
@@ -131,11 +137,16 @@ class CausalLM(QKVLayoutHooks, pl.LightningModule):
                 "raise the model's block_size or lower the data's"
             )
         if mesh is not None:
+            if self.peft is not None and self.peft.method != "full":
+                raise ValueError(
+                    f"peft.method={self.peft.method!r} with tensor parallelism is not supported; use fsdp-zero3 or ddp"
+                )
             self.model = _GPT(self.config)
             self._parallelize(mesh)
             return
         self.model = apply_transforms(
             _GPT(self.config),
+            peft=self.peft,
             activation_checkpointing=self.config.activation_checkpointing,
             checkpoint_every=self.config.checkpoint_every,
             compile=self.hparams.compile,
@@ -166,7 +177,7 @@ class CausalLM(QKVLayoutHooks, pl.LightningModule):
 
     def _loss(self, batch: tuple[torch.Tensor, torch.Tensor], smoothing: float) -> torch.Tensor:
         idx, targets = batch
-        logits = self.model(idx)
+        logits = self.model(idx)[:, -idx.size(1) :]  # a soft prompt's positions have no target
         return F.cross_entropy(
             logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), label_smoothing=smoothing
         )
