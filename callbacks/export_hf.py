@@ -179,7 +179,7 @@ class ExportHF(Callback):
         return str(folder) if folder else None
 
     def _check_not_an_input(self, target: Path, pl_module: pl.LightningModule, tokenizer: str | None) -> None:
-        inputs = [tokenizer, getattr(pl_module, "hparams", {}).get("model")]
+        inputs = [tokenizer, getattr(pl_module, "init_from", None), getattr(pl_module, "hparams", {}).get("model")]
         for source in filter(None, inputs):
             if Path(source).expanduser().resolve() == target.resolve():
                 raise ValueError(
@@ -207,7 +207,8 @@ class ExportHF(Callback):
         finally:
             model.train(was_training)
         self.exported = str(target)
-        rank_zero_info(f"ExportHF: wrote {target} ({_peft_method(model)} fine-tune, merged)")
+        method = getattr(getattr(pl_module, "peft", None), "method", None) or _peft_method(model)
+        rank_zero_info(f"ExportHF: wrote {target} ({method} fine-tune, merged)")
 
     def _write_transformers(self, model: nn.Module, target: Path, tokenizer: str | None) -> None:
         if target.exists() and any(target.iterdir()) and not self.overwrite:

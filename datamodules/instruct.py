@@ -327,8 +327,8 @@ class InstructDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         module = trainer.lightning_module if trainer is not None else None
         hp = getattr(module, "hparams", {}) or {}
-        for key in ("init_from", "model"):
-            folder = hp.get(key)
+        # CausalLM keeps init_from as an attribute (not a hyperparameter); HFCausalLM's folder is hparams.model
+        for folder in (getattr(module, "init_from", None), hp.get("init_from"), hp.get("model")):
             if isinstance(folder, (str, os.PathLike)) and (Path(folder) / "tokenizer.json").is_file():
                 return str(folder)
         raise ValueError(
