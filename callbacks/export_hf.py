@@ -107,7 +107,7 @@ def merged_gpt(model: nn.Module) -> nn.Module:
 
 
 def _peft_method(model: nn.Module) -> str:
-    """"full", "lora", "prompt" or "adapters", from the module tree (works for kit and transformers models)."""
+    """The PEFT method in the module tree: full, lora, prompt or adapters (kit and transformers models alike)."""
     config = getattr(model, "peft_config", None)
     if isinstance(config, dict) and config:
         kind = str(next(iter(config.values())).peft_type).split(".")[-1].lower()
@@ -137,7 +137,9 @@ class ExportHF(Callback):
         >>> trainer.fit(CausalLM(init_from="my-model", peft={"method": "lora"}), datamodule=dm)  # doctest: +SKIP
     """
 
-    def __init__(self, dirpath: str | None = None, tokenizer: str | None = None, overwrite: bool = False) -> None:
+    def __init__(
+        self, dirpath: str | None = None, tokenizer: str | None = None, overwrite: bool = False
+    ) -> None:
         self.dirpath, self.tokenizer, self.overwrite = dirpath, tokenizer, overwrite
         self.exported: str | None = None
 
@@ -179,7 +181,11 @@ class ExportHF(Callback):
         return str(folder) if folder else None
 
     def _check_not_an_input(self, target: Path, pl_module: pl.LightningModule, tokenizer: str | None) -> None:
-        inputs = [tokenizer, getattr(pl_module, "init_from", None), getattr(pl_module, "hparams", {}).get("model")]
+        inputs = [
+            tokenizer,
+            getattr(pl_module, "init_from", None),
+            getattr(pl_module, "hparams", {}).get("model"),
+        ]
         for source in filter(None, inputs):
             if Path(source).expanduser().resolve() == target.resolve():
                 raise ValueError(
@@ -212,7 +218,9 @@ class ExportHF(Callback):
 
     def _write_transformers(self, model: nn.Module, target: Path, tokenizer: str | None) -> None:
         if target.exists() and any(target.iterdir()) and not self.overwrite:
-            raise FileExistsError(f"{target} exists and is not empty; pass overwrite=True or choose a new folder")
+            raise FileExistsError(
+                f"{target} exists and is not empty; pass overwrite=True or choose a new folder"
+            )
         if getattr(model, "is_loaded_in_4bit", False) or getattr(
             getattr(model, "get_base_model", lambda: model)(), "is_loaded_in_4bit", False
         ):

@@ -75,8 +75,12 @@ def apply_hf_peft(model: nn.Module, cfg: PeftConfig | None, task: str) -> nn.Mod
     import peft
 
     if cfg.method == "prompt":
-        init = peft.PromptTuningInit.SAMPLE_VOCAB if cfg.prompt_init == "vocab" else peft.PromptTuningInit.RANDOM
-        config = peft.PromptTuningConfig(task_type=task, num_virtual_tokens=cfg.prompt_tokens, prompt_tuning_init=init)
+        init = (
+            peft.PromptTuningInit.SAMPLE_VOCAB if cfg.prompt_init == "vocab" else peft.PromptTuningInit.RANDOM
+        )
+        config = peft.PromptTuningConfig(
+            task_type=task, num_virtual_tokens=cfg.prompt_tokens, prompt_tuning_init=init
+        )
         return peft.get_peft_model(model, config)
     if cfg.method == "qlora":
         model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)

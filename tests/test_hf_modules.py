@@ -64,7 +64,9 @@ class _Losses(pl.Callback):
 
 
 @pytest.mark.parametrize("family", ["neox", "phi"])
-def test_a_family_the_kit_does_not_implement_trains_five_steps_under_the_health_callbacks(tmp_path, family) -> None:
+def test_a_family_the_kit_does_not_implement_trains_five_steps_under_the_health_callbacks(
+    tmp_path, family
+) -> None:
     folder = (_neox if family == "neox" else _phi)(tmp_path / family)
     lm = HFCausalLM(str(folder), lr=3e-3, warmup_steps=0)
     losses = _Losses()
@@ -95,7 +97,9 @@ def test_peft_methods_train_only_their_own_parameters(tmp_path, method) -> None:
     if method == "qlora":
         pytest.importorskip("bitsandbytes")
     folder = _neox(tmp_path / "m")
-    lm = HFCausalLM(str(folder), lr=1e-2, warmup_steps=0, peft={"method": method, "lora_r": 4, "prompt_tokens": 4})
+    lm = HFCausalLM(
+        str(folder), lr=1e-2, warmup_steps=0, peft={"method": method, "lora_r": 4, "prompt_tokens": 4}
+    )
     trainable = {n for n, p in lm.model.named_parameters() if p.requires_grad}
     assert trainable and 0 < lm.trainable_fraction < 0.5
     marker = "prompt_encoder" if method == "prompt" else "lora_"
@@ -112,7 +116,9 @@ def test_peft_methods_train_only_their_own_parameters(tmp_path, method) -> None:
 
 
 def test_adapters_are_refused_with_the_methods_that_work() -> None:
-    with pytest.raises(ValueError, match=r"kit's own method for kit.nn.GPT.*\('full', 'lora', 'qlora', 'prompt'\)"):
+    with pytest.raises(
+        ValueError, match=r"kit's own method for kit.nn.GPT.*\('full', 'lora', 'qlora', 'prompt'\)"
+    ):
         apply_hf_peft(torch.nn.Linear(2, 2), PeftConfig(method="adapters"), "CAUSAL_LM")
 
 
@@ -170,5 +176,7 @@ def test_a_tokenizer_larger_than_the_embedding_names_both_sizes(tmp_path) -> Non
         def train_dataloader(self):
             return _lm_loader()
 
-    with pytest.raises(ValueError, match=rf"tokenizer has {VOCAB + 5} tokens but the model .* embeds {VOCAB}"):
+    with pytest.raises(
+        ValueError, match=rf"tokenizer has {VOCAB + 5} tokens but the model .* embeds {VOCAB}"
+    ):
         _trainer(steps=1).fit(lm, datamodule=_Data())
