@@ -43,8 +43,11 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 def _lora_targets(cfg: PeftConfig) -> str | list[str]:
     # The kit's default targets name its own GPT's Linears (qkv, proj, fc); on a transformers model they mean every
-    # Linear but the output head (peft's "all-linear"). Targets set explicitly are used as given.
-    return "all-linear" if cfg.lora_targets == PeftConfig().lora_targets else list(cfg.lora_targets)
+    # Linear but the output head (peft's "all-linear", which can also be written [all-linear]). Other targets are
+    # used as given.
+    if cfg.lora_targets in (PeftConfig().lora_targets, ["all-linear"]):
+        return "all-linear"
+    return list(cfg.lora_targets)
 
 
 def apply_hf_peft(model: nn.Module, cfg: PeftConfig | None, task: str) -> nn.Module:
@@ -52,7 +55,8 @@ def apply_hf_peft(model: nn.Module, cfg: PeftConfig | None, task: str) -> nn.Mod
 
     Args:
         model: the loaded model (already 4-bit for ``qlora``: :class:`HFCausalLM` loads it so).
-        cfg: the method and its knobs; ``lora_targets`` left at the kit's default means every Linear but the head.
+        cfg: the method and its knobs; ``lora_targets`` left at the kit's default, or ``["all-linear"]``, means every
+            Linear but the head.
         task: ``"CAUSAL_LM"`` or ``"SEQ_CLS"`` (the classification head then stays trainable).
 
     Returns:
