@@ -39,7 +39,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from kit.data.packing import pack_blocks
@@ -449,3 +449,12 @@ class InstructDataModule(pl.LightningDataModule):
     def state_dict(self) -> dict:
         folder = self.tokenizer_folder
         return {"tokenizer_sha256": folder.sha256 if folder else None, "bad_rows": dict(self.bad_rows.counts)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        saved, folder = state_dict.get("tokenizer_sha256"), self.tokenizer_folder
+        if saved and folder is not None and saved != folder.sha256:
+            rank_zero_warn(
+                f"resuming with a different tokenizer.json (sha256 {folder.sha256[:12]}) than the checkpoint's "
+                f"({saved[:12]}): token ids no longer mean what the model learned; pass the tokenizer the run "
+                "started with"
+            )

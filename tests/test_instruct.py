@@ -200,3 +200,14 @@ def test_cross_entropy_ignores_the_masked_targets() -> None:
     torch.nn.functional.cross_entropy(logits.view(-1, 5), y.view(-1)).backward()
     assert logits.grad[0, 0].abs().sum() == 0 and logits.grad[0, 2].abs().sum() == 0
     assert logits.grad[0, 1].abs().sum() > 0
+
+
+def test_resuming_with_another_tokenizer_file_warns(tmp_path) -> None:
+    tok = _tokenizer(tmp_path / "tok")
+    dm = InstructDataModule(_jsonl(tmp_path / "d.jsonl", [{"prompt": "one", "response": "two"}] * 3), str(tok))
+    dm.setup("fit")
+    state = dm.state_dict()
+    assert state["tokenizer_sha256"] == load_tokenizer_folder(tok).sha256
+    dm.load_state_dict(state)  # the same file: silent
+    with pytest.warns(UserWarning, match=r"different tokenizer.json .*\(ffffffffffff\)"):
+        dm.load_state_dict({**state, "tokenizer_sha256": "f" * 64})
