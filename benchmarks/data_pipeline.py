@@ -10,7 +10,9 @@ other load on a shared machine distorts it less than wall time) with the spread 
 multi-process rows are wall-clock (that is what workers buy) and say so.
 
 Run: ``python -m benchmarks data_pipeline [--mb 32] [--repeats 3] [--workers 2] [--scale-mb 200,800]``.
-Needs the ``data`` extra (datatrove, orjson) for the datatrove side; without it the kit side still runs.
+Needs the ``data-bench`` extra (datatrove, orjson, rensa) for the peers' sides; without them the kit side
+still runs. The MinHash row compares the kit's signatures with rensa's (a compiled Rust MinHash) on the same
+normalised texts and shingles; the "end to end, step" rows say where the kit's end-to-end time goes.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUME
 
 from kit.data.dedup import ExactDeduplicator, MinHashDeduplicator, MinHasher, fingerprint  # noqa: E402
 from kit.data.filters import GopherQualityFilter, GopherRepetitionFilter  # noqa: E402
-from kit.data.pipeline import DataPipeline  # noqa: E402
+from kit.data.pipeline import STAGES, DataPipeline  # noqa: E402
 from kit.data.text import clean_text, embedded_corpus  # noqa: E402
 
 
@@ -168,7 +170,17 @@ def _datatrove_steps(words: str) -> dict[str, Callable[[list[str]], object]] | N
     }
 
 
-def _kit_steps() -> dict[str, Callable[[list[str]], object]]:
+BATCH = 256  # documents per MinHash batch, as DataPipeline.process and the scale-out shards use
+
+
+def _batches(texts: list, size: int = BATCH) -> Iterator[list]:
+    return (texts[i : i + size] for i in range(0, len(texts), size))
+
+
+def _kit_steps(
+    stage_seconds: list[dict[str, float]] | None = None,
+) -> dict[str, Callable[[list[str]], object]]:
+    """The kit's stages; the end-to-end run appends its report's CPU seconds per step to ``stage_seconds``."""
     hasher = MinHasher()
 
     def exact(texts: list[str]) -> None:
@@ -176,19 +188,31 @@ def _kit_steps() -> dict[str, Callable[[list[str]], object]]:
         for t in texts:
             d.add_digest(fingerprint(t)[1])
 
+    def signatures(texts: list[str]) -> None:
+        for batch in _batches(texts):
+            hasher.signatures([fingerprint(t)[0] for t in batch])
+
     def near(texts: list[str]) -> None:
         d = MinHashDeduplicator()
-        for i, t in enumerate(texts):
-            d.add_signature(i, hasher.signature(fingerprint(t)[0]))
+        for first, batch in zip(range(0, len(texts), BATCH), _batches(texts)):
+            sigs = hasher.signatures([fingerprint(t)[0] for t in batch])
+            d.add_signatures(range(first, first + len(batch)), sigs)
+
+    def end_to_end(texts: list[str]) -> None:
+        pipe = DataPipeline()
+        for _ in pipe.process(texts):
+            pass
+        if stage_seconds is not None:
+            stage_seconds.append(dict(pipe.report.seconds))
 
     return {
         "clean_text": lambda texts: [clean_text(t) for t in texts],
         "Gopher quality": GopherQualityFilter().reasons,
         "Gopher repetition": GopherRepetitionFilter().reasons,
         "exact dedup hashes": exact,
-        "MinHash signatures": lambda texts: [hasher.signature(fingerprint(t)[0]) for t in texts],
+        "MinHash signatures": signatures,
         "MinHash signatures + LSH index": near,
-        "end to end": lambda texts: sum(1 for _ in DataPipeline().process(texts)),
+        "end to end": end_to_end,
     }
 
 
@@ -201,7 +225,8 @@ def _cpu_seconds(fn: Callable[[list[str]], object], texts: list[str]) -> float:
 def _stage_rows(raw: list[str], cleaned: list[str], repeats: int, words: list[str]) -> list[dict]:
     mb_raw = sum(len(t.encode()) for t in raw) / 1e6
     mb = sum(len(t.encode()) for t in cleaned) / 1e6
-    sides = {"kit": _kit_steps()}
+    stage_seconds: list[dict[str, float]] = []
+    sides = {"kit": _kit_steps(stage_seconds)}
     for w in words:
         steps = _datatrove_steps(w)
         if steps is not None:
@@ -231,7 +256,95 @@ def _stage_rows(raw: list[str], cleaned: list[str], repeats: int, words: list[st
         spread = times[(stage, "kit")]
         row["kit spread %"] = round(100 * (max(spread) - min(spread)) / kit_s, 1)
         rows.append(row)
+    return rows + _breakdown_rows(times[("end to end", "kit")], stage_seconds, mb_raw)
+
+
+def _breakdown_rows(totals: list[float], stage_seconds: list[dict[str, float]], mb_raw: float) -> list[dict]:
+    """Where the kit's end-to-end time goes: each step's MB/s (corpus MB over that step's CPU seconds) and
+    its share of the total, medians over the repeats; "other" is the rest (reading the batches, counting)."""
+    rows = []
+    for stage in (*STAGES, "other"):
+        if stage == "other":
+            per_run = [total - sum(s.values()) for total, s in zip(totals, stage_seconds)]
+        else:
+            per_run = [s.get(stage, 0.0) for s in stage_seconds]
+        seconds = statistics.median(per_run)
+        share = statistics.median(100 * x / total for x, total in zip(per_run, totals))
+        rows.append(
+            {
+                "stage": f"end to end, step: {stage}",
+                "kit MB/s": round(mb_raw / seconds, 2) if seconds > 0 else None,
+                "share of end to end %": round(share, 1),
+            }
+        )
     return rows
+
+
+def _rensa_shingles(text: str, n: int = 5) -> list[str]:
+    """The kit's shingles, built in Python as a rensa user would: word n-grams of the normalised text, or the
+    whole text when it has at most ``n`` words."""
+    words = text.split(" ")
+    if len(words) <= n:
+        return [text]
+    return [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
+
+
+def rensa_rows(cleaned: list[str], repeats: int) -> list[dict]:
+    """MinHash signatures alone, kit against rensa (a compiled Rust MinHash), on the same normalised texts.
+
+    Both sides get the same word 5-gram shingles (the kit finds them in the bytes; the rensa side builds
+    them in Python, as its users do) and 112 permutations; each repeat runs both, alternating which goes
+    first. rensa hashes the shingle strings with its own hash, so the signatures differ but estimate the
+    same similarities. Empty list if rensa is not installed (``pip install "lightning-kit[data-bench]"``).
+    """
+    try:
+        import rensa
+        from rensa import RMinHash
+    except ImportError:
+        return []
+    norms = [fingerprint(t)[0] for t in cleaned]
+    texts = [n.decode("utf-8") for n in norms]
+    mb = sum(map(len, norms)) / 1e6
+    hasher = MinHasher()
+
+    def kit() -> None:
+        for batch in _batches(norms):
+            hasher.signatures(batch)
+
+    def rensa_side() -> None:
+        for text in texts:
+            m = RMinHash(num_perm=hasher.num_perm, seed=1)
+            m.update(_rensa_shingles(text, hasher.ngram))
+            m.digest()
+
+    sides = {"kit": kit, "rensa": rensa_side}
+    times: dict[str, list[float]] = {side: [] for side in sides}
+    for r in range(repeats):
+        for side in sides if r % 2 == 0 else reversed(sides):
+            start = time.process_time()
+            sides[side]()
+            times[side].append(time.process_time() - start)
+            print(f"  repeat {r + 1}/{repeats}: MinHash signatures / {side}", file=sys.stderr, flush=True)
+    kit_s, rensa_s = statistics.median(times["kit"]), statistics.median(times["rensa"])
+    version = getattr(rensa, "__version__", None) or _version("rensa")
+    return [
+        {
+            "stage": f"MinHash signatures of normalised text ({hasher.num_perm} perms, word {hasher.ngram}-grams)",
+            "kit MB/s": round(mb / kit_s, 2),
+            f"rensa {version} MB/s": round(mb / rensa_s, 2),
+            "kit / rensa": round(rensa_s / kit_s, 2),
+            "kit spread %": round(100 * (max(times["kit"]) - min(times["kit"])) / kit_s, 1),
+        }
+    ]
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "?"
 
 
 def recall_row(raw: list[str], planted: set[int]) -> dict:
@@ -256,7 +369,7 @@ s = clean_corpus(sys.argv[1], sys.argv[2], CleanSettings(), workers=int(sys.argv
 r = s.report
 print(json.dumps({"docs_in": r.docs_in, "docs_out": r.docs_out, "bytes_in": r.bytes_in, "removed": r.removed,
                   "index_bytes_per_doc": s.bytes_per_doc(), "rss_main_mb": s.peak_rss_mb,
-                  "rss_worker_mb": s.peak_worker_rss_mb}))
+                  "rss_worker_mb": s.peak_worker_rss_mb, "pieces": s.pieces}))
 """
 
 
@@ -289,7 +402,8 @@ def _scale_rows(folder: Path, mb: float, workers: int, repeats: int) -> list[dic
         wall = statistics.median(x["wall_s"] for x in results)
         rows.append(
             {
-                "stage": f"kit data clean --workers {w} ({mb:g} MB, {len(list(shards.iterdir()))} shards, wall clock)",
+                "stage": f"kit data clean --workers {w} ({mb:g} MB, {len(list(shards.iterdir()))} shards "
+                f"in {results[0]['pieces']} pieces, wall clock)",
                 "kit MB/s": round(mb / wall, 2),
                 "speedup vs 1 worker": round(one / wall, 2),
                 "output identical to 1 worker": same,
@@ -379,6 +493,18 @@ def plot(rows: list[dict], path: Path) -> Path | None:
     return path
 
 
+def _cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo where there is one, else what platform knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main(argv: list[str]) -> dict:
     parser = argparse.ArgumentParser(prog="python -m benchmarks data_pipeline")
     parser.add_argument("--mb", type=float, default=32.0, help="corpus size for the stage runs")
@@ -391,12 +517,14 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--skip-stages", action="store_true", help="only the scale-out and memory rows")
     args = parser.parse_args(argv)
 
+    load_before = os.getloadavg()[0]
     raw, planted = make_corpus(args.mb)
     print(f"corpus: {len(raw)} documents, {sum(map(len, raw)) / 1e6:.1f} MB", file=sys.stderr)
     rows = []
     if not args.skip_stages:
         cleaned = [clean_text(t) for t in raw]
         rows += _stage_rows(raw, cleaned, args.repeats, [w for w in args.words.split(",") if w])
+        rows += rensa_rows(cleaned, args.repeats)
         rows.append(recall_row(raw, planted))
     with tempfile.TemporaryDirectory(prefix="kit-data-bench-") as tmp:
         if args.workers > 1:
@@ -410,7 +538,8 @@ def main(argv: list[str]) -> dict:
     return {
         "plot": png.name if png else None,  # written beside the JSON
         "title": "Data pipeline: MB/s per stage, kit vs datatrove; multi-process scaling; memory bound",
-        "device": f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), threads pinned to 1",
+        "device": f"CPU ({_cpu_name()}, {os.cpu_count()} cores), threads pinned to 1, "
+        f"load average {load_before:.1f} at the start and {os.getloadavg()[0]:.1f} at the end",
         "rows": rows,
         "notes": [
             f"corpus: embedded pydoc paragraphs with HTML noise, {args.mb:g} MB, {len(raw)} docs, "
@@ -424,6 +553,12 @@ def main(argv: list[str]) -> dict:
             "is its default English tokenizer, run only where spacy is installed",
             "datatrove 0.10.1's MinHash shingle hash is wrapped to encode str to UTF-8 first (xxhash 4 refuses "
             "str; xxhash 3 encoded it itself)",
+            f"versions: datatrove {_version('datatrove')}, rensa {_version('rensa')}, numpy {_version('numpy')}",
+            "kit MinHash: MinHasher.signatures over batches of 256 documents (as the pipeline runs it); the rensa "
+            "row gives both sides the same normalised texts and the same word 5-gram shingles, 112 permutations, "
+            "rensa's built in Python per document as its users do",
+            "'end to end, step' rows: the kit's end-to-end run split by DataPipeline's own CPU-time counters "
+            "(report.seconds); MB/s is the corpus MB over that step's seconds, share is of the end-to-end total",
             "scale rows: wall clock in fresh processes; the speedup needs idle cores to mean anything",
         ],
     }

@@ -15,19 +15,23 @@ from kit.callbacks.hardware import HardwareMonitor
 from kit.callbacks.hessian import HessianMonitor
 from kit.callbacks.loss_scale import LossScaleMonitor
 from kit.callbacks.mixup import MixUpCutMix
+from kit.callbacks.preemption import PreemptionSave
 from kit.callbacks.spike_guard import SpikeGuard
 from kit.callbacks.throughput import TokenThroughput
+from kit.callbacks.watchdog import HangWatchdog
 
 __all__ = [
     "GenerativeAugment",
     "GradientClipping",
     "GradientCompression",
     "GradientHealth",
+    "HangWatchdog",
     "HardwareMonitor",
     "HessianMonitor",
     "KitCheckpoint",
     "LossScaleMonitor",
     "MixUpCutMix",
+    "PreemptionSave",
     "SpikeGuard",
     "TokenThroughput",
     "TrainingDoctor",

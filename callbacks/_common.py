@@ -20,8 +20,8 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
-from torch.amp.grad_scaler import OptState
 
+from kit._compat import GradScalerView, metric_snapshot, restore_metric
 from kit.health.grads import grad_norms
 
 __all__ = [
@@ -44,14 +44,7 @@ def current_grad_scale(trainer: pl.Trainer, optimizer: Any) -> Tensor | None:
     optimizer handles unscaling in its own ``step`` (``fused=True`` Adam/AdamW); then the gradients in
     the hook are still multiplied by the scale (until a callback such as GradientClipping unscales them).
     """
-    scaler = getattr(trainer.precision_plugin, "scaler", None)
-    if scaler is None or not scaler.is_enabled() or getattr(scaler, "_scale", None) is None:
-        return None
-    opt = getattr(optimizer, "optimizer", optimizer)  # unwrap LightningOptimizer
-    state = scaler._per_optimizer_states.get(id(opt), {})
-    if state.get("stage") == OptState.UNSCALED:
-        return None
-    return scaler._scale
+    return GradScalerView(getattr(trainer.precision_plugin, "scaler", None)).grad_scale(optimizer)
 
 
 def trainable_params(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Tensor]:
@@ -108,13 +101,7 @@ def log_metrics(pl_module: pl.LightningModule, metrics: Mapping[str, Tensor | fl
 def silenced_logging(module: pl.LightningModule) -> Iterator[None]:
     """Make ``self.log``/``self.log_dict`` no-ops and undo torchmetrics updates while a probe re-runs
     ``training_step``, so the run's own logs and running metrics are not disturbed."""
-    saved = []
-    for m in module.modules():
-        defaults = getattr(m, "_defaults", None)
-        if isinstance(defaults, dict) and hasattr(m, "_update_count"):
-            state = {k: getattr(m, k) for k in defaults}
-            state = {k: (v.clone() if isinstance(v, Tensor) else list(v)) for k, v in state.items()}
-            saved.append((m, state, m._update_count, getattr(m, "_computed", None)))
+    saved = [snap for snap in map(metric_snapshot, module.modules()) if snap is not None]
     module.log = lambda *a, **k: None  # type: ignore[method-assign]
     module.log_dict = lambda *a, **k: None  # type: ignore[method-assign]
     try:
@@ -122,11 +109,8 @@ def silenced_logging(module: pl.LightningModule) -> Iterator[None]:
     finally:
         del module.log
         del module.log_dict
-        for m, state, count, computed in saved:
-            for k, v in state.items():
-                setattr(m, k, v)
-            m._update_count = count
-            m._computed = computed
+        for snap in saved:
+            restore_metric(snap)
 
 
 def loss_from_output(out: Any) -> Tensor:

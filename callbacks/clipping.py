@@ -23,8 +23,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.amp.grad_scaler import OptState
 
+from kit._compat import GradScalerView, strategy_traits
 from kit.precision.clipping import AutoClip, adaptive_clip_, clip_by_norm, clip_by_value
 
 __all__ = ["GradientClipping", "unscale_once"]
@@ -44,8 +44,7 @@ def unscale_once(scaler: Any, optimizer: torch.optim.Optimizer) -> bool:
     """
     if scaler is None or not scaler.is_enabled():
         return False
-    state = scaler._per_optimizer_states[id(optimizer)]
-    if state["stage"] is OptState.UNSCALED:
+    if GradScalerView(scaler).is_unscaled(optimizer):
         return False
     scaler.unscale_(optimizer)
     if getattr(optimizer, "_step_supports_amp_scaling", False) and hasattr(optimizer, "grad_scale"):
@@ -118,15 +117,15 @@ class GradientClipping(Callback):
         self._module: pl.LightningModule | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        name = type(trainer.strategy).__name__
-        if "DeepSpeed" in name:
+        traits = strategy_traits(trainer.strategy)
+        if traits.owns_optimizer_step:
             raise RuntimeError(
-                "GradientClipping cannot clip under DeepSpeed, which owns the optimizer step; "
+                f"GradientClipping cannot clip under {traits.name}, which owns the optimizer step; "
                 "set DeepSpeed's 'gradient_clipping' in its config instead"
             )
-        if "FSDP" in name and self.mode != "norm":
+        if traits.shards_gradients and self.mode != "norm":
             raise RuntimeError(
-                f"GradientClipping(mode={self.mode!r}) needs whole gradients but FSDP shards them; "
+                f"GradientClipping(mode={self.mode!r}) needs whole gradients but {traits.name} shards them; "
                 "use mode='norm' under FSDP"
             )
         if trainer.gradient_clip_val:
@@ -187,7 +186,7 @@ class GradientClipping(Callback):
         strategy = trainer.strategy if trainer is not None else None
         if self.mode == "norm":
             fsdp_model = (
-                strategy.model if strategy is not None and "FSDP" in type(strategy).__name__ else None
+                strategy.model if strategy is not None and strategy_traits(strategy).shards_gradients else None
             )
             if fsdp_model is not None and hasattr(fsdp_model, "clip_grad_norm_"):
                 pre = fsdp_model.clip_grad_norm_(self.max_norm, self.norm_type)

@@ -11,10 +11,13 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.nn.parallel import DistributedDataParallel
 
 from kit.parallel.comm_hooks import (
-    SCHEMES,
+    DEFAULT_COMM,
+    UNSET,
+    CommHookConfig,
     CommStats,
     HookState,
-    check_comm_settings,
+    Unset,
+    comm_config,
     hook_state_dict,
     load_hook_state_dict,
     make_comm_hook,
@@ -40,52 +43,55 @@ class GradientCompression(Callback):
 
     Its ``state_dict`` carries the hook's state (error-feedback residuals, warm-up step counter, PowerSGD's
     step counter, error and P/Q memories, byte totals), so a ``--ckpt_path`` resume continues compressing
-    where the run stopped instead of restarting the dense warm-up with empty residuals. The knobs are
-    spelled as in :class:`kit.parallel.strategies.CompressedDDPStrategy`.
+    where the run stopped instead of restarting the dense warm-up with empty residuals. The settings are the
+    strategies' (:class:`kit.parallel.comm_hooks.CommHookConfig`).
 
     Args:
-        hook: ``allreduce``, ``fp16``, ``bf16``, ``powersgd``, ``topk`` or ``1bit``.
-        topk_ratio: top-k's fraction of entries sent.
-        powersgd_rank: PowerSGD's matrix approximation rank.
-        powersgd_start_iter: PowerSGD's first compressed step (>= 2).
-        scheme: top-k's and 1bit's collective: ``2phase`` (default; the cut does not shrink with W) or
-            ``allgather`` (a small-W method: it warns above the W where it cuts less than 90%).
-        per_tensor_scale: 1bit: scales never span two parameter tensors (``False``: one per chunk or bucket).
-        block: 1bit two-phase: at most this many entries share a scale (``None``: whole tensor pieces).
+        comm: the hook and its settings (default PowerSGD rank 4); YAML ``comm: {hook: topk, topk_ratio: 0.01}``.
+        hook: deprecated, use ``comm`` (as are the six below; each is the ``CommHookConfig`` field of that name).
+        topk_ratio: deprecated.
+        powersgd_rank: deprecated.
+        powersgd_start_iter: deprecated.
+        scheme: deprecated.
+        per_tensor_scale: deprecated.
+        block: deprecated.
 
     Raises:
         ValueError: for an unknown hook or invalid setting.
+        TypeError: for ``comm`` and flat settings together.
 
     Example:
-        >>> trainer = pl.Trainer(strategy="ddp", devices=4,  # doctest: +SKIP
-        ...                      callbacks=[GradientCompression(hook="powersgd", powersgd_rank=4)])
+        >>> callback = GradientCompression(CommHookConfig(hook="powersgd", powersgd_rank=4))
+        >>> trainer = pl.Trainer(strategy="ddp", devices=4, callbacks=[callback])  # doctest: +SKIP
     """
 
     def __init__(
         self,
-        hook: Literal["allreduce", "fp16", "bf16", "powersgd", "topk", "1bit"] = "powersgd",
-        topk_ratio: float = 0.01,
-        powersgd_rank: int = 4,
-        powersgd_start_iter: int = 10,
-        scheme: Literal["2phase", "allgather"] = "2phase",
-        per_tensor_scale: bool = True,
-        block: int | None = 32,
+        comm: CommHookConfig = DEFAULT_COMM,
+        hook: Literal["allreduce", "fp16", "bf16", "powersgd", "topk", "1bit"] | None = None,
+        topk_ratio: float | None = None,
+        powersgd_rank: int | None = None,
+        powersgd_start_iter: int | None = None,
+        scheme: Literal["2phase", "allgather"] | None = None,
+        per_tensor_scale: bool | None = None,
+        block: int | Unset | None = UNSET,
     ) -> None:
-        check_comm_settings(hook, topk_ratio, powersgd_rank, powersgd_start_iter)
-        if scheme not in SCHEMES:
-            raise ValueError(f"scheme={scheme!r} is not supported; choose one of {', '.join(SCHEMES)}")
-        if block is not None and block < 1:
-            raise ValueError(
-                f"block={block} must be >= 1 (entries per 1-bit scale) or None (one per tensor piece)"
-            )
-        self.scheme, self.per_tensor_scale, self.block = scheme, per_tensor_scale, block
-        self.hook, self.topk_ratio = hook, topk_ratio
-        self.powersgd_rank, self.powersgd_start_iter = powersgd_rank, powersgd_start_iter
+        self.comm = comm_config(
+            comm,
+            type(self).__name__,
+            hook=hook,
+            topk_ratio=topk_ratio,
+            powersgd_rank=powersgd_rank,
+            powersgd_start_iter=powersgd_start_iter,
+            scheme=scheme,
+            per_tensor_scale=per_tensor_scale,
+            block=block,
+        )
+        self.hook = self.comm.hook
         self.stats: CommStats | None = None
         self.hook_state: HookState | None = None
-        self._saved: dict[str, Any] | None = (
-            None  # loaded before the hook exists (resume): applied at fit start
-        )
+        # loaded before the hook exists (resume): applied at fit start
+        self._saved: dict[str, Any] | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         owned = getattr(trainer.strategy, "comm_state", None)
@@ -99,15 +105,7 @@ class GradientCompression(Callback):
                 "gradient all-reduce to compress; use strategy='ddp' with several devices"
             )
             return
-        state, fn = make_comm_hook(
-            self.hook,
-            topk_ratio=self.topk_ratio,
-            powersgd_rank=self.powersgd_rank,
-            powersgd_start_iter=self.powersgd_start_iter,
-            scheme=self.scheme,
-            per_tensor_scale=self.per_tensor_scale,
-            block=self.block,
-        )
+        state, fn = make_comm_hook(self.comm.hook, self.comm)
         try:
             model.register_comm_hook(state, fn)
         except RuntimeError as err:

@@ -33,6 +33,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from kit._compat import GradScalerView, strategy_traits
 from kit.callbacks._common import current_grad_scale, global_grad_norm, trainable_params
 from kit.callbacks.checkpoint import KitCheckpoint
 from kit.checkpoint import newest_good
@@ -46,14 +47,8 @@ _HISTORY = 1_000_000  # (step, loss) pairs kept for the plot: 16 MB at most
 
 def _sharded_checkpoints(strategy: Any) -> str | None:
     """Why ``strategy`` writes checkpoints as folders of shards, or ``None`` when it writes one file."""
-    name = type(strategy).__name__
-    if name.startswith("DeepSpeed"):
-        return f"{name} saves each checkpoint as a folder of per-rank shards"
-    if name.startswith("FSDP") and getattr(strategy, "_state_dict_type", "full") == "sharded":
-        return f"{name}(state_dict_type='sharded') saves each checkpoint as a folder of shards"
-    if name.startswith("ModelParallel") and getattr(strategy, "_save_distributed_checkpoint", False):
-        return f"{name} saves distributed checkpoints (folders of shards)"
-    return None
+    traits = strategy_traits(strategy)
+    return f"{traits.name} saves each checkpoint as a folder of shards" if traits.sharded_checkpoints else None
 
 
 class SpikeGuard(Callback):
@@ -124,9 +119,9 @@ class SpikeGuard(Callback):
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
         loss = loss.detach().float()
-        scaler = getattr(trainer.precision_plugin, "scaler", None)
-        if scaler is not None and scaler.is_enabled() and getattr(scaler, "_scale", None) is not None:
-            loss = loss / scaler._scale  # Lightning hands the hook the scaled loss under fp16
+        scale = GradScalerView(getattr(trainer.precision_plugin, "scaler", None)).scale()
+        if scale is not None:
+            loss = loss / scale  # Lightning hands the hook the scaled loss under fp16
         self._loss = (
             loss if self._loss is None else self._loss + loss
         )  # accumulation: sum of 1/k-scaled losses
@@ -277,13 +272,13 @@ class SpikeGuard(Callback):
 
     def plot(self, path: str) -> str:
         """PNG of the loss per step with each spike marked (and the dropped updates shaded); returns the path."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
 
         steps, losses = zip(*self.history) if self.history else ((), ())
-        fig, ax = plt.subplots(figsize=(8, 3.5))
+        fig = Figure(figsize=(8, 3.5))
+        FigureCanvasAgg(fig)  # its own canvas: no pyplot, no global backend change
+        ax = fig.subplots()
         ax.plot(steps, losses, lw=0.8, label="loss")
         spikes = [(e["step"], e.get("loss", float("nan"))) for e in self.events]
         if spikes:
@@ -302,7 +297,6 @@ class SpikeGuard(Callback):
         fig.tight_layout()
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=110)
-        plt.close(fig)
         return path
 
     @property

@@ -28,6 +28,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, IterableDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from kit._compat import batches_fetched_ahead
 from kit.data.shard_meta import read_shard_metadata
 from kit.data.shards import ShardErrorHandler, expand_urls
 
@@ -354,17 +355,7 @@ class WebDataModule(pl.LightningDataModule):
     def _batches_fetched_ahead(self) -> int | None:
         """Batches Lightning's training fetcher holds that no training step has used yet (``None``: unknown)."""
         trainer = self.trainer
-        loop = getattr(trainer, "fit_loop", None) if trainer is not None else None
-        if loop is None or trainer.state.fn != "fit":
-            return 0  # outside fit: the loader's own state is what was consumed
-        fetcher = getattr(loop, "_data_fetcher", None)
-        if fetcher is None:
-            return 0
-        batches = getattr(fetcher, "batches", None)
-        if batches is None:
-            # the dataloader_iter fetcher fetches only on demand; anything else is a fetcher we do not know
-            return 0 if type(fetcher).__name__ == "_DataLoaderIterDataFetcher" else None
-        return len(batches)
+        return batches_fetched_ahead(trainer) if trainer is not None else 0
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_shards, train=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kit._compat import attached_trainer
 from kit.optim import SCHEDULES, fused_available, lr_lambda, param_groups
 
 __all__ = ["OPTIMIZERS", "build_optimizer", "optimizers_from_hparams"]
@@ -55,7 +56,7 @@ def optimizers_from_hparams(module) -> dict:
     """``build_optimizer`` from a LightningModule's saved hyperparameters (``optimizer``, ``lr``, ``weight_decay``,
     ``betas``, ``warmup_steps``, ``max_steps``, ``schedule``); ``max_steps=None`` takes the Trainer's estimate."""
     hp = module.hparams
-    total = hp.max_steps or (int(module.trainer.estimated_stepping_batches) if module._trainer else 10_000)
+    total = hp.max_steps or (int(module.trainer.estimated_stepping_batches) if attached_trainer(module) else 10_000)
     return build_optimizer(
         module, hp.optimizer, hp.lr, hp.weight_decay, hp.betas, hp.warmup_steps, total, hp.schedule, module.device
     )

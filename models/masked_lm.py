@@ -27,6 +27,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from kit._compat import attached_trainer
 from kit.data.masking import IGNORE_INDEX
 from kit.models._hooks import QKVLayoutHooks
 from kit.models._optim import optimizers_from_hparams
@@ -92,7 +93,7 @@ class MaskedLM(QKVLayoutHooks, pl.LightningModule):
             return
         if self.config.vocab_size is None:
             vocab = getattr(
-                self._trainer.datamodule if self._trainer is not None else None, "vocab_size", None
+                getattr(attached_trainer(self), "datamodule", None), "vocab_size", None
             )
             if vocab is None:
                 raise ValueError("config.vocab_size is None and the datamodule has no vocab_size; set it")

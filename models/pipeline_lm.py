@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from kit._compat import attached_trainer
 from kit.models.gpt import CausalLM
 from kit.parallel.pipeline import (
     GPTStage,
@@ -74,8 +75,8 @@ class PipelineCausalLM(CausalLM):
         self._eval_schedules: dict[tuple, object] = {}
 
     def configure_model(self) -> None:
-        mesh = getattr(self, "_device_mesh", None)
-        if mesh is None and self._trainer is None:
+        mesh = self.device_mesh
+        if mesh is None and attached_trainer(self) is None:
             # CausalLM.__init__'s eager build: the full GPT, cut into stages once the strategy's mesh is there (so
             # the weights are those CausalLM would start from with the same seed)
             return super().configure_model()
@@ -107,7 +108,7 @@ class PipelineCausalLM(CausalLM):
         """The last stage's loss on every rank of its pipeline, averaged over the data-parallel replicas."""
         value = loss.detach().float() if loss is not None else torch.zeros((), device=device)
         dist.broadcast(value, src=self._pipe.last_rank, group=self._pipe.group)
-        dp = mesh_dim(self._device_mesh, DP_DIM)
+        dp = mesh_dim(self.device_mesh, DP_DIM)
         if dp is not None and dp.size() > 1:
             dist.all_reduce(value, group=dp.get_group())
             value /= dp.size()

@@ -12,20 +12,19 @@ Example:
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, replace
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-import yaml
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from kit._compat import attached_trainer
+from kit.checkpoint.init_from import resolve_init_from
 from kit.checkpoint.migrations import upgrade_qkv_layout
 from kit.models._hooks import QKVLayoutHooks
 from kit.models._optim import optimizers_from_hparams
@@ -45,51 +44,6 @@ __all__ = ["POOLINGS", "SequenceClassifier", "load_backbone", "resolve_init_from
 POOLINGS = ("mean", "cls", "last")
 
 
-def _recipe_run_root(name: str) -> Path | None:
-    """``<logger save_dir>/<logger name>`` of the packaged recipe ``name`` (its runs' version folders), or None."""
-    from kit.cli.main import RECIPES_DIR
-
-    recipe = RECIPES_DIR / f"{name.removesuffix('.yaml')}.yaml"
-    if not recipe.is_file():
-        return None
-    logger = ((yaml.safe_load(recipe.read_text()) or {}).get("trainer") or {}).get("logger") or {}
-    args = logger.get("init_args", {}) if isinstance(logger, dict) else {}
-    return Path(args.get("save_dir", "runs")) / args.get("name", recipe.stem)
-
-
-def resolve_init_from(value: str | os.PathLike) -> Path:
-    """The checkpoint ``init_from`` names: a checkpoint file, a run folder, or a packaged recipe's name.
-
-    A file is checked against its manifest (or its zip CRCs) and falls back to the previous good checkpoint
-    beside it; a folder (``runs/bert-tiny-pretrain``, one ``version_N``, or a ``checkpoints`` folder) and a recipe
-    name (``bert-tiny-pretrain``: its logger's ``save_dir/name``, relative to the working directory) give the
-    newest complete checkpoint of any version under them, as ``--ckpt_path last`` does.
-
-    Example:
-        >>> resolve_init_from("runs/bert-tiny-pretrain")  # doctest: +SKIP
-        PosixPath('runs/bert-tiny-pretrain/version_2/checkpoints/last.ckpt')
-
-    Raises:
-        FileNotFoundError: nothing usable there, naming what was searched and how to make it.
-    """
-    from kit.checkpoint import find_latest, resolve_checkpoint
-
-    path = Path(value)
-    if path.is_file():
-        return resolve_checkpoint(path)
-    root = path if path.is_dir() else _recipe_run_root(str(value))
-    if root is None:
-        raise FileNotFoundError(
-            f"init_from={str(value)!r} is neither a checkpoint file, a run folder nor a packaged recipe; pass a "
-            "CausalLM/MaskedLM checkpoint (.ckpt), its run folder, or a recipe name such as 'bert-tiny-pretrain'"
-        )
-    found = find_latest(root) if root.is_dir() else None
-    if found is None:
-        hint = f"; run `kit fit -c {value}` first" if root != path else ""
-        raise FileNotFoundError(f"init_from={str(value)!r}: no complete checkpoint under {root}{hint}")
-    return found
-
-
 def load_backbone(model: nn.Module, checkpoint: dict) -> tuple[list[str], list[str]]:
     """Copy a pretraining checkpoint's backbone (``model.*`` keys of a Lightning checkpoint, or a plain state
     dict of ``GPT``) into ``model``.
@@ -104,7 +58,7 @@ def load_backbone(model: nn.Module, checkpoint: dict) -> tuple[list[str], list[s
     notes = upgrade_qkv_layout(model, checkpoint, optimizer_states=False)
     if notes:
         rank_zero_warn(
-            "init_from: checkpoint predates the head-major fused QKV layout (issue 10); converted "
+            "init_from: checkpoint predates the head-major fused QKV layout; converted "
             f"{len(notes)} tensor(s): {'; '.join(notes[:4])}" + (" ..." if len(notes) > 4 else "")
         )
     state = checkpoint.get("state_dict", checkpoint)
@@ -221,7 +175,7 @@ class SequenceClassifier(QKVLayoutHooks, pl.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        dm = self._trainer.datamodule if self._trainer is not None else None
+        dm = getattr(attached_trainer(self), "datamodule", None)
         if self.config.vocab_size is None:
             vocab = getattr(dm, "vocab_size", None)
             if vocab is None:

@@ -1,4 +1,5 @@
 import json
+import os
 
 from benchmarks.__main__ import available, run, to_markdown
 
@@ -107,3 +108,40 @@ def test_suffix_names_the_plot_too(tmp_path) -> None:
         "data_pipeline-x.md",
         "data_pipeline-x.png",
     ]
+
+
+def test_kit_bench_leaves_this_process_alone_and_passes_the_arguments(tmp_path, monkeypatch) -> None:
+    """The child gets the repository first on PYTHONPATH; this process's sys.path and modules are untouched."""
+    import sys
+    from pathlib import Path
+
+    from kit.cli.commands import bench
+
+    calls = []
+    monkeypatch.setattr(bench.subprocess, "call", lambda cmd, env: calls.append((cmd, env)) or 7)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    path, modules = list(sys.path), set(sys.modules)
+    assert bench.main(["precision", "--steps", "2"]) == 7  # the child's exit status
+    assert sys.path == path and set(sys.modules) == modules
+    ((cmd, env),) = calls
+    assert cmd == [sys.executable, "-P", "-m", "benchmarks", "precision", "--steps", "2"]
+    repo = Path(__file__).resolve().parents[1]
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(repo), str(tmp_path)]
+
+
+def test_kit_bench_runs_the_repository_benchmarks_over_another_package_of_that_name(tmp_path) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    impostor = tmp_path / "site" / "benchmarks"
+    impostor.mkdir(parents=True)
+    (impostor / "__init__.py").write_text("")
+    (impostor / "__main__.py").write_text("print('impostor')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    kit_exe = Path(sys.executable).with_name("kit")
+    proc = subprocess.run(
+        [str(kit_exe), "bench"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "impostor" not in proc.stdout and "benchmarks: " in proc.stdout and "precision" in proc.stdout

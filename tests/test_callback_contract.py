@@ -79,6 +79,7 @@ SPECS: dict[str, Spec] = {
         not_logged="needs DDP; tests/test_distributed_torchrun.py checks compression/ratio in callback_metrics",
     ),
     "GradientHealth": Spec({"prefix": "gh2/"}, key="grad_health/grad_norm"),
+    "HangWatchdog": Spec({"timeout_s": 600.0}, key="watchdog/max_idle_s"),
     "HardwareMonitor": Spec({"prefix": "hw2/"}, {"log_every_n_steps": 1}, key="hw/step_time_s"),
     "HessianMonitor": Spec(
         {"prefix": "hessian2/"}, {"log_every_n_steps": 1, "max_iter": 5}, key="hessian/top_eigenvalue"
@@ -86,6 +87,7 @@ SPECS: dict[str, Spec] = {
     "KitCheckpoint": Spec({"every_n_train_steps": 2}, {"every_n_train_steps": 1}, key="checkpoint/saves"),
     "LossScaleMonitor": Spec({"min_scale": 1.0}, key="loss_scale/scale", fp16=True),
     "MixUpCutMix": Spec({"seed": 1}, key="mixup/lam", classifier=True),
+    "PreemptionSave": Spec({"every_n_steps": 2}, key="preemption/stop"),
     "SpikeGuard": Spec({"action": "stop"}, key="spike_guard/spikes"),
     "TokenThroughput": Spec(
         {"window_size": 4}, {"window_size": 2, "log_every_n_steps": 1}, key="train/device/items_per_sec"

@@ -211,6 +211,7 @@ def test_sigterm_saves_at_the_next_step_and_stops_cleanly(tmp_path, capsys):
             self.validations += 1
 
     preempt = Preempt()
+    before = signal.getsignal(signal.SIGTERM)
     ckpt = KitCheckpoint(dirpath=str(tmp_path / "c"), every_n_train_steps=100)
     trainer = make_trainer(
         tmp_path,
@@ -227,7 +228,86 @@ def test_sigterm_saves_at_the_next_step_and_stops_cleanly(tmp_path, capsys):
         preempt.validations == 0
     )  # no validation on the way out (Lightning validates when should_stop is set)
     assert torch.load(tmp_path / "c" / "last.ckpt", weights_only=True)["global_step"] == 3
-    assert signal.getsignal(signal.SIGTERM) is not ckpt._on_signal  # handlers restored
+    assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
+
+
+def test_a_preemption_save_callback_takes_over_and_saves_through_the_checkpoint(tmp_path):
+    """PreemptionSave composed by the recipe (KitCheckpoint's own off, or on and then ignored) stops the same way."""
+    from kit.callbacks import PreemptionSave
+
+    for own in (False, True):
+
+        class Preempt(pl.Callback):
+            handlers: list = []
+
+            def on_train_batch_end(self, trainer, *args):
+                self.handlers.append(signal.getsignal(signal.SIGTERM))
+                if trainer.global_step == 3:
+                    os.kill(os.getpid(), signal.SIGTERM)
+
+        before = signal.getsignal(signal.SIGTERM)
+        preempt, save = Preempt(), PreemptionSave()
+        ckpt = KitCheckpoint(dirpath=str(tmp_path / f"c{own}"), every_n_train_steps=100, preemption=own)
+        trainer = make_trainer(tmp_path, [preempt, save, ckpt], max_steps=50, enable_checkpointing=True)
+        trainer.fit(TinyRegressor(), regression_loader())
+        assert trainer.global_step == 3 and save.preempted_by == "SIGTERM" and save.preemptions == 1
+        assert ckpt.preempted_by == "SIGTERM"  # the checkpoint reports the callback that stopped the run
+        assert {h.__self__ for h in preempt.handlers} == {save}  # one handler: the composed one stayed off
+        assert torch.load(tmp_path / f"c{own}" / "last.ckpt", weights_only=True)["global_step"] == 3
+        assert signal.getsignal(signal.SIGTERM) is before
+        assert trainer.callback_metrics["preemption/stop"] == 1.0
+
+
+def test_preemption_without_a_checkpoint_stops_and_says_nothing_was_saved(tmp_path, caplog):
+    from kit.callbacks import PreemptionSave
+
+    class Preempt(pl.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    save = PreemptionSave()
+    with pytest.warns(UserWarning, match="no checkpoint callback that saves on demand"):
+        trainer = make_trainer(tmp_path, [Preempt(), save], max_steps=50)
+        trainer.fit(TinyRegressor(), regression_loader())
+    assert trainer.global_step == 2 and save.preempted_by == "SIGTERM"
+    with pytest.raises(ValueError, match="every_n_steps=0"):
+        PreemptionSave(every_n_steps=0)
+
+
+def test_the_old_watchdog_and_preemption_arguments_warn_and_still_compose(tmp_path):
+    from kit.callbacks import HangWatchdog, PreemptionSave
+
+    with pytest.warns(DeprecationWarning, match=r"HangWatchdog\(timeout_s=30\)"):
+        ckpt = KitCheckpoint(hang_timeout_s=30)
+    assert isinstance(ckpt._watchdog, HangWatchdog) and ckpt._watchdog.timeout_s == 30
+    with pytest.warns(DeprecationWarning, match=r"PreemptionSave\(every_n_steps=4\).*preemption=False"):
+        ckpt = KitCheckpoint(preemption_every_n_steps=4)
+    assert isinstance(ckpt._own_preemption, PreemptionSave) and ckpt._own_preemption.every_n_steps == 4
+    assert KitCheckpoint(preemption=False)._own_preemption is None
+    with pytest.raises(ValueError, match="hang_timeout_s=0"):
+        KitCheckpoint(hang_timeout_s=0)
+    with pytest.raises(ValueError, match="timeout_s=-1"):
+        HangWatchdog(timeout_s=-1)
+
+
+def test_the_watchdog_counts_idle_time_and_names_the_newest_checkpoint(tmp_path):
+    import time
+
+    from kit.callbacks import HangWatchdog
+
+    dog = HangWatchdog(timeout_s=60)
+    ckpt = KitCheckpoint(dirpath=str(tmp_path / "c"), every_n_train_steps=2)
+    trainer = make_trainer(tmp_path, [dog, ckpt], max_steps=4, enable_checkpointing=True)
+    trainer.fit(TinyRegressor(), regression_loader())
+    assert dog._thread is None  # stopped at teardown
+    assert 0 < dog.max_idle_s < 60 and trainer.callback_metrics["watchdog/max_idle_s"] > 0
+    message = dog.message(trainer, idle=75.0)
+    assert "no training step finished" in message and "--ckpt_path last" in message
+    assert str(tmp_path / "c" / "last.ckpt") in message and "after step 4" in message
+    dog._beat = time.monotonic() - 5
+    dog.beat()
+    assert dog.max_idle_s >= 5
 
 
 def test_sharded_folder_checkpoints_take_the_same_atomic_path(tmp_path, monkeypatch):
@@ -337,11 +417,11 @@ def test_async_copy_keeps_tied_weights_tied() -> None:
     """The async path's CPU copy stores a tied embedding/head once, as a synchronous torch.save does."""
     import io
 
-    from kit.callbacks.checkpoint import _to_cpu
+    from kit.checkpoint.async_writer import to_cpu
 
     emb = torch.nn.Parameter(torch.randn(64, 8))
     state = {"state_dict": {"wte.weight": emb.detach(), "lm_head.weight": emb.detach(), "b": torch.zeros(3)}}
-    copy = _to_cpu(state)
+    copy = to_cpu(state)
     assert copy["state_dict"]["wte.weight"] is copy["state_dict"]["lm_head.weight"]
     assert copy["state_dict"]["wte.weight"].data_ptr() != emb.data_ptr()  # a copy, not the live tensor
 

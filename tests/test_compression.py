@@ -13,6 +13,7 @@ from hypothesis.extra.numpy import arrays
 
 from kit.callbacks.compression import GradientCompression
 from kit.parallel.comm_hooks import (
+    CommHookConfig,
     CommStats,
     PowerSGDHookState,
     ResidualState,
@@ -119,11 +120,63 @@ def test_make_comm_hook_validates() -> None:
     with pytest.raises(ValueError, match="start_iter=1"):
         make_comm_hook("powersgd", powersgd_start_iter=1)
     with pytest.raises(ValueError, match="hook='zip'"):
-        GradientCompression(hook="zip")
+        GradientCompression(CommHookConfig(hook="zip"))
+
+
+def test_make_comm_hook_uses_every_setting_and_refuses_unknown_keywords() -> None:
+    import inspect
+
+    params = inspect.signature(make_comm_hook).parameters  # lists the settings, for help() and the benchmark
+    assert {k: params[k].default for k in ("topk_ratio", "per_tensor_scale", "block")} == {
+        "topk_ratio": 0.01, "per_tensor_scale": True, "block": 32,
+    }  # fmt: skip
+    state, _ = make_comm_hook("topk", ratio=0.05)  # the short spelling is taken, not swallowed
+    assert state.ratio == 0.05
+    config = CommHookConfig(
+        hook="1bit", dense_start=3, scheme="allgather", per_tensor_scale=False, block=None
+    )
+    state, _ = make_comm_hook("1bit", config)
+    assert (state.start_iter, state.scheme, state.per_tensor_scale, state.block) == (
+        3,
+        "allgather",
+        False,
+        None,
+    )
+    state, _ = make_comm_hook("1bit", config, block=8)  # keywords override the config
+    assert state.block == 8 and state.scheme == "allgather"
+    psgd = make_comm_hook("powersgd", powersgd_rank=3, powersgd_start_iter=5)[0].psgd
+    assert (psgd.matrix_approximation_rank, psgd.start_powerSGD_iter) == (3, 5)
+    with pytest.raises(TypeError, match="topk_ration.*topk_ratio, powersgd_rank"):
+        make_comm_hook("topk", topk_ration=0.05)
+    with pytest.raises(TypeError, match="unknown keyword"):
+        make_comm_hook("topk", hook="1bit")
+    with pytest.raises(TypeError, match="both ratio= and topk_ratio="):
+        make_comm_hook("topk", ratio=0.05, topk_ratio=0.05)
+    with pytest.raises(ValueError, match="config for hook='1bit'"):
+        make_comm_hook("topk", config)
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"hook": "lz4"}, "hook='lz4' is not supported; choose one of allreduce"),
+        ({"topk_ratio": 0.0}, r"topk_ratio=0.0 must be in \(0, 1\]"),
+        ({"topk_ratio": 1.5}, r"topk_ratio=1.5 must be in \(0, 1\]"),
+        ({"powersgd_rank": 0}, "powersgd_rank=0 must be >= 1"),
+        ({"powersgd_start_iter": 1}, "powersgd_start_iter=1 must be >= 2"),
+        ({"dense_start": -1}, "dense_start=-1 must be >= 0"),
+        ({"scheme": "ring"}, "scheme='ring' is not supported; choose one of 2phase, allgather"),
+        ({"block": 0}, "block=0 must be >= 1"),
+    ],
+)
+def test_comm_hook_config_checks_each_setting(setting: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        CommHookConfig(**setting)
+    assert CommHookConfig(topk_ratio=1.0, block=None).block is None  # the edges that are valid
 
 
 def test_callback_warns_and_does_nothing_without_ddp() -> None:
-    cb = GradientCompression(hook="topk")
+    cb = GradientCompression(CommHookConfig(hook="topk"))
     trainer = make_trainer(None, [cb], max_steps=2)
     with pytest.warns(UserWarning, match="not DDP"):
         trainer.fit(TinyRegressor(), regression_loader(n=16))
@@ -141,13 +194,13 @@ def test_callback_state_carries_the_hook_state_across_a_resume(hook: str, tmp_pa
         state.psgd.error_dict = {0: torch.randn(6)}
         state.psgd.p_memory_dict = {0: torch.randn(4)}
         state.psgd.rng.randn(3)  # advance the RNG so a fresh one would differ
-    cb = GradientCompression(hook=hook)
+    cb = GradientCompression(CommHookConfig(hook=hook))
     cb._attach(state, torch.device("cpu"))
     path = tmp_path / "cb.pt"
     torch.save(cb.state_dict(), path)
     saved = torch.load(path, weights_only=True)  # what a checkpoint restore hands back
 
-    resumed = GradientCompression(hook=hook)
+    resumed = GradientCompression(CommHookConfig(hook=hook))
     resumed.load_state_dict(saved)  # Lightning restores callbacks before DDP exists
     fresh, _ = make_comm_hook(hook, topk_ratio=0.05, powersgd_rank=2, powersgd_start_iter=2)
     resumed._attach(
@@ -160,9 +213,13 @@ def test_callback_state_carries_the_hook_state_across_a_resume(hook: str, tmp_pa
     if isinstance(state, PowerSGDHookState):
         assert fresh.psgd.iter == 12 and torch.equal(fresh.psgd.error_dict[0], state.psgd.error_dict[0])
         assert fresh.psgd.rng.randn() == state.psgd.rng.randn()
-    assert GradientCompression(hook="topk").state_key != GradientCompression(hook="1bit").state_key
+    topk, onebit = (
+        GradientCompression(CommHookConfig(hook="topk")),
+        GradientCompression(CommHookConfig(hook="1bit")),
+    )
+    assert topk.state_key != onebit.state_key
     with pytest.raises(ValueError, match="powersgd_rank=0"):
-        GradientCompression(powersgd_rank=0)
+        GradientCompression(CommHookConfig(powersgd_rank=0))
 
 
 @pytest.mark.parametrize("hook", ["topk", "powersgd"])
@@ -204,3 +261,41 @@ def test_two_phase_sign_scale_is_mean_magnitude_not_deepspeeds_l2(x) -> None:
     assert (rows - decoded["mean"]).norm() <= (rows - decoded["l2"]).norm() + tol
     with pytest.raises(ValueError, match="scale='max'"):
         SignCodec(scale="max")
+
+
+def test_yaml_builds_the_config_and_still_reads_the_flat_settings() -> None:
+    """What LightningCLI does with a recipe's ``init_args``: the nested ``comm`` form, and the old flat one."""
+    import yaml
+    from jsonargparse import ArgumentParser
+    from lightning.pytorch.callbacks import Callback
+    from lightning.pytorch.strategies import Strategy
+
+    parser = ArgumentParser()
+    parser.add_argument("--callback", type=Callback)
+    parser.add_argument("--strategy", type=Strategy)
+
+    def build(init_args: dict) -> tuple:
+        cfg = parser.parse_object(
+            {
+                "callback": {
+                    "class_path": "kit.callbacks.compression.GradientCompression",
+                    "init_args": init_args,
+                },
+                "strategy": {
+                    "class_path": "kit.parallel.strategies.CompressedDDPStrategy",
+                    "init_args": init_args,
+                },
+            }
+        )
+        built = parser.instantiate(cfg)
+        return cfg, built.callback.comm, built.strategy.comm
+
+    cfg, *comms = build({"comm": {"hook": "topk", "topk_ratio": 0.05, "block": None}})
+    assert comms == [CommHookConfig(hook="topk", topk_ratio=0.05, block=None)] * 2
+    printed = yaml.safe_load(parser.dump(cfg, skip_none=False))  # as LightningCLI saves it: every setting
+    assert printed["callback"]["init_args"]["comm"]["powersgd_start_iter"] == 10
+    again = parser.instantiate(parser.parse_object(printed))
+    assert again.callback.comm == again.strategy.comm == comms[0]
+    with pytest.warns(DeprecationWarning, match="comm=CommHookConfig"):
+        _, *comms = build({"hook": "1bit", "scheme": "allgather"})
+    assert comms == [CommHookConfig(hook="1bit", scheme="allgather")] * 2

@@ -24,7 +24,7 @@ from kit.data.filters import (
     LengthFilter,
     default_filters,
 )
-from kit.data.pipeline import DataPipeline
+from kit.data.pipeline import STAGES, DataPipeline
 from kit.data.text import clean_text, embedded_corpus
 
 VOCAB = [f"word{i}" for i in range(5000)]
@@ -201,6 +201,20 @@ def test_pipeline_report_counts_and_examples():
     assert report.examples["length:min_chars"] == ["tiny"]
     assert report.by_step()["exact_dup"] == 1
     assert "near dedup" in report.format() and report.to_dict()["removed"]["near_dup"]["docs"] == 1
+
+
+def test_pipeline_batches_and_stage_seconds():
+    rng = random.Random(3)
+    docs = [prose(120, i) for i in range(12)] + [_perturb(prose(120, i), 0.01, rng) for i in range(6)] + ["x"]
+    one = DataPipeline()
+    expected = [one.check(d) for d in docs]  # one document at a time
+    for size in (1, 5, 256):
+        pipe = DataPipeline(keep_examples=1)
+        kept = list(pipe.process(docs, batch_size=size))
+        assert kept == [text for text, why in expected if why is None]
+        assert pipe.report.removed == {"near_dup": 6, "length:min_chars": 1}
+    assert set(pipe.report.seconds) == set(STAGES) and min(pipe.report.seconds.values()) >= 0
+    assert "seconds" not in pipe.report.to_dict()  # the report's dict describes the data only
 
 
 def test_pipeline_dict_documents_and_streaming():

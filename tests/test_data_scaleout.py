@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kit.data.scaleout import CleanSettings, clean_corpus
-from kit.data.text import embedded_corpus, iter_documents
+from kit.data.scaleout import CleanSettings, _iter_piece, _tasks, clean_corpus
+from kit.data.text import LoadReport, embedded_corpus, iter_documents
 
 
 def _perturb(text: str, rate: float, rng: random.Random) -> str:
@@ -95,3 +95,65 @@ def test_cli_workers_flag(shards: Path, tmp_path: Path):
     r1, r2 = (json.loads((tmp_path / f"r{w}.json").read_text()) for w in (1, 2))
     assert r1 == r2 and r1["removed"]["near_dup"]["docs"] > 0
     assert main(["clean", str(shards), "-o", str(tmp_path / "x.jsonl"), "--workers", "0"]) == 2
+
+
+def _awkward_jsonl(path: Path) -> Path:
+    """Lines of every kind the reader treats specially: blank, invalid JSON, no text, undecodable bytes."""
+    rng = random.Random(5)
+    lines: list[bytes] = []
+    for i in range(300):
+        kind = rng.random()
+        if kind < 0.05:
+            lines.append(b"")
+        elif kind < 0.1:
+            lines.append(b"not json")
+        elif kind < 0.15:
+            lines.append(b'{"body": "no text field"}')
+        elif kind < 0.2:
+            lines.append(b'{"text": "bad \xff byte ' + str(i).encode() + b'"}')
+        else:
+            lines.append(json.dumps({"text": f"document {i} " + "word " * rng.randrange(1, 80)}).encode())
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+@pytest.mark.parametrize("piece_bytes", [1, 97, 1000, 5000, 10**9])
+def test_pieces_read_like_the_whole_file(tmp_path: Path, piece_bytes: int):
+    path = _awkward_jsonl(tmp_path / "a.jsonl")
+    whole = LoadReport()
+    expected = list(iter_documents(path, whole))
+    tasks = _tasks([path], tmp_path, CleanSettings(), piece_bytes)
+    assert (len(tasks) == 1) == (piece_bytes == 10**9)
+    if piece_bytes == 1:
+        assert len(tasks) >= 299  # a piece per line
+    report, got = LoadReport(), []
+    for task in tasks:
+        got += list(_iter_piece(task, report, "text"))
+    assert got == expected
+    assert report == whole and report.invalid_json > 0 and report.replaced_bytes > 0
+
+
+def test_pieces_and_workers_give_the_same_output(shards: Path, tmp_path: Path):
+    settings = CleanSettings(minhash={"seed": 3}, keep_examples=2)
+    expected, expected_report = _run_pipeline(shards, settings)
+    outs = []
+    for workers, piece in ((1, None), (2, 4000), (3, 20_000)):
+        out = tmp_path / f"w{workers}.jsonl"
+        stats = clean_corpus(shards, out, settings, workers=workers, records_in_memory=300, piece_bytes=piece)
+        assert stats.report.to_dict() == expected_report and stats.reader.invalid_json == 4
+        assert stats.shards == 4 and (stats.pieces > 4) == (piece is not None)
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1] == outs[2]
+    assert _read(tmp_path / "w1.jsonl") == expected
+
+
+def test_a_worker_error_reaches_the_caller(tmp_path: Path):
+    (tmp_path / "a.jsonl").write_text(json.dumps({"text": "a b c " * 50}) + "\n")
+    (tmp_path / "b.jsonl").write_text(json.dumps({"text": "d e f " * 50}) + "\n")
+    settings = CleanSettings(filters=[_explode])
+    with pytest.raises(RuntimeError, match="filter failed"):
+        clean_corpus(tmp_path, tmp_path / "out" / "o.jsonl", settings, workers=2)
+
+
+def _explode(text: str) -> bool:
+    raise RuntimeError("filter failed on purpose")

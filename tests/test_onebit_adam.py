@@ -276,3 +276,16 @@ def test_two_phase_hook_state_round_trips_through_a_checkpoint(tmp_path) -> None
     assert fresh.stats.sent == 30.0
     with pytest.raises(ValueError, match="scheme='ring'"):
         make_comm_hook("1bit", scheme="ring")
+
+
+def test_onebit_adamw_differs_only_in_its_decay() -> None:
+    """OneBitAdamW takes OneBitAdam's arguments (one signature) and defaults to AdamW's decoupled 0.01."""
+    import inspect
+
+    params = list(nn.Linear(3, 2).parameters())
+    assert inspect.signature(OneBitAdamW) == inspect.signature(OneBitAdam)
+    assert OneBitAdam(params).defaults["weight_decay"] == torch.optim.Adam(params).defaults["weight_decay"] == 0
+    assert OneBitAdamW(params).defaults["weight_decay"] == torch.optim.AdamW(params).defaults["weight_decay"]
+    assert OneBitAdamW(params, weight_decay=0.0).defaults["weight_decay"] == 0.0
+    opt = OneBitAdamW(params, lr=0.5, block=4, scale="l2", freeze_step=7)
+    assert (opt.freeze_step, opt.codec.block, opt.codec.scale, opt.decoupled) == (7, 4, "l2", True)

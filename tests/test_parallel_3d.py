@@ -233,6 +233,59 @@ def test_tp_plan_refuses_unknown_layers_and_bad_sizes() -> None:
         tp_plan(model)
 
 
+class _Mesh:
+    """A stand-in with DeviceMesh's two attributes parallelize reads: dimension names, sub-meshes and sizes."""
+
+    def __init__(self, **sizes: int) -> None:
+        self.mesh_dim_names, self.sizes = tuple(sizes), sizes
+
+    def __getitem__(self, name: str) -> _Mesh:
+        return _Mesh(**{name: self.sizes[name]})
+
+    def size(self) -> int:
+        return next(iter(self.sizes.values()))
+
+
+def test_parallelize_composes_the_four_transforms_in_order(monkeypatch) -> None:
+    import kit.parallel.tensor as tensor
+
+    calls: list[tuple] = []
+    for name in ("apply_tp", "apply_ac", "apply_compile", "apply_fsdp"):
+        monkeypatch.setattr(tensor, name, lambda model, *a, _n=name, **k: calls.append((_n, a, k)) or model)
+    model = GPT(_config())
+    out = tensor.parallelize(
+        model, _Mesh(data_parallel=2, tensor_parallel=2), activation_checkpointing="ffn", checkpoint_every=2,
+        compile=True, param_dtype=torch.bfloat16, reshard_after_forward=False,
+    )  # fmt: skip
+    assert out is model
+    assert [c[0] for c in calls] == ["apply_tp", "apply_ac", "apply_compile", "apply_fsdp"]
+    tp, ac, _, fsdp = calls
+    assert tp[1][0].mesh_dim_names == ("tensor_parallel",) and tp[2] == {"sequence_parallel": True}
+    assert ac[1:] == (("ffn",), {"every": 2})
+    assert fsdp[1][0].mesh_dim_names == ("data_parallel",)
+    assert fsdp[2] == {"param_dtype": torch.bfloat16, "reduce_dtype": None, "reshard_after_forward": False}
+    calls.clear()
+    tensor.parallelize(model, _Mesh(data_parallel=2, tensor_parallel=1), fsdp=False)  # size-1 tp is skipped
+    assert [c[0] for c in calls] == ["apply_ac"] and calls[0][1] == (False,)
+    with pytest.raises(ValueError, match="nothing to do"):
+        tensor.parallelize(model, object(), fsdp=False)
+
+
+def test_apply_ac_and_compile_wrap_each_block_in_place() -> None:
+    from kit.parallel.tensor import apply_ac, apply_compile
+
+    torch.manual_seed(0)
+    model, reference = GPT(_config()), GPT(_config())
+    reference.load_state_dict(model.state_dict())
+    assert apply_ac(model, False) is model and type(model.blocks[0]).__name__ == "Block"
+    apply_ac(model, True, every=2)
+    assert [type(b).__name__ for b in model.blocks] == ["CheckpointWrapper", "Block"]
+    x, _ = _batch(0)
+    torch.testing.assert_close(model(x), reference(x))
+    apply_compile(model)
+    assert all(type(b).__name__ == "OptimizedModule" for b in model.blocks)
+
+
 def test_tp_plan_of_a_pipeline_stage_covers_only_what_the_stage_holds() -> None:
     from torch.distributed.tensor.parallel import PrepareModuleInput
 

@@ -307,18 +307,16 @@ def test_ranks_agree_when_only_one_rank_spikes(tmp_path) -> None:
 def test_rewind_refuses_sharded_checkpoint_strategies_at_setup() -> None:
     from types import SimpleNamespace
 
-    class FSDPStrategy:
-        _state_dict_type = "sharded"
+    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 
-    class DeepSpeedStrategy:
-        pass
-
-    for strategy in (FSDPStrategy(), DeepSpeedStrategy()):
+    deepspeed = DeepSpeedStrategy.__new__(DeepSpeedStrategy)  # recognised by type: no DeepSpeed install needed
+    sharded = (FSDPStrategy(state_dict_type="sharded"), deepspeed, ModelParallelStrategy())
+    for strategy in sharded:
         with pytest.raises(ValueError, match=r"rewind.*folder.*action='skip'"):
             SpikeGuard(action="rewind").setup(SimpleNamespace(strategy=strategy), None, "fit")
         SpikeGuard(action="skip").setup(SimpleNamespace(strategy=strategy), None, "fit")  # skip/stop are fine
-    FSDPStrategy._state_dict_type = "full"
-    SpikeGuard(action="rewind").setup(SimpleNamespace(strategy=FSDPStrategy()), None, "fit")
+    for whole in (FSDPStrategy(state_dict_type="full"), ModelParallelStrategy(save_distributed_checkpoint=False)):
+        SpikeGuard(action="rewind").setup(SimpleNamespace(strategy=whole), None, "fit")
 
 
 def test_rewind_uses_the_newest_verified_kit_checkpoint(tmp_path) -> None:

@@ -9,8 +9,16 @@ from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStr
 from torch import nn
 
 import kit.parallel.strategies as ks
+from kit._compat import ddp_comm_hook
 from kit.nn import Block
-from kit.parallel.comm_hooks import CommStats, PowerSGDHookState, ResidualState, onebit_hook, topk_hook
+from kit.parallel.comm_hooks import (
+    CommHookConfig,
+    CommStats,
+    PowerSGDHookState,
+    ResidualState,
+    onebit_hook,
+    topk_hook,
+)
 
 
 def test_every_preset_is_registered_beside_lightnings_own() -> None:
@@ -34,11 +42,12 @@ def test_ddp_presets_build_fresh_hook_state(name: str, hook: str, state_cls, fn)
     a, b = StrategyRegistry.get(name), StrategyRegistry.get(name)
     assert isinstance(a, ks.CompressedDDPStrategy) and isinstance(a, DDPStrategy)
     assert a.hook == hook and isinstance(a.comm_stats, CommStats)
-    assert a._ddp_comm_state is not b._ddp_comm_state  # no state shared between two Trainers
+    (state_a, hook_a), (state_b, _) = ddp_comm_hook(a), ddp_comm_hook(b)  # what Lightning's DDP will register
+    assert state_a is a.comm_state and state_a is not state_b  # no state shared between two Trainers
     if state_cls is not None:
-        assert isinstance(a._ddp_comm_state, state_cls)
+        assert isinstance(state_a, state_cls)
     if fn is not None:
-        assert a._ddp_comm_hook is fn
+        assert hook_a is fn
 
 
 def test_trainer_resolves_preset_by_name() -> None:
@@ -48,9 +57,26 @@ def test_trainer_resolves_preset_by_name() -> None:
 
 def test_compressed_ddp_validates() -> None:
     with pytest.raises(ValueError, match="hook='lz4'"):
-        ks.CompressedDDPStrategy(hook="lz4")
+        ks.CompressedDDPStrategy(CommHookConfig(hook="lz4"))
     with pytest.raises(ValueError, match="ratio=2"):
-        ks.CompressedDDPStrategy(hook="topk", topk_ratio=2)
+        ks.CompressedDDPStrategy(CommHookConfig(hook="topk", topk_ratio=2))
+    with pytest.raises(TypeError, match="not a CommHookConfig"):
+        ks.CompressedDDPStrategy({"hook": "topk"})
+    with pytest.warns(DeprecationWarning, match="hook='topk'"):  # the old positional hook
+        assert ks.CompressedDDPStrategy("topk").comm == CommHookConfig(hook="topk")
+
+
+def test_flat_settings_still_work_with_a_deprecation_warning() -> None:
+    from kit.callbacks.compression import GradientCompression
+
+    for cls in (ks.CompressedDDPStrategy, GradientCompression):
+        with pytest.warns(DeprecationWarning, match=r"comm=CommHookConfig\(hook='1bit', block=None\)"):
+            old = cls(hook="1bit", block=None)  # None is a value of block: whole tensor pieces
+        assert old.comm == CommHookConfig(hook="1bit", block=None)
+        with pytest.warns(DeprecationWarning, match="topk_ratio=0.05"):
+            assert cls(hook="topk", topk_ratio=0.05).comm.topk_ratio == 0.05
+        with pytest.raises(TypeError, match="not both"):
+            cls(CommHookConfig(hook="topk"), topk_ratio=0.05)
 
 
 def test_fsdp_zero3_preset() -> None:
@@ -101,18 +127,18 @@ def test_deepspeed_presets_registered() -> None:
 
 
 def test_compressed_ddp_exposes_the_1bit_scale_layout() -> None:
-    """YAML users can set where 1-bit's scales go (issue 9's defaults: per tensor, one per 32 entries)."""
+    """YAML users can set where 1-bit's scales go (the defaults: per tensor, one per 32 entries)."""
     from kit.parallel.strategies import CompressedDDPStrategy
 
-    default = CompressedDDPStrategy(hook="1bit")
+    default = CompressedDDPStrategy(CommHookConfig(hook="1bit"))
     assert default.comm_state.block == 32 and default.comm_state.per_tensor_scale
-    whole = CompressedDDPStrategy(hook="1bit", block=None, per_tensor_scale=False)
+    whole = CompressedDDPStrategy(CommHookConfig(hook="1bit", block=None, per_tensor_scale=False))
     assert whole.comm_state.block is None and not whole.comm_state.per_tensor_scale
     with pytest.raises(ValueError, match="block=0 must be >= 1"):
-        CompressedDDPStrategy(hook="1bit", block=0)
+        CompressedDDPStrategy(CommHookConfig(hook="1bit", block=0))
     from kit.callbacks.compression import GradientCompression
 
-    cb = GradientCompression(hook="1bit", block=64, per_tensor_scale=False)
-    assert cb.block == 64 and not cb.per_tensor_scale
+    cb = GradientCompression(CommHookConfig(hook="1bit", block=64, per_tensor_scale=False))
+    assert cb.comm.block == 64 and not cb.comm.per_tensor_scale
     with pytest.raises(ValueError, match="block=0 must be >= 1"):
-        GradientCompression(hook="1bit", block=0)
+        GradientCompression(CommHookConfig(hook="1bit", block=0))

@@ -330,6 +330,26 @@ def test_init_from_resolves_a_run_folder_or_a_recipe_name_to_the_newest_complete
         resolve_init_from("no-such-thing")
 
 
+def test_init_from_finds_the_packaged_recipes_without_the_command_line() -> None:
+    """The models resolve a recipe name through kit.checkpoint: importing them never imports kit.cli."""
+    import subprocess
+    import sys
+
+    from kit.checkpoint.init_from import PACKAGED_RECIPES, recipe_run_root
+    from kit.cli.main import RECIPES_DIR
+
+    assert PACKAGED_RECIPES == RECIPES_DIR  # the same folder `kit fit -c <name>` reads
+    assert recipe_run_root("bert-tiny-pretrain") == Path("runs/bert-tiny-pretrain")
+    assert recipe_run_root("no-such-recipe") is None
+    code = (
+        "import sys, kit.models.sequence_classifier as m\n"
+        "m.resolve_init_from.__module__ == 'kit.checkpoint.init_from' or sys.exit('not the kit.checkpoint one')\n"
+        "sys.exit(sorted(n for n in sys.modules if n.startswith('kit.cli')) or 0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_transfer_recipes_pretrain_mlm_only_and_fine_tune_from_the_newest_run_with_mean_pooling() -> None:
     """The README's choices, pinned: MLM without NSP (NSP lowered the fine-tuned F1 here), each run in its own
     version folder, and classifiers that find the newest pretraining run and pool what MLM trains."""

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["capture_rng", "restore_rng"]
+__all__ = ["StepRng", "capture_rng", "restore_rng"]
 
 
 def _numpy_state() -> tuple:
@@ -56,3 +56,55 @@ def restore_rng(state: dict[str, Any]) -> None:
         else:  # a different GPU count: each local device keeps its own stream where one was saved
             for i, s in enumerate(cuda[: torch.cuda.device_count()]):
                 torch.cuda.set_rng_state(s, i)
+
+
+class StepRng:
+    """Exact RNG resume: the generator states at the end of the last training step, put back before the next.
+
+    Call :meth:`end_of_step` after each training step and :meth:`start_of_step` before the next one: the next
+    step then starts from exactly the saved states, in the uninterrupted run too, so validation or a new
+    DataLoader iterator between steps cannot shift the draws. :meth:`for_checkpoint` gathers every rank's
+    states for a checkpoint; :meth:`from_checkpoint` picks this rank's to restore.
+
+    Example:
+        >>> import torch
+        >>> rng = StepRng(); rng.end_of_step(); a = torch.rand(1)
+        >>> rng.start_of_step(); bool(torch.rand(1) == a)
+        True
+    """
+
+    def __init__(self) -> None:
+        self.step_state: dict[str, Any] | None = None
+        self.pending: dict[str, Any] | None = None
+
+    def end_of_step(self) -> None:
+        """Capture the states now; the next :meth:`start_of_step` restores them."""
+        self.step_state = capture_rng()
+        self.pending = self.step_state
+
+    def start_of_step(self) -> None:
+        """Restore the states captured at the end of the last step (or loaded from a checkpoint), once."""
+        if self.pending is not None:
+            restore_rng(self.pending)
+            self.pending = None
+
+    def for_checkpoint(self, world_size: int) -> list[dict[str, Any]]:
+        """Every rank's end-of-step states, in rank order (a collective when ``world_size > 1``)."""
+        import torch.distributed as dist
+
+        state = self.step_state if self.step_state is not None else capture_rng()
+        if world_size > 1 and dist.is_available() and dist.is_initialized():
+            gathered: list[Any] = [None] * world_size
+            dist.all_gather_object(gathered, state)
+            return gathered
+        return [state]
+
+    def from_checkpoint(self, saved: list[dict[str, Any]], rank: int, world_size: int) -> str | None:
+        """Restore ``saved[rank]`` before the next step; returns a warning when the rank counts differ."""
+        self.pending = saved[rank % len(saved)]
+        if len(saved) == world_size:
+            return None
+        return (
+            f"checkpoint holds RNG states of {len(saved)} rank(s), this run has {world_size}; random draws will "
+            "differ from the original run"
+        )

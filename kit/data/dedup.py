@@ -1,9 +1,10 @@
 """Exact and near-duplicate detection: normalised-text hashing and MinHash LSH, in numpy.
 
-Both deduplicators stream: feed documents one at a time, each call says whether the document is new, and the
-first occurrence is always the one kept. The text is normalised once (:func:`normalize_for_hash`) and its UTF-8
-bytes feed both the exact digest and the MinHash shingles (:func:`fingerprint`). ``kit/data/scaleout.py``
-makes the same decisions over many processes, with the signatures and LSH bands on disk.
+Both deduplicators stream: feed documents one at a time or in batches, each call says whether the document is
+new, and the first occurrence is always the one kept. The text is normalised once (:func:`normalize_for_hash`)
+and its UTF-8 bytes feed both the exact digest and the MinHash shingles (:func:`fingerprint`). Signatures come
+from :class:`kit.data.minhash.MinHasher`, a batch at a time. ``kit/data/scaleout.py`` makes the same decisions
+over many processes, with the signatures and LSH bands on disk.
 
 Example:
     >>> exact = ExactDeduplicator()
@@ -16,10 +17,12 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Sequence
 from functools import lru_cache
 
 import numpy as np
+
+from kit.data.minhash import MinHasher, fmix64
 
 __all__ = [
     "ExactDeduplicator",
@@ -36,24 +39,38 @@ __all__ = [
     "text_hash",
 ]
 
-_PUNCT = re.compile(r"[^\w\s]")
-_WS = re.compile(r"\s+")
+# The normalised text is the runs of word characters (``\w``: letters, digits, underscore) joined by single
+# spaces. ASCII bytes that are not word characters become spaces through one byte table; the few distinct
+# non-ASCII characters of a text are checked one by one (``str.isalnum`` is exactly ``\w`` outside ASCII).
+_ASCII_NON_WORD = bytes(c if chr(c).isalnum() or c == 95 or c >= 128 else 32 for c in range(256))
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+
+
+def _normalized_bytes(text: str) -> bytes:
+    text = unicodedata.normalize("NFKC", text).lower()
+    if not text.isascii():
+        for ch in set(_NON_ASCII.findall(text)):
+            if not ch.isalnum():  # punctuation, symbols, Unicode spaces, lone surrogates
+                text = text.replace(ch, " ")
+    return b" ".join(text.encode("utf-8").translate(_ASCII_NON_WORD).split())
 
 
 def normalize_for_hash(text: str) -> str:
     """NFKC, lower-case, punctuation out, whitespace collapsed: texts differing only in these hash alike.
 
+    Every run of non-word characters (``re``'s ``\\W``: punctuation and whitespace alike) becomes one space,
+    and the ends are stripped.
+
     Example:
         >>> normalize_for_hash("  Hello,\\tWORLD! ")
         'hello world'
     """
-    text = unicodedata.normalize("NFKC", text).lower()
-    return _WS.sub(" ", _PUNCT.sub(" ", text)).strip()
+    return _normalized_bytes(text).decode("utf-8")
 
 
 def text_hash(text: str) -> bytes:
     """16-byte BLAKE2b digest of ``normalize_for_hash(text)``."""
-    return hashlib.blake2b(normalize_for_hash(text).encode("utf-8"), digest_size=16).digest()
+    return hashlib.blake2b(_normalized_bytes(text), digest_size=16).digest()
 
 
 def fingerprint(text: str) -> tuple[bytes, bytes]:
@@ -63,7 +80,7 @@ def fingerprint(text: str) -> tuple[bytes, bytes]:
         >>> fingerprint("Hello,  World!")[1] == text_hash("hello world")
         True
     """
-    raw = normalize_for_hash(text).encode("utf-8")
+    raw = _normalized_bytes(text)
     return raw, hashlib.blake2b(raw, digest_size=16).digest()
 
 
@@ -123,93 +140,6 @@ def candidate_probability(similarity: float, bands: int, rows: int) -> float:
     return 1.0 - (1.0 - similarity**rows) ** bands
 
 
-_M1 = np.uint64(0xFF51AFD7ED558CCD)
-_M2 = np.uint64(0xC4CEB9FE1A85EC53)
-_BASE = 0x100000001B3  # odd, so it is invertible modulo 2**64
-_S32 = np.uint64(32)
-_S33 = np.uint64(33)
-
-
-def _fmix64(h: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 64-bit finaliser, elementwise on uint64 (wrapping arithmetic)."""
-    h = h ^ (h >> _S33)
-    h = h * _M1
-    h = h ^ (h >> _S33)
-    h = h * _M2
-    return h ^ (h >> _S33)
-
-
-class MinHasher:
-    """MinHash signatures of word n-gram shingles, computed with numpy (no per-shingle Python).
-
-    Each shingle is a byte range of the normalised text (words are single-space separated there), so every
-    shingle hash comes from one prefix sum: a polynomial hash modulo 2**64 over the UTF-8 bytes, finalised
-    with MurmurHash3's mixer and cut to 32 bits. The ``num_perm`` permutations are drawn once from ``seed``
-    (multiply-add-shift, a 2-universal family on 32-bit keys) and applied as one shingles x permutations
-    operation per document. Same ``seed`` in every process gives the same signatures.
-
-    Args:
-        ngram: words per shingle; a text of at most ``ngram`` words is one shingle.
-        num_perm: signature length.
-        seed: permutation seed.
-
-    Example:
-        >>> h = MinHasher(num_perm=16)
-        >>> a, b = h.signature(b"a b c d e f g"), h.signature(b"a b c d e f h")
-        >>> a.shape, a.dtype.name, float(np.mean(a == b)) > 0.3
-        ((16,), 'uint32', True)
-    """
-
-    _pow = np.ones(1, dtype=np.uint64)  # _BASE**t and its inverse, shared and grown on demand
-    _ipow = np.ones(1, dtype=np.uint64)
-
-    def __init__(self, ngram: int = 5, num_perm: int = 112, seed: int = 1) -> None:
-        self.ngram, self.num_perm, self.seed = ngram, num_perm, seed
-        rng = np.random.default_rng(seed)
-        self.a = rng.integers(1, 2**63, size=num_perm, dtype=np.uint64) | np.uint64(1)
-        self.b = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64)
-
-    @classmethod
-    def _powers(cls, n: int) -> tuple[np.ndarray, np.ndarray]:
-        if len(cls._pow) < n:
-            size = max(n, 2 * len(cls._pow))
-            with np.errstate(over="ignore"):
-                steps = np.full(size, _BASE, dtype=np.uint64)
-                steps[0] = 1
-                cls._pow = np.cumprod(steps, dtype=np.uint64)
-                steps[1:] = pow(_BASE, -1, 2**64)
-                cls._ipow = np.cumprod(steps, dtype=np.uint64)
-        return cls._pow[:n], cls._ipow[:n]
-
-    def shingle_hashes(self, raw: bytes) -> np.ndarray:
-        """32-bit hashes (as uint64) of the word ``ngram``-grams of normalised UTF-8 text ``raw``."""
-        b = np.frombuffer(raw, dtype=np.uint8)
-        spaces = np.flatnonzero(b == 32)
-        starts = np.concatenate(([0], spaces + 1))
-        ends = np.concatenate((spaces, [len(b)]))
-        if len(starts) <= self.ngram:
-            starts, ends = starts[:1], ends[-1:]
-        else:
-            starts, ends = starts[: len(starts) - self.ngram + 1], ends[self.ngram - 1 :]
-        pw, ipw = self._powers(len(b) + 1)
-        prefix = np.zeros(len(b) + 1, dtype=np.uint64)
-        np.cumsum((b.astype(np.uint64) + np.uint64(1)) * pw[: len(b)], out=prefix[1:])
-        h = (prefix[ends] - prefix[starts]) * ipw[starts]  # sum of byte * BASE**(t - start), mod 2**64
-        h = h + (ends - starts).astype(np.uint64)
-        return _fmix64(h) >> _S32
-
-    def signature(self, raw: bytes) -> np.ndarray:
-        """MinHash signature (``num_perm`` uint32) of normalised UTF-8 text ``raw`` (see :func:`fingerprint`)."""
-        x = self.shingle_hashes(raw)
-        sig = np.full(self.num_perm, np.iinfo(np.uint64).max, dtype=np.uint64)
-        for i in range(0, len(x), 4096):  # blocks bound the shingles x permutations matrix on long texts
-            block = np.multiply.outer(x[i : i + 4096], self.a)
-            block += self.b
-            block >>= _S32
-            np.minimum(sig, block.min(axis=0), out=sig)
-        return sig.astype(np.uint32)
-
-
 @lru_cache(maxsize=16)
 def _band_constants(bands: int, rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng([seed, 7])
@@ -228,7 +158,7 @@ def band_keys(sigs: np.ndarray, bands: int, rows: int, seed: int = 1) -> np.ndar
     """
     mult, salt = _band_constants(bands, rows, seed)
     shaped = sigs.astype(np.uint64).reshape(*sigs.shape[:-1], bands, rows)
-    return _fmix64((shaped * mult).sum(axis=-1, dtype=np.uint64) + salt)
+    return fmix64((shaped * mult).sum(axis=-1, dtype=np.uint64) + salt)
 
 
 def signature_similarity(a: np.ndarray, b: np.ndarray) -> float:
@@ -293,7 +223,11 @@ class MinHashDeduplicator:
 
     def signature(self, text: str) -> np.ndarray:
         """MinHash signature of ``text``'s shingles (``num_perm`` uint32)."""
-        return self.hasher.signature(normalize_for_hash(text).encode("utf-8"))
+        return self.hasher.signature(_normalized_bytes(text))
+
+    def signatures(self, texts: Sequence[str]) -> np.ndarray:
+        """:meth:`signature` for many texts in one vectorised pass: ``(len(texts), num_perm)`` uint32."""
+        return self.hasher.signatures([_normalized_bytes(t) for t in texts])
 
     def add(self, key: Hashable, text: str) -> Hashable | None:
         """Insert ``text`` unless it near-duplicates an earlier one.
@@ -305,9 +239,32 @@ class MinHashDeduplicator:
         Raises:
             ValueError: ``key`` was already used.
         """
+        self._check_new(key)
+        return self.add_signature(key, self.signature(text))
+
+    def add_many(self, keys: Sequence[Hashable], texts: Sequence[str]) -> list[Hashable | None]:
+        """:meth:`add` for a batch, in order: signatures in one vectorised pass, then the same decisions.
+
+        Example:
+            >>> d = MinHashDeduplicator()
+            >>> base = " ".join(f"w{i}" for i in range(200))
+            >>> d.add_many(["a", "b", "c"], [base, base + " extra", "something else entirely"])
+            [None, 'a', None]
+
+        Raises:
+            ValueError: a key was already used, or ``keys`` and ``texts`` differ in length.
+        """
+        if len(keys) != len(texts):
+            raise ValueError(f"{len(keys)} keys for {len(texts)} texts; pass one key per text")
+        if len(set(keys)) != len(keys):
+            raise ValueError("keys repeat within the batch; pass a unique key per document")
+        for key in keys:
+            self._check_new(key)
+        return self.add_signatures(keys, self.signatures(texts))
+
+    def _check_new(self, key: Hashable) -> None:
         if key in self._key_set:
             raise ValueError(f"key {key!r} already indexed; pass a unique key per document")
-        return self.add_signature(key, self.signature(text))
 
     def query(self, sig: np.ndarray, keys: np.ndarray | None = None) -> int | None:
         """Index (insertion order among kept documents) of a kept document ``sig`` duplicates, or ``None``."""
@@ -320,9 +277,18 @@ class MinHashDeduplicator:
                 i = int(self._below[i, b])
         return None
 
-    def add_signature(self, key: Hashable, sig: np.ndarray) -> Hashable | None:
-        """:meth:`add` for a signature already computed (``self.hasher.signature``)."""
-        keys = band_keys(sig, self.bands, self.rows, self.seed)
+    def add_signatures(self, keys: Sequence[Hashable], sigs: np.ndarray) -> list[Hashable | None]:
+        """:meth:`add_signature` for a batch in order (``sigs``: ``(len(keys), num_perm)``, from
+        ``self.hasher.signatures``); the band keys of the whole batch are one numpy pass."""
+        bands = band_keys(sigs, self.bands, self.rows, self.seed)
+        return [self.add_signature(key, sig, band) for key, sig, band in zip(keys, sigs, bands)]
+
+    def add_signature(
+        self, key: Hashable, sig: np.ndarray, keys: np.ndarray | None = None
+    ) -> Hashable | None:
+        """:meth:`add` for a signature already computed (``self.hasher.signature``); ``keys``: its band keys,
+        if already computed (:func:`band_keys`)."""
+        keys = band_keys(sig, self.bands, self.rows, self.seed) if keys is None else keys
         hit = self.query(sig, keys)
         if hit is not None:
             return self._keys[hit]

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,9 +22,22 @@ from typing import Any
 from kit.data.dedup import ExactDeduplicator, MinHashDeduplicator, fingerprint
 from kit.data.filters import DocFilter, FilterChain, default_filters
 
-__all__ = ["DataPipeline", "PipelineReport"]
+__all__ = ["STAGES", "DataPipeline", "PipelineReport", "utf8_len"]
+
+# The steps whose CPU time PipelineReport.seconds records, in pipeline order.
+STAGES = ("clean", "filters", "normalise + exact dedup", "MinHash signatures", "LSH index")
 
 Document = str | dict[str, Any]
+
+
+def utf8_len(text: str) -> int:
+    """Length of ``text`` in UTF-8 bytes, without encoding it when it is ASCII.
+
+    Example:
+        >>> utf8_len("abc"), utf8_len("é")
+        (3, 2)
+    """
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
 
 
 @dataclass
@@ -32,7 +46,9 @@ class PipelineReport:
 
     ``removed`` maps a reason (``"clean:empty"``, ``"length:min_chars"``, ``"gopher_quality:stop_words"``,
     ``"exact_dup"``, ``"near_dup"``, ...) to a document count; ``examples`` keeps up to ``keep_examples``
-    removed texts per reason (truncated to 300 characters).
+    removed texts per reason (truncated to 300 characters). ``seconds`` is the CPU time of this process per
+    step (:data:`STAGES`), for finding where the time goes; it is left out of :meth:`to_dict`, which describes
+    the data only.
     """
 
     docs_in: int = 0
@@ -42,6 +58,13 @@ class PipelineReport:
     removed: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[str]] = field(default_factory=dict)
     minhash: dict[str, float | int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add_seconds(self, stage: str, start: float) -> float:
+        """Add the CPU time since ``start`` (a ``time.process_time()``) to ``stage``; return the time now."""
+        now = time.process_time()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - start
+        return now
 
     def removed_pct(self, reason: str) -> float:
         """Share of input documents removed for ``reason``, in percent."""
@@ -157,11 +180,15 @@ class DataPipeline:
 
     def screen_many(self, texts: Sequence[str]) -> list[tuple[str, str | None]]:
         """:meth:`screen` for a batch: filters with batched work (the repetition rules) run once over it."""
+        rep = self.report
+        start = time.process_time()
         cleaned = [self._clean(t) for t in texts] if self._clean is not None else list(texts)
+        start = rep.add_seconds("clean", start)
         reasons: list[str | None] = [None if t.strip() else "clean:empty" for t in cleaned]
         todo = [i for i, why in enumerate(reasons) if why is None]
         for i, why in zip(todo, self.filter.reasons([cleaned[i] for i in todo])):
             reasons[i] = why
+        rep.add_seconds("filters", start)
         return list(zip(cleaned, reasons))
 
     def check(self, text: str) -> tuple[str, str | None]:
@@ -174,29 +201,61 @@ class DataPipeline:
 
     def admit(self, raw: str, text: str, reason: str | None) -> tuple[str, str | None]:
         """Count a screened text (``raw`` before cleaning, ``text`` after) and run it through dedup."""
+        return self.admit_many([raw], [(text, reason)])[0]
+
+    def admit_many(
+        self, raws: Sequence[str], screened: Sequence[tuple[str, str | None]]
+    ) -> list[tuple[str, str | None]]:
+        """:meth:`admit` for a batch, in order; the MinHash signatures of the batch are one vectorised pass.
+
+        The decisions are those of :meth:`admit` called once per text: exact dedup never depends on near
+        dedup, and near dedup sees the documents in input order.
+
+        Args:
+            raws: the texts before cleaning (for the byte counts and the report's examples).
+            screened: ``(cleaned_text, reason)`` per text, from :meth:`screen_many`.
+
+        Returns:
+            ``(cleaned_text, None)`` per kept text, else ``(cleaned_text, reason)``.
+        """
         rep = self.report
-        rep.docs_in += 1
-        rep.bytes_in += len(raw.encode("utf-8"))
-        if reason is None and (self._exact is not None or self._near is not None):
-            norm, digest = fingerprint(text)  # one normalisation for both dedup steps
-            if self._exact is not None and not self._exact.add_digest(digest):
-                reason = "exact_dup"
-            if reason is None and self._near is not None:
-                sig = self._near.hasher.signature(norm)
-                if self._near.add_signature(rep.docs_in, sig) is not None:
-                    reason = "near_dup"
-        if reason is not None:
-            self.record_removed(reason, raw)
-            return text, reason
-        rep.docs_out += 1
-        rep.bytes_out += len(text.encode("utf-8"))
-        return text, None
+        reasons = [reason for _, reason in screened]
+        if self._exact is not None or self._near is not None:
+            start = time.process_time()
+            todo = [i for i, reason in enumerate(reasons) if reason is None]
+            prints = [fingerprint(screened[i][0]) for i in todo]  # one normalisation for both dedup steps
+            if self._exact is not None:
+                for i, (_, digest) in zip(todo, prints):
+                    if not self._exact.add_digest(digest):
+                        reasons[i] = "exact_dup"
+            start = rep.add_seconds("normalise + exact dedup", start)
+            if self._near is not None:
+                near = [(i, norm) for i, (norm, _) in zip(todo, prints) if reasons[i] is None]
+                sigs = self._near.hasher.signatures([norm for _, norm in near])
+                start = rep.add_seconds("MinHash signatures", start)
+                keys = [rep.docs_in + i + 1 for i, _ in near]  # the document's 1-based position in the stream
+                for (i, _), hit in zip(near, self._near.add_signatures(keys, sigs)):
+                    if hit is not None:
+                        reasons[i] = "near_dup"
+                rep.add_seconds("LSH index", start)
+        out = []
+        for raw, (text, _), reason in zip(raws, screened, reasons):
+            rep.docs_in += 1
+            rep.bytes_in += utf8_len(raw)
+            if reason is not None:
+                self.record_removed(reason, raw)
+            else:
+                rep.docs_out += 1
+                rep.bytes_out += utf8_len(text)
+            out.append((text, reason))
+        return out
 
     def process(self, docs: Iterable[Document], batch_size: int = 256) -> Iterator[Document]:
         """Yield the kept documents (same type as the input; dicts get their text field replaced).
 
-        Documents are screened ``batch_size`` at a time (the batched filters' sorts serve the whole batch)
-        and deduplicated one by one in input order, so the result does not depend on ``batch_size``.
+        Documents are screened and hashed ``batch_size`` at a time (the batched filters' sorts and the MinHash
+        pass serve the whole batch) and deduplicated in input order, so the result does not depend on
+        ``batch_size``.
 
         Raises:
             KeyError: a dict document lacks ``text_key``.
@@ -213,8 +272,7 @@ class DataPipeline:
 
     def _process_batch(self, batch: list[Document]) -> Iterator[Document]:
         raws = [str(d[self.text_key]) if isinstance(d, dict) else d for d in batch]
-        for doc, raw, (text, reason) in zip(batch, raws, self.screen_many(raws)):
-            text, reason = self.admit(raw, text, reason)
+        for doc, (text, reason) in zip(batch, self.admit_many(raws, self.screen_many(raws))):
             if reason is None:
                 yield {**doc, self.text_key: text} if isinstance(doc, dict) else text
 

@@ -2,10 +2,12 @@
 
 ``kit data clean --workers N`` runs here. Two phases, like datatrove's MinHash pipeline:
 
-1. **Per shard, in parallel** (one input file = one shard, ``workers`` processes): clean, filter, and for
-   every document that passes, its exact digest (16 bytes), MinHash signature (``num_perm`` x 4 bytes) and
-   LSH band keys (``bands`` x 8 bytes). All of it goes to files in a work folder: about 0.6 KB per document
-   at the defaults, so memory does not grow with the corpus.
+1. **Per shard, in parallel** (one input file = one shard, large JSONL files cut into pieces of whole lines;
+   ``workers`` processes, this one included, largest shards first): clean, filter, and for every document
+   that passes, its exact digest (16 bytes) and MinHash signature (``num_perm`` x 4 bytes, a batch of
+   documents per vectorised pass); the LSH band keys (``bands`` x 8 bytes) follow in the merge. All of it
+   goes to files in a work folder: about 0.6 KB per document at the defaults, so memory does not grow with
+   the corpus.
 2. **One global merge**: exact digests and band keys are partitioned by hash into files small enough to sort
    in memory; sorting finds every document's earlier twin (exact) and its previous document in each LSH
    bucket (near). A pass in document order then makes the streaming pipeline's decisions: a document is a
@@ -39,16 +41,18 @@ import sys
 import tempfile
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import SimpleQueue
 from typing import Any
 
 import numpy as np
 
 from kit.data.dedup import fingerprint, signature_similarity
 from kit.data.filters import DocFilter
-from kit.data.pipeline import DataPipeline, PipelineReport
+from kit.data.pipeline import DataPipeline, PipelineReport, utf8_len
 from kit.data.text import LoadReport, iter_documents, resolve_paths
 
 __all__ = ["CleanSettings", "CleanStats", "clean_corpus", "peak_rss_mb"]
@@ -105,7 +109,10 @@ class CleanStats:
     workers: int
     index_bytes: int  # signatures, band keys, digests and text lengths written to the work folder
     peak_rss_mb: float  # the main process
-    peak_worker_rss_mb: float  # the largest worker process (0 with one worker: it runs in the main one)
+    peak_worker_rss_mb: (
+        float  # the largest spawned worker process (0 with one worker: all runs in the main one)
+    )
+    pieces: int = 0  # work units of the parallel phase: files, and pieces of large JSONL files
 
     def bytes_per_doc(self) -> float:
         return self.index_bytes / max(self.report.docs_in, 1)
@@ -113,10 +120,15 @@ class CleanStats:
 
 @dataclass
 class _Shard:
+    """One unit of phase-1 work: a whole input file, or a piece of a JSONL file (whole lines)."""
+
     index: int
     path: str
     folder: str
     settings: CleanSettings
+    start: int = 0  # byte offset of the piece's first line
+    end: int | None = None  # byte offset after its last line; None: the whole file, read by iter_documents
+    first_line: int = 1  # the 1-based number of the piece's first line in the file
 
 
 @dataclass
@@ -127,6 +139,80 @@ class _ShardResult:
     report: PipelineReport
     reader: LoadReport
     peak_rss_mb: float = 0.0  # of the process that screened it, when it finished
+    pid: int = 0  # that process
+
+
+def _split_points(path: Path, piece_bytes: int) -> list[tuple[int, int, int]]:
+    """``(start, end, first_line)``: a JSONL file in ``round(size / piece_bytes)`` pieces of about equal size,
+    each cut just after a newline (one piece when that rounds to at most 1)."""
+    size = path.stat().st_size
+    count = round(size / max(piece_bytes, 1))
+    pieces: list[tuple[int, int, int]] = []
+    start, line = 0, 1
+    with open(path, "rb") as f:
+        for k in range(1, count):
+            target = size * k // count
+            if target <= start:
+                continue
+            f.seek(target - 1)
+            f.readline()  # to the start of the next line (a cut right after a newline stays there)
+            end = f.tell()
+            if end >= size:
+                break
+            f.seek(start)
+            pieces.append((start, end, line))
+            line += f.read(end - start).count(b"\n")
+            start = end
+    pieces.append((start, size, line))
+    return pieces
+
+
+def _iter_piece(task: _Shard, report: LoadReport, text_key: str) -> Iterator[tuple[str, str, int]]:
+    """``iter_documents`` over the lines of one piece of a JSONL file: the same names (``path:line``), texts,
+    skips and counts, so the pieces of a file read together give what the whole file gives."""
+    if task.end is None:
+        yield from iter_documents([task.path], report, text_key)
+        return
+    report.files += task.start == 0
+    with open(task.path, "rb") as f:
+        f.seek(task.start)
+        pos, lineno = task.start, task.first_line
+        while pos < task.end:
+            raw = f.readline()
+            pos, lineno = pos + len(raw), lineno + 1
+            report.bytes_read += len(raw)
+            line = raw.decode("utf-8", errors="replace")
+            report.replaced_bytes += line.count("\ufffd")
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                report.invalid_json += 1
+                report.skipped_files.append(f"{task.path}:{lineno - 1} (invalid JSON)")
+                continue
+            value = record.get(text_key) if isinstance(record, dict) else None
+            if not isinstance(value, str):
+                report.missing_text += 1
+                report.skipped_files.append(f"{task.path}:{lineno - 1} (no string {text_key!r} field)")
+                continue
+            yield f"{task.path}:{lineno - 1}", value, len(raw)
+
+
+def _tasks(paths: list[Path], folder: Path, settings: CleanSettings, piece_bytes: int | None) -> list[_Shard]:
+    """Work units in input order: each file, JSONL files cut in pieces of about ``piece_bytes``."""
+    tasks: list[_Shard] = []
+    for path in paths:
+        if piece_bytes is None or path.suffix != ".jsonl":
+            tasks.append(_Shard(len(tasks), str(path), str(folder), settings))
+            continue
+        for start, end, line in _split_points(path, piece_bytes):
+            tasks.append(_Shard(len(tasks), str(path), str(folder), settings, start, end, line))
+    return tasks
+
+
+def _task_bytes(task: _Shard) -> int:
+    return (task.end - task.start) if task.end is not None else Path(task.path).stat().st_size
 
 
 def _screen_shard(task: _Shard) -> _ShardResult:
@@ -138,7 +224,7 @@ def _screen_shard(task: _Shard) -> _ShardResult:
     base = Path(task.folder) / f"{task.index:06d}"
     n_pass, block = 0, 4096
     digests: list[bytes] = []
-    sigs: list[np.ndarray] = []
+    sigs: list[np.ndarray] = []  # (docs, num_perm) blocks
     lengths: list[int] = []
     with (
         open(f"{base}.jsonl", "w", encoding="utf-8") as texts,
@@ -152,7 +238,7 @@ def _screen_shard(task: _Shard) -> _ShardResult:
             dig_f.write(b"".join(digests))
             len_f.write(np.asarray(lengths, dtype="<i8").tobytes())
             if sigs:
-                sig_f.write(np.stack(sigs).tobytes())
+                sig_f.write(np.concatenate(sigs).tobytes())
             digests.clear()
             sigs.clear()
             lengths.clear()
@@ -160,34 +246,38 @@ def _screen_shard(task: _Shard) -> _ShardResult:
         def screen(batch: list[tuple[str, str]]) -> None:
             nonlocal n_pass
             rep = pipe.report
+            norms: list[bytes] = []
             for (name, text), (cleaned, reason) in zip(batch, pipe.screen_many([t for _, t in batch])):
                 rep.docs_in += 1
-                rep.bytes_in += len(text.encode("utf-8"))
+                rep.bytes_in += utf8_len(text)
                 if reason is not None:
                     pipe.record_removed(reason, text)
                     continue
                 n_pass += 1
                 # the output line itself, so the serial write phase copies bytes instead of re-encoding JSON
                 texts.write(json.dumps({"id": name, settings.text_key: cleaned}, ensure_ascii=False) + "\n")
-                lengths.append(len(cleaned.encode("utf-8")))
+                lengths.append(utf8_len(cleaned))
                 if settings.keep_examples:
                     raws.write(json.dumps(text[:300], ensure_ascii=False) + "\n")
                 norm, digest = fingerprint(cleaned)
                 digests.append(digest)
-                if near is not None:
-                    sigs.append(near.hasher.signature(norm))
+                norms.append(norm)
+            if near is not None and norms:
+                sigs.append(near.hasher.signatures(norms))  # the whole batch in one vectorised pass
             if len(digests) >= block:
                 flush()
 
         batch: list[tuple[str, str]] = []
-        for name, text, _ in iter_documents([task.path], reader, settings.text_key):
+        for name, text, _ in _iter_piece(task, reader, settings.text_key):
             batch.append((name, text))
             if len(batch) >= 256:
                 screen(batch)
                 batch = []
         screen(batch)
         flush()
-    return _ShardResult(task.index, n_pass, reader.bytes_read, pipe.report, reader, peak_rss_mb())
+    return _ShardResult(
+        task.index, n_pass, reader.bytes_read, pipe.report, reader, peak_rss_mb(), os.getpid()
+    )
 
 
 class _Partitions:
@@ -367,6 +457,58 @@ class _Merge:
             t = end
 
 
+def _run_tasks(tasks: list[_Shard], spawned: int) -> Iterator[_ShardResult]:
+    """Screen every task, ``spawned`` worker processes plus this one, largest tasks first.
+
+    This process works too, so the workers' start-up (a fresh interpreter importing the kit) overlaps useful
+    work. Tasks are handed out one at a time as processes free up, from one queue of the largest first, so
+    no process is left alone with a big one at the end. Results come in the order they finish.
+    """
+    if spawned <= 0:
+        yield from map(_screen_shard, tasks)
+        return
+    queue = deque(sorted(tasks, key=_task_bytes, reverse=True))
+    done: SimpleQueue = SimpleQueue()  # results and errors, from the pool's callback thread
+
+    def submit() -> None:
+        try:
+            task = queue.popleft()  # atomic: this thread and the pool's callback thread both take tasks
+        except IndexError:
+            return
+        pool.apply_async(_screen_shard, (task,), callback=finished, error_callback=done.put)
+
+    def finished(res: _ShardResult) -> None:
+        done.put(res)
+        submit()  # the worker that just finished gets the next task at once
+
+    pool = multiprocessing.get_context("spawn").Pool(spawned)
+    try:
+        for _ in range(spawned):
+            submit()
+        left = len(tasks)
+        while left:
+            try:
+                task: _Shard | None = queue.popleft()
+            except IndexError:
+                task = None
+            if task is not None:
+                left -= 1
+                yield _screen_shard(task)
+            # collect what the workers finished; wait for them once this process has nothing left to take
+            while left and (not done.empty() or task is None):
+                item = done.get()
+                if isinstance(item, BaseException):
+                    raise item
+                left -= 1
+                yield item
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident set in MB.
 
@@ -392,6 +534,7 @@ def clean_corpus(
     work_dir: str | os.PathLike | None = None,
     records_in_memory: int = 4_000_000,
     progress: Progress | None = None,
+    piece_bytes: int | None = None,
 ) -> CleanStats:
     """Clean, filter and deduplicate ``inputs`` into ``output`` (JSONL ``{"id", text_key}``), shards in parallel.
 
@@ -399,12 +542,17 @@ def clean_corpus(
         inputs: files, folders or globs; each file is one shard.
         output: the JSONL file to write.
         settings: what to do to each document (default: the kit's default pipeline).
-        workers: processes for the per-shard phase; ``1`` runs it in this process. Workers are spawned, so
-            a script that calls this with ``workers > 1`` needs the ``if __name__ == "__main__":`` guard.
+        workers: processes for the per-shard phase, this one included; ``1`` runs it all in this process.
+            The others are spawned, so a script that calls this with ``workers > 1`` needs the
+            ``if __name__ == "__main__":`` guard.
         work_dir: where the shard files go (a temporary folder inside it, removed at the end); default: next
             to ``output``. It needs about 1 KB per document.
         records_in_memory: partition size for the merge's sorts (24 or 16 bytes per record).
         progress: called as ``progress(stage, advance, total)``.
+        piece_bytes: with ``workers > 1``, JSONL files of at least 1.5 times this size are cut into pieces
+            of about this size (whole lines), so the workers share large files too and finish together;
+            default: a sixteenth of each worker's share of the input, between 512 KB and 256 MB. The output
+            does not depend on it.
 
     Returns:
         :class:`CleanStats`.
@@ -421,27 +569,19 @@ def clean_corpus(
     output.parent.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="kit-clean-", dir=work_dir or output.parent))
     try:
-        tasks = [_Shard(i, str(p), str(folder), settings) for i, p in enumerate(paths)]
         total_bytes = sum(p.stat().st_size for p in paths)
+        if workers > 1 and piece_bytes is None:
+            piece_bytes = min(max(total_bytes // (16 * workers), 1 << 19), 256 << 20)
+        tasks = _tasks(paths, folder, settings, piece_bytes if workers > 1 else None)
         results: list[_ShardResult] = [None] * len(tasks)  # type: ignore[list-item]
-        if workers == 1 or len(tasks) == 1:
-            mapped: Iterable[_ShardResult] = map(_screen_shard, tasks)
-            pool = None
-        else:
-            pool = multiprocessing.get_context("spawn").Pool(min(workers, len(tasks)))
-            # largest shards first, so no worker is left with a big one at the end (results keep input order)
-            by_size = sorted(tasks, key=lambda t: -Path(t.path).stat().st_size)
-            mapped = pool.imap_unordered(_screen_shard, by_size)
-        try:
-            for res in mapped:
-                results[res.index] = res
-                if progress:
-                    progress("clean + filter + signatures", res.bytes_read, total_bytes)
-        finally:
-            if pool is not None:
-                pool.close()
-                pool.join()
-        index_bytes = sum(f.stat().st_size for f in folder.iterdir() if f.suffix in (".sig", ".digest", ".len"))
+        spawned = min(workers, len(tasks)) - 1
+        for res in _run_tasks(tasks, spawned):
+            results[res.index] = res
+            if progress:
+                progress("clean + filter + signatures", res.bytes_read, total_bytes)
+        index_bytes = sum(
+            f.stat().st_size for f in folder.iterdir() if f.suffix in (".sig", ".digest", ".len")
+        )
         merge = _Merge(folder, results, settings, records_in_memory)
         if settings.exact_dedup:
             merge.exact(progress)
@@ -453,13 +593,12 @@ def clean_corpus(
         return CleanStats(
             report=report,
             reader=reader,
-            shards=len(tasks),
+            shards=len(paths),
             workers=workers,
             index_bytes=index_bytes,
             peak_rss_mb=peak_rss_mb(),
-            peak_worker_rss_mb=max((r.peak_rss_mb for r in results), default=0.0)
-            if pool is not None
-            else 0.0,
+            peak_worker_rss_mb=max((r.peak_rss_mb for r in results if r.pid != os.getpid()), default=0.0),
+            pieces=len(tasks),
         )
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -46,6 +46,8 @@ def clean_text(text: str, lowercase: bool = False) -> str:
         cleaned = _clean_once(text, lowercase)
         if cleaned == text:
             break
+        if "&" not in cleaned and "<" not in cleaned and unicodedata.is_normalized("NFKC", cleaned):
+            return cleaned  # no entity, no tag, already NFKC: another pass would change nothing
         text = cleaned
     return text
 

@@ -12,15 +12,16 @@ all-reduce of :mod:`kit.parallel.two_phase` (``scheme="2phase"``, bytes per work
 Use :func:`make_comm_hook` to build a (state, hook) pair by name:
 
 Example:
-    >>> state, hook = make_comm_hook("topk", topk_ratio=0.01)  # doctest: +SKIP
+    >>> state, hook = make_comm_hook("topk", topk_ratio=0.01)  # or make_comm_hook("topk", CommHookConfig(...))
     >>> ddp_model.register_comm_hook(state, hook)  # doctest: +SKIP
 """
 
 # No ``from __future__ import annotations`` here: DDP checks the hooks' annotations as real objects.
+import inspect
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -34,21 +35,26 @@ from kit.parallel.compression import (
     sign_compress,
     sign_decompress,
     topk_compress,
-    topk_count,
     wire_bytes,
 )
 from kit.parallel.two_phase import ErrorFeedback, SignCodec, TopKCodec, compressed_allreduce
 
 __all__ = [
+    "COMM_SETTINGS",
+    "DEFAULT_COMM",
     "HOOKS",
     "SCHEMES",
+    "UNSET",
+    "CommHookConfig",
     "CommStats",
     "HookState",
     "OneBitAdamHookState",
     "PowerSGDHookState",
     "ResidualState",
+    "Unset",
     "allreduce_hook",
     "bf16_hook",
+    "comm_config",
     "fp16_hook",
     "hook_state_dict",
     "load_hook_state_dict",
@@ -387,78 +393,202 @@ HOOKS = ("allreduce", "fp16", "bf16", "powersgd", "topk", "1bit")
 SCHEMES = ("2phase", "allgather")
 
 
-def check_comm_settings(
-    name: str, topk_ratio: float = 0.01, powersgd_rank: int = 4, powersgd_start_iter: int = 10
-) -> None:
-    """Validate a hook name and its knobs, spelled as ``CompressedDDPStrategy`` and ``GradientCompression``
-    take them, so both fail at construction with the same message.
+@dataclass(frozen=True)
+class CommHookConfig:
+    """Which comm hook to run and its settings: one config for the strategies, ``GradientCompression`` and
+    :func:`make_comm_hook`.
+
+    Every field is checked at construction, so a bad setting fails where it is written, not at the first
+    backward.
+
+    Example:
+        >>> CommHookConfig(hook="topk", topk_ratio=0.05).topk_ratio
+        0.05
+        >>> CommHookConfig(hook="lz4")
+        Traceback (most recent call last):
+        ...
+        ValueError: hook='lz4' is not supported; choose one of allreduce, fp16, bf16, powersgd, topk, 1bit
+
+    YAML (a strategy's or the callback's ``init_args``): ``comm: {hook: topk, topk_ratio: 0.01}``.
+    """
+
+    # allreduce (DDP's default, with byte counts), fp16/bf16 (half-precision all-reduce), powersgd, topk, 1bit
+    hook: Literal["allreduce", "fp16", "bf16", "powersgd", "topk", "1bit"] = "powersgd"
+    # top-k: fraction of the entries sent, in (0, 1]; <= 0.05 for a 90% byte cut
+    topk_ratio: float = 0.01
+    # PowerSGD: matrix approximation rank (1-4 is typical; higher is closer to dense)
+    powersgd_rank: int = 4
+    # PowerSGD: first compressed step, dense all-reduce before (torch needs >= 2)
+    powersgd_start_iter: int = 10
+    # top-k and 1bit: dense all-reduce steps before compressing (0: compress from the first step)
+    dense_start: int = 0
+    # top-k and 1bit: "2phase" (all-to-all + all-gather, the cut does not shrink with W) or "allgather" (small W)
+    scheme: Literal["2phase", "allgather"] = "2phase"
+    # 1bit: scales never span two parameter tensors (False: one scale per chunk or bucket)
+    per_tensor_scale: bool = True
+    # 1bit two-phase: at most this many entries share a scale (32: a 93.8% cut; None: whole tensor pieces, ~96.9%)
+    block: int | None = 32
+
+    def __post_init__(self) -> None:
+        if self.hook not in HOOKS:
+            raise ValueError(f"hook={self.hook!r} is not supported; choose one of {', '.join(HOOKS)}")
+        if not 0 < self.topk_ratio <= 1:
+            raise ValueError(
+                f"topk_ratio={self.topk_ratio} must be in (0, 1]; 0.01 keeps the largest 1% of entries"
+            )
+        if self.powersgd_rank < 1:
+            raise ValueError(
+                f"powersgd_rank={self.powersgd_rank} must be >= 1; PowerSGD ranks 1-4 are typical"
+            )
+        if self.powersgd_start_iter < 2:
+            raise ValueError(
+                f"powersgd_start_iter={self.powersgd_start_iter} must be >= 2 (torch's PowerSGD needs two dense steps)"
+            )
+        if self.dense_start < 0:
+            raise ValueError(f"dense_start={self.dense_start} must be >= 0 (0: compress from the first step)")
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"scheme={self.scheme!r} is not supported; choose one of {', '.join(SCHEMES)}")
+        if self.block is not None and self.block < 1:
+            raise ValueError(
+                f"block={self.block} must be >= 1 (entries per 1-bit scale) or None (one per tensor piece)"
+            )
+
+
+COMM_SETTINGS = tuple(f.name for f in fields(CommHookConfig))
+DEFAULT_COMM = CommHookConfig()  # frozen: one instance serves as every signature's default
+# short spellings make_comm_hook also takes (the names its states and codecs use)
+_ALIASES = {"ratio": "topk_ratio"}
+
+
+class Unset:
+    """The default of a deprecated flat ``block`` argument, where None is a value (whole tensor pieces)."""
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET = Unset()
+
+
+def comm_config(comm: CommHookConfig | None, owner: str, **flat: Any) -> CommHookConfig:
+    """The config a strategy or callback runs with: ``comm``, or its deprecated flat keyword arguments.
+
+    Args:
+        comm: the config (None or the defaults: not given, so flat arguments may fill it; a string is the old
+            positional ``hook``, deprecated too).
+        owner: the class name, for the messages.
+        **flat: the flat arguments as passed (None or ``UNSET``: not given; ``block=None`` is a value).
+
+    Returns:
+        ``comm``, a config built from the given flat arguments (with a ``DeprecationWarning``), or the defaults.
 
     Raises:
-        ValueError: for an unknown name or an invalid setting, naming the value and the fix.
+        TypeError: if ``comm`` is not a ``CommHookConfig``, or if both a non-default ``comm`` and flat
+            arguments are given.
+
+    Example:
+        >>> comm_config(None, "GradientCompression", hook=None, block=UNSET) == CommHookConfig()
+        True
     """
-    if name not in HOOKS:
-        raise ValueError(f"hook={name!r} is not supported; choose one of {', '.join(HOOKS)}")
-    topk_count(1, topk_ratio)  # validates the ratio
-    if powersgd_rank < 1 or powersgd_start_iter < 2:
-        raise ValueError(
-            f"powersgd_rank={powersgd_rank} must be >= 1 and powersgd_start_iter={powersgd_start_iter} >= 2"
+    if isinstance(comm, str) and flat.get("hook") is None:  # the old first positional argument was the hook
+        comm, flat = None, {**flat, "hook": comm}
+    if comm is not None and not isinstance(comm, CommHookConfig):
+        raise TypeError(
+            f"{owner}: comm={comm!r} is not a CommHookConfig; pass comm=CommHookConfig(hook=...) "
+            "(YAML: comm: {hook: topk})"
         )
+    given = {k: v for k, v in flat.items() if v is not UNSET and (v is not None or k == "block")}
+    if not given:
+        return comm if comm is not None else DEFAULT_COMM
+    spelled = ", ".join(f"{k}={v!r}" for k, v in given.items())
+    if comm is not None and comm != DEFAULT_COMM:
+        raise TypeError(
+            f"{owner}: pass comm=CommHookConfig(...) or the flat {spelled}, not both; move them into comm"
+        )
+    warnings.warn(
+        f"{owner}({spelled}) is deprecated; pass comm=CommHookConfig({spelled}) (YAML: comm: {{{spelled}}}), "
+        "the flat arguments go in the next release",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return CommHookConfig(**given)
 
 
 def make_comm_hook(
-    name: str,
-    process_group: Any = None,
-    topk_ratio: float = 0.01,
-    powersgd_rank: int = 4,
-    powersgd_start_iter: int = 10,
-    dense_start: int = 0,
-    scheme: str = "2phase",
-    per_tensor_scale: bool = True,
-    block: int | None = 32,
-    **powersgd_kwargs: Any,
+    name: str, config: CommHookConfig | None = None, process_group: Any = None, **settings: Any
 ) -> tuple[HookState, Any]:
     """Build a fresh ``(state, hook)`` pair for ``DistributedDataParallel.register_comm_hook``.
 
     Args:
         name: one of ``allreduce``, ``fp16``, ``bf16``, ``powersgd``, ``topk``, ``1bit``.
+        config: the settings (None: the defaults); its ``hook`` must be ``name``.
         process_group: the group to communicate in (None = world).
-        topk_ratio: top-k's fraction of entries sent (0.01 = 1%; must be <= 0.05 for a 90% byte cut).
-        powersgd_rank: PowerSGD's matrix approximation rank.
-        powersgd_start_iter: PowerSGD's first compressed step (dense before; >= 2).
-        dense_start: top-k's and 1bit's dense warm-up steps (0 = compress from the first step).
-        scheme: top-k's and 1bit's collective: ``2phase`` (all-to-all + all-gather, bytes independent of W)
-            or ``allgather`` (every worker's message to every worker: a small-W method).
-        per_tensor_scale: 1bit's scales follow the parameter tensors (False: one per chunk or bucket).
-        block: 1bit two-phase: at most this many entries of a tensor share a scale (None: whole tensor pieces;
-            32, the default, costs 1 bit per entry more than None: a 93.8% cut instead of ~96.9%).
-        **powersgd_kwargs: extra ``PowerSGDState`` arguments.
+        **settings: :class:`CommHookConfig` fields to override (``topk_ratio``, ``powersgd_rank``,
+            ``powersgd_start_iter``, ``dense_start``, ``scheme``, ``per_tensor_scale``, ``block``; ``ratio`` is
+            taken for ``topk_ratio``).
 
     Returns:
         ``(state, hook)``; the state's ``stats`` counts the bytes.
 
     Raises:
-        ValueError: for an unknown name or an invalid setting.
+        TypeError: for a keyword that is not a setting (the message lists them).
+        ValueError: for an unknown name, an invalid setting, or a ``config`` of another hook.
+
+    Example:
+        >>> state, hook = make_comm_hook("topk", ratio=0.05)
+        >>> state.ratio, hook.__name__
+        (0.05, 'topk_hook')
     """
-    check_comm_settings(name, topk_ratio, powersgd_rank, powersgd_start_iter)
-    if name == "allreduce":
+    cfg = _hook_config(name, config, settings)
+    if cfg.hook == "allreduce":
         return HookState(process_group), allreduce_hook
-    if name == "fp16":
+    if cfg.hook == "fp16":
         return HookState(process_group), fp16_hook
-    if name == "bf16":
+    if cfg.hook == "bf16":
         return HookState(process_group), bf16_hook
-    if name == "powersgd":
+    if cfg.hook == "powersgd":
         return PowerSGDHookState(
-            process_group, rank=powersgd_rank, start_iter=powersgd_start_iter, **powersgd_kwargs
+            process_group, rank=cfg.powersgd_rank, start_iter=cfg.powersgd_start_iter
         ), powersgd_hook
-    if block is not None and block < 1:
-        raise ValueError(
-            f"block={block} must be >= 1 (entries per 1-bit scale) or None (one per tensor piece)"
-        )
     state = ResidualState(
-        process_group, ratio=topk_ratio, per_tensor_scale=per_tensor_scale, start_iter=dense_start,
-        scheme=scheme, block=block,
+        process_group, ratio=cfg.topk_ratio, per_tensor_scale=cfg.per_tensor_scale, start_iter=cfg.dense_start,
+        scheme=cfg.scheme, block=cfg.block,
     )  # fmt: skip
-    return state, topk_hook if name == "topk" else onebit_hook
+    return state, topk_hook if cfg.hook == "topk" else onebit_hook
+
+
+def _settings_signature() -> inspect.Signature:
+    # make_comm_hook's settings are CommHookConfig's fields; its signature lists them, with their defaults, for
+    # help(), IDEs and code that reads a default (inspect.signature(make_comm_hook).parameters["block"].default)
+    sig = inspect.signature(make_comm_hook)
+    fixed = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    settings = [
+        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
+        for f in fields(CommHookConfig)
+        if f.name != "hook"
+    ]
+    return sig.replace(parameters=[*fixed, *settings])
+
+
+make_comm_hook.__signature__ = _settings_signature()  # type: ignore[attr-defined]
+
+
+def _hook_config(name: str, config: CommHookConfig | None, settings: dict[str, Any]) -> CommHookConfig:
+    for alias, field_name in _ALIASES.items():
+        if alias in settings:
+            if field_name in settings:
+                raise TypeError(f"make_comm_hook got both {alias}= and {field_name}=; pass {field_name} only")
+            settings[field_name] = settings.pop(alias)
+    unknown = sorted(set(settings) - (set(COMM_SETTINGS) - {"hook"}))
+    if unknown:
+        allowed = ", ".join(["process_group", *(s for s in COMM_SETTINGS if s != "hook"), *_ALIASES])
+        raise TypeError(f"make_comm_hook got unknown keyword(s) {', '.join(unknown)}; it takes {allowed}")
+    if config is not None and config.hook != name:
+        raise ValueError(
+            f"make_comm_hook({name!r}) got a config for hook={config.hook!r}; pass the same name, or config only "
+            "through make_comm_hook(config.hook, config)"
+        )
+    return replace(config or CommHookConfig(hook=name), **settings)
 
 
 _PSGD_STATE = ("iter", "error_dict", "p_memory_dict", "q_memory_dict")

@@ -23,8 +23,11 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "CHUNK_MULTIPLE",
     "COLLECTIVES",
+    "chunk_size",
     "dense_bytes",
+    "group_count",
     "method_wire_bytes",
     "pack_bits",
     "powersgd_bytes",
@@ -38,6 +41,9 @@ __all__ = [
     "unpack_bits",
     "wire_bytes",
 ]
+
+# two-phase chunks are whole sign bytes (and whole top-k rows): every codec pads a chunk to this many entries
+CHUNK_MULTIPLE = 8
 
 _BIT_WEIGHTS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
 
@@ -262,6 +268,34 @@ def wire_bytes(collective: str, tensor_bytes: float, world: int) -> float:
     raise ValueError(f"collective={collective!r} is not one of {', '.join(COLLECTIVES)}")
 
 
+def chunk_size(numel: int, world: int, multiple: int = CHUNK_MULTIPLE) -> int:
+    """Entries per worker chunk: ``ceil(numel / world)`` rounded up to ``multiple`` (whole sign bytes/blocks)."""
+    return multiple * math.ceil(numel / (multiple * world)) if numel else multiple
+
+
+def group_count(
+    numel: int, world: int, chunk: int, segments: list[int] | None = None, block: int | None = None
+) -> int:
+    """The ``groups`` of :func:`kit.parallel.two_phase.scale_groups` by arithmetic (no tensors): usable for a 7B model's formula.
+
+    Example:
+        >>> group_count(6, 2, 4, segments=[3, 3]), group_count(10**9, 8, 125_000_000)
+        (2, 1)
+    """
+    sizes = [numel] if segments is None else [int(s) for s in segments]
+    if world * chunk > numel:
+        sizes.append(world * chunk - numel)
+    per_row = [0] * world
+    start = 0
+    for size in sizes:
+        end = start + size
+        for row in range(start // chunk, (end - 1) // chunk + 1) if size else ():
+            lo, hi = max(start, row * chunk), min(end, (row + 1) * chunk)
+            per_row[row] += 1 if block is None else (hi - 1 - start) // block - (lo - start) // block + 1
+        start = end
+    return max(per_row)
+
+
 def method_wire_bytes(
     method: str,
     numel: int,
@@ -292,8 +326,6 @@ def method_wire_bytes(
         >>> round(1 - method_wire_bytes("1bit-allgather", n, 64) / method_wire_bytes("dense", n, 64), 3)
         -0.0
     """
-    from kit.parallel.two_phase import chunk_size, group_count, make_codec
-
     if method == "dense":
         return wire_bytes("all_reduce", 4 * numel, world)
     if method == "fp16":
@@ -307,9 +339,11 @@ def method_wire_bytes(
     if method == "1bit-allgather":
         return wire_bytes("all_gather", sign_bytes(numel, n_scales), world)
     if method in ("topk-2phase", "1bit-2phase"):
-        codec = make_codec(method.split("-")[0], topk_ratio, block)
-        chunk = chunk_size(numel, world, codec.multiple)
-        msg = codec.message_bytes(chunk, group_count(numel, world, chunk, segments, block))
+        chunk = chunk_size(numel, world)
+        if method == "topk-2phase":
+            msg = topk_bytes(topk_count(chunk, topk_ratio))
+        else:
+            msg = sign_bytes(chunk, group_count(numel, world, chunk, segments, block))
         return wire_bytes("all_to_all", world * msg, world) + wire_bytes("all_gather", msg, world)
     raise ValueError(
         f"method={method!r} is not supported; choose dense, fp16, powersgd, topk-allgather, 1bit-allgather, "

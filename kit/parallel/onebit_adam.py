@@ -47,7 +47,8 @@ class OneBitAdam(torch.optim.Optimizer):
         lr: learning rate.
         betas: ``(b1, b2)``.
         eps: added to ``sqrt(v_hat)``.
-        weight_decay: L2 penalty added to the gradient (Adam); decoupled decay in :class:`OneBitAdamW`.
+        weight_decay: L2 penalty added to the gradient (Adam); decoupled decay in :class:`OneBitAdamW`. None:
+            the class's ``default_weight_decay``, torch's default (0 for Adam, 0.01 for AdamW).
         freeze_step: optimizer steps of plain Adam before the variance freezes and compression starts
             (the paper uses 15-25% of training); None never compresses (plain Adam).
         process_group: the group the momentum is averaged over (None = world; one process without
@@ -77,6 +78,7 @@ class OneBitAdam(torch.optim.Optimizer):
     """
 
     decoupled = False
+    default_weight_decay = 0.0
 
     def __init__(
         self,
@@ -84,7 +86,7 @@ class OneBitAdam(torch.optim.Optimizer):
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
-        weight_decay: float = 0.0,
+        weight_decay: float | None = None,
         freeze_step: int | None = 1000,
         process_group: Any = None,
         compress: Literal["update", "momentum", "none"] = "update",
@@ -92,6 +94,8 @@ class OneBitAdam(torch.optim.Optimizer):
         block: int | None = None,
         scale: Literal["mean", "l2"] = "mean",
     ) -> None:
+        if weight_decay is None:
+            weight_decay = self.default_weight_decay
         if block is not None and block < 1:
             raise ValueError(f"block={block} must be >= 1 (entries per 1-bit scale) or None (no block)")
         if compress not in ("update", "momentum", "none"):
@@ -221,38 +225,15 @@ class OneBitAdam(torch.optim.Optimizer):
 class OneBitAdamW(OneBitAdam):
     """:class:`OneBitAdam` with decoupled weight decay (``p -= lr * wd * p``), as ``torch.optim.AdamW``.
 
+    The same arguments; ``weight_decay`` defaults to AdamW's 0.01.
+
     Example:
+        >>> OneBitAdamW(torch.nn.Linear(4, 2).parameters(), lr=3e-4).defaults["weight_decay"]
+        0.01
         >>> opt = OneBitAdamW(torch.nn.Linear(4, 2).parameters(), lr=3e-4, weight_decay=0.1, freeze_step=60)
         >>> opt.freeze_step
         60
     """
 
     decoupled = True
-
-    def __init__(
-        self,
-        params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 1e-2,
-        freeze_step: int | None = 1000,
-        process_group: Any = None,
-        compress: Literal["update", "momentum", "none"] = "update",
-        per_tensor_scale: bool = False,
-        block: int | None = None,
-        scale: Literal["mean", "l2"] = "mean",
-    ) -> None:
-        super().__init__(
-            params,
-            lr,
-            betas,
-            eps,
-            weight_decay,
-            freeze_step,
-            process_group,
-            compress,
-            per_tensor_scale,
-            block,
-            scale,
-        )
+    default_weight_decay = 1e-2

@@ -44,6 +44,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from kit._compat import schedule_loss_fn
+
 __all__ = [
     "SCHEDULES",
     "GPTStage",
@@ -123,8 +125,12 @@ class GPTStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.is_first:
-            pos = torch.arange(x.size(1), device=x.device)
-            x = self.drop(self.wte(x) + self.wpe(pos))
+            x = self.wte(x)
+            if (
+                self.wpe is not None
+            ):  # learned positions; a rotary model's attention layers place tokens instead
+                x = x + self.wpe(torch.arange(x.size(1), device=x.device))
+            x = self.drop(x)
         for block in self.blocks.values():
             x = block(x)
         if self.is_last:
@@ -186,7 +192,7 @@ def pipeline_step(
         The batch's mean loss on the last stage (the mean of the micro-batch losses), None on the others.
     """
     if stage.n_stages == 1:  # torch's schedules need two stages; one stage is a plain step
-        loss = schedule._loss_fn(stage(idx), targets)
+        loss = schedule_loss_fn(schedule)(stage(idx), targets)
         loss.backward()
         return loss.detach()
     return _run_schedule(schedule.step, stage, idx, targets)

@@ -35,7 +35,6 @@ Example:
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -43,7 +42,14 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from kit.parallel.compression import topk_count
+from kit.parallel.compression import (
+    CHUNK_MULTIPLE,
+    chunk_size,
+    group_count,
+    sign_bytes,
+    topk_bytes,
+    topk_count,
+)
 
 __all__ = [
     "Codec",
@@ -137,7 +143,7 @@ class SignCodec:
 
     block: int | None = None
     scale: str = "mean"
-    multiple: int = 8  # chunk sizes are whole sign bytes
+    multiple: int = CHUNK_MULTIPLE  # chunk sizes are whole sign bytes
 
     def __post_init__(self) -> None:
         if self.scale not in ("mean", "l2"):
@@ -146,7 +152,7 @@ class SignCodec:
             )
 
     def message_bytes(self, chunk: int, groups: int = 1) -> int:
-        return math.ceil(chunk / 8) + 4 * groups
+        return sign_bytes(chunk, groups)
 
     def encode(self, rows: Tensor, ids: Tensor | None = None, groups: int = 1) -> tuple[Tensor, Tensor]:
         """Rows ``(R, c)`` (``c`` a multiple of 8) and their group ids -> ``(payload (R, P) uint8, residual)``."""
@@ -178,14 +184,14 @@ class TopKCodec:
     """The ``ratio`` largest-magnitude entries of each row as fp32 values + int32 indices: ``8 k`` bytes."""
 
     ratio: float = 0.01
-    multiple: int = 8
+    multiple: int = CHUNK_MULTIPLE
     block: int | None = None  # unused: top-k has no scales
 
     def __post_init__(self) -> None:
         topk_count(1, self.ratio)  # validates the ratio
 
     def message_bytes(self, chunk: int, groups: int = 1) -> int:
-        return 8 * topk_count(chunk, self.ratio)
+        return topk_bytes(topk_count(chunk, self.ratio))
 
     def encode(self, rows: Tensor, ids: Tensor | None = None, groups: int = 1) -> tuple[Tensor, Tensor]:
         """Rows ``(R, c)`` -> ``(payload (R, 8k) uint8, residual)``; top-k has no scales (``ids`` unused)."""
@@ -231,34 +237,6 @@ class ErrorFeedback:
             return t.to(device) if t is not None and device is not None else t
 
         self.worker, self.server = placed(state.get("worker")), placed(state.get("server"))
-
-
-def chunk_size(numel: int, world: int, multiple: int = 8) -> int:
-    """Entries per worker chunk: ``ceil(numel / world)`` rounded up to ``multiple`` (whole sign bytes/blocks)."""
-    return multiple * math.ceil(numel / (multiple * world)) if numel else multiple
-
-
-def group_count(
-    numel: int, world: int, chunk: int, segments: list[int] | None = None, block: int | None = None
-) -> int:
-    """The ``groups`` of :func:`scale_groups` by arithmetic (no tensors): usable for a 7B model's formula.
-
-    Example:
-        >>> group_count(6, 2, 4, segments=[3, 3]), group_count(10**9, 8, 125_000_000)
-        (2, 1)
-    """
-    sizes = [numel] if segments is None else [int(s) for s in segments]
-    if world * chunk > numel:
-        sizes.append(world * chunk - numel)
-    per_row = [0] * world
-    start = 0
-    for size in sizes:
-        end = start + size
-        for row in range(start // chunk, (end - 1) // chunk + 1) if size else ():
-            lo, hi = max(start, row * chunk), min(end, (row + 1) * chunk)
-            per_row[row] += 1 if block is None else (hi - 1 - start) // block - (lo - start) // block + 1
-        start = end
-    return max(per_row)
 
 
 @functools.lru_cache(maxsize=16)

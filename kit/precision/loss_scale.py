@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from kit._compat import GradScalerView
+
 __all__ = [
     "LossScaleConfig",
     "OverflowStatus",
@@ -103,17 +105,15 @@ def make_grad_scaler(config: LossScaleConfig, device: str = "cuda") -> torch.amp
 def clamp_scale(scaler: torch.amp.GradScaler, min_scale: float | None, max_scale: float | None) -> None:
     """Clamp the scaler's current scale into ``[min_scale, max_scale]`` in place, without a host sync.
 
-    Call it after ``scaler.update()``. Does nothing before the scaler's first ``scale()`` call.
+    Call it after ``scaler.update()``. Does nothing before the scaler's first ``scale()`` call. The new scale
+    goes in through ``GradScaler.update(new_scale=...)``, so the growth tracker is left as it was.
 
     Args:
         scaler: the GradScaler.
         min_scale: floor or None.
         max_scale: ceiling or None.
     """
-    scale = getattr(scaler, "_scale", None)
-    if scale is None or (min_scale is None and max_scale is None):
-        return
-    scale.clamp_(min=min_scale, max=max_scale)
+    GradScalerView(scaler).clamp(min_scale, max_scale)
 
 
 @dataclass

@@ -2,14 +2,25 @@
 
 ``benchmarks/`` is a folder of the repository, not of the installed package, so ``kit bench`` finds it
 itself: first in the current directory or one above it, then beside the ``kit`` package of an editable
-install (``pip install -e .``). It then puts that repository on ``sys.path`` and hands over to
-``python -m benchmarks``; it works from the repository root and from any other directory.
+install (``pip install -e .``). It then runs ``python -P -m benchmarks ARGS`` in a child process with that
+repository first on ``PYTHONPATH`` and the current directory unchanged (results land in ``./runs/bench/``).
+The child has its own ``sys.path`` and module table, so this process's are never edited; ``-P`` (no current
+directory on the path) and ``PYTHONPATH`` make the repository's ``benchmarks`` win over any other package of
+that name the environment holds.
+
+Example:
+    >>> find_repository() is not None  # from a checkout  # doctest: +SKIP
+    True
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
+
+__all__ = ["bench_command", "find_repository", "main"]
 
 
 def find_repository(start: Path | None = None) -> Path | None:
@@ -24,8 +35,28 @@ def find_repository(start: Path | None = None) -> Path | None:
     return None
 
 
+def bench_command(repo: Path, argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The child's command line and environment: ``python -P -m benchmarks ARGV`` with ``repo`` first on the path.
+
+    Args:
+        repo: the repository holding ``benchmarks/``.
+        argv: the arguments after ``kit bench``.
+
+    Returns:
+        ``(command, environment)`` for ``subprocess``.
+
+    Example:
+        >>> cmd, env = bench_command(Path("/src/kit"), ["precision"])
+        >>> cmd[1:], env["PYTHONPATH"].split(os.pathsep)[0]
+        (['-P', '-m', 'benchmarks', 'precision'], '/src/kit')
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(repo), *filter(None, [env.get("PYTHONPATH")])])
+    return [sys.executable, "-P", "-m", "benchmarks", *argv], env
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Dispatch to ``python -m benchmarks`` after putting the repository that holds ``benchmarks/`` on ``sys.path``."""
+    """Run ``python -m benchmarks`` from the repository that holds ``benchmarks/``; returns its exit status."""
     repo = find_repository()
     if repo is None:
         print(
@@ -34,16 +65,5 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    if str(repo) not in sys.path:
-        sys.path.insert(0, str(repo))
-    loaded = sys.modules.get("benchmarks")
-    if (
-        loaded is not None
-        and Path(getattr(loaded, "__file__", "") or "").resolve().parent != repo / "benchmarks"
-    ):
-        # another package named ``benchmarks`` was imported first; load the repository's instead
-        for name in [m for m in sys.modules if m == "benchmarks" or m.startswith("benchmarks.")]:
-            del sys.modules[name]
-    from benchmarks.__main__ import main as bench_main
-
-    return bench_main(list(sys.argv[1:] if argv is None else argv))
+    command, env = bench_command(repo, list(sys.argv[1:] if argv is None else argv))
+    return subprocess.call(command, env=env)
