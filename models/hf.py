@@ -31,6 +31,7 @@ from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from kit._compat import attached_trainer
 from kit.models._optim import OPTIMIZERS, optimizers_from_hparams
 from kit.nn.hf_layers import decoder_layer_classes
 from kit.nn.peft import PeftConfig, cost_report, trainable_fraction
@@ -174,7 +175,7 @@ class _HFModule(pl.LightningModule):
         self._flops_per_batch = 6.0 * self._n_params * idx.numel()
 
     def _check_vocab(self) -> None:
-        dm = self._trainer.datamodule if self._trainer is not None else None
+        dm = getattr(attached_trainer(self), "datamodule", None)
         data = getattr(dm, "vocab_size", None)
         rows = self.model.get_input_embeddings().weight.size(0)
         if data is not None and int(data) > rows:
@@ -300,7 +301,7 @@ class HFSequenceClassifier(_HFModule):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        dm = self._trainer.datamodule if self._trainer is not None else None
+        dm = getattr(attached_trainer(self), "datamodule", None)
         pad = getattr(dm, "pad_id", None)
         config = self.model.config
         if pad is not None and getattr(config, "pad_token_id", None) is None:
