@@ -78,15 +78,26 @@ def _data(path: Path, n: int = 48) -> str:
     return str(path)
 
 
-def _llama_folder(folder: Path) -> Path:
-    """A tiny random Llama saved as a Hugging Face folder, with the test tokenizer beside it."""
+def _llama_folder(folder: Path, family: str = "llama") -> Path:
+    """A tiny random Llama (grouped-query 4:2, untied head) or Qwen2 (multi-query 6:1, q/k/v biases, tied head) saved
+    as a Hugging Face folder, with the test tokenizer beside it."""
     vocab = _tokenizer(folder)
-    cfg = transformers.LlamaConfig(
-        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, rope_theta=10000.0, tie_word_embeddings=False,
-    )  # fmt: skip
+    if family == "qwen2":
+        cfg = transformers.Qwen2Config(
+            vocab_size=vocab, hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=6,
+            num_key_value_heads=1, max_position_embeddings=128, rope_theta=50000.0, tie_word_embeddings=True,
+        )  # fmt: skip
+    else:
+        cfg = transformers.LlamaConfig(
+            vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=128, rope_theta=10000.0, tie_word_embeddings=False,
+        )  # fmt: skip
     torch.manual_seed(0)
-    transformers.LlamaForCausalLM(cfg).save_pretrained(folder)
+    model = transformers.AutoModelForCausalLM.from_config(cfg)
+    for name, p in model.named_parameters():  # non-zero q/k/v biases, so the export has to carry them
+        if name.endswith("proj.bias"):
+            torch.nn.init.normal_(p, std=0.1)
+    model.save_pretrained(folder)
     return folder
 
 
@@ -178,8 +189,9 @@ def test_export_refuses_prompt_tuning_before_training_and_never_writes_over_its_
 
 
 # -- the kit's GPT loaded from a Hugging Face folder and written back (kit.nn.hf) ---------------------------
-def test_a_lora_fine_tune_of_the_kits_gpt_exports_to_a_folder_transformers_loads(tmp_path) -> None:
-    folder = _llama_folder(tmp_path / "llama")
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_a_lora_fine_tune_of_the_kits_gpt_exports_to_a_folder_transformers_loads(tmp_path, family) -> None:
+    folder = _llama_folder(tmp_path / family, family)
     dm = InstructDataModule(_data(tmp_path / "d.jsonl"), block_size=48, batch_size=4)
     lm = CausalLM(init_from=str(folder), lr=1e-2, warmup_steps=0, peft={"method": "lora", "lora_r": 4})
     export = ExportHF(str(tmp_path / "out"))
@@ -191,8 +203,11 @@ def test_a_lora_fine_tune_of_the_kits_gpt_exports_to_a_folder_transformers_loads
     x = torch.randint(0, 300, (2, 12))
     with torch.no_grad():
         assert torch.allclose(reloaded(input_ids=x).logits, lm.model(x), atol=1e-4)
-    assert reloaded.config.model_type == "llama"
+    assert reloaded.config.model_type == family
     assert (tmp_path / "out" / "tokenizer.json").is_file()
+    source = dict(transformers.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).named_parameters())
+    moved = [n for n, p in reloaded.named_parameters() if not torch.equal(p, source[n])]
+    assert moved and all("proj.weight" in n for n in moved), "the merged LoRA updates, and nothing else, moved"
 
 
 def test_sft_lora_recipe_end_to_end_through_the_cli(tmp_path) -> None:
