@@ -572,7 +572,12 @@ def one_line(err: BaseException) -> str:
     jsonargparse wraps a module's own ``ValueError`` in a ``ValueError`` listing every Union subtype; the
     original, at the bottom of the chain, is the one a user can act on.
     """
-    while err.__cause__ is not None or (err.__context__ is not None and not err.__suppress_context__):
+    from kit.checkpoint.safe_load import CheckpointLoadError
+
+    # the kit's checkpoint errors already name the file and summarise torch's cause: they are the message
+    while not isinstance(err, CheckpointLoadError) and (
+        err.__cause__ is not None or (err.__context__ is not None and not err.__suppress_context__)
+    ):
         err = err.__cause__ or err.__context__
     lines = str(err).strip().splitlines()
     text = lines[0] if lines else type(err).__name__
