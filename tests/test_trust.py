@@ -502,3 +502,17 @@ def test_a_sharded_run_says_plainly_why_it_has_no_sample_and_runs_no_collective(
             return prompt + "world"
 
     assert _sample_line(single, Small(), data) == "  sample: The world"
+
+
+def test_a_copied_run_folder_keeps_its_last_checkpoint(tmp_path):
+    import shutil
+
+    folder = tmp_path / "c"
+    ckpt = KitCheckpoint(dirpath=str(folder), every_n_train_steps=2, keep_last=2)
+    make_trainer(tmp_path, [ckpt], max_steps=4, enable_checkpointing=True).fit(
+        TinyRegressor(), regression_loader()
+    )
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)  # no hard links survive the copy
+    assert not os.path.samefile(copy / "last.ckpt", copy / "step00000004.ckpt")
+    assert sweep(copy) == [] and (copy / "last.ckpt").exists()

@@ -79,9 +79,11 @@ def _last_is_stale(folder: Path, manifest: Manifest) -> bool:
     for other in manifest.entries.values():
         if other.name != "last.ckpt" and other.files == entry.files and (folder / other.name).exists():
             try:
-                return not os.path.samefile(last, folder / other.name)
+                if os.path.samefile(last, folder / other.name):
+                    return False  # the hard link its entry describes: no need to hash it
             except OSError:
-                return True
+                pass
+    # not that link (a copied run folder has none): stale only if its bytes differ from the entry
     return verify(last, entry.files) is not None
 
 
