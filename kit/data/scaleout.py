@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from kit.data.dedup import fingerprint, signature_similarity
+from kit.data.dedup import fingerprint
 from kit.data.filters import DocFilter
 from kit.data.pipeline import DataPipeline, PipelineReport, utf8_len
 from kit.data.text import LoadReport, iter_documents, resolve_paths
@@ -311,6 +311,7 @@ class _Merge:
 
     _EXACT = np.dtype([("h0", "<u8"), ("h1", "<u8"), ("idx", "<i8")])
     _BAND = np.dtype([("key", "<u8"), ("slot", "<i8")])
+    _SIG_CACHE = 8192
 
     def __init__(
         self, folder: Path, shards: list[_ShardResult], settings: CleanSettings, records: int
@@ -324,6 +325,8 @@ class _Merge:
         self.records = records  # records per partition held in memory at once
         self.decision = np.zeros(self.total, dtype=np.uint8)  # 0 kept, 1 exact_dup, 2 near_dup
         self._sig_files: dict[int, int] = {}  # shard -> open file descriptor
+        self._sig_cache: dict[int, np.ndarray] = {}  # document -> signature, oldest read first
+        self.cap_hits = 0  # documents whose LSH walk stopped at max_candidates in some band
 
     def _base(self, shard: int) -> Path:
         return self.folder / f"{shard:06d}"
@@ -358,7 +361,20 @@ class _Merge:
                 progress("exact dedup", 1, parts.n)
 
     def _signature(self, idx: int) -> np.ndarray:
-        """One signature read from its shard file (a read, not a mapping: mapped pages would pile up in RSS)."""
+        """One signature read from its shard file (a read, not a mapping: mapped pages would pile up in RSS).
+
+        The last ``_SIG_CACHE`` signatures read stay in memory (448 B each at the defaults): a bucket's walk
+        reads its most recent kept documents again and again.
+        """
+        cached = self._sig_cache.get(idx)
+        if cached is not None:
+            return cached
+        if len(self._sig_cache) >= self._SIG_CACHE:
+            del self._sig_cache[next(iter(self._sig_cache))]  # the oldest read
+        self._sig_cache[idx] = sig = self._read_signature(idx)
+        return sig
+
+    def _read_signature(self, idx: int) -> np.ndarray:
         shard = int(np.searchsorted(self.offsets, idx, side="right")) - 1
         if shard not in self._sig_files:
             self._sig_files[shard] = os.open(f"{self._base(shard)}.sig", os.O_RDONLY)
@@ -430,6 +446,7 @@ class _Merge:
             t = link(doc, band)
             return -1 if t < 0 else below[t]
 
+        cap = near.max_candidates if near.max_candidates is not None else len(decision) + 1
         t = 0
         while t < len(slots):
             j = slots[t] // bands
@@ -437,24 +454,32 @@ class _Merge:
             while end < len(slots) and slots[end] // bands == j:
                 end += 1
             if decision[j] == 0:
-                sig = self._signature(j) if near.verify else None
+                walk: list[int] = []  # band by band, the bucket's kept documents, most recent first, capped
+                capped = False
                 for u in range(t, end):
                     band = slots[u] % bands
                     i = latest_kept(band, prevs[u])
-                    while i >= 0:
-                        if (
-                            not near.verify
-                            or signature_similarity(self._signature(i), sig) >= near.verify_threshold
-                        ):
-                            decision[j] = 2
-                            break
+                    if i >= 0 and not near.verify:
+                        decision[j] = 2
+                        break
+                    stop = len(walk) + cap
+                    while i >= 0 and len(walk) < stop:
+                        walk.append(i)
                         k = link(i, band)
                         i = -1 if k < 0 else below[k]
-                    if decision[j]:
-                        break
+                    capped |= i >= 0
+                if walk and self._verifies(walk, self._signature(j)):
+                    decision[j] = 2
+                self.cap_hits += capped and decision[j] == 0
             for u in range(t, end):
                 below[u] = latest_kept(slots[u] % bands, prevs[u])
             t = end
+
+    def _verifies(self, walk: list[int], sig: np.ndarray) -> bool:
+        """Whether one of ``walk``'s documents reaches the similarity threshold (as ``signature_similarity``)."""
+        sigs = np.stack([self._signature(i) for i in walk])
+        share = np.count_nonzero(sigs == sig, axis=1) / self.near.num_perm
+        return bool((share >= self.near.verify_threshold).any())
 
 
 def _run_tasks(tasks: list[_Shard], spawned: int) -> Iterator[_ShardResult]:
@@ -590,6 +615,7 @@ def clean_corpus(
             merge.near_dups(progress)
             merge.close()
         report, reader = _write(folder, results, merge.decision, settings, output, progress)
+        report.near_dup_capped = merge.cap_hits
         return CleanStats(
             report=report,
             reader=reader,
