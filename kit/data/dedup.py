@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from array import array
 import unicodedata
+from array import array
 from collections.abc import Hashable, Iterable, Sequence
 from functools import lru_cache
 

@@ -127,7 +127,11 @@ def load_or_train_bpe(
     digest = hashlib.sha256()
     for text in texts:
         digest.update(hashlib.sha256(text.encode()).digest())
-    settings = {"vocab_size": vocab_size, "min_frequency": min_frequency, "kind": "byte-bpe-v2"}  # v2: long pre-tokens cut
+    settings = {
+        "vocab_size": vocab_size,
+        "min_frequency": min_frequency,
+        "kind": "byte-bpe-v2",
+    }  # v2: long pre-tokens cut
     digest.update(json.dumps(settings, sort_keys=True).encode())
     path = Path(directory or cache_dir() / "tokenizers") / f"bpe-{vocab_size}-{digest.hexdigest()[:16]}.json"
     if path.exists():
