@@ -35,25 +35,34 @@ import json
 import math
 import multiprocessing
 import os
+import pickle
 import resource
-import shutil
 import sys
-import tempfile
 from array import array
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from queue import SimpleQueue
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from kit.data.dedup import fingerprint
 from kit.data.filters import DocFilter
 from kit.data.pipeline import DataPipeline, PipelineReport, utf8_len
-from kit.data.text import LoadReport, iter_documents, resolve_paths
+from kit.data.text import LoadReport, iter_documents
+from kit.data.workdir import (
+    WorkFolder,
+    atomic_output,
+    check_output,
+    input_files,
+    mark_output,
+    naming,
+    plan_digest,
+    save_done,
+)
 
 __all__ = ["CleanSettings", "CleanStats", "clean_corpus", "peak_rss_mb"]
 
@@ -141,6 +150,16 @@ class _ShardResult:
     peak_rss_mb: float = 0.0  # of the process that screened it, when it finished
     pid: int = 0  # that process
 
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> _ShardResult:
+        """A result saved by a run that was killed later (``resume``); it counts as screened elsewhere."""
+        return cls(
+            **{**data, "report": PipelineReport(**data["report"]), "reader": LoadReport(**data["reader"])}
+        )
+
 
 def _split_points(path: Path, piece_bytes: int) -> list[tuple[int, int, int]]:
     """``(start, end, first_line)``: a JSONL file in ``round(size / piece_bytes)`` pieces of about equal size,
@@ -216,7 +235,15 @@ def _task_bytes(task: _Shard) -> int:
 
 
 def _screen_shard(task: _Shard) -> _ShardResult:
-    """Phase 1 for one shard: clean, filter, fingerprint; everything that passes goes to disk."""
+    """Phase 1 for one shard: clean, filter, fingerprint; everything that passes goes to disk, then a
+    ``.done`` file that lets a resumed run skip the shard."""
+    with naming(task.folder):
+        result = _screen_files(task)
+        save_done(Path(task.folder), task.index, result.to_json())
+    return result
+
+
+def _screen_files(task: _Shard) -> _ShardResult:
     settings = task.settings
     pipe = settings.pipeline()
     near = pipe._near
@@ -560,8 +587,17 @@ def clean_corpus(
     records_in_memory: int = 4_000_000,
     progress: Progress | None = None,
     piece_bytes: int | None = None,
+    resume: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> CleanStats:
     """Clean, filter and deduplicate ``inputs`` into ``output`` (JSONL ``{"id", text_key}``), shards in parallel.
+
+    The output is never an input (refused), and what a run writes itself (the output, its temporary file,
+    work folders) is never read as input, so a rerun with the output inside an input folder gives the same
+    output. The output is written to a temporary file beside it and renamed at the end: it is whole or
+    absent. The shard files go to a hidden work folder (``.kit-clean-<output name>``) removed at the end;
+    one left by a killed run is removed at the next start (``log`` says so), or with ``resume`` its
+    finished shards are reused.
 
     Args:
         inputs: files, folders or globs; each file is one shard.
@@ -570,51 +606,69 @@ def clean_corpus(
         workers: processes for the per-shard phase, this one included; ``1`` runs it all in this process.
             The others are spawned, so a script that calls this with ``workers > 1`` needs the
             ``if __name__ == "__main__":`` guard.
-        work_dir: where the shard files go (a temporary folder inside it, removed at the end); default: next
-            to ``output``. It needs about 1 KB per document.
+        work_dir: the folder that holds the work folder; default: the output's folder. It needs about
+            1 KB per document.
         records_in_memory: partition size for the merge's sorts (24 or 16 bytes per record).
         progress: called as ``progress(stage, advance, total)``.
         piece_bytes: with ``workers > 1``, JSONL files of at least 1.5 times this size are cut into pieces
             of about this size (whole lines), so the workers share large files too and finish together;
             default: a sixteenth of each worker's share of the input, between 512 KB and 256 MB. The output
             does not depend on it.
+        resume: reuse the shards that a killed run with the same inputs, settings and ``workers`` finished.
+        log: called with one line for each thing a user should know (a stale work folder removed, a resume).
 
     Returns:
         :class:`CleanStats`.
 
     Raises:
-        ValueError: ``workers < 1``.
+        ValueError: ``workers < 1``, or the output is one of the inputs.
         FileNotFoundError: an input matches nothing.
+        RuntimeError: another live run writes the same output.
+        OSError: a folder cannot be written (read-only, a file in the way, a full disk); it names the path.
     """
     if workers < 1:
         raise ValueError(f"workers={workers} must be >= 1")
     settings = settings or CleanSettings()
-    paths = resolve_paths(inputs)
     output = Path(output)
+    check_output(inputs, output)
+    paths = input_files(inputs, output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix="kit-clean-", dir=work_dir or output.parent))
-    try:
-        total_bytes = sum(p.stat().st_size for p in paths)
-        if workers > 1 and piece_bytes is None:
-            piece_bytes = min(max(total_bytes // (16 * workers), 1 << 19), 256 << 20)
-        tasks = _tasks(paths, folder, settings, piece_bytes if workers > 1 else None)
+    root = Path(work_dir) if work_dir else output.parent
+    root.mkdir(parents=True, exist_ok=True)
+    total_bytes = sum(p.stat().st_size for p in paths)
+    if workers > 1 and piece_bytes is None:
+        piece_bytes = min(max(total_bytes // (16 * workers), 1 << 19), 256 << 20)
+    piece_bytes = piece_bytes if workers > 1 else None
+    work = WorkFolder(root, output, log)
+    with work.claim(_plan(paths, settings, piece_bytes), resume):
+        folder = work.path
+        tasks = _tasks(paths, folder, settings, piece_bytes)
         results: list[_ShardResult] = [None] * len(tasks)  # type: ignore[list-item]
-        spawned = min(workers, len(tasks)) - 1
-        for res in _run_tasks(tasks, spawned):
+        for index, saved in work.finished().items():
+            if index < len(tasks):
+                results[index] = _ShardResult.from_json(saved)
+                if progress:
+                    progress("clean + filter + signatures", results[index].bytes_read, total_bytes)
+        todo = [t for t in tasks if results[t.index] is None]
+        spawned = min(workers, len(todo)) - 1
+        for res in _run_tasks(todo, spawned):
             results[res.index] = res
             if progress:
                 progress("clean + filter + signatures", res.bytes_read, total_bytes)
-        index_bytes = sum(
-            f.stat().st_size for f in folder.iterdir() if f.suffix in (".sig", ".digest", ".len")
-        )
-        merge = _Merge(folder, results, settings, records_in_memory)
-        if settings.exact_dedup:
-            merge.exact(progress)
-        if settings.near_dedup:
-            index_bytes += merge.total * merge.near.bands * 16  # the band records, written while merging
-            merge.near_dups(progress)
-            merge.close()
-        report, reader = _write(folder, results, merge.decision, settings, output, progress)
+        with naming(folder):
+            index_bytes = sum(
+                f.stat().st_size for f in folder.iterdir() if f.suffix in (".sig", ".digest", ".len")
+            )
+            merge = _Merge(folder, results, settings, records_in_memory)
+            if settings.exact_dedup:
+                merge.exact(progress)
+            if settings.near_dedup:
+                index_bytes += merge.total * merge.near.bands * 16  # the band records, written while merging
+                merge.near_dups(progress)
+                merge.close()
+        with naming(output), atomic_output(output) as sink:
+            report, reader = _write(folder, results, merge.decision, settings, sink, progress)
+        mark_output(output)
         report.near_dup_capped = merge.cap_hits
         return CleanStats(
             report=report,
@@ -623,11 +677,21 @@ def clean_corpus(
             workers=workers,
             index_bytes=index_bytes,
             peak_rss_mb=peak_rss_mb(),
-            peak_worker_rss_mb=max((r.peak_rss_mb for r in results if r.pid != os.getpid()), default=0.0),
+            peak_worker_rss_mb=max(
+                (r.peak_rss_mb for r in results if r.pid not in (os.getpid(), 0)), default=0.0
+            ),
             pieces=len(tasks),
         )
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _plan(paths: list[Path], settings: CleanSettings, piece_bytes: int | None) -> str:
+    """What decides the shard files; a resumed run reuses them only when it is unchanged."""
+    try:
+        frozen: bytes | str = pickle.dumps(settings)
+    except (pickle.PicklingError, TypeError, AttributeError):
+        frozen = repr(settings)
+    files = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
+    return plan_digest([files, piece_bytes, frozen])
 
 
 def _write(
@@ -635,7 +699,7 @@ def _write(
     results: list[_ShardResult],
     decision: np.ndarray,
     settings: CleanSettings,
-    output: Path,
+    sink: IO[str],
     progress: Progress | None,
 ) -> tuple[PipelineReport, LoadReport]:
     """Write kept documents in input order and build the report the single-process pipeline would give."""
@@ -651,22 +715,21 @@ def _write(
             bucket = report.examples.setdefault(reason, [])
             bucket += texts[: max(0, settings.keep_examples - len(bucket))]
     g = 0
-    with open(output, "w", encoding="utf-8") as sink:
-        for res in results:
-            base = folder / f"{res.index:06d}"
-            verdicts = decision[g : g + res.n_pass]
-            g += res.n_pass
-            lengths = np.fromfile(f"{base}.len", dtype="<i8")
-            kept = verdicts == 0
-            report.docs_out += int(kept.sum())
-            report.bytes_out += int(lengths[kept].sum())
-            with open(f"{base}.jsonl", encoding="utf-8") as f, open(f"{base}.raw", encoding="utf-8") as raws:
-                for verdict, line in zip(verdicts.tolist(), f):
-                    raw = json.loads(raws.readline()) if settings.keep_examples else ""
-                    if verdict:
-                        pipe.record_removed("exact_dup" if verdict == 1 else "near_dup", raw)
-                    else:
-                        sink.write(line)
-            if progress:
-                progress("write", 1, len(results))
+    for res in results:
+        base = folder / f"{res.index:06d}"
+        verdicts = decision[g : g + res.n_pass]
+        g += res.n_pass
+        lengths = np.fromfile(f"{base}.len", dtype="<i8")
+        kept = verdicts == 0
+        report.docs_out += int(kept.sum())
+        report.bytes_out += int(lengths[kept].sum())
+        with open(f"{base}.jsonl", encoding="utf-8") as f, open(f"{base}.raw", encoding="utf-8") as raws:
+            for verdict, line in zip(verdicts.tolist(), f):
+                raw = json.loads(raws.readline()) if settings.keep_examples else ""
+                if verdict:
+                    pipe.record_removed("exact_dup" if verdict == 1 else "near_dup", raw)
+                else:
+                    sink.write(line)
+        if progress:
+            progress("write", 1, len(results))
     return report, reader
