@@ -5,12 +5,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-__all__ = ["EOS", "MAX_PRETOKEN_CHARS", "cache_dir", "load_or_train_bpe", "pre_tokenizer", "train_bpe"]
+__all__ = [
+    "EOS",
+    "MAX_PIECE_CHARS",
+    "MAX_PRETOKEN_CHARS",
+    "cache_dir",
+    "document_pieces",
+    "load_or_train_bpe",
+    "pre_tokenizer",
+    "train_bpe",
+]
 
 EOS = "<|endoftext|>"
 # Below 256 + special tokens a byte-level BPE cannot even hold its alphabet.
@@ -20,6 +29,32 @@ MIN_VOCAB = 260
 # (400k characters took a minute); cut into pieces of this size, it grows linearly. Ordinary words, numbers
 # and punctuation runs are far shorter, so an ordinary corpus gets the same vocabulary either way.
 MAX_PRETOKEN_CHARS = 256
+# Longest piece of a document handed to the trainer at once, in characters. ``tokenizers`` holds a document's
+# pre-tokens with their offsets while it counts them, about 120 bytes per character of a document of one
+# repeated word (a 12 MB one peaked at 1.5 GB); cut at a space between words, a piece keeps the same
+# pre-tokens and costs about 30 MB, so the same 12 MB document peaks near 140 MB whatever its size.
+MAX_PIECE_CHARS = 1 << 18
+
+
+def document_pieces(text: str, max_chars: int = MAX_PIECE_CHARS) -> Iterator[str]:
+    """``text`` in pieces of at most ``max_chars`` characters, cut before a single space between two words
+    (GPT-2's split gives each piece the pre-tokens the whole text has there); a window without one is cut
+    where it ends.
+
+    Example:
+        >>> list(document_pieces("aa bb cc dd ee", max_chars=6))
+        ['aa bb', ' cc dd', ' ee']
+    """
+    start = 0
+    while len(text) - start > max_chars:
+        end = start + max_chars
+        cut = text.rfind(" ", start + 1, end + 1)
+        while cut > start and (text[cut - 1].isspace() or text[cut + 1 : cut + 2].isspace()):
+            cut = text.rfind(" ", start + 1, cut)
+        cut = cut if cut > start else end
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
 
 
 def pre_tokenizer(max_pretoken_chars: int | None = MAX_PRETOKEN_CHARS) -> pre_tokenizers.PreTokenizer:
@@ -96,7 +131,8 @@ def train_bpe(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=show_progress,
     )
-    tok.train_from_iterator(texts, trainer=trainer, length=length)
+    pieces = (piece for text in texts for piece in document_pieces(text))  # bounded memory per document
+    tok.train_from_iterator(pieces, trainer=trainer, length=length)
     return tok
 
 

@@ -339,6 +339,7 @@ def _error_line(exc: BaseException) -> str:
         reason = exc.strerror or type(exc).__name__
         hint = {
             "EACCES": "; pick a writable folder with -o / --work-dir",
+            "EPERM": "; pick a writable folder with -o / --work-dir",
             "EROFS": "; pick a writable folder with -o / --work-dir",
             "ENOSPC": "; free space there or pick another disk with -o / --work-dir",
             "EFBIG": "; the file size limit was reached there: raise it or pick another -o",
