@@ -45,9 +45,7 @@ def decontaminate_split(
             split and the fixes).
     """
     if n < 1:
-        raise ValueError(
-            f"n={n} must be >= 1; 13 is GPT-3's choice (0 turns the check off in TextDataModule)"
-        )
+        raise ValueError(f"n={n} must be >= 1; 13 is GPT-3's choice (0 turns the check off in TextDataModule)")
     train_out = list(train)
     remaining = {name: list(enumerate(docs)) for name, docs in held_out.items()}
     moved: dict[str, list[int]] = {name: [] for name in held_out}

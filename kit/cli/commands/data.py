@@ -33,6 +33,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from kit.data.dedup import MAX_CANDIDATES
 from kit.data.text import LoadReport, iter_documents, resolve_paths
 
 __all__ = ["main"]
@@ -69,7 +70,12 @@ def _clean(args: argparse.Namespace, console: Console) -> int:
         lowercase=args.lowercase,
         exact_dedup=not args.no_exact_dedup,
         near_dedup=not args.no_near_dedup,
-        minhash={"bands": args.bands, "rows": args.rows, "ngram": args.ngram},
+        minhash={
+            "bands": args.bands,
+            "rows": args.rows,
+            "ngram": args.ngram,
+            "max_candidates": args.max_candidates or None,
+        },
         keep_examples=args.examples,
         text_key=args.text_key,
     )
@@ -296,6 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bands", type=int, default=14)
     p.add_argument("--rows", type=int, default=8)
     p.add_argument("--ngram", type=int, default=5)
+    p.add_argument(
+        "--max-candidates",
+        type=int,
+        default=MAX_CANDIDATES,
+        help="kept documents compared per LSH band at most, the most recent first (0: all; quadratic on "
+        "templated corpora)",
+    )
     p.add_argument(
         "--workers", type=int, default=1, help="processes for clean/filter/signatures (one shard file each)"
     )
