@@ -35,7 +35,6 @@ import json
 import math
 import multiprocessing
 import os
-import pickle
 import resource
 import sys
 from array import array
@@ -686,12 +685,8 @@ def clean_corpus(
 
 def _plan(paths: list[Path], settings: CleanSettings, piece_bytes: int | None) -> str:
     """What decides the shard files; a resumed run reuses them only when it is unchanged."""
-    try:
-        frozen: bytes | str = pickle.dumps(settings)
-    except (pickle.PicklingError, TypeError, AttributeError):
-        frozen = repr(settings)
     files = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
-    return plan_digest([files, piece_bytes, frozen])
+    return plan_digest([files, piece_bytes, settings])
 
 
 def _write(

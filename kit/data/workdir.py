@@ -271,11 +271,35 @@ def save_done(folder: Path, index: int, result: dict[str, Any]) -> None:
     os.replace(tmp, folder / f"{index:06d}.done")
 
 
+def stable(obj: Any, depth: int = 0) -> Any:
+    """``obj`` as plain data that is the same in every process: sets sorted, objects as their class and fields.
+
+    ``pickle`` and ``repr`` are not: a set's order follows the per-process string hash seed.
+
+    Example:
+        >>> stable({"b": {3, 1}, "a": (1.5, None)})
+        [['a', [1.5, None]], ['b', [1, 3]]]
+    """
+    if depth > 20 or obj is None or isinstance(obj, (bool, int, float, str, bytes)):
+        return obj if not isinstance(obj, bytes) else obj.hex()
+    if isinstance(obj, dict):
+        return sorted(([stable(k, depth + 1), stable(v, depth + 1)] for k, v in obj.items()), key=repr)
+    if isinstance(obj, (set, frozenset)):
+        return sorted((stable(v, depth + 1) for v in obj), key=repr)
+    if isinstance(obj, (list, tuple)):
+        return [stable(v, depth + 1) for v in obj]
+    kind = f"{type(obj).__module__}.{type(obj).__qualname__}"
+    fields = getattr(obj, "__dict__", None)
+    if fields is None:
+        return [kind, getattr(obj, "__qualname__", None)]  # a function or a builtin: its name
+    return [kind, getattr(obj, "__qualname__", None), stable(fields, depth + 1)]
+
+
 def plan_digest(parts: Iterable[Any]) -> str:
     """A digest of what decides the shard files: input files (name, size, time), pieces and settings."""
     h = hashlib.sha256()
     for part in parts:
-        h.update(part if isinstance(part, bytes) else repr(part).encode())
+        h.update(json.dumps(stable(part), default=repr).encode())
     return h.hexdigest()
 
 
