@@ -183,6 +183,32 @@ def test_resume_reuses_the_shards_a_killed_run_finished(tmp_path: Path):
     assert not work.exists()
 
 
+def test_cli_resume_after_killing_a_two_worker_run(tmp_path: Path):
+    raw = tmp_path / "raw"
+    _write_corpus(raw, files=8, docs=300)
+    args = [sys.executable, "-m", "kit.cli.commands.data", "clean", str(raw), "--workers", "2"]
+    full = subprocess.run(
+        [*args, "-o", str(tmp_path / "full.jsonl")], env=ENV, capture_output=True, timeout=300
+    )
+    assert full.returncode == 0, full.stdout
+    out, work = tmp_path / "clean.jsonl", tmp_path / ".kit-clean-clean.jsonl"
+    run = subprocess.Popen(
+        [*args, "-o", str(out)], env=ENV, start_new_session=True, stdout=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while not list(work.glob("*.done")) and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGKILL)  # the command and its workers, as a hard kill does
+    run.wait()
+    if not list(work.glob("*.done")):
+        pytest.skip("the run ended before a shard was finished")
+    assert not out.exists()
+    again = _kit_data("clean", str(raw), "--workers", "2", "-o", str(out), "--resume", timeout=300)
+    assert again.returncode == 0 and "resuming:" in again.stdout, again.stdout
+    assert out.read_text() == (tmp_path / "full.jsonl").read_text() and len(_lines(out)) > 1000
+    assert not work.exists()
+
+
 def test_resume_after_the_inputs_changed_starts_over(tmp_path: Path):
     raw = tmp_path / "raw"
     _write_corpus(raw, files=2)
