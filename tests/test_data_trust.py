@@ -209,6 +209,30 @@ def test_cli_resume_after_killing_a_two_worker_run(tmp_path: Path):
     assert not work.exists()
 
 
+def test_an_interrupt_keeps_the_finished_shards_for_resume(tmp_path: Path, monkeypatch):
+    import kit.data.scaleout as scaleout
+
+    raw = tmp_path / "raw"
+    _write_corpus(raw, files=3)
+    out = tmp_path / "clean.jsonl"
+    real = scaleout._screen_shard
+
+    def interrupted(task):
+        if task.index == 2:
+            raise KeyboardInterrupt
+        return real(task)
+
+    monkeypatch.setattr(scaleout, "_screen_shard", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        clean_corpus([raw], out, _settings())
+    work = tmp_path / ".kit-clean-clean.jsonl"
+    assert len(list(work.glob("*.done"))) == 2 and not out.exists()
+    monkeypatch.setattr(scaleout, "_screen_shard", real)
+    lines: list[str] = []
+    assert clean_corpus([raw], out, _settings(), resume=True, log=lines.append).report.docs_in == 135
+    assert any("resuming: 2 finished shard(s)" in line for line in lines) and not work.exists()
+
+
 def test_resume_after_the_inputs_changed_starts_over(tmp_path: Path):
     raw = tmp_path / "raw"
     _write_corpus(raw, files=2)
