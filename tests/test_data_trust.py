@@ -106,6 +106,20 @@ def test_rerun_with_output_inside_the_input_folder_gives_the_same_output(tmp_pat
     assert leftovers == [] and not (raw / ".kit-clean-clean.jsonl").exists()
 
 
+def test_an_earlier_output_of_another_name_is_not_read_again(tmp_path: Path):
+    raw = tmp_path / "raw"
+    _write_corpus(raw)
+    first = clean_corpus([raw], raw / "a.jsonl", _settings()).report
+    lines: list[str] = []
+    second = clean_corpus([raw], raw / "b.jsonl", _settings(), log=lines.append).report
+    assert (second.docs_in, second.docs_out) == (first.docs_in, first.docs_out)
+    assert (raw / "a.jsonl").read_text() == (raw / "b.jsonl").read_text()
+    assert any("left out 1 earlier output" in line for line in lines)
+    # named on its own, an earlier output is an input like any other (cleaning a cleaned file)
+    third = clean_corpus([raw / "a.jsonl"], tmp_path / "c.jsonl", _settings()).report
+    assert third.docs_in == first.docs_out
+
+
 def test_stale_work_folder_is_swept_with_a_line(tmp_path: Path):
     _write_corpus(tmp_path / "raw")
     out = tmp_path / "out" / "clean.jsonl"

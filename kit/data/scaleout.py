@@ -635,7 +635,7 @@ def clean_corpus(
     settings = settings or CleanSettings()
     output = Path(output)
     check_output(inputs, output)
-    paths = input_files(inputs, output)
+    paths = input_files(inputs, output, log)
     output.parent.mkdir(parents=True, exist_ok=True)
     root = Path(work_dir) if work_dir else output.parent
     root.mkdir(parents=True, exist_ok=True)

@@ -141,13 +141,33 @@ def own_files(path: Path, output: Path) -> bool:
     return any(p.startswith((WORK_PREFIX, LEGACY_WORK_PREFIX)) for p in path.parent.parts)
 
 
-def input_files(inputs: str | os.PathLike | Iterable[str | os.PathLike], output: Path) -> list[Path]:
+def input_files(
+    inputs: str | os.PathLike | Iterable[str | os.PathLike],
+    output: Path,
+    log: Callable[[str], None] | None = None,
+) -> list[Path]:
     """:func:`kit.data.text.resolve_paths` without the files a clean run writes itself (:func:`own_files`).
+
+    A folder or glob also leaves out the earlier outputs of this command (:func:`mark_output` recorded them,
+    unchanged since), with a line through ``log``; a file named on its own is always read.
 
     Raises:
         FileNotFoundError: an input matches nothing, or nothing is left.
     """
-    paths = [p for p in resolve_paths(inputs) if not own_files(p, output)]
+    entries = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    paths: list[Path] = []
+    earlier: list[Path] = []
+    for entry in entries:
+        named = not _has_magic(str(entry)) and not Path(os.path.expanduser(str(entry))).is_dir()
+        for path in resolve_paths(entry):
+            if own_files(path, output):
+                continue
+            if not named and is_own_output(path):
+                earlier.append(path)
+                continue
+            paths.append(path)
+    if earlier and log:
+        log(f"left out {len(earlier)} earlier output(s) of kit data clean found in the inputs: {earlier[:3]}")
     if not paths:
         raise FileNotFoundError(
             f"the inputs hold no files besides this command's own output and work files ({output}); "
