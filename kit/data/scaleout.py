@@ -16,9 +16,9 @@
    compared, so a templated corpus stays linear (:class:`kit.data.dedup.MinHashDeduplicator`). So the output is the same as :class:`kit.data.pipeline.DataPipeline`
    run over the shards in order, cross-shard duplicates included, whatever ``workers`` is.
 
-What stays in memory: one byte per document (its decision), 24 bytes per LSH bucket collision (a document
+What stays in memory: one byte per document (its decision), 32 bytes per LSH bucket collision (a document
 sharing a band with an earlier one: rare outside near duplicates and templated pages, and at most ``bands``
-per document: 336 B at the defaults), the last 8192 signatures read (3.7 MB), and one partition at a time
+per document: 448 B at the defaults), the last 8192 signatures read (3.7 MB), and one partition at a time
 (``records_in_memory`` records of 16-24 bytes, plus the sort's copies).
 
 The work files live in a hidden folder beside the output (:mod:`kit.data.workdir`): a killed run's folder is
@@ -356,7 +356,8 @@ class _Merge:
         self.records = records  # records per partition held in memory at once
         self.decision = np.zeros(self.total, dtype=np.uint8)  # 0 kept, 1 exact_dup, 2 near_dup
         self._sig_files: dict[int, int] = {}  # shard -> open file descriptor
-        self._sig_cache: dict[int, np.ndarray] = {}  # document -> signature, oldest read first
+        self._cache: np.ndarray | None = None  # signatures read, row i % _SIG_CACHE (see _signatures)
+        self._cached = np.empty(0, dtype=np.int64)  # the document in each row, or -1
         self.cap_hits = 0  # documents whose LSH walk stopped at max_candidates in some band
 
     def _base(self, shard: int) -> Path:
@@ -392,18 +393,25 @@ class _Merge:
                 progress("exact dedup", 1, parts.n)
 
     def _signature(self, idx: int) -> np.ndarray:
-        """One signature read from its shard file (a read, not a mapping: mapped pages would pile up in RSS).
+        """One signature read from its shard file (a read, not a mapping: mapped pages would pile up in RSS)."""
+        return self._signatures([idx])[0]
 
-        The last ``_SIG_CACHE`` signatures read stay in memory (448 B each at the defaults): a bucket's walk
-        reads its most recent kept documents again and again.
-        """
-        cached = self._sig_cache.get(idx)
-        if cached is not None:
-            return cached
-        if len(self._sig_cache) >= self._SIG_CACHE:
-            del self._sig_cache[next(iter(self._sig_cache))]  # the oldest read
-        self._sig_cache[idx] = sig = self._read_signature(idx)
-        return sig
+    def _signatures(self, docs: list[int]) -> np.ndarray:
+        """``(len(docs), num_perm)`` signatures through a direct-mapped cache of ``_SIG_CACHE`` rows (document
+        ``i`` in row ``i % _SIG_CACHE``; 3.7 MB at the defaults): a bucket's walk reads its most recent kept
+        documents again and again, and recent documents never evict each other."""
+        if self._cache is None:
+            self._cache = np.empty((self._SIG_CACHE, self.near.num_perm), dtype=np.uint32)
+            self._cached = np.full(self._SIG_CACHE, -1, dtype=np.int64)
+        idx = np.asarray(docs, dtype=np.int64)
+        rows = idx % self._SIG_CACHE
+        for k in np.flatnonzero(self._cached[rows] != idx).tolist():
+            self._cache[rows[k]] = self._read_signature(int(idx[k]))
+            self._cached[rows[k]] = idx[k]
+        out = self._cache[rows]
+        for k in np.flatnonzero(self._cached[rows] != idx).tolist():  # two of these documents share a row
+            out[k] = self._read_signature(int(idx[k]))
+        return out
 
     def _read_signature(self, idx: int) -> np.ndarray:
         shard = int(np.searchsorted(self.offsets, idx, side="right")) - 1
@@ -443,7 +451,7 @@ class _Merge:
             if progress:
                 progress("near dedup: sort bands", 1, n_parts)
         # The links are the one structure that grows with the data (with its near duplicates, not its size):
-        # 24 bytes each once built. Temporaries are dropped as soon as they are used, so building them peaks
+        # 32 bytes each once walked (slot, previous document, latest kept document, its link). Temporaries are dropped as soon as they are used, so building them peaks
         # at about 32 bytes per link rather than several copies.
         slots = np.concatenate(link_slot) if link_slot else np.empty(0, np.int64)
         link_slot.clear()
@@ -462,20 +470,26 @@ class _Merge:
         self._walk(slot_links, prev_links, bands)
 
     def _walk(self, slots: array, prevs: array, bands: int) -> None:
-        """In document order: near duplicate iff an earlier kept document in a shared bucket verifies."""
+        """In document order: near duplicate iff one of the ``max_candidates`` most recent earlier kept
+        documents of a shared bucket verifies.
+
+        Each link keeps the latest kept document before it in its bucket and that document's own link, so a
+        walk follows positions, with one search per link of the new document rather than per step.
+        """
         near, decision = self.near, self.decision
         below = array("q", bytes(8 * len(slots)))  # per link: latest kept document before it in the bucket
+        below_at = array("q", bytes(8 * len(slots)))  # per link: that document's link in the bucket, or -1
 
         def link(doc: int, band: int) -> int:  # position of (doc, band) among the links, or -1
             slot = doc * bands + band
             t = bisect_left(slots, slot)
             return t if t < len(slots) and slots[t] == slot else -1
 
-        def latest_kept(band: int, doc: int) -> int:  # at or before ``doc`` in its bucket
-            if decision[doc] == 0:
-                return doc
+        def latest_kept(band: int, doc: int) -> tuple[int, int]:  # at or before ``doc``, and its link
             t = link(doc, band)
-            return -1 if t < 0 else below[t]
+            if decision[doc] == 0:
+                return doc, t
+            return (-1, -1) if t < 0 else (below[t], below_at[t])
 
         cap = near.max_candidates if near.max_candidates is not None else len(decision) + 1
         t = 0
@@ -488,28 +502,25 @@ class _Merge:
                 walk: list[int] = []  # band by band, the bucket's kept documents, most recent first, capped
                 capped = False
                 for u in range(t, end):
-                    band = slots[u] % bands
-                    i = latest_kept(band, prevs[u])
+                    i, k = latest_kept(slots[u] % bands, prevs[u])
                     if i >= 0 and not near.verify:
                         decision[j] = 2
                         break
                     stop = len(walk) + cap
                     while i >= 0 and len(walk) < stop:
                         walk.append(i)
-                        k = link(i, band)
-                        i = -1 if k < 0 else below[k]
+                        i, k = (-1, -1) if k < 0 else (below[k], below_at[k])
                     capped |= i >= 0
                 if walk and self._verifies(walk, self._signature(j)):
                     decision[j] = 2
                 self.cap_hits += capped and decision[j] == 0
             for u in range(t, end):
-                below[u] = latest_kept(slots[u] % bands, prevs[u])
+                below[u], below_at[u] = latest_kept(slots[u] % bands, prevs[u])
             t = end
 
     def _verifies(self, walk: list[int], sig: np.ndarray) -> bool:
         """Whether one of ``walk``'s documents reaches the similarity threshold (as ``signature_similarity``)."""
-        sigs = np.stack([self._signature(i) for i in walk])
-        share = np.count_nonzero(sigs == sig, axis=1) / self.near.num_perm
+        share = np.count_nonzero(self._signatures(walk) == sig, axis=1) / self.near.num_perm
         return bool((share >= self.near.verify_threshold).any())
 
 
