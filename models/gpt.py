@@ -23,6 +23,7 @@ from kit.models._hooks import QKVLayoutHooks
 from kit.nn.aux import add_aux_losses
 from kit.nn.config import GPTConfig
 from kit.nn.gpt import GPT as _GPT
+from kit.nn.peft import PeftConfig
 from kit.nn.transforms import apply_transforms
 from kit.optim import SCHEDULES, fused_available, lr_lambda, param_groups
 
@@ -100,6 +101,8 @@ class CausalLM(QKVLayoutHooks, pl.LightningModule):
             (``config.json`` + safetensors, GPT-2 / Llama / Mistral / Qwen2 family) or a kit checkpoint (a ``.ckpt``,
             a run folder or a recipe name). With ``config`` None the model takes the source's config; a ``config``
             dict changes fields of it (``{"dropout": 0.1}``); a ``GPTConfig`` must have the source's shape.
+        peft: parameter-efficient fine-tuning (:class:`kit.nn.peft.PeftConfig` or its dict: ``lora``, ``qlora``,
+            ``adapters``, ``prompt``), applied after the weights are in place; None trains every parameter.
 
     Example:
         >>> lm = CausalLM(GPTConfig.from_name("debug"))
@@ -121,6 +124,7 @@ class CausalLM(QKVLayoutHooks, pl.LightningModule):
         compile: bool = False,
         fused: bool | None = None,
         init_from: str | None = None,
+        peft: PeftConfig | dict | None = None,
     ) -> None:
         super().__init__()
         if schedule not in SCHEDULES:
@@ -139,10 +143,13 @@ class CausalLM(QKVLayoutHooks, pl.LightningModule):
         if isinstance(config, dict):  # load_from_checkpoint passes the saved hyperparameters back as a dict
             config = GPTConfig.from_dict(config)
         self.config = config if config is not None else GPTConfig.from_name("tiny")
+        self.peft = PeftConfig(**peft) if isinstance(peft, dict) else peft
         # the weights come from init_from once; a checkpoint of this run holds them itself, so a reload
-        # (load_from_checkpoint) must not need the source folder
-        self.save_hyperparameters(ignore=["config", "init_from"])
+        # (load_from_checkpoint) must not need the source folder. The data may still read its tokenizer there.
+        self.init_from = init_from
+        self.save_hyperparameters(ignore=["config", "init_from", "peft"])
         self.hparams["config"] = asdict(self.config)
+        self.hparams["peft"] = asdict(self.peft) if self.peft is not None else None
         self.model: _GPT | None = None
         # nan_strategy="disable": the default NaN check calls .any() on the host, one GPU sync per update
         # (measured: the Trainer side ran at 0.82x a plain loop on an H200 with it). A NaN loss stays NaN.
@@ -194,11 +201,16 @@ class CausalLM(QKVLayoutHooks, pl.LightningModule):
                 "raise the model's block_size or lower the data's"
             )
         if mesh is not None:
+            if self.peft is not None and self.peft.method != "full":
+                raise ValueError(
+                    f"peft.method={self.peft.method!r} with tensor parallelism is not supported; use fsdp-zero3 or ddp"
+                )
             self.model = self._build()
             self._parallelize(mesh)
             return
         self.model = apply_transforms(
             self._build(),
+            peft=self.peft,
             activation_checkpointing=self.config.activation_checkpointing,
             checkpoint_every=self.config.checkpoint_every,
             compile=self.hparams.compile,
@@ -245,7 +257,7 @@ class CausalLM(QKVLayoutHooks, pl.LightningModule):
 
     def _loss(self, batch: tuple[torch.Tensor, torch.Tensor], smoothing: float) -> torch.Tensor:
         idx, targets = batch
-        logits = self.model(idx)
+        logits = self.model(idx)[:, -idx.size(1) :]  # a soft prompt's positions have no target
         return F.cross_entropy(
             logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), label_smoothing=smoothing
         )

@@ -1,6 +1,6 @@
 """Compute planner: training FLOPs, GPU-time, and memory per GPU under DDP and ZeRO-1/2/3.
 
-Formulas (all documented in the README, "Compute planner"):
+Formulas (all documented in docs/planner.md):
 
 - FLOPs per token = ``6 N`` (forward 2N, backward 4N) ``+ 12 L d T`` for attention scores and the
   weighted sum (QK^T and AV, forward + backward; the count PaLM uses for MFU), from
