@@ -247,6 +247,13 @@ def test_an_interrupt_keeps_the_finished_shards_for_resume(tmp_path: Path, monke
     assert any("resuming: 2 finished shard(s)" in line for line in lines) and not work.exists()
 
 
+def test_resume_without_an_earlier_run_says_so(tmp_path: Path):
+    _write_corpus(tmp_path / "raw", files=1)
+    lines: list[str] = []
+    clean_corpus([tmp_path / "raw"], tmp_path / "o.jsonl", _settings(), resume=True, log=lines.append)
+    assert any("nothing to resume" in line for line in lines) and (tmp_path / "o.jsonl").exists()
+
+
 def test_resume_after_the_inputs_changed_starts_over(tmp_path: Path):
     raw = tmp_path / "raw"
     _write_corpus(raw, files=2)

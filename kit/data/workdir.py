@@ -242,6 +242,10 @@ class WorkFolder:
         self._sweep_legacy()
         if self.path.exists():
             self._take_over(plan, resume)
+        elif resume:
+            self.log(
+                f"nothing to resume: no work folder {self.path} of an earlier run; starting from the beginning"
+            )
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "owner").write_text(f"{os.getpid()}\n")
         (self.path / "plan").write_text(plan + "\n")
