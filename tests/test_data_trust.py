@@ -279,9 +279,8 @@ def test_read_only_folder_is_one_line(tmp_path: Path):
     finally:
         (tmp_path / "ro").chmod(0o755)
     assert res.returncode == 2 and "Traceback" not in res.stdout + res.stderr
-    line = [ln for ln in res.stdout.splitlines() if "cannot write" in ln]
-    assert len(line) == 1 and f"cannot write {ro}" in line[0], res.stdout
-    assert "pick a writable folder" in line[0]
+    line = [ln for ln in res.stdout.splitlines() if str(ro) in ln]
+    assert len(line) == 1 and "pick a writable folder" in line[0], res.stdout
 
 
 def test_parent_that_is_a_file_is_one_line(tmp_path: Path):

@@ -346,20 +346,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_WRITE_HINTS = {  # errno name -> (what failed, how to fix it)
+    "EACCES": ("cannot use", "; check its permissions, or pick a writable folder with -o / --work-dir"),
+    "EPERM": ("cannot use", "; check its permissions, or pick a writable folder with -o / --work-dir"),
+    "EROFS": ("cannot write", "; pick a writable folder with -o / --work-dir"),
+    "ENOSPC": ("cannot write", "; free space there or pick another disk with -o / --work-dir"),
+    "EFBIG": ("cannot write", "; the file size limit was reached there: raise it or pick another -o"),
+    "ENOTDIR": ("cannot write", ": a file stands where a folder is needed; pick another -o"),
+    "EEXIST": ("cannot write", ": a file stands where a folder is needed; pick another -o"),
+}
+
+
 def _error_line(exc: BaseException) -> str:
-    """One line for an error a user can fix: the path and the reason for a file-system error."""
+    """One line for an error a user can fix: the path and the reason for a file-system error.
+
+    Example:
+        >>> _error_line(OSError(28, "No space left on device", "/data/out.jsonl"))
+        'cannot write /data/out.jsonl: No space left on device; free space there or pick another disk with -o / --work-dir'
+    """
     if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.filename is not None:
         reason = exc.strerror or type(exc).__name__
-        hint = {
-            "EACCES": "; pick a writable folder with -o / --work-dir",
-            "EPERM": "; pick a writable folder with -o / --work-dir",
-            "EROFS": "; pick a writable folder with -o / --work-dir",
-            "ENOSPC": "; free space there or pick another disk with -o / --work-dir",
-            "EFBIG": "; the file size limit was reached there: raise it or pick another -o",
-            "ENOTDIR": ": a file stands where a folder is needed; pick another -o",
-            "EEXIST": ": a file stands where a folder is needed; pick another -o",
-        }.get(errno.errorcode.get(exc.errno or 0, ""), "")
-        return f"cannot write {exc.filename}: {reason}{hint}"
+        verb, hint = _WRITE_HINTS.get(errno.errorcode.get(exc.errno or 0, ""), ("cannot use", ""))
+        return f"{verb} {exc.filename}: {reason}{hint}"
     return str(exc)
 
 
