@@ -191,7 +191,7 @@ class MinHashDeduplicator:
     original, and the buckets it shares beside the template's are small, so recall holds. ``cap_hits``
     counts the documents whose walk the cap cut short (the pipeline report shows it); ``None`` walks all.
 
-    Memory: about 1.5 KB per kept document at the defaults (448 B signature, 112 B bucket links, 14 dict
+    Memory: about 2 KB per kept document at the defaults (448 B signature, 112 B bucket links, 14 dict
     entries of band key -> document, the key), whatever the document's length.
 
     Args:
