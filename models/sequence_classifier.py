@@ -27,6 +27,7 @@ from kit._compat import attached_trainer
 from kit.checkpoint.init_from import resolve_init_from
 from kit.checkpoint.migrations import upgrade_qkv_layout
 from kit.checkpoint.safe_load import load_checkpoint
+from kit.models._classify import ClassifierEvalSteps
 from kit.models._hooks import QKVLayoutHooks
 from kit.models._optim import optimizers_from_hparams
 from kit.nn import GPT, GPTConfig
@@ -130,7 +131,7 @@ def check_vocabulary(checkpoint: dict, model_vocab: int | None, data_vocab: int 
         )
 
 
-class SequenceClassifier(QKVLayoutHooks, pl.LightningModule):
+class SequenceClassifier(ClassifierEvalSteps, QKVLayoutHooks, pl.LightningModule):
     """Pooled backbone states -> dropout -> linear head; cross-entropy on ``(input_ids (B, T), label (B,))``.
 
     Logs ``val/acc``, ``val/f1`` (macro) and ``val/loss`` (and ``test/*``) through torchmetrics, and at fit start
@@ -291,29 +292,6 @@ class SequenceClassifier(QKVLayoutHooks, pl.LightningModule):
         self.log("train/loss", loss.detach(), prog_bar=True)
         return loss
 
-    def _eval(self, batch: tuple[torch.Tensor, torch.Tensor], metrics: MetricCollection) -> None:
-        idx, y = batch
-        logits = self(idx).float()
-        self.val_loss.update(F.cross_entropy(logits, y), weight=y.numel())
-        metrics.update(logits, y)
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval(batch, self.val_metrics)
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval(batch, self.test_metrics)
-
-    def _eval_end(self, metrics: MetricCollection, stage: str) -> None:
-        self.log_dict(metrics.compute(), prog_bar=stage == "val", sync_dist=True)
-        self.log(f"{stage}/loss", self.val_loss.compute(), sync_dist=True)
-        metrics.reset()
-        self.val_loss.reset()
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_end(self.val_metrics, "val")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_end(self.test_metrics, "test")
 
     # -- costs, optimisation, checkpoints -------------------------------------------------------------------
     def on_train_start(self) -> None:
