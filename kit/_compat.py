@@ -385,3 +385,45 @@ def schedule_loss_fn(schedule: Any) -> Callable[..., Any]:
 
 
 __all__ += ["schedule_loss_fn"]
+
+
+# --- DTensor caches --------------------------------------------------------------------------------------
+
+
+def release_dtensor_caches() -> None:
+    """Empty the module-level caches of ``torch.distributed.tensor`` that keep device meshes alive.
+
+    A ``DeviceMesh`` holds its ``ProcessGroup`` objects (``_pg_registry``), and DTensor caches meshes at module
+    level: the redistribute planner cache and ``lru_cache``s such as ``_gen_transform_infos`` and the sharding
+    propagator's. While they hold a mesh, ``destroy_process_group`` leaves its gloo worker threads running; the
+    groups are then freed during interpreter shutdown, where a gloo thread that needs the GIL aborts the process
+    ("terminate called without an active exception"). Emptying the caches first lets ``destroy_process_group``
+    free the groups and join their threads while the interpreter is whole. Nothing to do when DTensor was never
+    imported.
+
+    Example:
+        >>> release_dtensor_caches()  # before dist.destroy_process_group()
+    """
+    # public API: none yet (destroy_process_group does not reach these caches; torch has clear functions for
+    # some, not all). tested: torch 2.13.0 (torch.distributed.tensor._redistribute._planner_cache through
+    # clear_redistribute_planner_cache, and the lru caches of torch.distributed.tensor modules).
+    import functools
+    import gc
+    import sys
+
+    redistribute = sys.modules.get("torch.distributed.tensor._redistribute")
+    if redistribute is None:
+        return
+    clear_planners = getattr(redistribute, "clear_redistribute_planner_cache", None)
+    if clear_planners is not None:
+        clear_planners()
+    lru_type = type(functools.lru_cache(maxsize=None)(lambda: None))
+    for obj in gc.get_objects():
+        if isinstance(obj, lru_type) and (getattr(obj, "__module__", None) or "").startswith(
+            "torch.distributed"
+        ):
+            obj.cache_clear()
+    gc.collect()
+
+
+__all__ += ["release_dtensor_caches"]

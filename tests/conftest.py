@@ -37,18 +37,18 @@ def _kit_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _no_leaked_seed_env() -> Iterator[None]:
-    """``seed_everything`` (run by any ``kit fit``) writes PL_GLOBAL_SEED into ``os.environ``; Lightning's
-    distributed sampler shuffles with it, and torchrun workers inherit it. Each test leaves these variables
-    as it found them, so no test's batches depend on the tests that ran before it."""
-    names = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")
-    before = {name: os.environ.get(name) for name in names}
+def _no_leaked_env() -> Iterator[None]:
+    """Each test leaves ``os.environ`` as it found it, so no test depends on the tests that ran before it.
+
+    Tests that run Lightning or the ``kit`` command in this process write variables that spawned and torchrun
+    workers inherit: ``seed_everything`` sets PL_GLOBAL_SEED (Lightning's distributed sampler shuffles with it),
+    an in-process DDP fit sets MASTER_ADDR/MASTER_PORT/LOCAL_RANK/NODE_RANK, the kit command KIT_RUN_VERSION and
+    WANDB_MODE, and libraries set thread and KMP variables (all seen in one run of the default suite)."""
+    before = dict(os.environ)
     yield
-    for name, value in before.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    if dict(os.environ) != before:
+        os.environ.clear()
+        os.environ.update(before)
 
 
 # -- one shared set of tiny LightningModules and trainer helpers ------------------------------------------
@@ -220,7 +220,9 @@ def make_trainer(
     return pl.Trainer(max_steps=max_steps, callbacks=list(callbacks), **{**defaults, **kw})
 
 
-def signal_after_steps(proc: subprocess.Popen, record: Path, at_step: int, sig: int, timeout: float = 300) -> str:
+def signal_after_steps(
+    proc: subprocess.Popen, record: Path, at_step: int, sig: int, timeout: float = 300
+) -> str:
     """Send ``sig`` to ``proc`` once ``record`` (a JSONL line per step) has ``at_step`` lines; return its output."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:

@@ -177,7 +177,9 @@ def _lightning_cli():
 
             resolved = str(resolve_checkpoint(value))
             config["ckpt_path"] = self._verified_ckpt = resolved
-            hparams = trusted_hparams(load_checkpoint(resolved).get("hyper_parameters") or {}, config, resolved)
+            hparams = trusted_hparams(
+                load_checkpoint(resolved).get("hyper_parameters") or {}, config, resolved
+            )
             if hparams:
                 self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
 
@@ -252,7 +254,10 @@ def resolve_ckpt_path(value: str | None, trainer) -> str | None:
         found = find_latest(root, strict=True)  # checkpoints there but none verifying: an error listing each
         if found is None:
             if trainer.is_global_zero:
-                print(f"kit: --ckpt_path last: no complete checkpoint under {root}; starting from scratch", flush=True)
+                print(
+                    f"kit: --ckpt_path last: no complete checkpoint under {root}; starting from scratch",
+                    flush=True,
+                )
             return None
         if trainer.is_global_zero:
             print(f"kit: --ckpt_path last -> {found}", flush=True)
@@ -609,6 +614,14 @@ def _run_lightning_cli(argv: list[str], debug: bool = False) -> int:
         )
     finally:
         sys.argv = saved_argv
+    # a finished distributed run frees its process groups now, not in interpreter shutdown (where a tensor-
+    # parallel run's gloo threads could abort the process after a successful fit)
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        from kit.parallel.tensor import shutdown_process_groups
+
+        shutdown_process_groups()
     return 0
 
 

@@ -71,6 +71,7 @@ __all__ = [
     "check_tp_sizes",
     "mesh_dim",
     "parallelize",
+    "shutdown_process_groups",
     "tp_plan",
 ]
 
@@ -377,3 +378,30 @@ def _meshes(device_mesh: Any, *, tp: bool, fsdp: bool) -> tuple[Any | None, Any 
         raise ValueError("device_mesh has no 'tensor_parallel' dimension and fsdp=False: nothing to do")
     use_tp = tp and tp_mesh is not None and tp_mesh.size() > 1
     return (tp_mesh if use_tp else None), (dp_mesh if fsdp else None)
+
+
+def shutdown_process_groups(barrier: bool = True) -> None:
+    """End the run's process groups while the interpreter is still whole; call it on every rank, last.
+
+    ``dist.destroy_process_group()`` alone does not free the groups of a DTensor run (tensor parallel, FSDP2):
+    DTensor's module-level caches keep the device meshes, and the meshes keep their groups, so the gloo worker
+    threads live on into interpreter shutdown, where one that needs the GIL aborts the process ("terminate
+    called without an active exception"). This empties those caches (:func:`kit._compat.release_dtensor_caches`),
+    waits for every rank (``barrier``), then destroys every group. Nothing happens when no group is initialised.
+
+    Args:
+        barrier: wait for every rank before destroying, so no rank tears down while another still sends.
+
+    Example:
+        >>> shutdown_process_groups()  # no group initialised: nothing to do
+    """
+    import torch.distributed as dist
+
+    from kit._compat import release_dtensor_caches
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    release_dtensor_caches()
+    if barrier:
+        dist.barrier()
+    dist.destroy_process_group()
