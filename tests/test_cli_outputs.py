@@ -33,7 +33,9 @@ def test_short_fit_ends_validated_and_test_and_predict_write_their_own_results(t
     assert main(["fit", *FAST]) == 0
     out = capsys.readouterr().out
     assert "val loss:" in out and "unigram baseline val loss" in out  # the final validation ran
-    last = tmp_path / "runs/gpt-tiny/checkpoints/last.ckpt"
+    # each fit gets its own run folder; this is the first one under a fresh tmp_path
+    last = tmp_path / "runs/gpt-tiny/version_0/checkpoints/last.ckpt"
+    assert last.is_file(), sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.ckpt"))
     assert main(["validate", *FAST, "--ckpt_path", str(last)]) == 0
     val_out = capsys.readouterr().out
     assert main(["test", *FAST, "--ckpt_path", str(last)]) == 0
