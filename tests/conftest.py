@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,21 @@ def _kit_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
         os.environ.pop("KIT_CACHE", None)
     else:
         os.environ["KIT_CACHE"] = old
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_seed_env() -> Iterator[None]:
+    """``seed_everything`` (run by any ``kit fit``) writes PL_GLOBAL_SEED into ``os.environ``; Lightning's
+    distributed sampler shuffles with it, and torchrun workers inherit it. Each test leaves these variables
+    as it found them, so no test's batches depend on the tests that ran before it."""
+    names = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")
+    before = {name: os.environ.get(name) for name in names}
+    yield
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 # -- one shared set of tiny LightningModules and trainer helpers ------------------------------------------

@@ -36,7 +36,9 @@ def data(n=8):
     return torch.utils.data.DataLoader(ds, batch_size=4 // DP)  # a global batch of 4 over the replicas
 
 def fit(steps, ckpt_in=None):
-    torch.manual_seed(0)
+    # seed 0 for the weights and for Lightning's distributed sampler, which otherwise shuffles with whatever
+    # PL_GLOBAL_SEED this process inherited (an earlier seed_everything in the launching process sets it)
+    pl.seed_everything(0, verbose=False)
     if preset == "pipeline":
         from kit.models.pipeline_lm import PipelineCausalLM
         from kit.parallel.strategies import PipelineStrategy
@@ -83,7 +85,8 @@ def _one_process_reference() -> tuple[dict, dict]:
     model = CausalLM(GPTConfig.from_name("debug"), lr=1e-2, warmup_steps=1, max_steps=4)
     x = torch.randint(0, 64, (8, 17), generator=torch.Generator().manual_seed(0))
     ds = torch.utils.data.TensorDataset(x[:, :-1], x[:, 1:])
-    # the order Lightning's distributed sampler gives the parallel runs (shuffled, seed 0, one per epoch); with
+    # the order Lightning's distributed sampler gives the parallel runs (shuffled, seed 0 as the worker's
+    # seed_everything sets it, one per epoch); with
     # data parallelism each replica takes every dp-th example of it, so a global batch holds the same examples
     sampler = torch.utils.data.DistributedSampler(ds, num_replicas=1, rank=0, shuffle=True, seed=0)
     loader = torch.utils.data.DataLoader(ds, batch_size=4, sampler=sampler)
