@@ -8,11 +8,11 @@ The harness pins torch's threads first (``--threads``, default 1 on CPU; the cou
 ``threads``), prints progress on stderr, and writes ``<name>.json`` and ``<name>.md`` into a fresh run
 folder, ``runs/bench/<UTC time>/`` under the current directory; it never writes over the committed
 ``benchmarks/results/``. ``--publish`` copies a run folder's files into ``benchmarks/results/`` and
-refreshes every README block fenced by ``<!-- results:FILE.md -->`` ... ``<!-- /results -->`` from them,
-so the README's figures are the files' figures:
+refreshes every docs/benchmarks.md block fenced by ``<!-- results:FILE.md -->`` ... ``<!-- /results -->`` from them,
+so the figures in docs/benchmarks.md are the files' figures:
 
     python -m benchmarks monitor_overhead                      # -> runs/bench/<time>/monitor_overhead.{json,md}
-    python -m benchmarks --publish runs/bench/<time>           # -> benchmarks/results/ + README blocks
+    python -m benchmarks --publish runs/bench/<time>           # -> benchmarks/results/ + docs/benchmarks.md blocks
     python -m benchmarks monitor_overhead --publish            # both in one go
 """
 
@@ -31,7 +31,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-README = HERE.parent / "README.md"
+README = HERE.parent / "docs" / "benchmarks.md"  # the page whose result blocks --publish refreshes
 _OUT: dict[str, Path] = {}
 _BLOCK = re.compile(r"(<!-- results:(?P<file>[\w.\-]+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
 
@@ -151,7 +151,7 @@ def readme_block(markdown: str) -> str:
 
 
 def publish(run_dir: Path, results: Path = RESULTS, readme: Path = README) -> list[Path]:
-    """Copy a run folder's ``.json``/``.md``/``.png`` into ``results`` and refresh the README's result blocks."""
+    """Copy a run folder's ``.json``/``.md``/``.png`` into ``results`` and refresh the result blocks of docs/benchmarks.md."""
     run_dir = Path(run_dir)
     files = sorted(p for p in run_dir.glob("*") if p.suffix in (".json", ".md", ".png"))
     if not files:
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         const="",
         default=None,
         metavar="RUN_DIR",
-        help="copy RUN_DIR's results into benchmarks/results and refresh the README (after NAME: this run's)",
+        help="copy RUN_DIR's results into benchmarks/results and refresh docs/benchmarks.md (after NAME: this run's)",
     )
     parser.add_argument("-h", "--help", action="store_true")
     args, rest = parser.parse_known_args(argv)

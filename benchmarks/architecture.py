@@ -8,7 +8,7 @@ Three parts (``--parts``, default all):
 - ``moe-quality``: ``gpt-tiny`` with a dense MLP against ``gpt-tiny`` with an MoE feed-forward, trained on the
   embedded corpus with the same data order; validation loss at equal steps, and the dense model's loss at
   equal *executed* FLOPs (MoE compute includes the router and the capacity padding, so the dense side gets
-  that many more steps). This tests the seed's "MoE lowers energy" claim at toy scale.
+  that many more steps). This tests the claim that MoE lowers the energy per quality at toy scale.
 - ``checkpointing``: activation bytes saved for backward (counted with ``saved_tensors_hooks``, exact on any
   device) and step time, without checkpointing and with each mode of ``kit.nn.transforms``.
 

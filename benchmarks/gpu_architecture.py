@@ -6,7 +6,7 @@
    The issue's bar: at least 10x faster than dense at 64k, memory linear in length (a raw call measured ~17x).
 2. Activation checkpointing on GPT-2 124M, batch 16 x 1024, bf16 autocast + fused AdamW: peak memory and step
    time without checkpointing and with each mode of ``kit.nn.transforms``, then the full mode at larger
-   batch and length to show where the saving approaches the seed's 75%. The bar: >= 50% less peak memory for
+   batch and length to show where the saving approaches the documented 75%. The bar: >= 50% less peak memory for
    <= 15% slower steps.
 
     python benchmarks/gpu_architecture.py --out DIR          # on a CUDA machine

@@ -1,4 +1,4 @@
-"""GPU smoke checks for issue 4 (precision, clipping, distributed presets) on one CUDA device.
+"""GPU smoke checks for precision, clipping and the distributed presets on one CUDA device.
 
     python benchmarks/gpu_distributed.py --out DIR [--quick]
 

@@ -1,4 +1,4 @@
-"""GPU checks for the monitoring callbacks (issue 5); prints PASS/FAIL per check and writes JSON.
+"""GPU checks for the monitoring callbacks; prints PASS/FAIL per check and writes JSON.
 
     python benchmarks/gpu_monitoring.py --out DIR [--skip-overhead]
 

@@ -1,4 +1,4 @@
-"""DDP vs FSDP2 vs FSDP2+TP vs pipeline (1F1B) vs 3D on the kit's GPT: tokens/s and peak memory per GPU (issue 10).
+"""DDP vs FSDP2 vs FSDP2+TP vs pipeline (1F1B) vs 3D on the kit's GPT: tokens/s and peak memory per GPU.
 
     python benchmarks/gpu_parallel.py --out DIR [--model gpt2] [--steps 20] [--smoke]
 

@@ -1,4 +1,4 @@
-"""GPU performance suite (issue 15): the kit's recipe through the Trainer against a raw PyTorch loop.
+"""GPU performance suite: the kit's recipe through the Trainer against a raw PyTorch loop.
 
     python benchmarks/gpu_perf.py --out DIR            # GPT-2 124M, 16 x 1024, compiled (CUDA)
     python benchmarks/gpu_perf.py --out DIR --smoke    # tiny shapes, no compile: proves the wiring on CPU

@@ -111,7 +111,7 @@ def time_hooks(callbacks: list[pl.Callback]) -> dict[str, float]:
 
 
 def all_monitors() -> list[pl.Callback]:
-    """Every monitor of issue 5 with its default arguments."""
+    """Every monitoring callback with its default arguments."""
     return [GradientHealth(), SpikeGuard(), HardwareMonitor(), TrainingDoctor(), HessianMonitor()]
 
 

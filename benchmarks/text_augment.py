@@ -2,7 +2,7 @@
 
 Trains the ``gpt-tiny`` recipe's model and data (4x128 GPT on the embedded pydoc corpus, vocab 2048, context
 128, batch 16, AdamW 2e-3 cosine) for the same number of steps with ``augment_p=0`` and with the
-``augment_p`` the README used to suggest (default 0.2; at 600 steps it raised the loss by 0.04-0.05; ``TextDataModule``'s default ops: swap, delete, sentence reordering)
+``augment_p`` of 0.2 (default 0.2; at 600 steps it raised the loss by 0.04-0.05; ``TextDataModule``'s default ops: swap, delete, sentence reordering)
 and reports the final validation loss per seed (validation every 150 steps when that divides the step count,
 else once at the end, so the figure is always taken after the last step). The validation set is the same
 original, unaugmented text in both runs. Loss figures do not depend on machine load.

@@ -221,7 +221,7 @@ def main(argv: list[str]) -> dict:
             )
         }
         notes.append(
-            "the seed's 'prompt tuning cuts fine-tuning cost ~100x', per cost (full / prompt, measured here): "
+            "the claim 'prompt tuning cuts fine-tuning cost ~100x', per cost (full / prompt, measured here): "
             + ", ".join(f"{k} {v}x" for k, v in ratio.items())
             + ". Parameters, optimizer state and per-task storage shrink by the trainable ratio; step time does "
             "not: the forward and backward still run through the whole (frozen) backbone, and the prompt makes "

@@ -9,6 +9,7 @@ from kit.callbacks.checkpoint import KitCheckpoint
 from kit.callbacks.clipping import GradientClipping
 from kit.callbacks.compression import GradientCompression
 from kit.callbacks.doctor import TrainingDoctor
+from kit.callbacks.export_hf import ExportHF
 from kit.callbacks.generative_augment import GenerativeAugment
 from kit.callbacks.gradient_health import GradientHealth
 from kit.callbacks.hardware import HardwareMonitor
@@ -21,6 +22,7 @@ from kit.callbacks.throughput import TokenThroughput
 from kit.callbacks.watchdog import HangWatchdog
 
 __all__ = [
+    "ExportHF",
     "GenerativeAugment",
     "GradientClipping",
     "GradientCompression",

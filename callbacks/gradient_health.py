@@ -12,7 +12,7 @@ The healthy band is relative by default: the geometric mean of the global norm o
 ``warmup_steps`` steps is the model's own reference, and the band is ``relative_band`` times it
 ((0.1, 10) x reference). Gradient norms differ by orders of magnitude between models (a toy regressor at ~100,
 a small CNN at ~0.1), so no absolute band fits models that are not ours. Pass ``band=(low, high)`` for an
-absolute band; ``GradientHealth.SEED_BAND`` = (0.5, 2.0) is the seed document's band for GPT pretraining with
+absolute band; ``GradientHealth.SEED_BAND`` = (0.5, 2.0) is the classic band for GPT pretraining with
 clipping at 1.0.
 
 Example:
@@ -50,7 +50,7 @@ class GradientHealth(Callback):
         log_every_n_steps: logging cadence in optimizer steps (``None``: the Trainer's).
         band: absolute healthy global grad-norm band ``(low, high)``, opt-in; ``None`` (default) learns the
             band: ``relative_band`` times the geometric-mean norm of the first ``warmup_steps`` steps.
-            ``GradientHealth.SEED_BAND`` is the seed document's (0.5, 2.0).
+            ``GradientHealth.SEED_BAND`` is the classic absolute (0.5, 2.0).
         relative_band: ``(low, high)`` factors around the learned reference.
         warmup_steps: optimizer steps that set the reference (no band check before).
         patience: warn when the norm stays outside the band this many consecutive steps.
@@ -69,7 +69,7 @@ class GradientHealth(Callback):
 
     Example:
         >>> cb = GradientHealth(log_every_n_steps=10)  # band learned over the first 100 steps
-        >>> seed = GradientHealth(band=GradientHealth.SEED_BAND)  # the seed's absolute (0.5, 2.0)
+        >>> seed = GradientHealth(band=GradientHealth.SEED_BAND)  # the classic absolute (0.5, 2.0)
     """
 
     SEED_BAND = (0.5, 2.0)

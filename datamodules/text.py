@@ -7,13 +7,18 @@ The steps are plain functions in ``kit.data`` (``corpus.load_corpus``, ``packing
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import warnings
 from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset
 
 from kit.data.corpus import (
@@ -37,7 +42,113 @@ except ImportError:  # pragma: no cover - torchdata is a core dependency, this k
 
     _Loader = DataLoader
 
-__all__ = ["BlockDataset", "TextDataModule"]
+__all__ = ["BlockDataset", "TextDataModule", "TokenizerFolder", "load_tokenizer_folder"]
+
+# the special-token roles a Hugging Face tokenizer folder may name, as tokenizer_config.json spells them
+SPECIAL_ROLES = ("bos", "eos", "pad", "unk", "cls", "sep", "mask")
+
+
+@dataclass
+class TokenizerFolder:
+    """A pretrained tokenizer read from a Hugging Face folder: the ``tokenizers`` object, its special tokens and
+    chat template, and the SHA-256 of ``tokenizer.json`` (the identity a run records, so a changed file is seen).
+
+    Example:
+        >>> tf = load_tokenizer_folder("my-model")  # doctest: +SKIP
+        >>> tf.special_ids["eos"], tf.vocab_size  # doctest: +SKIP
+        (2, 32000)
+    """
+
+    folder: Path
+    tokenizer: Tokenizer
+    sha256: str
+    special_tokens: dict[str, str] = field(default_factory=dict)  # role -> token text, only the roles present
+    chat_template: str | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.folder / "tokenizer.json"
+
+    @property
+    def vocab_size(self) -> int:
+        """Ids the tokenizer can produce, added tokens included."""
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def special_ids(self) -> dict[str, int]:
+        """Role -> id for every special token the folder names that the vocabulary holds."""
+        ids = {role: self.tokenizer.token_to_id(tok) for role, tok in self.special_tokens.items()}
+        return {role: i for role, i in ids.items() if i is not None}
+
+
+def _token_text(value: object) -> str | None:
+    # tokenizer_config.json writes a special token as a string or as an AddedToken dict
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) and value else None
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _chat_template(folder: Path, config: dict) -> str | None:
+    jinja = folder / "chat_template.jinja"  # newer transformers save the template beside the config
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    template = config.get("chat_template")
+    if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    return template if isinstance(template, str) and template else None
+
+
+def load_tokenizer_folder(folder: str | os.PathLike) -> TokenizerFolder:
+    """Read a Hugging Face tokenizer folder: ``tokenizer.json`` plus the special tokens and chat template of
+    ``tokenizer_config.json`` (and ``special_tokens_map.json``, ``chat_template.jinja`` where present).
+
+    Nothing is downloaded and no code from the folder runs (the chat template is rendered by ``transformers``'
+    sandboxed Jinja only when instruction data asks for it). Without a named ``eos_token``, ``<|endoftext|>``
+    is used when the vocabulary holds it.
+
+    Args:
+        folder: a local folder holding ``tokenizer.json`` (a model folder, or one written by ``save_pretrained``).
+
+    Returns:
+        A :class:`TokenizerFolder`.
+
+    Raises:
+        FileNotFoundError: the folder has no ``tokenizer.json``; the message says what to pass instead.
+
+    Example:
+        >>> tf = load_tokenizer_folder("my-model")  # doctest: +SKIP
+        >>> tf.tokenizer.encode("hello").ids  # doctest: +SKIP
+        [22557]
+    """
+    root = Path(folder).expanduser()
+    path = root / "tokenizer.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"tokenizer={str(folder)!r} holds no tokenizer.json; pass a Hugging Face model or tokenizer folder "
+            "(a slow sentencepiece-only tokenizer can be converted once with "
+            "AutoTokenizer.from_pretrained(dir).save_pretrained(dir)), or leave tokenizer unset to train BPE"
+        )
+    config = {**_read_json(root / "special_tokens_map.json"), **_read_json(root / "tokenizer_config.json")}
+    specials = {role: _token_text(config.get(f"{role}_token")) for role in SPECIAL_ROLES}
+    specials = {role: tok for role, tok in specials.items() if tok is not None}
+    tokenizer = Tokenizer.from_file(str(path))
+    if "eos" not in specials and tokenizer.token_to_id(EOS) is not None:
+        specials["eos"] = EOS
+    return TokenizerFolder(
+        folder=root,
+        tokenizer=tokenizer,
+        sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+        special_tokens=specials,
+        chat_template=_chat_template(root, config),
+    )
 
 
 class BlockDataset(Dataset):
@@ -87,6 +198,12 @@ class TextDataModule(pl.LightningDataModule):
         augment_p: probability that each training document also contributes an augmented copy
             (``kit.data.augment_text.TextAugmenter``: EDA swap/delete and sentence reordering, seeded by ``seed``;
             lines, punctuation, code and technical words kept). The tokenizer is trained on the originals only.
+        tokenizer: a pretrained model's tokenizer folder (holding ``tokenizer.json``; a Hugging Face model folder
+            will do) used instead of training BPE: ``vocab_size``, ``min_frequency`` and ``tokenizer_dir`` are then
+            unused, each document starts with the tokenizer's ``bos_token`` (when it has one distinct from eos) and
+            documents are separated by its ``eos_token``. The SHA-256 of ``tokenizer.json`` is logged and saved in
+            checkpoints; resuming with a different file warns. A model whose vocabulary is smaller than this
+            tokenizer's is an error at fit start naming both sizes.
 
     After ``setup()`` in source mode, ``source_counts`` (training blocks per source), ``source_proportions``
     (effective sampling share per source) and ``natural_proportions`` are available and logged.
@@ -115,6 +232,7 @@ class TextDataModule(pl.LightningDataModule):
         sources_from_topics: bool = False,
         temperature: float = 1.0,
         augment_p: float = 0.0,
+        tokenizer: str | None = None,
     ) -> None:
         super().__init__()
         if paths is not None and (sources is not None or sources_from_topics):
@@ -151,6 +269,8 @@ class TextDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.tokenizer = None
         self.tokenizer_path: str | None = None
+        self.tokenizer_sha256: str | None = None  # set when a tokenizer folder is given
+        self.special_ids: dict[str, int] = {}
         self.train_texts: list[str] = []
         self.val_texts: list[str] = []
         self.test_texts: list[str] = []
@@ -187,19 +307,17 @@ class TextDataModule(pl.LightningDataModule):
         self.report = report
         rank = source_rank(docs, source_of) if self.multi_source else None
         train_names = self._split(docs, source_of, rank)
-        tok, path, cached = load_or_train_bpe(
-            self.train_texts, hp.vocab_size, hp.min_frequency, hp.tokenizer_dir
-        )
+        tok, path, cached = self._tokenizer()
         self.tokenizer, self.tokenizer_path = tok, str(path)
         train_sources = [source_of.get(n, "") for n in train_names]
         if hp.augment_p > 0:  # after the tokenizer: it is trained on the original documents only
             self.train_texts, train_sources, self.augmented_docs = augment_documents(
                 self.train_texts, train_sources, hp.augment_p, hp.seed, rank
             )
-        eos = tok.token_to_id(EOS)
-        train_ids = [e.ids for e in tok.encode_batch(self.train_texts)]
-        val_ids = [e.ids for e in tok.encode_batch(self.val_texts)]
-        test_ids = [e.ids for e in tok.encode_batch(self.test_texts)]
+        eos = self.special_ids.get("eos") if hp.tokenizer else tok.token_to_id(EOS)
+        train_ids, val_ids, test_ids = (
+            self._encode(texts) for texts in (self.train_texts, self.val_texts, self.test_texts)
+        )
         self._pack(train_ids, val_ids, eos, test_ids)
         if self.multi_source:
             self._assign_sources(train_ids, train_sources, eos is not None)
@@ -208,6 +326,23 @@ class TextDataModule(pl.LightningDataModule):
         self.unigram_loss = unigram_cross_entropy(flat_train, flat_val, tok.get_vocab_size())
         if log:
             self._log_setup(path, cached, len(flat_train), len(flat_val))
+
+    def _tokenizer(self) -> tuple[Tokenizer, Path, bool]:
+        """The folder's tokenizer when one is given, else BPE trained on (or cached for) the training documents."""
+        hp = self.hparams
+        if not hp.tokenizer:
+            return load_or_train_bpe(self.train_texts, hp.vocab_size, hp.min_frequency, hp.tokenizer_dir)
+        folder = load_tokenizer_folder(hp.tokenizer)
+        self.tokenizer_sha256, self.special_ids = folder.sha256, folder.special_ids
+        return folder.tokenizer, folder.path, True
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        """Token ids per document; a pretrained tokenizer's bos starts each one (the trained BPE has none)."""
+        if not self.hparams.tokenizer:
+            return [e.ids for e in self.tokenizer.encode_batch(texts)]
+        bos, eos = self.special_ids.get("bos"), self.special_ids.get("eos")
+        head = [bos] if bos is not None and bos != eos else []
+        return [head + e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
 
     def _split(
         self, docs: dict[str, str], source_of: dict[str, str], rank: dict[str, int] | None
@@ -275,7 +410,7 @@ class TextDataModule(pl.LightningDataModule):
         source = "embedded pydoc_data corpus" if hp.paths is None else f"{report.files} file(s)"
         rank_zero_info(
             f"TextDataModule: {source}, {report.documents} documents ({len(self.train_texts)} train / "
-            f"{len(self.val_texts)} val / {len(self.test_texts)} test); tokenizer {'loaded from' if cached else 'trained and cached at'} "
+            f"{len(self.val_texts)} val / {len(self.test_texts)} test); tokenizer {self._tokenizer_origin(cached)} "
             f"{path} (vocab {self.vocab_size}); {n_train:,} train / {n_val:,} val tokens -> "
             f"{len(self.train_set)} / {len(self.val_set)} blocks of {hp.block_size}; "
             f"unigram baseline val loss {self.unigram_loss:.3f}"
@@ -309,6 +444,11 @@ class TextDataModule(pl.LightningDataModule):
             rank_zero_warn(
                 f"only {len(self.train_set)} training blocks for batch_size={self.batch_size}: one short batch per epoch"
             )
+
+    def _tokenizer_origin(self, cached: bool) -> str:
+        if self.hparams.tokenizer:
+            return f"(pretrained, sha256 {self.tokenizer_sha256[:12]}, specials {self.special_ids}) read from"
+        return "loaded from" if cached else "trained and cached at"
 
     def _assign_sources(self, train_ids: list[list[int]], sources: list[str], with_eos: bool) -> None:
         """Label each packed training block with the source of its first token; build the sampler weights."""
@@ -384,7 +524,7 @@ class TextDataModule(pl.LightningDataModule):
         return self._loader(self.test_set if self.test_set is not None else self.val_set, shuffle=False)
 
     def state_dict(self) -> dict:
-        return {"tokenizer_path": self.tokenizer_path}
+        return {"tokenizer_path": self.tokenizer_path, "tokenizer_sha256": self.tokenizer_sha256}
 
     def load_state_dict(self, state_dict: dict) -> None:
         # The tokenizer is rebuilt from the corpus (cache hit); a mismatch means the data changed under the run.
@@ -393,4 +533,11 @@ class TextDataModule(pl.LightningDataModule):
             rank_zero_warn(
                 f"resuming with a different tokenizer ({self.tokenizer_path}) than the checkpoint's ({saved}): "
                 "the corpus or data settings changed"
+            )
+        saved_sha = state_dict.get("tokenizer_sha256")
+        if saved_sha and self.tokenizer_sha256 and saved_sha != self.tokenizer_sha256:
+            rank_zero_warn(
+                f"resuming with a different tokenizer.json (sha256 {self.tokenizer_sha256[:12]}) than the "
+                f"checkpoint's ({saved_sha[:12]}): token ids no longer mean what the model learned; pass the "
+                "tokenizer folder the run started with"
             )

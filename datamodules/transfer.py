@@ -9,7 +9,10 @@ and the pretraining text never contains a test passage.
   class-stratified share of the training passages (1% or 0.1% for the few-label regime).
 
 The tokenizer is the kit's byte-level BPE trained on the pretraining text, plus the specials ``[PAD]``,
-``[CLS]``, ``[SEP]``, ``[MASK]`` appended at the end of the vocabulary. Rows shorter than ``block_size`` are
+``[CLS]``, ``[SEP]``, ``[MASK]`` appended at the end of the vocabulary; or, with ``tokenizer=DIR``, a pretrained
+model's tokenizer folder (:func:`kit.datamodules.text.load_tokenizer_folder`), whose own special tokens play those
+roles: ``cls_token`` (else ``bos_token``), ``sep_token`` (else ``eos_token``), ``pad_token`` (else the separator)
+and ``mask_token`` (masked-LM pretraining needs one). Rows shorter than ``block_size`` are
 padded with ``[PAD]``; the backbone has no attention mask, so pads are attended to (passages are long enough
 that almost every row is full; :attr:`pad_share` reports the share of pad tokens).
 
@@ -33,12 +36,16 @@ from kit.data.masking import bert_mask, nsp_pair
 from kit.data.passages import TopicTask, split_passages, subsample
 from kit.data.text import load_texts
 from kit.data.tokenizer import load_or_train_bpe
+from kit.datamodules.text import load_tokenizer_folder
 
 __all__ = ["DEFAULT_TOPICS", "SPECIALS", "MLMCollator", "MLMDataModule", "TopicDataModule"]
 
 # the six largest topics of the embedded pydoc corpus: distinct subjects, 19-55 KB each (an imbalanced task)
 DEFAULT_TOPICS = ["specialnames", "compound", "types", "string-methods", "debugger", "formatstrings"]
 SPECIALS = ["[PAD]", "[CLS]", "[SEP]", "[MASK]"]
+# the role each of the kit's specials plays, and the tokenizer_config.json roles that fill it in a pretrained
+# tokenizer, first present wins
+_ROLES = {"[PAD]": ("pad", "sep", "eos"), "[CLS]": ("cls", "bos"), "[SEP]": ("sep", "eos"), "[MASK]": ("mask",)}
 
 
 class _Rows(Dataset):
@@ -105,6 +112,7 @@ class _PassageData(pl.LightningDataModule):
         seed: int = 1234,
         num_workers: int = 0,
         tokenizer_dir: str | None = None,
+        tokenizer: str | None = None,
     ) -> None:
         super().__init__()
         if block_size < 8:
@@ -114,6 +122,8 @@ class _PassageData(pl.LightningDataModule):
         self.classes = list(classes) if classes is not None else list(DEFAULT_TOPICS)
         self.block_size, self.batch_size = block_size, batch_size
         self.tokenizer = None
+        self.tokenizer_sha256: str | None = None  # a pretrained tokenizer folder's tokenizer.json
+        self._special_ids: dict[str, int] = {}  # the kit's special name ("[PAD]") -> id
         self.task: TopicTask | None = None
         self.pad_share = 0.0
 
@@ -125,8 +135,9 @@ class _PassageData(pl.LightningDataModule):
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def special_id(self, token: str) -> int:
-        return self.tokenizer.token_to_id(token)
+    def special_id(self, token: str) -> int | None:
+        """The id of one of :data:`SPECIALS` (with a pretrained tokenizer: the token playing that role)."""
+        return self._special_ids.get(token)
 
     @property
     def pad_id(self) -> int | None:
@@ -137,13 +148,35 @@ class _PassageData(pl.LightningDataModule):
         docs, _ = load_texts(None)
         self.task = split_passages(docs, self.classes, hp.passage_words, hp.test_fraction, hp.seed)
         pretrain = [p for p, _ in self.task.train] + [p for p, _ in self.task.unlabelled]
+        if hp.tokenizer:
+            self._pretrained_specials(hp.tokenizer)
+            return
         tok, _, _ = load_or_train_bpe(pretrain, hp.vocab_size, 2, hp.tokenizer_dir)
         tok.add_special_tokens(SPECIALS)
         self.tokenizer = tok
+        self._special_ids = {t: tok.token_to_id(t) for t in SPECIALS}
+        self._special_ids["<|endoftext|>"] = tok.token_to_id("<|endoftext|>")
+
+    def _pretrained_specials(self, folder: str) -> None:
+        pretrained = load_tokenizer_folder(folder)
+        self.tokenizer, self.tokenizer_sha256 = pretrained.tokenizer, pretrained.sha256
+        ids = pretrained.special_ids
+        for name, roles in _ROLES.items():
+            found = [ids[r] for r in roles if r in ids]
+            if found:
+                self._special_ids[name] = found[0]
+        missing = [n for n in ("[CLS]", "[SEP]") if n not in self._special_ids]
+        if missing:
+            raise ValueError(
+                f"tokenizer={folder!r} names no token for {missing} (tokenizer_config.json has "
+                f"{sorted(pretrained.special_tokens)}); rows need a start and a separator: add cls_token/bos_token "
+                "and sep_token/eos_token to its tokenizer_config.json"
+            )
 
     def _encode(self, texts: list[str], budget: int | None = None) -> list[list[int]]:
         budget = budget or self.block_size - 2
-        return [e.ids[:budget] for e in self.tokenizer.encode_batch(texts)]
+        # add_special_tokens=False: the rows place their own start and separators
+        return [e.ids[:budget] for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
 
     def _row(self, *segments: list[int]) -> list[int]:
         cls, sep, pad = (self.special_id(t) for t in ("[CLS]", "[SEP]", "[PAD]"))
@@ -189,6 +222,7 @@ class MLMDataModule(_PassageData):
         seed: split, pairing and shuffling seed.
         num_workers: DataLoader workers.
         tokenizer_dir: tokenizer cache folder.
+        tokenizer: a pretrained tokenizer folder used instead of training BPE (``vocab_size`` is then unused).
         mask_prob: share of non-special tokens that become targets (BERT: 0.15).
         nsp: build sentence pairs, 50% true next passage (label 1) and 50% a passage of another topic (label 0).
         val_fraction: share of pretraining rows held out for validation (masked once, so val loss is comparable).
@@ -208,6 +242,7 @@ class MLMDataModule(_PassageData):
         mask_prob: float = 0.15,
         nsp: bool = False,
         val_fraction: float = 0.05,
+        tokenizer: str | None = None,
     ) -> None:
         super().__init__(
             classes,
@@ -219,6 +254,7 @@ class MLMDataModule(_PassageData):
             seed,
             num_workers,
             tokenizer_dir,
+            tokenizer,
         )
         if not 0.0 < mask_prob < 1.0:
             raise ValueError(f"mask_prob={mask_prob} must be in (0, 1); BERT uses 0.15")
@@ -273,7 +309,12 @@ class MLMDataModule(_PassageData):
         return ids, torch.tensor(labels, dtype=torch.long)
 
     def _collator(self, generator: torch.Generator | None = None) -> MLMCollator:
-        specials = [self.special_id(t) for t in SPECIALS] + [self.tokenizer.token_to_id("<|endoftext|>")]
+        if self.special_id("[MASK]") is None:
+            raise ValueError(
+                f"tokenizer={self.hparams.tokenizer!r} has no mask_token, which masked-LM pretraining needs; use a "
+                "tokenizer with one (a BERT-style folder) or leave tokenizer unset to train BPE with [MASK]"
+            )
+        specials = list(self._special_ids.values())
         return MLMCollator(
             self.special_id("[MASK]"),
             self.vocab_size,
@@ -302,6 +343,7 @@ class TopicDataModule(_PassageData):
         seed: split and shuffle seed.
         num_workers: DataLoader workers.
         tokenizer_dir: tokenizer cache folder.
+        tokenizer: a pretrained tokenizer folder used instead of training BPE (``vocab_size`` is then unused).
         train_fraction: class-stratified share of the training passages used (0.01 or 0.001 for few labels).
         val_fraction: share of the (reduced) training passages held out for validation; at least one.
         sample_seed: the draw of the ``train_fraction`` subset (None: ``seed``). The split and the tokenizer
@@ -322,6 +364,7 @@ class TopicDataModule(_PassageData):
         train_fraction: float = 1.0,
         val_fraction: float = 0.1,
         sample_seed: int | None = None,
+        tokenizer: str | None = None,
     ) -> None:
         super().__init__(
             classes,
@@ -333,6 +376,7 @@ class TopicDataModule(_PassageData):
             seed,
             num_workers,
             tokenizer_dir,
+            tokenizer,
         )
         subsample([("x", 0)], train_fraction)  # validates train_fraction with its own message
         if not 0.0 <= val_fraction < 1.0:

@@ -6,10 +6,11 @@ The networks they train are torch only and live in :mod:`kit.nn`; ``kit.models.G
 
 from kit.models.classifier import ImageClassifier
 from kit.models.gpt import CausalLM
+from kit.models.hf import HFCausalLM, HFSequenceClassifier
 from kit.models.masked_lm import MaskedLM
 from kit.models.sequence_classifier import SequenceClassifier
 
-__all__ = ["CausalLM", "ImageClassifier", "MaskedLM", "SequenceClassifier"]
+__all__ = ["CausalLM", "HFCausalLM", "HFSequenceClassifier", "ImageClassifier", "MaskedLM", "SequenceClassifier"]
 
 _MOVED = {"GPT": "kit.nn.gpt", "Block": "kit.nn.gpt", "GPTConfig": "kit.nn.config", "PeftConfig": "kit.nn.peft"}
 

@@ -1,28 +1,79 @@
 """``CausalLM``: the LightningModule that trains the kit's GPT (``kit.nn``) on next-token prediction.
 
 The network itself (``GPTConfig``, ``GPT``, ``Block``) is torch only and lives in :mod:`kit.nn`; importing
-those names from here still works for one release, with a ``DeprecationWarning``.
+those names from here still works for one release, with a ``DeprecationWarning``. ``init_from`` starts the
+network from a Hugging Face folder (:func:`kit.nn.hf.load_hf`) or a kit checkpoint.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, replace
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchmetrics import MeanMetric
 
 from kit._compat import attached_trainer
+from kit.checkpoint.compat import describe_mismatch
 from kit.models._hooks import QKVLayoutHooks
 from kit.nn.aux import add_aux_losses
 from kit.nn.config import GPTConfig
 from kit.nn.gpt import GPT as _GPT
+from kit.nn.peft import PeftConfig
 from kit.nn.transforms import apply_transforms
 from kit.optim import SCHEDULES, fused_available, lr_lambda, param_groups
 
-__all__ = ["CausalLM"]
+__all__ = ["CausalLM", "read_init_from"]
+
+
+def _is_hf_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file()
+
+
+def read_init_from(value: str | os.PathLike) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
+    """The config and ``GPT`` state dict that ``init_from`` names.
+
+    A folder holding ``config.json`` is a Hugging Face checkpoint (GPT-2, Llama, Mistral or Qwen2 family, read
+    by :func:`kit.nn.hf.load_hf`: safetensors only). Anything else is a kit checkpoint: a ``.ckpt`` file, a run
+    folder or a packaged recipe's name (:func:`kit.models.sequence_classifier.resolve_init_from`), read with
+    ``torch.load(weights_only=True)``; its ``model.*`` tensors and its saved config are used.
+
+    Raises:
+        FileNotFoundError: nothing usable there.
+        ValueError: an unsupported Hugging Face family, or a kit checkpoint without a saved config.
+    """
+    path = Path(value)
+    if _is_hf_folder(path):
+        from kit.nn.hf import load_hf
+
+        return load_hf(path)
+    from kit.models.sequence_classifier import resolve_init_from
+
+    resolved = resolve_init_from(value)
+    checkpoint = torch.load(resolved, map_location="cpu", weights_only=True)
+    config = (checkpoint.get("hyper_parameters") or {}).get("config")
+    if config is None:
+        raise ValueError(
+            f"init_from={str(value)!r}: {resolved} holds no model config; pass a CausalLM checkpoint"
+        )
+    from kit.checkpoint.migrations import upgrade_qkv_layout
+
+    config = GPTConfig.from_dict(config)
+    with torch.device("meta"):
+        probe = _GPT(config)  # the migration reads the attention layers' head counts
+    upgrade_qkv_layout(probe, checkpoint, optimizer_states=False)
+    prefix = "model."
+    state = {
+        k.replace("_orig_mod.", "")[len(prefix) :]: v
+        for k, v in checkpoint["state_dict"].items()
+        if k.replace("_orig_mod.", "").startswith(prefix)
+    }
+    rank_zero_info(f"CausalLM: init_from={str(value)!r} -> {resolved}")
+    return config, state
 
 
 class CausalLM(QKVLayoutHooks, pl.LightningModule):
@@ -46,6 +97,12 @@ class CausalLM(QKVLayoutHooks, pl.LightningModule):
         label_smoothing: cross-entropy smoothing for training (validation reports the true NLL).
         compile: ``torch.compile`` the network.
         fused: fused AdamW; None means on for CUDA.
+        init_from: start from these weights instead of a random initialisation: a Hugging Face folder
+            (``config.json`` + safetensors, GPT-2 / Llama / Mistral / Qwen2 family) or a kit checkpoint (a ``.ckpt``,
+            a run folder or a recipe name). With ``config`` None the model takes the source's config; a ``config``
+            dict changes fields of it (``{"dropout": 0.1}``); a ``GPTConfig`` must have the source's shape.
+        peft: parameter-efficient fine-tuning (:class:`kit.nn.peft.PeftConfig` or its dict: ``lora``, ``qlora``,
+            ``adapters``, ``prompt``), applied after the weights are in place; None trains every parameter.
 
     Example:
         >>> lm = CausalLM(GPTConfig.from_name("debug"))
@@ -66,6 +123,8 @@ class CausalLM(QKVLayoutHooks, pl.LightningModule):
         label_smoothing: float = 0.0,
         compile: bool = False,
         fused: bool | None = None,
+        init_from: str | None = None,
+        peft: PeftConfig | dict | None = None,
     ) -> None:
         super().__init__()
         if schedule not in SCHEDULES:
@@ -76,11 +135,21 @@ class CausalLM(QKVLayoutHooks, pl.LightningModule):
             )
         if lr <= 0:
             raise ValueError(f"lr={lr} must be > 0")
+        self._init_state: dict[str, torch.Tensor] | None = None
+        if init_from is not None:
+            source, self._init_state = read_init_from(init_from)
+            if config is None or isinstance(config, dict):
+                config = GPTConfig.from_dict({**asdict(source), **(config or {})})
         if isinstance(config, dict):  # load_from_checkpoint passes the saved hyperparameters back as a dict
             config = GPTConfig.from_dict(config)
         self.config = config if config is not None else GPTConfig.from_name("tiny")
-        self.save_hyperparameters(ignore=["config"])
+        self.peft = PeftConfig(**peft) if isinstance(peft, dict) else peft
+        # the weights come from init_from once; a checkpoint of this run holds them itself, so a reload
+        # (load_from_checkpoint) must not need the source folder. The data may still read its tokenizer there.
+        self.init_from = init_from
+        self.save_hyperparameters(ignore=["config", "init_from", "peft"])
         self.hparams["config"] = asdict(self.config)
+        self.hparams["peft"] = asdict(self.peft) if self.peft is not None else None
         self.model: _GPT | None = None
         # nan_strategy="disable": the default NaN check calls .any() on the host, one GPU sync per update
         # (measured: the Trainer side ran at 0.82x a plain loop on an H200 with it). A NaN loss stays NaN.
@@ -132,15 +201,36 @@ class CausalLM(QKVLayoutHooks, pl.LightningModule):
                 "raise the model's block_size or lower the data's"
             )
         if mesh is not None:
-            self.model = _GPT(self.config)
+            if self.peft is not None and self.peft.method != "full":
+                raise ValueError(
+                    f"peft.method={self.peft.method!r} with tensor parallelism is not supported; use fsdp-zero3 or ddp"
+                )
+            self.model = self._build()
             self._parallelize(mesh)
             return
         self.model = apply_transforms(
-            _GPT(self.config),
+            self._build(),
+            peft=self.peft,
             activation_checkpointing=self.config.activation_checkpointing,
             checkpoint_every=self.config.checkpoint_every,
             compile=self.hparams.compile,
         )
+
+    def _build(self) -> _GPT:
+        """A fresh network, with the ``init_from`` weights when there are some (used once, then dropped)."""
+        model = _GPT(self.config)
+        if self._init_state is not None:
+            mismatch = describe_mismatch(model.state_dict(), self._init_state)
+            if mismatch:
+                raise ValueError(
+                    f"init_from: the weights do not fit model.config ({mismatch}); leave model.config unset to take "
+                    "the source's config, or give only the fields to change as a dict"
+                )
+            model.load_state_dict(self._init_state)
+            if self.config.tie_embeddings:
+                model.lm_head.weight = model.wte.weight
+            self._init_state = None
+        return model
 
     def _parallelize(self, mesh: object) -> None:
         """Tensor parallel + FSDP2 over the strategy's device mesh (``kit.parallel.tensor.parallelize``)."""
@@ -167,7 +257,7 @@ class CausalLM(QKVLayoutHooks, pl.LightningModule):
 
     def _loss(self, batch: tuple[torch.Tensor, torch.Tensor], smoothing: float) -> torch.Tensor:
         idx, targets = batch
-        logits = self.model(idx)
+        logits = self.model(idx)[:, -idx.size(1) :]  # a soft prompt's positions have no target
         return F.cross_entropy(
             logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), label_smoothing=smoothing
         )

@@ -79,6 +79,10 @@ SPECS: dict[str, Spec] = {
         not_logged="needs DDP; tests/test_distributed_torchrun.py checks compression/ratio in callback_metrics",
     ),
     "GradientHealth": Spec({"prefix": "gh2/"}, key="grad_health/grad_norm"),
+    "ExportHF": Spec(
+        {"dirpath": "elsewhere"},
+        not_logged="writes a Hugging Face folder when fit ends, where Lightning allows no logging",
+    ),
     "HangWatchdog": Spec({"timeout_s": 600.0}, key="watchdog/max_idle_s"),
     "HardwareMonitor": Spec({"prefix": "hw2/"}, {"log_every_n_steps": 1}, key="hw/step_time_s"),
     "HessianMonitor": Spec(

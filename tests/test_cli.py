@@ -62,12 +62,12 @@ def test_recipes_are_listed_and_resolved_by_name(capsys) -> None:
         resolve_recipe("no-such-recipe")
 
 
-def test_bench_and_help_subcommands(capsys) -> None:
+def test_bench_and_help_subcommands(capfd) -> None:
     assert main(["bench"]) == 0
-    listed = capsys.readouterr().out
+    listed = capfd.readouterr().out
     assert "throughput" in listed and "gpu_suite" not in listed
     assert main(["--help"]) == 0
-    help_text = capsys.readouterr().out
+    help_text = capfd.readouterr().out
     assert "bench NAME" in help_text and "recipes" in help_text and "plan" in help_text
 
 

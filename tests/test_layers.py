@@ -64,7 +64,7 @@ def test_factories_take_a_name_or_a_class_and_list_the_names_on_error() -> None:
     assert get_ffn("mlp") is FFN["mlp"] and get_ffn(nn.Identity) is nn.Identity
     with pytest.raises(ValueError, match=r"attention='sliding' is not one of \['dense', 'sliding_window'\]"):
         get_attention("sliding")
-    with pytest.raises(ValueError, match=r"ffn='glu' is not one of \['mlp', 'moe'\]; set GPTConfig.ffn"):
+    with pytest.raises(ValueError, match=r"ffn='glu' is not one of \['mlp', 'moe', 'swiglu'\]; set GPTConfig.ffn"):
         get_ffn("glu")
     with pytest.raises(ValueError, match="ffn=<class 'int'> is not one of"):
         get_ffn(int)

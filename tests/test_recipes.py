@@ -28,6 +28,7 @@ BASES = {
     "classifier-lora": "classifier-finetune",
     "classifier-prompt": "classifier-finetune",
     "classifier-qlora": "classifier-finetune",
+    "sft-qlora": "sft-lora",
 }
 
 _LOGGER = "trainer.logger.init_args.name"
@@ -82,6 +83,7 @@ CHANGES: dict[str, dict[str, Any]] = {
         f"{_PEFT}.prompt_init": "vocab",
         "model.init_args.lr": 0.03,
     },
+    "sft-qlora": {_LOGGER: "sft-qlora", f"{_PEFT}.method": "qlora", f"{_PEFT}.quant_type": "nf4"},
     "classifier-qlora": {
         _LOGGER: "classifier-qlora",
         f"{_PEFT}.method": "qlora",

@@ -22,6 +22,7 @@ WORDS = [
 
 
 def _write_corpus(folder, n_docs=12, words=200):
+    folder.mkdir(parents=True, exist_ok=True)
     for d in range(n_docs):
         text = " ".join(WORDS[(d * 7 + i * 3) % len(WORDS)] for i in range(words))
         (folder / f"doc{d:02d}.txt").write_text(f"<p>Document {d}</p>\n{text}\n")
@@ -171,3 +172,110 @@ def test_no_test_split_is_a_clear_error_not_the_validation_split(tmp_path) -> No
     with pytest.raises(ValueError, match="no test split .*data.test_fraction"):
         off.test_dataloader()
     assert off.predict_dataloader().dataset is off.val_set  # predict falls back to validation
+
+
+# -- a pretrained tokenizer folder instead of trained BPE -------------------------------------------------------
+def _tokenizer_folder(folder, specials: dict[str, str] | None = None, extra: list[str] | None = None):
+    """A Hugging Face style tokenizer folder: tokenizer.json plus tokenizer_config.json naming the specials."""
+    import json
+
+    tok = train_bpe([" ".join(WORDS)] * 20, vocab_size=300)
+    added = sorted({t for t in (specials or {}).values() if t != EOS} | set(extra or []))
+    tok.add_special_tokens(added)
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    config = {f"{role}_token": t for role, t in (specials or {}).items()}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return tok
+
+
+def test_a_tokenizer_folder_replaces_bpe_with_its_own_bos_and_eos(tmp_path) -> None:
+    from kit.datamodules.text import load_tokenizer_folder
+
+    _write_corpus(tmp_path / "corpus")
+    tok = _tokenizer_folder(tmp_path / "model", {"bos": "<s>", "eos": "</s>", "pad": "<pad>"})
+    bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
+    cache = tmp_path / "bpe-cache"
+    dm = TextDataModule(
+        paths=str(tmp_path / "corpus" / "*.txt"),
+        vocab_size=4096,  # unused with a tokenizer folder
+        block_size=16,
+        batch_size=4,
+        val_fraction=0.25,
+        test_fraction=0.0,
+        decontaminate_ngram=0,
+        tokenizer_dir=str(cache),
+        tokenizer=str(tmp_path / "model"),
+    )
+    dm.setup("fit")
+    assert not cache.exists(), "no BPE is trained or cached"
+    assert dm.vocab_size == tok.get_vocab_size() == 303
+    assert dm.special_ids == {"bos": bos, "eos": eos, "pad": tok.token_to_id("<pad>")}
+    stream = dm.train_set.blocks[:, :-1].flatten().tolist()
+    first = [bos, *tok.encode(dm.train_texts[0], add_special_tokens=False).ids, eos, bos]
+    assert stream[: len(first)] == first, "each document is <s> text </s>, the next starts with <s>"
+    assert stream.count(bos) == stream.count(eos) or abs(stream.count(bos) - stream.count(eos)) == 1
+    folder = load_tokenizer_folder(tmp_path / "model")
+    assert dm.state_dict()["tokenizer_sha256"] == folder.sha256 and len(folder.sha256) == 64
+    assert dm.tokenizer_path == str(tmp_path / "model" / "tokenizer.json")
+
+
+def test_resuming_with_a_changed_tokenizer_file_warns_naming_both_hashes(tmp_path) -> None:
+    _write_corpus(tmp_path / "corpus")
+    _tokenizer_folder(tmp_path / "model", {"eos": EOS})
+    kwargs = {"paths": str(tmp_path / "corpus" / "*.txt"), "block_size": 16, "test_fraction": 0.0}
+    dm = TextDataModule(decontaminate_ngram=0, tokenizer=str(tmp_path / "model"), **kwargs)
+    dm.setup("fit")
+    saved = dm.state_dict()
+    dm.load_state_dict(saved)  # the same file: silent
+    changed = dict(saved, tokenizer_sha256="0" * 64)
+    with pytest.warns(UserWarning, match=r"different tokenizer.json \(sha256 [0-9a-f]{12}\).*\(000000000000\)"):
+        dm.load_state_dict(changed)
+
+
+def test_a_folder_without_tokenizer_json_says_what_to_pass(tmp_path) -> None:
+    from kit.datamodules.text import load_tokenizer_folder
+
+    with pytest.raises(FileNotFoundError, match="holds no tokenizer.json; pass a Hugging Face model"):
+        load_tokenizer_folder(tmp_path)
+
+
+def test_a_tokenizer_larger_than_the_model_vocabulary_names_both_sizes(tmp_path) -> None:
+    import lightning.pytorch as pl
+
+    from kit.models.gpt import CausalLM
+    from kit.nn import GPTConfig
+
+    _write_corpus(tmp_path / "corpus")
+    _tokenizer_folder(tmp_path / "model", {"eos": EOS})  # 300 tokens
+    dm = TextDataModule(
+        paths=str(tmp_path / "corpus" / "*.txt"), block_size=16, test_fraction=0.0, decontaminate_ngram=0,
+        tokenizer=str(tmp_path / "model"),
+    )  # fmt: skip
+    lm = CausalLM(GPTConfig.from_name("debug", vocab_size=256, block_size=16))
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    with pytest.raises(ValueError, match=r"vocab_size=256 is smaller than the data's tokenizer \(300 tokens\)"):
+        trainer.fit(lm, datamodule=dm)
+
+
+def test_topic_rows_use_the_pretrained_tokenizers_own_specials(tmp_path) -> None:
+    from kit.datamodules.transfer import MLMDataModule, TopicDataModule
+
+    tok = _tokenizer_folder(tmp_path / "gpt", {"bos": EOS, "eos": EOS})  # GPT-2 style: one token for all roles
+    dm = TopicDataModule(block_size=32, train_fraction=0.05, tokenizer=str(tmp_path / "gpt"))
+    dm.setup("fit")
+    sep = tok.token_to_id(EOS)
+    x, _ = dm.train_set[0]
+    assert x[0] == sep and dm.pad_id == sep and dm.vocab_size == tok.get_vocab_size()
+    assert x[1:].tolist() != [sep] * 31, "the passage is encoded between the start and the separator"
+    with pytest.raises(ValueError, match="has no mask_token, which masked-LM pretraining needs"):
+        MLMDataModule(block_size=32, tokenizer=str(tmp_path / "gpt")).setup("fit")
+
+    specials = {"cls": "[CLS]", "sep": "[SEP]", "pad": "[PAD]", "mask": "[MASK]"}
+    bert = _tokenizer_folder(tmp_path / "bert", specials)
+    mlm = MLMDataModule(block_size=32, tokenizer=str(tmp_path / "bert"))
+    mlm.setup("fit")
+    batch = next(iter(mlm.train_dataloader()))
+    assert (batch["input_ids"][:, 0] == bert.token_to_id("[CLS]")).all()
+    assert (batch["input_ids"] == bert.token_to_id("[MASK]")).any()
+    assert (batch["labels"][batch["input_ids"] == bert.token_to_id("[PAD]")] == -100).all()

@@ -1,6 +1,6 @@
 """Compute planner: training FLOPs, GPU-time, and memory per GPU under DDP and ZeRO-1/2/3.
 
-Formulas (all documented in the README, "Compute planner"):
+Formulas (all documented in docs/planner.md):
 
 - FLOPs per token = ``6 N`` (forward 2N, backward 4N) ``+ 12 L d T`` for attention scores and the
   weighted sum (QK^T and AV, forward + backward; the count PaLM uses for MFU), from
@@ -41,6 +41,7 @@ __all__ = [
     "memory_per_gpu",
     "min_gpus_that_fit",
     "model_shape",
+    "preset_shape",
     "suggest_layout",
     "training_flops",
 ]
@@ -70,6 +71,38 @@ def model_shape(params: float, aspect: float = 128.0) -> tuple[int, int]:
     d = max(64, round(d / 64.0) * 64)
     layers = max(1, round(params / (12.0 * d * d)))
     return layers, d
+
+
+def preset_shape(name: str) -> dict[str, float | int]:
+    """The planner's view of a ``GPTConfig`` preset (``"llama3-8b"``, ``"llama3-70b"``, ``"gpt2"``...).
+
+    Returns:
+        ``params`` (counted exactly on the meta device, position embeddings excluded as in FLOP counts),
+        ``n_layer``, ``d_model``, ``n_head``, ``n_kv_head`` and ``seq_len`` (the preset's context length).
+
+    Raises:
+        ValueError: an unknown preset, listing the known ones.
+
+    Example:
+        >>> shape = preset_shape("llama3-8b")
+        >>> shape["params"], shape["n_kv_head"]
+        (8030261248, 8)
+    """
+    import torch
+
+    from kit.nn import GPT, GPTConfig
+
+    config = GPTConfig.from_name(name)
+    with torch.device("meta"):  # exact count, no memory
+        params = GPT(config).num_params()
+    return {
+        "params": params,
+        "n_layer": config.n_layer,
+        "d_model": config.n_embd,
+        "n_head": config.n_head,
+        "n_kv_head": config.kv_heads,
+        "seq_len": config.block_size,
+    }
 
 
 def training_flops(params: float, tokens: float, n_layer: int, d_model: int, seq_len: int) -> float:
@@ -399,10 +432,12 @@ def suggest_layout(
     checkpointing: bool = True,
     flash_attention: bool = True,
     headroom: float = 0.9,
+    n_kv_head: int | None = None,
 ) -> Layout:
     """Megatron's rule of thumb: TP inside a node up to 8, then PP across nodes until it fits, DP for the rest.
 
-    TP grows through the divisors of ``n_gpus`` that divide the head count and are at most
+    TP grows through the divisors of ``n_gpus`` that divide the head count (and the key/value head count
+    ``n_kv_head`` of a grouped-query model; None: ``n_head``) and are at most
     ``min(8, gpus_per_node)``, smallest first, until the model fits ``headroom`` of the GPU; then PP grows
     through the divisors of the rest that are at most ``n_layer``; the leftover GPUs are data parallel.
     ``n_microbatches`` defaults to ``4 p`` (bubble under 20%). If nothing fits, the last layout tried is
@@ -438,7 +473,8 @@ def suggest_layout(
         comm = layout_comm(params, dp, tp, pp, n_microbatches=m, **kw)
         return Layout(dp, tp, pp, m, mem, mem.total <= cap, comm)
 
-    tps = [t for t in _divisors(n_gpus) if t <= min(8, gpus_per_node) and n_head % t == 0]
+    kv = n_kv_head or n_head
+    tps = [t for t in _divisors(n_gpus) if t <= min(8, gpus_per_node) and n_head % t == 0 and kv % t == 0]
     layout = build(1, 1)
     for tp in tps:
         layout = build(tp, 1)

@@ -1,9 +1,11 @@
 """A GPT-style Transformer in one file: ``Block`` and ``GPT`` (torch only, no Lightning).
 
-The backbone follows nanoGPT's shape: pre-LayerNorm blocks, fused QKV projection, SDPA attention (causal
-or bidirectional), GELU MLP (``activation`` picks another), tied input/output embeddings. Variants are data: a preset ``name`` plus field
-overrides (``GPTConfig.from_name``), with the attention and feed-forward layers picked by name from
-``kit.nn.layers``. Activation checkpointing and compile are applied by ``kit.nn.transforms``; the
+The backbone follows nanoGPT's shape by default: pre-LayerNorm blocks, learned positions, fused QKV projection,
+SDPA attention (causal or bidirectional), GELU MLP (``activation`` picks another), tied input/output embeddings.
+The same class is a Llama-family decoder (RMSNorm, rotary positions, SwiGLU, grouped-query attention, an untied
+head) when the config says so (``GPTConfig.from_name("llama3-8b")``); :mod:`kit.nn.hf` loads and writes Hugging
+Face checkpoints of both. Variants are data: a preset ``name`` plus field overrides (``GPTConfig.from_name``),
+with the attention, feed-forward and norm layers picked by name from ``kit.nn.layers``. Activation checkpointing and compile are applied by ``kit.nn.transforms``; the
 ``CausalLM`` LightningModule that trains it lives in ``kit.models.gpt``.
 """
 
@@ -18,16 +20,17 @@ from torch import nn
 from kit.health.flops import transformer_flops
 from kit.nn.aux import clear_aux
 from kit.nn.config import GPTConfig
-from kit.nn.layers import build_layer, get_attention, get_depth, get_ffn
+from kit.nn.layers import build_layer, build_norm, get_attention, get_depth, get_ffn
 
 __all__ = ["GPT", "Block", "GPTConfig"]
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm Transformer block: ``x + attn(ln(x))`` then ``x + mlp(ln(x))``.
+    """Pre-norm Transformer block: ``x + attn(ln(x))`` then ``x + mlp(ln(x))``.
 
-    The attention and feed-forward layers are the registry entries ``config.attention`` and ``config.ffn``,
-    built by :func:`~kit.nn.layers.build_layer` (each class's ``from_config``).
+    The attention, feed-forward and norm layers are the registry entries ``config.attention``, ``config.ffn``
+    and ``config.norm``, built by :func:`~kit.nn.layers.build_layer` (each class's ``from_config``); the norms
+    keep the names ``ln_1`` / ``ln_2`` whatever their kind.
 
     Example:
         >>> Block(GPTConfig.from_name("debug", ffn="moe"))(torch.randn(2, 4, 32)).shape
@@ -36,9 +39,9 @@ class Block(nn.Module):
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = build_norm(config)
         self.attn = build_layer(get_attention(config.attention), config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = build_norm(config)
         # named mlp whatever the variant, so state-dict keys stay
         self.mlp = build_layer(get_ffn(config.ffn), config)
 
@@ -48,7 +51,10 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    """Token + position embeddings, ``n_layer`` blocks, final LayerNorm, and a (tied) vocabulary head.
+    """Token (+ learned position) embeddings, ``n_layer`` blocks, a final norm, and a (tied) vocabulary head.
+
+    With ``config.position == "rope"`` there is no position embedding (``wpe`` is None): each attention layer
+    rotates its queries and keys instead.
 
     Args:
         config: a ``GPTConfig`` with ``vocab_size`` set.
@@ -67,13 +73,13 @@ class GPT(nn.Module):
             )
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.position == "learned" else None
         self.drop = nn.Dropout(config.embd_dropout)
         depth = get_depth(config.depth)
         self.blocks = nn.ModuleList(Block(config) for _ in range(depth.num_blocks(config)))
         # how the blocks are applied: once each, or one shared block with ACT
         self.depth = build_layer(depth, config)
-        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_f = build_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.wte.weight
@@ -95,7 +101,7 @@ class GPT(nn.Module):
     def num_params(self, exclude_positions: bool = True) -> int:
         """Parameter count (tied weights once); position embeddings excluded by default, as in FLOP counts."""
         n = sum(p.numel() for p in self.parameters())
-        return n - self.wpe.weight.numel() if exclude_positions else n
+        return n - self.wpe.weight.numel() if exclude_positions and self.wpe is not None else n
 
     def num_active_params(self) -> float:
         """Parameters one token's forward multiplies by: what FLOPs and MFU count (``num_params`` for a dense
@@ -114,9 +120,11 @@ class GPT(nn.Module):
             raise ValueError(
                 f"sequence length {T} exceeds block_size={self.config.block_size}; crop the input"
             )
-        pos = torch.arange(T, device=idx.device)
         clear_aux(self)  # auxiliary losses and statistics belong to one forward
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        x = self.wte(idx)  # (B, T, C)
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(T, device=idx.device))
+        x = self.drop(x)
         x = self.depth(x, self.blocks)
         return self.ln_f(x)
 

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from kit.nn.layers.norms import RMSNorm
+
 __all__ = [
     "METHODS",
     "BottleneckAdapter",
@@ -73,7 +75,7 @@ class PeftConfig:
     prompt_tokens: int = 8  # soft-prompt length n
     prompt_init: str = "vocab"  # "vocab": copies of random token embeddings; "random": N(0, 0.02)
     quant_type: str = "nf4"  # bitsandbytes 4-bit type for QLoRA: "nf4" or "fp4"
-    train_norms: bool = False  # also train LayerNorms (Houlsby did); False keeps the backbone frozen
+    train_norms: bool = False  # also train the norms (Houlsby did); False keeps the backbone frozen
     seed: int = 0  # draws the vocabulary rows that initialise the prompt
 
     def __post_init__(self) -> None:
@@ -305,7 +307,7 @@ def apply_peft(model: nn.Module, cfg: PeftConfig | None) -> nn.Module:
         _add_prompt(model, cfg)
     if cfg.train_norms:
         for m in model.modules():
-            if isinstance(m, nn.LayerNorm):
+            if isinstance(m, (nn.LayerNorm, RMSNorm)):
                 m.requires_grad_(True)
     return model
 

@@ -9,7 +9,9 @@ new transform takes a slot here rather than a branch inside the model:
 2. activation checkpointing: each block (``kit.nn.Block`` by default) is wrapped so its activations
    are recomputed in backward instead of stored. Selective forms: only every k-th block (``every=k``), or only
    a sublayer of each chosen block (``"attention"``: ``block.attn``; ``"ffn"``: ``block.mlp``), trading less
-   memory saved for less recomputation.
+   memory saved for less recomputation. Every layer kind is covered as it is (RMSNorm, SwiGLU, grouped-query
+   attention; rotary angles are recomputed from the positions inside each attention layer, so the
+   recomputation needs no state from outside the block).
 3. compile: ``nn.Module.compile()`` in place, after the tree is final, so the compiled graph includes the
    checkpointing; state-dict keys stay unchanged.
 4. sharding (FSDP): *slot*, done today by the Trainer's strategy (``fsdp-zero3``) around the result; it wraps

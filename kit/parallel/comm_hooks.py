@@ -141,7 +141,7 @@ class ResidualState(HookState):
     the two-phase scheme each tensor's piece of a chunk is further cut into ``block`` (default 32) entries
     per scale, since the server's second compression needs small groups. ``per_tensor_scale=False`` is one
     scale per chunk (two-phase) or per bucket (all-gather): one scale per chunk cost +32.5% loss with
-    momentum SGD on the kit's benchmark (README). ``start_iter`` steps of dense all-reduce come first (DGC's
+    momentum SGD on the kit's benchmark (docs/benchmarks.md). ``start_iter`` steps of dense all-reduce come first (DGC's
     and 1-bit Adam's warm-up): the early, fast-changing gradients are the ones compression hurts most.
     """
 

@@ -59,18 +59,18 @@ class OneBitAdam(torch.optim.Optimizer):
             ``"momentum"``: the momentum itself, as in the paper and DeepSpeed, where coordinates with a
             tiny variance (rare embedding rows) receive the chunk's mean momentum divided by their tiny
             ``sqrt(v)``. ``"none"``: the momentum is averaged by a dense all-reduce, no compression (an
-            ablation: what freezing the variance alone costs). Measured on the kit's 600-step benchmark: see the
-            README.
+            ablation: what freezing the variance alone costs). Measured on the kit's 600-step benchmark: see
+            docs/benchmarks.md.
         per_tensor_scale: one 1-bit scale per tensor piece of each chunk (see
             :func:`kit.parallel.two_phase.scale_groups`) instead of the default one per chunk (the paper's
             and DeepSpeed's). Not the default here, unlike ``ddp-1bit``: with a young frozen variance a few
             coordinates of ``m / sqrt(v)`` are huge, and one scale per chunk dilutes them where a scale per
-            tensor lets them set the whole tensor's step (worse on the kit's benchmark: README).
+            tensor lets them set the whole tensor's step (worse on the kit's benchmark: docs/benchmarks.md).
         block: at most this many consecutive entries share a scale (restarting at each tensor with
             ``per_tensor_scale``); None: no limit.
         scale: the 1-bit scale of each group, ``"mean"`` (``mean |x|``, the least-squares scale; default) or
             ``"l2"`` (``||x||_2 / sqrt(n)``, DeepSpeed's). ``compress="momentum", scale="l2"`` is DeepSpeed's
-            former ``OnebitAdam`` (README, Measured figures: each combination on the kit's benchmark).
+            former ``OnebitAdam`` (docs/benchmarks.md: each combination on the kit's benchmark).
 
     Raises:
         ValueError: for a negative ``lr``/``eps``/``weight_decay``, betas outside [0, 1), ``freeze_step < 1``,

@@ -125,8 +125,12 @@ class GPTStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.is_first:
-            pos = torch.arange(x.size(1), device=x.device)
-            x = self.drop(self.wte(x) + self.wpe(pos))
+            x = self.wte(x)
+            if (
+                self.wpe is not None
+            ):  # learned positions; a rotary model's attention layers place tokens instead
+                x = x + self.wpe(torch.arange(x.size(1), device=x.device))
+            x = self.drop(x)
         for block in self.blocks.values():
             x = block(x)
         if self.is_last:

@@ -62,6 +62,7 @@ __all__ = [
     "PRESETS",
     "CompressedDDPStrategy",
     "FSDPZero3Strategy",
+    "ModelBlocks",
     "OneBitAdamStrategy",
     "PipelineStrategy",
     "block_classes",
@@ -288,6 +289,27 @@ def block_classes(blocks: Iterable[str | type[nn.Module]] | None = None) -> set[
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
+class ModelBlocks:
+    """An FSDP wrap (and checkpoint) policy whose block classes are read from the model it is first called on:
+    the classes its ``_no_split_modules`` name (:func:`kit.nn.hf_layers.decoder_layer_classes`).
+
+    Example:
+        >>> policy = ModelBlocks()
+        >>> policy(module=model, recurse=True, nonwrapped_numel=0)  # doctest: +SKIP
+        True
+    """
+
+    def __init__(self) -> None:
+        self.classes: tuple[type[nn.Module], ...] | None = None
+
+    def __call__(self, module: nn.Module, recurse: bool, nonwrapped_numel: int, **kwargs: Any) -> bool:
+        if self.classes is None:  # FSDP calls the policy on the root module first
+            from kit.nn.hf_layers import decoder_layer_classes
+
+            self.classes = tuple(decoder_layer_classes(module))
+        return True if recurse else isinstance(module, self.classes)
+
+
 class FSDPZero3Strategy(FSDPStrategy):
     """FSDP FULL_SHARD (ZeRO-3) preset for transformer models.
 
@@ -298,7 +320,9 @@ class FSDPZero3Strategy(FSDPStrategy):
     Args:
         blocks: the block classes to wrap and checkpoint, or their dotted paths (for YAML); None (default) is
             the kit's ``kit.nn.Block``. Pass your own (``[LlamaDecoderLayer]`` or
-            ``["transformers.models.llama.modeling_llama.LlamaDecoderLayer"]``) for other models.
+            ``["transformers.models.llama.modeling_llama.LlamaDecoderLayer"]``) for other models, or ``"auto"``:
+            the decoder-layer classes the model itself declares (``_no_split_modules`` of a ``transformers``
+            model, :func:`kit.nn.hf_layers.decoder_layer_classes`), read when FSDP wraps it.
         param_dtype: ``"bf16"``, ``"fp16"``, ``"fp32"`` or ``"trainer"`` (follow ``Trainer(precision=...)``).
         activation_checkpointing: recompute each block in backward.
         state_dict_type: ``"sharded"`` (default) or ``"full"``.
@@ -311,7 +335,7 @@ class FSDPZero3Strategy(FSDPStrategy):
 
     def __init__(
         self,
-        blocks: list[str | type[nn.Module]] | None = None,
+        blocks: list[str | type[nn.Module]] | Literal["auto"] | None = None,
         param_dtype: Literal["bf16", "fp16", "fp32", "trainer"] = "bf16",
         activation_checkpointing: bool = True,
         state_dict_type: Literal["full", "sharded"] = "sharded",
@@ -322,7 +346,7 @@ class FSDPZero3Strategy(FSDPStrategy):
             raise ValueError(
                 f"param_dtype={param_dtype!r} is not supported; choose bf16, fp16, fp32 or trainer"
             )
-        classes = block_classes(blocks)
+        classes = ModelBlocks() if blocks == "auto" else block_classes(blocks)
         mixed = None
         if param_dtype != "trainer":
             from torch.distributed.fsdp import MixedPrecision

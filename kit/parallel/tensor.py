@@ -12,12 +12,15 @@ module              placement
 ==================  ==================================================================================
 ``ln_1``, ``ln_2``  ``SequenceParallel``: the residual stream and the norms are split along the sequence
 ``attn``            input gathered to the full sequence (``PrepareModuleInput``: Shard(1) -> Replicate)
-``attn.qkv``        column-parallel (plain ``Shard(0)``): the fused weight is head-major (Megatron's
-                    (head, q|k|v, head_dim) row order, see ``DenseAttention``), so each rank's contiguous
-                    rows are ``n_head / tp`` whole heads of q, k and v, and the full tensor is the
-                    single-GPU weight
+``attn.qkv``        column-parallel (plain ``Shard(0)``): the fused weight is grouped by key/value head
+                    (for each KV head: its query heads' rows, its k rows, its v rows; Megatron's
+                    head-major (head, q|k|v, head_dim) order when ``n_kv_head == n_head``; see
+                    ``DenseAttention``), so each rank's contiguous rows are ``n_kv_head / tp`` whole
+                    groups, and the full tensor is the single-GPU weight. ``tp`` must divide
+                    ``n_kv_head``: a key/value head is never split (multi-query attention cannot use TP)
 ``attn.proj``       row-parallel, output reduce-scattered back to Shard(1) (sequence parallel)
-``mlp``             input gathered (as ``attn``); ``mlp.fc`` column-, ``mlp.proj`` row-parallel
+``mlp``             input gathered (as ``attn``); ``mlp.fc`` (MLP) or ``mlp.gate`` and ``mlp.up``
+                    (SwiGLU) column-, ``mlp.proj`` row-parallel
 ==================  ==================================================================================
 
 Outside the blocks: ``wte`` is a vocab-parallel embedding (row-parallel: each rank holds ``V / tp`` rows,
@@ -65,6 +68,7 @@ __all__ = [
     "apply_compile",
     "apply_fsdp",
     "apply_tp",
+    "check_tp_sizes",
     "mesh_dim",
     "parallelize",
     "tp_plan",
@@ -80,8 +84,8 @@ def tp_plan(model: nn.Module, *, sequence_parallel: bool = True) -> dict[str, Pa
     """The ``parallelize_module`` plan for a ``kit.nn.GPT`` (see the module docstring's table).
 
     Args:
-        model: the GPT (dense attention, MLP feed-forward), or one ``kit.parallel.pipeline.GPTStage`` of it (only
-            the stage's own embeddings, blocks and head are planned).
+        model: the GPT (dense attention, MLP or SwiGLU feed-forward), or one ``kit.parallel.pipeline.GPTStage`` of
+            it (only the stage's own embeddings, blocks and head are planned).
         sequence_parallel: split norms and the residual stream along the sequence (Korthikanti et al.);
             False keeps them replicated (Megatron's original plan: all-reduce after each row-parallel layer).
 
@@ -90,7 +94,7 @@ def tp_plan(model: nn.Module, *, sequence_parallel: bool = True) -> dict[str, Pa
 
     Raises:
         ValueError: for blocks whose attention or feed-forward the plan does not know (MoE, sliding window):
-            their projections are not named ``qkv``/``proj``/``fc``.
+            their projections are not named ``qkv``/``proj`` and ``fc``/``proj`` or ``gate``/``up``/``proj``.
     """
     seq = Shard(1) if sequence_parallel else Replicate()
     blocks = list(model.blocks.named_children())  # a GPT's ModuleList, or a pipeline stage's ModuleDict
@@ -106,14 +110,7 @@ def tp_plan(model: nn.Module, *, sequence_parallel: bool = True) -> dict[str, Pa
         plan["ln_f"] = SequenceParallel() if sequence_parallel else None
         plan["lm_head"] = ColwiseParallel(input_layouts=seq, output_layouts=Replicate())
     for i, block in blocks:
-        for part, names in (("attn", ("qkv", "proj")), ("mlp", ("fc", "proj"))):
-            sub = getattr(block, part, None)
-            if sub is None or not all(isinstance(getattr(sub, n, None), nn.Linear) for n in names):
-                raise ValueError(
-                    f"blocks.{i}.{part} is {type(sub).__name__}, which has no nn.Linear {names}; tensor "
-                    "parallelism knows the dense attention and MLP only: use attention='dense', ffn='mlp', or "
-                    "pass tp=False"
-                )
+        columns = {"attn": _columns(block, "attn", i), "mlp": _columns(block, "mlp", i)}
         p = f"blocks.{i}"
         if sequence_parallel:
             plan[f"{p}.ln_1"] = SequenceParallel()
@@ -122,11 +119,33 @@ def tp_plan(model: nn.Module, *, sequence_parallel: bool = True) -> dict[str, Pa
                 plan[f"{p}.{part}"] = PrepareModuleInput(
                     input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),), use_local_output=True
                 )
-        plan[f"{p}.attn.qkv"] = ColwiseParallel()
-        plan[f"{p}.attn.proj"] = RowwiseParallel(output_layouts=seq)
-        plan[f"{p}.mlp.fc"] = ColwiseParallel()
-        plan[f"{p}.mlp.proj"] = RowwiseParallel(output_layouts=seq)
+        for part, names in columns.items():
+            for name in names:
+                plan[f"{p}.{part}.{name}"] = ColwiseParallel()
+            plan[f"{p}.{part}.proj"] = RowwiseParallel(output_layouts=seq)
     return {k: v for k, v in plan.items() if v is not None}
+
+
+# the column-parallel projections of each sublayer the plan knows (the row-parallel one is always `proj`)
+_COLUMNS = {"attn": (("qkv",),), "mlp": (("fc",), ("gate", "up"))}
+
+
+def _columns(block: nn.Module, part: str, index: str) -> tuple[str, ...]:
+    """The column-parallel Linear names of ``block.<part>`` (``qkv``; ``fc``, or ``gate`` and ``up``)."""
+    sub = getattr(block, part, None)
+
+    def linear(name: str) -> bool:
+        return isinstance(getattr(sub, name, None), nn.Linear)
+
+    for names in _COLUMNS[part]:
+        if linear("proj") and all(linear(n) for n in names):
+            return names
+    known = " or ".join(str([*names, "proj"]) for names in _COLUMNS[part])
+    raise ValueError(
+        f"blocks.{index}.{part} is {type(sub).__name__}, which has no nn.Linear {known}; tensor parallelism knows "
+        "the dense attention and the MLP / SwiGLU feed-forward only: use attention='dense', ffn='mlp' or "
+        "'swiglu', or pass tp=False"
+    )
 
 
 def mesh_dim(device_mesh: Any, name: str) -> Any | None:
@@ -148,14 +167,14 @@ def apply_tp(model: nn.Module, tp_mesh: Any, *, sequence_parallel: bool = True) 
         replicated DTensor, so every parameter is a DTensor.
 
     Raises:
-        ValueError: if the head count, vocabulary, MLP width or (with sequence parallelism) ``block_size`` does
-            not divide by the mesh size.
+        ValueError: if the head or key/value head count, vocabulary, feed-forward width or (with sequence
+            parallelism) ``block_size`` does not divide by the mesh size (:func:`check_tp_sizes`).
 
     Example:
         >>> tp_mesh = init_device_mesh("cuda", (4,), mesh_dim_names=("tensor_parallel",))  # doctest: +SKIP
         >>> model = apply_tp(GPT(config), tp_mesh["tensor_parallel"])  # doctest: +SKIP
     """
-    _check_tp_sizes(model.config, tp_mesh.size(), sequence_parallel)
+    check_tp_sizes(model.config, tp_mesh.size(), sequence_parallel)
     head, wte = getattr(model, "lm_head", None), getattr(model, "wte", None)
     tied = head is not None and wte is not None and head.weight is wte.weight
     parallelize_module(model, tp_mesh, tp_plan(model, sequence_parallel=sequence_parallel))
@@ -174,11 +193,34 @@ def apply_tp(model: nn.Module, tp_mesh: Any, *, sequence_parallel: bool = True) 
     return model
 
 
-def _check_tp_sizes(cfg: Any, size: int, sequence_parallel: bool) -> None:
+def check_tp_sizes(cfg: Any, size: int, sequence_parallel: bool = True) -> None:
+    """Raise unless a ``GPTConfig`` splits evenly over ``size`` tensor-parallel ranks.
+
+    Each rank must get whole key/value groups (``n_kv_head``, see the module docstring), whole query heads, an
+    equal share of the vocabulary and of the feed-forward width, and (with sequence parallelism) of the sequence.
+
+    Raises:
+        ValueError: naming the value that does not divide and the sizes that would.
+
+    Example:
+        >>> from kit.nn import GPTConfig
+        >>> check_tp_sizes(GPTConfig.from_name("llama-debug"), 2)
+        >>> check_tp_sizes(GPTConfig.from_name("llama-debug"), 4)
+        Traceback (most recent call last):
+        ...
+        ValueError: n_kv_head=2 does not divide by tensor_parallel_size=4: each rank needs whole key/value heads (and their query groups); pick a tensor-parallel size in [1, 2]
+    """
+    kv = getattr(cfg, "kv_heads", cfg.n_head)
+    if kv != cfg.n_head and kv % size:  # grouped-query; multi-head configs get the n_head message below
+        raise ValueError(
+            f"n_kv_head={kv} does not divide by tensor_parallel_size={size}: each rank needs whole key/value heads "
+            f"(and their query groups); pick a tensor-parallel size in {[t for t in range(1, kv + 1) if kv % t == 0]}"
+        )
+    hidden = getattr(cfg, "ffn_hidden", None) or cfg.mlp_ratio * cfg.n_embd
     for what, value in (
         ("n_head", cfg.n_head),
         ("vocab_size", cfg.vocab_size),
-        ("mlp hidden", cfg.mlp_ratio * cfg.n_embd),
+        ("mlp hidden", hidden),
     ):
         if value % size:
             raise ValueError(

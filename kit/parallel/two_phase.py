@@ -23,7 +23,7 @@ optionally cut into ``block`` entries; see :func:`scale_groups`) and :class:`Top
 largest entries of each chunk as fp32 values and int32 indices).
 
 Scales must not span tensors of different gradient scale: one ``mean |x|`` per chunk of a DDP bucket made
-``ddp-1bit`` end 32.5% above dense with momentum SGD; one per 32 entries of a tensor, +0.6% (README).
+``ddp-1bit`` end 32.5% above dense with momentum SGD; one per 32 entries of a tensor, +0.6% (docs/benchmarks.md).
 
 Example:
     >>> codec, ef = SignCodec(block=2), ErrorFeedback()

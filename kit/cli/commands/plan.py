@@ -2,6 +2,7 @@
 
 Example:
     kit plan --params 7e9 --tokens 1e12 --gpu h100-80gb --mfu 0.4 --gpus 256
+    kit plan --model llama3-70b --tokens 15e12 --gpus 1024
 """
 
 from __future__ import annotations
@@ -9,7 +10,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kit.health.planner import GPUS, STRATEGIES, Layout, TrainingPlan, gpus_for_days, suggest_layout
+from kit.health.planner import (
+    GPUS,
+    STRATEGIES,
+    Layout,
+    TrainingPlan,
+    gpus_for_days,
+    preset_shape,
+    suggest_layout,
+)
 
 __all__ = ["build_parser", "main", "plot_memory", "render", "render_layout"]
 
@@ -18,6 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``kit plan``."""
     p = argparse.ArgumentParser(prog="kit plan", description=__doc__.split("\n\n")[0])
     p.add_argument("--params", type=float, help="parameter count, e.g. 7e9")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="a GPTConfig preset (llama3-8b, llama3-70b, smollm-135m, gpt2...): fills --params, --n-layer, "
+        "--d-model, --n-head and --seq-len unless given",
+    )
     p.add_argument("--tokens", type=float, help="training tokens, e.g. 1e12")
     p.add_argument("--gpu", default="h100-80gb", help=f"one of: {', '.join(GPUS)}")
     p.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation (default 0.4)")
@@ -27,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--days", type=float, default=None, help="also report the GPUs needed to finish in this many days"
     )
-    p.add_argument("--seq-len", type=int, default=2048)
+    p.add_argument(
+        "--seq-len", type=int, default=None, help="sequence length (default: 2048, or the --model's)"
+    )
     p.add_argument("--micro-batch", type=int, default=1, help="sequences per GPU per micro-step")
     p.add_argument(
         "--n-layer", type=int, default=None, help="layers (default: guessed from --params, d/L = 128)"
@@ -141,8 +158,28 @@ def main(argv: list[str] | None = None) -> int:
         for g in GPUS.values():
             print(f"{g.name:<12}{g.peak_flops / 1e12:>14.0f}{g.memory_gb:>11g}  {g.note}")
         return 0
+    n_kv_head = None
+    if args.model is not None:
+        try:
+            shape = preset_shape(args.model)
+        except ValueError as err:
+            print(f"kit plan: {err}", file=sys.stderr)
+            return 2
+        n_kv_head = shape["n_kv_head"]
+        for arg, key in (
+            ("params", "params"),
+            ("n_layer", "n_layer"),
+            ("d_model", "d_model"),
+            ("n_head", "n_head"),
+            ("seq_len", "seq_len"),
+        ):
+            if getattr(args, arg) is None:
+                setattr(args, arg, shape[key])
+    args.seq_len = args.seq_len or 2048
     if args.params is None or args.tokens is None:
-        build_parser().error("--params and --tokens are required, e.g. --params 7e9 --tokens 1e12")
+        build_parser().error(
+            "--tokens and --params (or --model) are required, e.g. --params 7e9 --tokens 1e12 or --model llama3-8b"
+        )
     try:
         plan = TrainingPlan(
             params=args.params,
@@ -168,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             n_layer=plan.n_layer,
             d_model=plan.d_model,
             n_head=args.n_head,
+            n_kv_head=n_kv_head,
             seq_len=plan.seq_len,
             micro_batch=plan.micro_batch,
             n_microbatches=args.microbatches,

@@ -21,13 +21,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from kit.nn.layers._factory import resolve
+from kit.nn.layers.rotary import RopeConfig, apply_rotary
 
 if TYPE_CHECKING:
     from kit.nn import GPTConfig
@@ -39,7 +40,9 @@ __all__ = [
     "SlidingWindowConfig",
     "dense_attention",
     "get_attention",
+    "qkv_grouped",
     "qkv_head_major",
+    "qkv_split",
     "qkv_stacked",
     "sliding_window_attention",
     "sliding_window_mask",
@@ -75,10 +78,13 @@ def dense_attention(
 ) -> torch.Tensor:
     """Softmax attention of every query over every key (or every earlier key when ``causal``), via SDPA.
 
+    Grouped-query attention: ``k`` and ``v`` may have fewer heads than ``q`` (a divisor of them); query head
+    ``h`` then reads key/value head ``h // (nh / n_kv)``.
+
     Args:
         q: queries, shape (B, nh, T, hs).
-        k: keys, shape (B, nh, T, hs).
-        v: values, shape (B, nh, T, hs).
+        k: keys, shape (B, n_kv, T, hs).
+        v: values, shape (B, n_kv, T, hs).
         causal: mask keys after each query (decoders); False attends both ways (MLM encoders).
         dropout_p: dropout on the attention probabilities; pass 0.0 in evaluation.
 
@@ -90,7 +96,9 @@ def dense_attention(
         >>> dense_attention(q, q, q).shape
         torch.Size([1, 2, 5, 8])
     """
-    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal)
+    return F.scaled_dot_product_attention(
+        q, k, v, dropout_p=dropout_p, is_causal=causal, enable_gqa=k.size(-3) != q.size(-3)
+    )
 
 
 def sliding_window_mask(
@@ -189,8 +197,8 @@ def sliding_window_attention(
 
     Args:
         q: queries, shape (B, nh, T, hs).
-        k: keys, shape (B, nh, T, hs).
-        v: values, shape (B, nh, T, hs).
+        k: keys, shape (B, n_kv, T, hs); n_kv divides nh (grouped-query attention).
+        v: values, shape (B, n_kv, T, hs).
         window: each query sees keys fewer than ``window`` positions away (on both sides unless causal).
         global_positions: positions that see all keys and are seen by all queries.
         causal: never attend to later keys.
@@ -215,6 +223,7 @@ def sliding_window_attention(
     if backend not in ("auto", "flex", "sdpa"):
         raise ValueError(f"backend={backend!r} is not one of ['auto', 'flex', 'sdpa']")
     T = q.size(-2)
+    gqa = k.size(-3) != q.size(-3)
     glob = tuple(sorted({int(g) for g in global_positions if g < T}))
     if backend == "auto":
         backend = "flex" if dropout_p == 0.0 and flex_available(q.device) else "sdpa"
@@ -222,11 +231,11 @@ def sliding_window_attention(
         block_mask = _cached_block_mask(T, window, glob, causal, q.device)
         # compiled on CUDA (fast and sparse); eager elsewhere (forward only, for tests of the flex path on CPU)
         fn = _flex_attention() if q.is_cuda else _eager_flex()
-        return fn(q, k, v, block_mask=block_mask)
+        return fn(q, k, v, block_mask=block_mask, enable_gqa=gqa)
     if window >= T and not glob:  # the pattern is dense: let SDPA pick its fused kernel
         return dense_attention(q, k, v, causal=causal, dropout_p=dropout_p)
     mask = _cached_mask(T, window, glob, causal, q.device)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa)
 
 
 def _eager_flex():
@@ -271,28 +280,105 @@ def qkv_stacked(t: torch.Tensor, n_head: int) -> torch.Tensor:
     return t.reshape(n_head, 3, -1, *rest).transpose(0, 1).reshape(t.shape)
 
 
-class DenseAttention(nn.Module):
-    """Multi-head self-attention with a fused QKV projection over :func:`dense_attention`.
+def _check_heads(n_head: int, n_kv_head: int) -> None:
+    if n_kv_head < 1 or n_head % n_kv_head:
+        divisors = [g for g in range(1, n_head + 1) if n_head % g == 0]
+        raise ValueError(
+            f"n_kv_head={n_kv_head} does not divide n_head={n_head}; pick one of {divisors} "
+            "(n_head: multi-head, 1: multi-query)"
+        )
 
-    The fused ``qkv`` weight is head-major, as Megatron-LM's: its ``3 * n_embd`` output rows are ordered
+
+def qkv_grouped(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_head: int, n_kv_head: int
+) -> torch.Tensor:
+    """Fuse separate q, k, v projection weights (or biases) into :class:`DenseAttention`'s grouped ``qkv`` rows.
+
+    For each key/value head ``g``: the rows of its ``n_head / n_kv_head`` query heads, then its k rows, then its
+    v rows. With ``n_kv_head == n_head`` this is the head-major layout (:func:`qkv_head_major`).
+
+    Args:
+        q: ``(n_head * hs, ...)`` (Hugging Face's ``q_proj``).
+        k: ``(n_kv_head * hs, ...)``.
+        v: ``(n_kv_head * hs, ...)``.
+        n_head: query heads.
+        n_kv_head: key/value heads; divides ``n_head``.
+
+    Returns:
+        ``((n_head + 2 * n_kv_head) * hs, ...)``.
+
+    Example:
+        >>> qkv_grouped(torch.tensor([0.0, 1.0]), torch.tensor([2.0]), torch.tensor([3.0]), 2, 1).tolist()
+        [0.0, 1.0, 2.0, 3.0]
+        >>> qkv_grouped(torch.arange(2.0), torch.arange(2.0, 4), torch.arange(4.0, 6), 2, 2).tolist()
+        [0.0, 2.0, 4.0, 1.0, 3.0, 5.0]
+    """
+    _check_heads(n_head, n_kv_head)
+    rest = q.shape[1:]
+    groups = (
+        q.reshape(n_kv_head, -1, *rest),
+        k.reshape(n_kv_head, -1, *rest),
+        v.reshape(n_kv_head, -1, *rest),
+    )
+    return torch.cat(groups, dim=1).reshape(-1, *rest)
+
+
+def qkv_split(
+    t: torch.Tensor, n_head: int, n_kv_head: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The inverse of :func:`qkv_grouped`: a fused ``qkv`` weight or bias back to separate ``(q, k, v)``.
+
+    Example:
+        >>> [x.tolist() for x in qkv_split(torch.arange(4.0), n_head=2, n_kv_head=1)]
+        [[0.0, 1.0], [2.0], [3.0]]
+    """
+    _check_heads(n_head, n_kv_head)
+    r = n_head // n_kv_head
+    if t.size(0) % (n_kv_head * (r + 2)):
+        raise ValueError(
+            f"first dimension {t.size(0)} does not divide by (n_head + 2 * n_kv_head) = {n_head + 2 * n_kv_head}"
+        )
+    rest = t.shape[1:]
+    grouped = t.reshape(n_kv_head, r + 2, -1, *rest)  # (group, r query heads + k + v, hs, ...)
+    q = grouped[:, :r].reshape(-1, *rest)
+    return q, grouped[:, r].reshape(-1, *rest), grouped[:, r + 1].reshape(-1, *rest)
+
+
+class DenseAttention(nn.Module):
+    """Multi-head, grouped-query or multi-query self-attention with one fused QKV projection.
+
+    The fused ``qkv`` weight is grouped by key/value head, as Megatron-LM's: for each of the ``n_kv_head``
+    groups, the rows of its ``n_head / n_kv_head`` query heads, then its key rows, then its value rows
+    (``head_dim`` rows each). With ``n_kv_head == n_head`` (the default) that is Megatron's head-major order
     (head, {q, k, v}, head_dim), not ``[q; k; v]`` stacked as in nanoGPT / Hugging Face GPT-2's ``c_attn``
-    (:func:`qkv_head_major` converts such a weight). Splitting the rows into equal contiguous parts hands
-    each part whole heads of q, k and v, which is what tensor parallelism needs.
+    (:func:`qkv_head_major` converts such a weight; :func:`qkv_grouped` fuses separate q/k/v projections).
+    Splitting the rows into equal contiguous parts hands each part whole groups, which is what tensor
+    parallelism needs. Query head ``h`` reads key/value head ``h // (n_head / n_kv_head)``, as Hugging Face's
+    ``repeat_kv`` does.
 
     Args:
         n_embd: model width C; must divide by ``n_head``.
-        n_head: attention heads.
-        bias: biases in the QKV and output projections.
+        n_head: query heads.
+        n_kv_head: key/value heads (grouped-query attention); None is ``n_head``, 1 is multi-query.
+        head_dim: channels per head; None is ``n_embd // n_head``. Set apart, the attention works at width
+            ``n_head * head_dim`` and ``proj`` maps it back to ``n_embd``.
+        bias: biases in the QKV and output projections, unless ``qkv_bias`` / ``proj_bias`` say otherwise.
+        qkv_bias: bias in the fused QKV projection (Qwen2 has one); None follows ``bias``.
+        proj_bias: bias in the output projection; None follows ``bias``.
         causal: mask later keys (decoders); False attends both ways (MLM encoders).
         attn_dropout: dropout on the attention probabilities (training only).
         dropout: residual dropout after the output projection.
+        rope: rotary embeddings on queries and keys (:class:`~kit.nn.layers.rotary.RopeConfig`); None: none.
 
     Raises:
-        ValueError: if ``n_embd`` does not divide by ``n_head``.
+        ValueError: if ``n_embd`` does not divide by ``n_head`` (without ``head_dim``) or ``n_kv_head`` does not
+            divide ``n_head``.
 
     Example:
         >>> DenseAttention(32, 2)(torch.randn(2, 4, 32)).shape
         torch.Size([2, 4, 32])
+        >>> DenseAttention(32, 4, n_kv_head=2, rope=RopeConfig()).qkv.out_features  # (4 + 2 * 2) * 8
+        64
         >>> from kit.nn import GPTConfig
         >>> DenseAttention.from_config(GPTConfig.from_name("debug")).n_head
         2
@@ -303,61 +389,90 @@ class DenseAttention(nn.Module):
         n_embd: int,
         n_head: int,
         *,
+        n_kv_head: int | None = None,
+        head_dim: int | None = None,
         bias: bool = True,
+        qkv_bias: bool | None = None,
+        proj_bias: bool | None = None,
         causal: bool = True,
         attn_dropout: float = 0.0,
         dropout: float = 0.0,
+        rope: RopeConfig | None = None,
     ) -> None:
         super().__init__()
-        if n_embd % n_head:
+        if head_dim is None and n_embd % n_head:
             raise ValueError(
-                f"n_embd={n_embd} is not divisible by n_head={n_head}; pick a head count dividing it"
+                f"n_embd={n_embd} is not divisible by n_head={n_head}; pick a head count dividing it or set head_dim"
             )
-        self.n_head = n_head
+        n_kv_head = n_head if n_kv_head is None else n_kv_head
+        _check_heads(n_head, n_kv_head)
+        self.n_head, self.n_kv_head = n_head, n_kv_head
+        self.head_size = head_dim or n_embd // n_head
         self.causal = causal
         self.attn_dropout = attn_dropout
-        self.qkv = nn.Linear(n_embd, 3 * n_embd, bias=bias)
-        self.proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.rope = rope
+        width = (n_head + 2 * n_kv_head) * self.head_size
+        self.qkv = nn.Linear(n_embd, width, bias=bias if qkv_bias is None else qkv_bias)
+        self.proj = nn.Linear(n_head * self.head_size, n_embd, bias=bias if proj_bias is None else proj_bias)
         self.resid_dropout = nn.Dropout(dropout)
 
     @classmethod
     def from_config(cls, config: GPTConfig) -> DenseAttention:
-        """The layer with ``config``'s width, heads, bias, causality and dropouts."""
+        """The layer with ``config``'s width, heads, biases, causality, dropouts and rotary settings."""
         return cls(config.n_embd, config.n_head, **cls._common(config))
 
     @staticmethod
     def _common(config: GPTConfig) -> dict[str, object]:
         return {
+            "n_kv_head": config.n_kv_head,
+            "head_dim": config.head_dim,
             "bias": config.bias,
+            "qkv_bias": config.qkv_bias,
+            "proj_bias": config.proj_bias,
             "causal": config.causal,
             "attn_dropout": config.attn_dropout,
             "dropout": config.dropout,
+            "rope": config.rope if config.position == "rope" else None,
         }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        # head-major fused layout (Megatron's): output features are (head, q|k|v, head_dim), so a plain row split
-        # of the weight gives each tensor-parallel rank (kit.parallel.tensor) whole heads of q, k and v; -1 is
-        # n_head, or n_head / tp on one rank
-        qkv = self.qkv(x).view(B, T, -1, 3, C // self.n_head)
-        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(3))  # (B, nh, T, hs)
+        B, T, _ = x.shape
+        r = self.n_head // self.n_kv_head
+        # grouped fused layout: output features are (group, r query heads | k | v, head_dim), so a plain row split
+        # of the weight gives each tensor-parallel rank (kit.parallel.tensor) whole groups; -1 is n_kv_head, or
+        # n_kv_head / tp on one rank
+        qkv = self.qkv(x).view(B, T, -1, r + 2, self.head_size)
+        if r == 1:  # multi-head: one query head per group
+            q, k, v = (t.transpose(1, 2) for t in qkv.unbind(3))  # (B, nh, T, hs)
+        else:
+            q = qkv[:, :, :, :r].flatten(2, 3).transpose(1, 2)  # (B, nh, T, hs)
+            k = qkv[:, :, :, r].transpose(1, 2)  # (B, n_kv, T, hs)
+            v = qkv[:, :, :, r + 1].transpose(1, 2)
+        if self.rope is not None:
+            q, k = apply_rotary(q, k, self.rope.theta, self.rope.scaling)
         y = self._attend(q, k, v, self.attn_dropout if self.training else 0.0)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, -1)  # (B, T, C), or C / tp per rank
+        y = y.transpose(1, 2).contiguous().view(B, T, -1)  # (B, T, nh * hs), or a 1 / tp share per rank
         return self.resid_dropout(self.proj(y))
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
         return dense_attention(q, k, v, causal=self.causal, dropout_p=dropout_p)
 
+    def extra_repr(self) -> str:
+        rope = f", rope_theta={self.rope.theta}" if self.rope is not None else ""
+        return f"n_head={self.n_head}, n_kv_head={self.n_kv_head}{rope}"
+
 
 class SlidingWindowAttention(DenseAttention):
-    """:class:`DenseAttention`'s projections over :func:`sliding_window_attention`.
+    """:class:`DenseAttention`'s projections (grouped-query, rotary and biases included) over
+    :func:`sliding_window_attention`; with rotary and ``n_kv_head`` this is Mistral's attention.
 
     Args:
         n_embd: model width C; must divide by ``n_head``.
         n_head: attention heads.
         window: each query sees keys fewer than ``window`` positions away.
         global_positions: positions that see every key and are seen by every query.
-        **kwargs: ``bias``, ``causal``, ``attn_dropout`` and ``dropout``, as :class:`DenseAttention`.
+        **kwargs: ``n_kv_head``, ``head_dim``, ``bias``, ``qkv_bias``, ``proj_bias``, ``causal``, ``attn_dropout``,
+            ``dropout`` and ``rope``, as :class:`DenseAttention`.
 
     Raises:
         ValueError: for ``window < 1`` or a negative global position.
@@ -378,12 +493,9 @@ class SlidingWindowAttention(DenseAttention):
         *,
         window: int = 64,
         global_positions: Sequence[int] = (),
-        bias: bool = True,
-        causal: bool = True,
-        attn_dropout: float = 0.0,
-        dropout: float = 0.0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(n_embd, n_head, bias=bias, causal=causal, attn_dropout=attn_dropout, dropout=dropout)
+        super().__init__(n_embd, n_head, **kwargs)
         checked = SlidingWindowConfig(window, list(global_positions))
         self.window = checked.window
         self.global_positions = tuple(checked.global_positions)
@@ -410,6 +522,9 @@ class SlidingWindowAttention(DenseAttention):
             causal=self.causal,
             dropout_p=dropout_p,
         )
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, window={self.window}"
 
 
 ATTENTION: dict[str, type[nn.Module]] = {"dense": DenseAttention, "sliding_window": SlidingWindowAttention}

@@ -167,7 +167,7 @@ class SwitchMoE(nn.Module):
 
     Args:
         n_embd: input and output width d.
-        hidden: each expert's hidden width h (``mlp_ratio * n_embd`` in a ``GPTConfig``).
+        hidden: each expert's hidden width h (``GPTConfig.ffn_hidden``: ``mlp_hidden`` or ``mlp_ratio * n_embd``).
         experts, top_k, capacity_factor, eval_capacity_factor, aux_alpha, z_loss, jitter, expert_dropout: the
             :class:`MoEConfig` fields (pass one as ``**dataclasses.asdict(moe)``); ``jitter`` is multiplicative
             uniform noise on the router input in training, ``expert_dropout`` dropout inside the experts.
@@ -236,7 +236,7 @@ class SwitchMoE(nn.Module):
         m = config.moe
         return cls(
             config.n_embd,
-            config.mlp_ratio * config.n_embd,
+            config.ffn_hidden,
             experts=m.experts,
             top_k=m.top_k,
             capacity_factor=m.capacity_factor,
@@ -245,7 +245,7 @@ class SwitchMoE(nn.Module):
             z_loss=m.z_loss,
             jitter=m.jitter,
             expert_dropout=m.expert_dropout,
-            bias=config.bias,
+            bias=config.bias if config.mlp_bias is None else config.mlp_bias,
             dropout=config.dropout,
             activation=config.activation,
             n_layer=config.n_layer,
