@@ -79,28 +79,37 @@ def test_topic_data_uses_the_pretraining_tokenizer_and_train_fraction(pretrained
     assert not test_rows & {tuple(r.tolist()) for r in mlm.train_set.tensors[0]}  # test never pretrained on
 
 
+PRETRAIN_STEPS, DRAWS = 3000, 5
+
+
 @pytest.mark.slow
 def test_pretrained_start_beats_random_start_on_the_same_budget(tmp_path) -> None:
-    """Stage 1: masked-LM pretraining (no NSP, 1500 steps, cosine schedule) on the corpus the task is cut from,
-    minus its test passages. Stage 2: a 150-step full fine-tune on 10% of the labels (39 passages), mean-pooled
-    over non-pad tokens (the positions MLM trains), against the same fine-tune from a random start: same config,
-    batches, steps and learning rate. Three draws of the labelled subset; the means are compared.
+    """Stage 1: masked-LM pretraining (no NSP, 3,000 steps as in the transfer benchmark, cosine schedule) on the
+    corpus the task is cut from, minus its test passages. Stage 2: a 150-step full fine-tune on 10% of the labels,
+    mean-pooled over non-pad tokens (the positions MLM trains), against the same fine-tune from a random start:
+    same config, batches, steps and learning rate. Five draws of the labelled subset, each compared in pairs.
 
-    Measured (one thread on 2 busy shared cores): test macro-F1 0.427 (0.358, 0.474, 0.448) pretrained vs 0.366
-    (0.306, 0.374, 0.416) random; the pretrained start won every draw. 17 minutes there; ~3-4 on one idle core."""
+    Measured (torch 2.13, one thread): test macro-F1 0.446 (0.354, 0.434, 0.415, 0.534, 0.495) pretrained vs
+    0.413 (0.366, 0.390, 0.410, 0.437, 0.462) random; the pretrained start won 4 of the 5 draws. With 1,500
+    pretraining steps and three draws the gap was within noise (0.396 vs 0.389, random won one draw), so the
+    budget and the draws are what make the comparison hold. The run is seeded and single-threaded, so the figures
+    repeat exactly on one machine and version; about 7 minutes on one idle core."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one thread: reproducible figures, and 10x faster than two on busy shared cores
     try:
         data = {"vocab_size": 1024, "block_size": 64, "batch_size": 32}
         config = GPTConfig(name="tiny", n_layer=2, n_embd=64, n_head=2, block_size=64, causal=False)
         pl.seed_everything(0, verbose=False)
-        trainer = make_trainer(max_steps=1500, val_check_interval=1500, check_val_every_n_epoch=None)
-        trainer.fit(MaskedLM(config, lr=2e-3, warmup_steps=75, schedule="cosine"), MLMDataModule(**data))
+        trainer = make_trainer(
+            max_steps=PRETRAIN_STEPS, val_check_interval=PRETRAIN_STEPS, check_val_every_n_epoch=None
+        )
+        pretrain = MaskedLM(config, lr=2e-3, warmup_steps=PRETRAIN_STEPS // 20, schedule="cosine")
+        trainer.fit(pretrain, MLMDataModule(**data))
         assert trainer.callback_metrics["val/mlm_acc"] > 0.08  # it learned beyond the unigram guess
         ckpt = tmp_path / "mlm.ckpt"
         trainer.save_checkpoint(ckpt)
         f1: dict[str, list[float]] = {"pretrained": [], "random": []}
-        for draw in range(3):
+        for draw in range(DRAWS):
             for name, init in (("pretrained", str(ckpt)), ("random", None)):
                 pl.seed_everything(draw, verbose=False)
                 dm = TopicDataModule(train_fraction=0.1, sample_seed=draw, **data)
@@ -115,8 +124,10 @@ def test_pretrained_start_beats_random_start_on_the_same_budget(tmp_path) -> Non
     finally:
         torch.set_num_threads(threads)
     mean = {k: sum(v) / len(v) for k, v in f1.items()}
-    print(f"test macro-F1 per draw {f1}, means {mean}")  # shown with pytest -s: the figures the README cites
+    wins = sum(p > r for p, r in zip(f1["pretrained"], f1["random"], strict=True))
+    print(f"test macro-F1 per draw {f1}, means {mean}, pretrained won {wins} of {DRAWS}")  # pytest -s shows it
     assert mean["pretrained"] > mean["random"] + 0.02, f1
+    assert wins > DRAWS // 2, f1  # the pretrained start wins most draws, not one lucky draw
 
 
 @pytest.mark.slow
