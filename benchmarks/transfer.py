@@ -173,7 +173,7 @@ def main(argv: list[str]) -> dict:
         ckpt = str(path)
     # the random start gets the pretrained backbone's exact config (a given --pretrain-ckpt may differ from flags)
     config = GPTConfig(
-        **torch.load(ckpt, map_location="cpu", weights_only=False)["hyper_parameters"]["config"]
+        **torch.load(ckpt, map_location="cpu", weights_only=True)["hyper_parameters"]["config"]
     )
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     runs: dict[str, list[dict]] = {}

@@ -1,11 +1,14 @@
 """KitCheckpoint: Lightning's ModelCheckpoint with atomic writes, a manifest, last-k + best-k, exact RNG
 resume and an optional asynchronous save.
 
-Every file or folder it writes goes through ``kit.checkpoint``: the strategy saves into a hidden temporary
-path, rank zero fsyncs it and renames it into place, then records it in ``manifest.json`` with the SHA-256
-of each file. ``last.ckpt`` is a hard link to the newest checkpoint (a folder of hard links for sharded ones), replaced
-by a rename, so it always names a complete checkpoint. Sharded checkpoints (FSDP, DeepSpeed) are folders
-and take the same path.
+Every file or folder it writes goes through ``kit.checkpoint``: a single-file checkpoint is written by
+``torch.save`` straight into a hidden temporary file in the checkpoint folder (named with the host, the process
+id and a random part; nothing is staged in memory or ``$TMPDIR``), fsynced and renamed into place; a sharded one
+(FSDP, DeepSpeed) is a folder the strategy writes under such a temporary name. Rank zero then records it in
+``manifest.json`` with the SHA-256 of each file. ``last.ckpt`` is a hard link to the newest checkpoint (a folder of
+hard links for sharded ones), recorded in the manifest first and then renamed into place, so it always names a
+complete checkpoint. Old periodic checkpoints leave the manifest before their files are deleted, by exact name.
+At setup, rank zero sweeps what a killed run left in the folder (``kit.checkpoint.sweep``) and says so.
 
 - ``keep_last``: periodic checkpoints ``step00000150.ckpt`` every ``every_n_train_steps`` steps (or each epoch
   end); the newest ``keep_last`` stay.
@@ -46,8 +49,10 @@ from kit.callbacks.preemption import PreemptionSave
 from kit.callbacks.watchdog import HangWatchdog
 from kit.checkpoint import FORMAT_VERSION, CheckpointEntry, Manifest, upgrade_checkpoint
 from kit.checkpoint.async_writer import AsyncWriter, to_cpu
-from kit.checkpoint.atomic import commit, remove_path, write_error
+from kit.checkpoint.atomic import commit, remove_path, save_torch_file, temp_path, write_error
+from kit.checkpoint.manifest import checksum, delete_checkpoint_files, is_plain_name
 from kit.checkpoint.rng import StepRng
+from kit.checkpoint.sweep import sweep
 
 __all__ = ["KitCheckpoint"]
 
@@ -185,6 +190,10 @@ class KitCheckpoint(ModelCheckpoint):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         self._writer.folder = self.dirpath
+        if stage == "fit" and trainer.is_global_zero and self.dirpath:
+            notes = sweep(self.dirpath)
+            if notes:
+                rank_zero_warn(f"KitCheckpoint: swept {self.dirpath} after an interrupted run: {'; '.join(notes)}")
         if stage == "fit" and self._hook is None:  # the resume (if any) loads weights before on_train_start
             self._hook = pl_module.register_load_state_dict_pre_hook(mismatch_hook)
         # the Trainer's own PreemptionSave, if any, takes over from the composed one
@@ -315,7 +324,8 @@ class KitCheckpoint(ModelCheckpoint):
         kind, step, epoch = self._kind, trainer.global_step, trainer.current_epoch
         score = self.current_score if kind == "best" else None
         score = float(score) if score is not None else None
-        tmp = str(Path(filepath).parent / f".{Path(filepath).name}.tmp-step{step}")
+        # one name for every rank (a sharded folder is written by all of them), unique to this process
+        tmp = trainer.strategy.broadcast(str(temp_path(filepath)))
         checkpoint = dump_checkpoint(trainer, self.save_weights_only)
         traits = strategy_traits(trainer.strategy)
         dcp_key = traits.dcp_model_key
@@ -340,7 +350,7 @@ class KitCheckpoint(ModelCheckpoint):
                 )
             ok, err = True, None
             try:
-                trainer.strategy.save_checkpoint(checkpoint, tmp)
+                self._write(trainer, checkpoint, tmp)
             except Exception as e:  # every rank must learn of a failure before anyone waits on a barrier
                 ok, err = False, e
             ok = trainer.strategy.reduce_boolean_decision(ok, all=True)
@@ -364,6 +374,27 @@ class KitCheckpoint(ModelCheckpoint):
 
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(proxy(self))
+
+    @staticmethod
+    def _write(trainer: pl.Trainer, checkpoint: dict, tmp: str, single_process: bool = False) -> None:
+        """Write ``checkpoint`` to ``tmp``: a single-file checkpoint with ``torch.save`` straight into the file
+        (Lightning's default ``checkpoint_io`` buffers it and stages it in ``$TMPDIR`` first); a sharded one, or
+        one going through a user's own ``checkpoint_io``, through the strategy."""
+        from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+        from lightning.pytorch.strategies import Strategy
+
+        strategy = trainer.strategy
+        # only where the strategy would hand the whole dict to the default checkpoint_io: a strategy that saves
+        # its own way (sharded, or a subclass's save_checkpoint) and a user's checkpoint_io keep theirs
+        plain_save = getattr(strategy.save_checkpoint, "__func__", None) is Strategy.save_checkpoint
+        direct = plain_save and type(strategy.checkpoint_io) is TorchCheckpointIO
+        if direct and not strategy_traits(strategy).shards_state:
+            if single_process or trainer.is_global_zero:
+                save_torch_file(checkpoint, tmp)
+        elif single_process:
+            trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, tmp)
+        else:
+            trainer.strategy.save_checkpoint(checkpoint, tmp)
 
     def _save_sharded_async(
         self, trainer: pl.Trainer, checkpoint: dict, key: str, tmp: str, filepath: str, meta: tuple
@@ -408,7 +439,7 @@ class KitCheckpoint(ModelCheckpoint):
     ) -> None:
         start = time.perf_counter()
         try:
-            trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, tmp)
+            self._write(trainer, checkpoint, tmp, single_process=True)
         except Exception as err:
             remove_path(tmp)
             raise write_error(Path(filepath), err) from err
@@ -425,14 +456,16 @@ class KitCheckpoint(ModelCheckpoint):
             raise write_error(Path(filepath), err) from err
         manifest = Manifest(self.dirpath)
         manifest.add(Path(filepath).name, step, epoch, kind, score)
+        pruned = []
         if kind == "step":
             protected = {Path(p).name for p in self.best_k_models} | {Path(filepath).name}
             periodic = manifest.newest_first(["step"])
-            for old in periodic[self.keep_last :]:
-                if old.name not in protected:
-                    remove_path(Path(self.dirpath) / old.name)
-                    manifest.remove(old.name)
-        manifest.save()
+            pruned = [old for old in periodic[self.keep_last :] if old.name not in protected]
+            for old in pruned:
+                manifest.remove(old.name)
+        manifest.save()  # before any file goes: a kill in between leaves unlisted files, swept at the next start
+        for old in pruned:
+            delete_checkpoint_files(self.dirpath, old)
 
     def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict) -> None:
         if not self.save_last:
@@ -456,8 +489,8 @@ class KitCheckpoint(ModelCheckpoint):
                 self._kind = "best"
 
     def _link_last(self, source: str, filepath: str, step: int, epoch: int) -> None:
-        tmp = Path(filepath).parent / f".{Path(filepath).name}.tmp-link"
-        remove_path(tmp)
+        tmp = temp_path(filepath)
+        name = Path(filepath).name
         try:
             if Path(source).is_dir():  # a sharded folder: link every file (no second copy of the bytes)
                 import shutil
@@ -465,29 +498,31 @@ class KitCheckpoint(ModelCheckpoint):
                 shutil.copytree(source, tmp, copy_function=_link_or_copy)
             else:
                 os.link(source, tmp)
+            manifest = Manifest(self.dirpath)
+            entry = manifest.entries.get(Path(source).name)
+            # a hard link shares the bytes: the source's checksums hold (else hash the link itself)
+            files = dict(entry.files) if entry is not None else checksum(tmp)
+            manifest.entries[name] = CheckpointEntry(name, step, epoch, "last", time.time(), None, files)
+            manifest.save()  # recorded before the rename: a kill in between leaves a stale last.ckpt the sweep drops
             commit(tmp, filepath)
         except Exception as err:
             remove_path(tmp)
             raise write_error(Path(filepath), err) from err
-        manifest = Manifest(self.dirpath)
-        entry = manifest.entries.get(Path(source).name)
-        if entry is None:  # not in the manifest (written by something else): hash the link itself
-            manifest.add(Path(filepath).name, step, epoch, "last")
-        else:  # a hard link shares the bytes: the source's checksums hold
-            manifest.entries[Path(filepath).name] = CheckpointEntry(
-                Path(filepath).name, step, epoch, "last", time.time(), None, dict(entry.files)
-            )
-        manifest.save()
 
     def _remove_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         if trainer.is_global_zero:
             self._writer.submit(self._forget, filepath)
 
     def _forget(self, filepath: str) -> None:
-        remove_path(filepath)
+        name = Path(filepath).name
+        if not is_plain_name(name) or Path(filepath).parent.resolve() != Path(self.dirpath).resolve():
+            return  # only checkpoints this callback wrote into its own folder
         manifest = Manifest(self.dirpath)
-        manifest.remove(Path(filepath).name)
-        manifest.save()
+        entry = manifest.remove(name)
+        manifest.save()  # before the files go
+        if entry is None:
+            entry = CheckpointEntry(name, files=checksum(filepath) if Path(filepath).exists() else {})
+        delete_checkpoint_files(self.dirpath, entry)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # the final step is always saved, so a later resume (or fine-tune) starts from where fit stopped

@@ -2,8 +2,8 @@
 
 Example:
     >>> import lightning.pytorch as pl
-    >>> gen = torch.load("cgan_generator.pt", weights_only=False)  # doctest: +SKIP
-    >>> trainer = pl.Trainer(callbacks=[GenerativeAugment(gen, ratio=0.5)])  # doctest: +SKIP
+    >>> gen = MyGenerator()  # your nn.Module; its weights load as data (weights_only=True)  # doctest: +SKIP
+    >>> trainer = pl.Trainer(callbacks=[GenerativeAugment(gen, generator_weights="cgan.pt", ratio=0.5)])  # doctest: +SKIP
 
 The embedded example (``python -m benchmarks generative_augment``) trains a small class-conditional GAN on
 10% of the digits and compares a classifier trained on those real images alone with one trained through
@@ -86,7 +86,7 @@ class GenerativeAugment(Callback):
         if stage != "fit" or self.generator is None:
             return
         if self.generator_weights:
-            self.generator.load_state_dict(torch.load(self.generator_weights, map_location="cpu"))
+            self.generator.load_state_dict(torch.load(self.generator_weights, map_location="cpu", weights_only=True))
         self.generator.to(pl_module.device).eval().requires_grad_(False)
         if self.num_classes is None and self.labels == "uniform":
             self.num_classes = getattr(pl_module, "num_classes", None)

@@ -287,6 +287,7 @@ class TextDataModule(pl.LightningDataModule):
         self.natural_proportions: dict[str, float] = {}
         self.sampler: TemperatureSampler | None = None
         self.augmented_docs = 0
+        self._summary: tuple[os.PathLike, bool, int, int] | None = None  # built but not yet reported
 
     @property
     def vocab_size(self) -> int | None:
@@ -300,6 +301,8 @@ class TextDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
             self._load_and_tokenize(log=True)
+        elif self._summary is not None:  # prepare_data built it in this process: report it once, here
+            self._log_setup(*self._summary)
 
     def _load_and_tokenize(self, log: bool) -> None:
         hp = self.hparams
@@ -324,8 +327,9 @@ class TextDataModule(pl.LightningDataModule):
         flat_train = [t for ids in train_ids for t in ids]
         flat_val = [t for ids in val_ids for t in ids]
         self.unigram_loss = unigram_cross_entropy(flat_train, flat_val, tok.get_vocab_size())
+        self._summary = (path, cached, len(flat_train), len(flat_val))
         if log:
-            self._log_setup(path, cached, len(flat_train), len(flat_val))
+            self._log_setup(*self._summary)
 
     def _tokenizer(self) -> tuple[Tokenizer, Path, bool]:
         """The folder's tokenizer when one is given, else BPE trained on (or cached for) the training documents."""
@@ -406,6 +410,8 @@ class TextDataModule(pl.LightningDataModule):
         self.test_set = packed.get("test")
 
     def _log_setup(self, path: os.PathLike, cached: bool, n_train: int, n_val: int) -> None:
+        """What setup built and what reading skipped, replaced or moved: once, on rank zero."""
+        self._summary = None
         hp, report = self.hparams, self.report
         source = "embedded pydoc_data corpus" if hp.paths is None else f"{report.files} file(s)"
         rank_zero_info(

@@ -32,7 +32,7 @@ from kit._compat import batches_fetched_ahead
 from kit.data.shard_meta import read_shard_metadata
 from kit.data.shards import ShardErrorHandler, expand_urls
 
-__all__ = ["WebDataModule"]
+__all__ = ["WebDataModule", "refuse_pipe_urls"]
 
 _DECODERS = ("lm", "text", "raw")
 
@@ -182,6 +182,23 @@ def _collate_list(batch: list[Any]) -> list[Any]:
     return batch
 
 
+def refuse_pipe_urls(urls: str | list[str], allow_pipe: bool) -> None:
+    """Refuse ``pipe:`` URLs unless ``allow_pipe``: webdataset runs their command in a shell.
+
+    Raises:
+        ValueError: naming the URL and the option that allows it.
+
+    Example:
+        >>> refuse_pipe_urls(["shards/train-000000.tar"], allow_pipe=False)
+    """
+    for url in [urls] if isinstance(urls, str) else list(urls):
+        if str(url).lstrip().startswith("pipe:") and not allow_pipe:
+            raise ValueError(
+                f"shard URL {str(url)[:80]!r} runs a shell command (webdataset's pipe: scheme); refused unless you "
+                "opt in with WebDataModule(allow_pipe=True) (--data.allow_pipe=true), and only for configs you wrote"
+            )
+
+
 class WebDataModule(pl.LightningDataModule):
     """Stream training (and validation) samples from tar shards.
 
@@ -213,14 +230,17 @@ class WebDataModule(pl.LightningDataModule):
         on_error: corrupt/truncated shard policy: ``"warn"`` (skip, warn, count), ``"skip"`` or ``"raise"``.
         vocab_size: the tokenizer size you expect; ``None`` takes it from ``kit-shards.json`` beside the shards
             (written by ``kit data shards --tokenizer``). Given both and they differ: a ``ValueError`` naming both.
+        allow_pipe: accept ``pipe:COMMAND`` URLs, which webdataset opens by running ``COMMAND`` in a shell.
+            Off by default: a YAML that names a ``pipe:`` URL is code, so only configs you wrote should turn it
+            on (``--data.allow_pipe=true``).
 
     After construction, ``vocab_size``, ``block_size``, ``tokenizer_path`` and ``tokenizer`` (the
     ``tokenizers.Tokenizer``, when its file exists) come from that metadata, so ``CausalLM`` with
     ``vocab_size: null`` sizes its embedding from the shards.
 
     Raises:
-        ValueError: no shards, an unknown ``decode`` or ``on_error``, or ``resampled`` without
-            ``epoch_length``.
+        ValueError: no shards, an unknown ``decode`` or ``on_error``, ``resampled`` without
+            ``epoch_length``, or a ``pipe:`` URL without ``allow_pipe=True``.
     """
 
     def __init__(
@@ -237,8 +257,13 @@ class WebDataModule(pl.LightningDataModule):
         decode: str | Callable[[dict[str, Any]], Any] = "lm",
         on_error: str = "warn",
         vocab_size: int | None = None,
+        allow_pipe: bool = False,
     ) -> None:
         super().__init__()
+        self.allow_pipe = allow_pipe
+        refuse_pipe_urls(train_urls, allow_pipe)
+        if val_urls is not None:
+            refuse_pipe_urls(val_urls, allow_pipe)
         self.train_shards = expand_urls(train_urls)
         self.val_shards = expand_urls(val_urls) if val_urls is not None else None
         if isinstance(decode, str) and decode not in _DECODERS:
@@ -284,10 +309,13 @@ class WebDataModule(pl.LightningDataModule):
     def make_dataset(self, shards: list[str], train: bool, decode: bool = True) -> wds.DataPipeline:
         """The webdataset pipeline for ``shards`` (public so users can iterate it without a Trainer).
 
+        ``pipe:`` URLs are refused here too unless the module was built with ``allow_pipe=True``.
+
         Shuffling uses ``wds.detshuffle`` (seeded by ``seed`` and the epoch) for the shard order and the sample
         buffer. With ``decode=False`` the pipeline yields raw samples (the training loader decodes after its
         resume bookkeeping).
         """
+        refuse_pipe_urls(shards, self.allow_pipe)
         handler = self.error_handler
         if train and self.resampled:
             stages: list[Any] = [wds.ResampledShards(shards, seed=self.seed, deterministic=True)]

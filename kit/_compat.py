@@ -12,6 +12,9 @@ Private hooks the kit overrides (no public hook does the job; each reads framewo
 - ``kit.parallel.strategies.CompressedDDPStrategy._register_ddp_hooks``: Lightning's ``DDPStrategy`` registers
   a comm hook on CUDA only; the override registers the kit's hooks on any device (gloo on CPU included),
   reading the hook through :func:`ddp_comm_hook`.
+- ``kit.cli.main.KitCLI._parse_ckpt_path``: LightningCLI reads a ``--ckpt_path`` file's hyper-parameters (pickle
+  included) before any public hook runs; the override verifies the file, loads it with ``weights_only=True`` and
+  drops hyper-parameters that would pick a class or a path. Tested: lightning 2.6.6 (the method exists in 2.4).
 """
 
 from __future__ import annotations

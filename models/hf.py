@@ -32,6 +32,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from kit._compat import attached_trainer
+from kit.models._classify import ClassifierEvalSteps
 from kit.models._optim import OPTIMIZERS, optimizers_from_hparams
 from kit.nn.hf_layers import decoder_layer_classes
 from kit.nn.peft import PeftConfig, cost_report, trainable_fraction
@@ -266,7 +267,7 @@ class HFCausalLM(_HFModule):
         self._epoch_end("test")
 
 
-class HFSequenceClassifier(_HFModule):
+class HFSequenceClassifier(ClassifierEvalSteps, _HFModule):
     """Classification with ``AutoModelForSequenceClassification.from_pretrained(model, num_labels=...)``.
 
     Batches are ``(input_ids, label)``. The attention mask is ``input_ids != pad_id`` (the datamodule's ``pad_id``
@@ -319,26 +320,3 @@ class HFSequenceClassifier(_HFModule):
         self.log("train/loss", loss.detach(), prog_bar=True)
         return loss
 
-    def _eval(self, batch: tuple[torch.Tensor, torch.Tensor], metrics: MetricCollection) -> None:
-        idx, y = batch
-        logits = self(idx).float()
-        self.val_loss.update(F.cross_entropy(logits, y), weight=y.numel())
-        metrics.update(logits, y)
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval(batch, self.val_metrics)
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval(batch, self.test_metrics)
-
-    def _eval_end(self, metrics: MetricCollection, stage: str) -> None:
-        self.log_dict(metrics.compute(), prog_bar=stage == "val", sync_dist=True)
-        self.log(f"{stage}/loss", self.val_loss.compute(), sync_dist=True)
-        metrics.reset()
-        self.val_loss.reset()
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_end(self.val_metrics, "val")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_end(self.test_metrics, "test")

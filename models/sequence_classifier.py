@@ -26,6 +26,8 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from kit._compat import attached_trainer
 from kit.checkpoint.init_from import resolve_init_from
 from kit.checkpoint.migrations import upgrade_qkv_layout
+from kit.checkpoint.safe_load import load_checkpoint
+from kit.models._classify import ClassifierEvalSteps
 from kit.models._hooks import QKVLayoutHooks
 from kit.models._optim import optimizers_from_hparams
 from kit.nn import GPT, GPTConfig
@@ -39,7 +41,14 @@ from kit.nn.peft import (
 )
 from kit.nn.transforms import apply_transforms
 
-__all__ = ["POOLINGS", "SequenceClassifier", "load_backbone", "resolve_init_from"]
+__all__ = [
+    "POOLINGS",
+    "SequenceClassifier",
+    "check_vocabulary",
+    "checkpoint_vocab_size",
+    "load_backbone",
+    "resolve_init_from",
+]
 
 POOLINGS = ("mean", "cls", "last")
 
@@ -84,7 +93,45 @@ def load_backbone(model: nn.Module, checkpoint: dict) -> tuple[list[str], list[s
     return missing, unexpected
 
 
-class SequenceClassifier(QKVLayoutHooks, pl.LightningModule):
+def checkpoint_vocab_size(checkpoint: dict) -> int | None:
+    """The vocabulary of a pretraining checkpoint: rows of its token embedding (or its config's ``vocab_size``)."""
+    state = checkpoint.get("state_dict", checkpoint)
+    for key in ("model.wte.weight", "model._orig_mod.wte.weight", "wte.weight"):
+        if key in state and hasattr(state[key], "shape"):
+            return int(state[key].shape[0])
+    config = (checkpoint.get("hyper_parameters") or {}).get("config") or {}
+    vocab = config.get("vocab_size") if isinstance(config, dict) else None
+    return int(vocab) if vocab is not None else None
+
+
+def check_vocabulary(checkpoint: dict, model_vocab: int | None, data_vocab: int | None) -> None:
+    """Before ``init_from`` loads a backbone: its vocabulary must match the model's and the data's tokenizer.
+
+    Raises:
+        ValueError: the sizes differ, naming both and the fix (token ids past the embedding would otherwise end in
+            an IndexError deep inside the first forward).
+
+    Example:
+        >>> check_vocabulary({"state_dict": {"model.wte.weight": torch.zeros(64, 8)}}, 64, 512)  # doctest: +SKIP
+        ValueError: init_from: the checkpoint's vocabulary has 64 tokens but the data's tokenizer has 512 ...
+    """
+    vocab = checkpoint_vocab_size(checkpoint)
+    if vocab is None:
+        return
+    if data_vocab is not None and int(data_vocab) != vocab:
+        raise ValueError(
+            f"init_from: the checkpoint's vocabulary has {vocab:,} tokens but the data's tokenizer has "
+            f"{int(data_vocab):,}; fine-tune with the tokenizer the backbone was pretrained with (the same "
+            "data.vocab_size and tokenizer_dir as the pretraining run)"
+        )
+    if model_vocab is not None and int(model_vocab) != vocab:
+        raise ValueError(
+            f"init_from: the checkpoint's vocabulary has {vocab:,} tokens but model.config.vocab_size is "
+            f"{int(model_vocab):,}; leave model.config unset to take the pretraining config from the checkpoint"
+        )
+
+
+class SequenceClassifier(ClassifierEvalSteps, QKVLayoutHooks, pl.LightningModule):
     """Pooled backbone states -> dropout -> linear head; cross-entropy on ``(input_ids (B, T), label (B,))``.
 
     Logs ``val/acc``, ``val/f1`` (macro) and ``val/loss`` (and ``test/*``) through torchmetrics, and at fit start
@@ -148,7 +195,8 @@ class SequenceClassifier(QKVLayoutHooks, pl.LightningModule):
         resolved = resolve_init_from(init_from) if init_from is not None else None
         if resolved is not None and str(resolved) != str(init_from):
             rank_zero_info(f"SequenceClassifier: init_from={str(init_from)!r} -> {resolved}")
-        self._checkpoint = torch.load(resolved, map_location="cpu", weights_only=False) if resolved else None
+        # data, never code: a file that needs pickled objects is refused with one line
+        self._checkpoint = load_checkpoint(resolved) if resolved else None
         if config is None and self._checkpoint is not None:
             config = GPTConfig.from_dict(self._checkpoint["hyper_parameters"]["config"])
         self.config = config if config is not None else GPTConfig(name="tiny", causal=False)
@@ -191,6 +239,8 @@ class SequenceClassifier(QKVLayoutHooks, pl.LightningModule):
             self.hparams.num_classes = int(n)
         if self.hparams.pad_id is None and getattr(dm, "pad_id", None) is not None:
             self.hparams.pad_id = int(dm.pad_id)
+        if self._checkpoint is not None:
+            check_vocabulary(self._checkpoint, self.config.vocab_size, getattr(dm, "vocab_size", None))
         backbone = GPT(self.config)
         if self._checkpoint is not None:
             missing, unexpected = load_backbone(backbone, self._checkpoint)
@@ -242,29 +292,6 @@ class SequenceClassifier(QKVLayoutHooks, pl.LightningModule):
         self.log("train/loss", loss.detach(), prog_bar=True)
         return loss
 
-    def _eval(self, batch: tuple[torch.Tensor, torch.Tensor], metrics: MetricCollection) -> None:
-        idx, y = batch
-        logits = self(idx).float()
-        self.val_loss.update(F.cross_entropy(logits, y), weight=y.numel())
-        metrics.update(logits, y)
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval(batch, self.val_metrics)
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval(batch, self.test_metrics)
-
-    def _eval_end(self, metrics: MetricCollection, stage: str) -> None:
-        self.log_dict(metrics.compute(), prog_bar=stage == "val", sync_dist=True)
-        self.log(f"{stage}/loss", self.val_loss.compute(), sync_dist=True)
-        metrics.reset()
-        self.val_loss.reset()
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_end(self.val_metrics, "val")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_end(self.test_metrics, "test")
 
     # -- costs, optimisation, checkpoints -------------------------------------------------------------------
     def on_train_start(self) -> None:

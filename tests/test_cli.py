@@ -107,7 +107,7 @@ def test_fit_then_validate_then_resume_from_last(tmp_path) -> None:
     assert "kit fit finished" in out and "unigram baseline val loss" in out and "sample:" in out
     last = tmp_path / "runs/gpt-tiny/version_0/checkpoints/last.ckpt"
     assert last.exists()
-    assert torch.load(last, weights_only=False)["global_step"] == 6
+    assert torch.load(last, weights_only=True)["global_step"] == 6
     rows = _metrics(tmp_path / "runs")
     assert any(r.get("val/loss") for r in rows) and any(r.get("train/ppl") for r in rows)
 
@@ -121,8 +121,8 @@ def test_fit_then_validate_then_resume_from_last(tmp_path) -> None:
     # each run (validate and test too) has its own logger version; the resumed fit wrote into the newest
     resumed = max(tmp_path.glob("runs/gpt-tiny/version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
     assert resumed != last
-    assert torch.load(resumed, weights_only=False)["global_step"] == 10
-    assert torch.load(last, weights_only=False)["global_step"] == 6
+    assert torch.load(resumed, weights_only=True)["global_step"] == 10
+    assert torch.load(last, weights_only=True)["global_step"] == 6
     steps = [int(r["step"]) for r in _metrics(tmp_path / "runs") if r.get("train/loss")]
     assert max(steps) >= 9 and min(s for s in steps if s >= 6) >= 6
 

@@ -213,7 +213,11 @@ PRIVATE_READS = {
 }
 # Files that may still match, with the reason. kit/parallel/ belongs to the strategies/pipelining sections of
 # kit/_compat.py, moved by their own owner; none of these patterns matches there today, so nothing is listed.
-ALLOWED: dict[str, str] = {}
+ALLOWED: dict[str, str] = {
+    # transformers names a model's decoder-layer classes by string (``_no_split_modules``); matching module
+    # classes against those names is its API, not strategy sniffing
+    "kit/nn/hf_layers.py": "class names from transformers' _no_split_modules",
+}
 
 
 def test_each_pattern_catches_the_reads_it_names() -> None:

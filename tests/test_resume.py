@@ -70,7 +70,7 @@ def reference(tmp_path_factory) -> dict[str, Path]:
 
 
 def _check_same(ref: Path, out: Path) -> None:
-    a, b = torch.load(ref / "final.pt"), torch.load(out / "final.pt")
+    a, b = (torch.load(d / "final.pt", weights_only=True) for d in (ref, out))
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), f"{k} differs after resume"

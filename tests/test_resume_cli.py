@@ -100,7 +100,7 @@ def _interrupt(cwd: Path, config: Path, sig: int, at_step: int) -> tuple[int, st
 def _final(cwd: Path) -> dict:
     """The newest version folder's last.ckpt (the resumed run's)."""
     versions = sorted(cwd.glob("runs/gpt-tiny/version_*"), key=lambda p: int(p.name.split("_")[1]))
-    return torch.load(versions[-1] / "checkpoints" / "last.ckpt", weights_only=False)
+    return torch.load(versions[-1] / "checkpoints" / "last.ckpt", weights_only=True)
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def _kill_and_resume(reference: Path, tmp_path: Path, sig: int) -> None:
     killed = _rows(tmp_path)
     out = _fit(tmp_path, config, "--ckpt_path", "last")
     line = next(li for li in out.splitlines() if li.startswith("kit: --ckpt_path last -> "))
-    resumed_from = torch.load(tmp_path / line.split(" -> ", 1)[1], weights_only=False)
+    resumed_from = torch.load(tmp_path / line.split(" -> ", 1)[1], weights_only=True)
     assert "runs/gpt-tiny/version_0/checkpoints/" in line  # the killed run's folder
     assert (
         tmp_path / "runs/gpt-tiny/version_1/checkpoints/last.ckpt"

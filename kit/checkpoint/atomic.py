@@ -17,11 +17,27 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-__all__ = ["CheckpointWriteError", "atomic_write", "commit", "fsync_tree", "remove_path"]
+__all__ = [
+    "TMP_MARK",
+    "CheckpointWriteError",
+    "atomic_write",
+    "commit",
+    "fsync_tree",
+    "remove_path",
+    "save_torch_file",
+    "temp_owner_alive",
+    "temp_path",
+]
+
+# temporary names: ``.<target>.tmp-<host>.<pid>.<random>``, so a sweep can tell a dead writer's leftovers from a
+# live one's, and two processes never pick the same name
+TMP_MARK = ".tmp-"
 
 
 class CheckpointWriteError(OSError):
@@ -79,8 +95,7 @@ def atomic_write(target: str | os.PathLike, write: Callable[[Path], object]) -> 
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp = target.parent / f".{target.name}.tmp-{tag}"
+    tmp = temp_path(target)
     try:
         write(tmp)
         commit(tmp, target)
@@ -89,6 +104,63 @@ def atomic_write(target: str | os.PathLike, write: Callable[[Path], object]) -> 
         if isinstance(err, (KeyboardInterrupt, SystemExit)):
             raise
         raise write_error(target, err) from err
+
+
+def _host() -> str:
+    return socket.gethostname().split(".")[0].replace("-", "_") or "host"
+
+
+def temp_path(target: str | os.PathLike) -> Path:
+    """A hidden temporary path beside ``target`` carrying this host, this process id and a random part.
+
+    Example:
+        >>> temp_path("/run/ckpt/step10.ckpt").name.startswith(".step10.ckpt.tmp-")
+        True
+    """
+    target = Path(target)
+    return target.parent / f".{target.name}{TMP_MARK}{_host()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+
+
+def temp_owner_alive(path: str | os.PathLike) -> bool:
+    """Whether the process that named the temporary ``path`` (see :func:`temp_path`) may still be writing it.
+
+    A name from another host, or one this module did not make, counts as alive: only a dead writer's leftovers
+    on this machine are safe to remove.
+    """
+    name = Path(path).name
+    if TMP_MARK not in name:
+        return True
+    parts = name.rsplit(TMP_MARK, 1)[1].split(".")
+    if len(parts) != 3 or parts[0] != _host() or not parts[1].isdigit():
+        return True
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def save_torch_file(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` straight into a new file at ``path`` (in the checkpoint folder), then fsync it.
+
+    Nothing is staged in memory or in ``$TMPDIR`` first: the bytes are written once, where they stay, and a
+    full disk is reported against the checkpoint folder itself.
+
+    Raises:
+        FileExistsError: ``path`` exists (temporary names are unique, so another writer owns it).
+    """
+    import torch
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "xb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def write_error(target: Path, err: BaseException) -> CheckpointWriteError:

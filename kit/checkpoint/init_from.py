@@ -63,8 +63,12 @@ def resolve_init_from(value: str | os.PathLike, recipes: Path = PACKAGED_RECIPES
         >>> resolve_init_from("runs/bert-tiny-pretrain")  # doctest: +SKIP
         PosixPath('runs/bert-tiny-pretrain/version_2/checkpoints/last.ckpt')
 
+    Only plain file names inside the folder count: manifest entries such as ``../x`` or ``/abs/x`` are ignored
+    with a warning, and candidates rank by step, then by the file's own modification time.
+
     Raises:
-        FileNotFoundError: nothing usable there, naming what was searched and how to make it.
+        FileNotFoundError: nothing usable there, naming what was searched and how to make it (checkpoints that
+            exist but fail verification are listed with their reasons).
     """
     path = Path(value)
     if path.is_file():
@@ -75,7 +79,7 @@ def resolve_init_from(value: str | os.PathLike, recipes: Path = PACKAGED_RECIPES
             f"init_from={str(value)!r} is neither a checkpoint file, a run folder nor a packaged recipe; pass a "
             "CausalLM/MaskedLM checkpoint (.ckpt), its run folder, or a recipe name such as 'bert-tiny-pretrain'"
         )
-    found = find_latest(root) if root.is_dir() else None
+    found = find_latest(root, strict=True) if root.is_dir() else None
     if found is None:
         hint = f"; run `kit fit -c {value}` first" if root != path else ""
         raise FileNotFoundError(f"init_from={str(value)!r}: no complete checkpoint under {root}{hint}")

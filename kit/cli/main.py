@@ -16,6 +16,7 @@ import netrc
 import os
 import sys
 import warnings
+from argparse import ArgumentError
 from pathlib import Path
 
 from kit.cli.recipes import RECIPES_DIR, expand_config, list_recipes, recipe_bases, resolve_recipe
@@ -157,6 +158,28 @@ def _lightning_cli():
 
                 bar = Namespace(class_path="kit.cli.progress.StepRichProgressBar", init_args=Namespace())
                 trainer.callbacks = [*callbacks, bar]
+            _claim_logger_version(trainer.get("logger"))
+
+        def _parse_ckpt_path(self) -> None:
+            # Replaces LightningCLI's own (lightning 2.4-2.6: it loads --ckpt_path FILE and merges every
+            # hyper-parameter into the config, ``_class_path`` included, before any hook of ours runs): the kit
+            # verifies the file first, loads it as data, and keeps only hyper-parameters that cannot swap the
+            # class or add a path the user did not give.
+            subcommand = self.config.get("subcommand")
+            if not subcommand:
+                return
+            config = self.config[subcommand]
+            value = config.get("ckpt_path")
+            if not value or not Path(value).is_file():
+                return  # `last`, `best`, a URL: resolved before the run starts
+            from kit.checkpoint import resolve_checkpoint
+            from kit.checkpoint.safe_load import load_checkpoint
+
+            resolved = str(resolve_checkpoint(value))
+            config["ckpt_path"] = self._verified_ckpt = resolved
+            hparams = trusted_hparams(load_checkpoint(resolved).get("hyper_parameters") or {}, config, resolved)
+            if hparams:
+                self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
 
         def before_fit(self) -> None:
             self._final_last = FinalLastCheckpoint()
@@ -195,6 +218,8 @@ def _lightning_cli():
         def _resolve_ckpt_path(self) -> None:
             config = self.config_init[self.subcommand]
             value = config.get("ckpt_path")
+            if value and value == getattr(self, "_verified_ckpt", None):
+                return  # verified when the arguments were parsed
             resolved = resolve_ckpt_path(value, self.trainer)
             if resolved != value:
                 config["ckpt_path"] = resolved
@@ -222,7 +247,9 @@ def resolve_ckpt_path(value: str | None, trainer) -> str | None:
             root = Path(logger.save_dir) / (logger.name or "")
         else:
             root = Path(trainer.default_root_dir)
-        found = find_latest(root)
+        if trainer.is_global_zero:
+            _sweep_runs(root)
+        found = find_latest(root, strict=True)  # checkpoints there but none verifying: an error listing each
         if found is None:
             if trainer.is_global_zero:
                 print(f"kit: --ckpt_path last: no complete checkpoint under {root}; starting from scratch", flush=True)
@@ -233,6 +260,128 @@ def resolve_ckpt_path(value: str | None, trainer) -> str | None:
     if Path(value).exists():
         return str(resolve_checkpoint(value))
     return value
+
+
+def _sweep_runs(root: Path) -> None:
+    """Clear what killed runs left in the checkpoint folders under ``root``, with a line per folder."""
+    from kit.checkpoint import MANIFEST_NAME
+    from kit.checkpoint.sweep import sweep
+
+    if not root.is_dir():
+        return
+    for manifest in sorted(root.rglob(MANIFEST_NAME)):
+        notes = sweep(manifest.parent)
+        if notes:
+            print(f"kit: swept {manifest.parent} after an interrupted run: {'; '.join(notes)}", flush=True)
+
+
+def _is_rank_zero() -> bool:
+    """Rank zero, read from the launcher's environment (the Trainer does not exist yet)."""
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+def _claim_logger_version(logger) -> None:
+    """Give a configured logger (``class_path`` + ``save_dir``) without a ``version`` a folder of its own.
+
+    Two runs of one recipe started together would both pick ``version_N`` (loggers list the folder and take
+    the next number); rank zero instead creates ``version_N`` with an exclusive ``mkdir`` and takes the next
+    number when another run got there first. The other ranks of the run read the number rank zero claimed
+    from the environment the launcher copies to them.
+    """
+    loggers = logger if isinstance(logger, list) else [logger]
+    for one in loggers[:1]:  # the first logger names the run's folder (the Trainer's log_dir)
+        init = one.get("init_args") if hasattr(one, "get") and one.get("class_path") else None
+        if init is None or "version" not in init or init.get("version") is not None:
+            continue
+        if not init.get("save_dir") or not _numbers_its_versions(one.get("class_path")):
+            continue
+        from kit.checkpoint.runs import claim_version
+
+        if _is_rank_zero():
+            version = claim_version(Path(init["save_dir"]) / (init.get("name") or ""))
+            os.environ[_VERSION_ENV] = str(version)
+        elif os.environ.get(_VERSION_ENV, "").isdigit():
+            version = int(os.environ[_VERSION_ENV])
+        else:
+            continue
+        init["version"] = version
+
+
+def _numbers_its_versions(class_path: str) -> bool:
+    """Whether the logger keeps each run in ``<save_dir>/<name>/version_N`` (CSV and TensorBoard loggers and
+    their subclasses; a wandb run id is not a folder number)."""
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    try:
+        cls = import_object(class_path)
+    except (ImportError, AttributeError, ValueError):
+        return False
+    return isinstance(cls, type) and issubclass(cls, (CSVLogger, TensorBoardLogger))
+
+
+_VERSION_ENV = "KIT_RUN_VERSION"
+# hyper-parameters whose value is a path: a checkpoint may not set them unless the user gave the same value
+_PATH_KEYS = ("init_from", "ckpt_path", "generator_weights", "tokenizer", "tokenizer_path")
+_PATH_SUFFIXES = ("_path", "_dir", "_file", "_from", "_url", "_urls", "_weights")
+
+
+def _looks_like_path(key: str, value) -> bool:
+    if key in _PATH_KEYS or key.endswith(_PATH_SUFFIXES):
+        return value is not None
+    if isinstance(value, str):
+        return "/" in value or "\\" in value or value.startswith(("~", "pipe:")) or "://" in value
+    return False
+
+
+def trusted_hparams(hparams: dict, config, source: str) -> dict:
+    """The part of a checkpoint's ``hyper_parameters`` that may fill the model's config on ``--ckpt_path``.
+
+    A checkpoint is data: it never chooses the model class (``_class_path``; when it names another class than
+    the configured one, none of its hyper-parameters apply) and never adds a path-valued setting
+    (``init_from``, ``*_path``, a string holding a path or URL) the user did not give. What is dropped is named
+    in one warning.
+
+    Args:
+        hparams: the checkpoint's ``hyper_parameters``.
+        config: the subcommand's parsed config (its ``model`` is what the user configured).
+        source: the checkpoint, for the warning.
+
+    Returns:
+        ``{"class_path": <configured class>, "dict_kwargs": {...}}``, or ``{}`` when nothing applies.
+
+    Example:
+        >>> trusted_hparams({"_class_path": "evil.Model", "lr": 1.0}, {"model": {"class_path": "kit.models.CausalLM"}}, "x.ckpt")  # doctest: +SKIP
+        {}
+    """
+    from lightning.pytorch.utilities import rank_zero_warn
+
+    hparams = dict(hparams)
+    hparams.pop("_instantiator", None)
+    model = config.get("model") if hasattr(config, "get") else None
+    configured = model.get("class_path") if hasattr(model, "get") else None
+    given = (model.get("init_args") if hasattr(model, "get") else None) or {}
+    claimed = hparams.pop("_class_path", None) or hparams.pop("class_path", None)
+    if configured is None or (claimed is not None and claimed != configured):
+        if hparams or claimed:
+            rank_zero_warn(
+                f"kit: --ckpt_path {source}: ignored its hyper-parameters (model class {claimed!r}), because the "
+                f"configured model is {configured!r}; a checkpoint never chooses the model class. Configure the "
+                "model (--config or --model) that wrote it"
+            )
+        return {}
+    dropped = []
+    for key in list(hparams):
+        value = hparams[key]
+        if _looks_like_path(key, value) and value != given.get(key):
+            dropped.append(f"{key}={value!r}")
+            del hparams[key]
+    if dropped:
+        rank_zero_warn(
+            f"kit: --ckpt_path {source}: dropped the path-valued hyper-parameter(s) {', '.join(dropped)} the "
+            "checkpoint sets but the command line and config do not; pass them yourself if you trust them "
+            "(e.g. --model.init_from=...)"
+        )
+    return {"class_path": configured, "dict_kwargs": hparams} if hparams else {}
 
 
 def import_object(path: str):
@@ -277,7 +426,38 @@ def _is_progress_bar(callback) -> bool:
     return isinstance(cls, type) and issubclass(cls, ProgressBar)
 
 
+def _sample_line(trainer, model, datamodule) -> str | None:
+    """The summary's sample line, or why there is none.
+
+    A model sharded over several ranks (FSDP, DeepSpeed ZeRO-3, tensor or pipeline parallel) is not sampled: its
+    forward needs every rank's collectives, and token-by-token generation feeds sequence lengths a
+    sequence-parallel plan cannot split evenly, so the line says so and points at the checkpoint instead. Every
+    rank may call this; it runs no collective.
+    """
+    tokenizer = getattr(datamodule, "tokenizer", None)
+    if tokenizer is None:
+        return None
+    from kit._compat import strategy_traits
+
+    if trainer.world_size > 1 and strategy_traits(trainer.strategy).shards_state:
+        return (
+            f"  sample: none (the model is sharded over {trainer.world_size} ranks by "
+            f"{type(trainer.strategy).__name__}; sample from the last checkpoint in one process)"
+        )
+    if not hasattr(model, "generate_text"):
+        return f"  sample: none ({type(model).__name__} has no generate_text(tokenizer, prompt))"
+    if not trainer.is_global_zero:
+        return None
+    try:
+        sample = model.generate_text(tokenizer, "The ", max_new_tokens=48)
+    except Exception as err:  # a summary must never turn a finished run into a failure
+        text = (str(err).strip().splitlines() or [""])[0][:200]
+        return f"  sample: unavailable ({type(err).__name__}: {text})"
+    return "  sample: " + " ".join(sample.split())[:300]
+
+
 def _print_fit_summary(trainer, model, datamodule) -> None:
+    sample = _sample_line(trainer, model, datamodule)
     if not trainer.is_global_zero:
         return
     lines = ["", "kit fit finished"]
@@ -300,13 +480,8 @@ def _print_fit_summary(trainer, model, datamodule) -> None:
     unigram = getattr(datamodule, "unigram_loss", None)
     if unigram is not None:
         lines.append(f"  unigram baseline val loss: {unigram:.4f}  (perplexity {math.exp(unigram):.2f})")
-    tokenizer = getattr(datamodule, "tokenizer", None)
-    if tokenizer is not None and hasattr(model, "generate_text"):
-        try:
-            sample = model.generate_text(tokenizer, "The ", max_new_tokens=48)
-            lines.append("  sample: " + " ".join(sample.split())[:300])
-        except Exception as err:  # a summary must never turn a finished run into a failure
-            lines.append(f"  sample: unavailable ({type(err).__name__}: {err})")
+    if sample is not None:
+        lines.append(sample)
     print("\n".join(lines), flush=True)
 
 
@@ -357,13 +532,38 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv or os.environ.get("KIT_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
     try:
-        return _run_lightning_cli(argv)
-    except (ValueError, OSError) as err:  # config values and paths: the message names the fix
-        if debug:
+        return _run_lightning_cli(argv, debug)
+    except ArgumentError as err:  # a type or key error: the key and the expected type, then where to look
+        print(f"kit {command}: error: {str(err).strip()}", file=sys.stderr)
+        print(f"  (every option: kit {command} --help)", file=sys.stderr)
+        return 2
+    except Exception as err:
+        if debug or not _user_error(err):
             raise
         print(f"kit {command}: error: {one_line(err)}", file=sys.stderr)
         print("  (full traceback: add --debug, or set KIT_DEBUG=1)", file=sys.stderr)
         return 2
+
+
+def _user_error(err: BaseException) -> bool:
+    """Errors that a message fixes, reported in one line: config values and paths (ValueError, OSError),
+    Lightning's configuration checks, and checkpoints that cannot be loaded (pickled objects refused, truncated
+    or corrupt files)."""
+    import pickle
+
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    if isinstance(err, (ValueError, OSError, MisconfigurationException, pickle.UnpicklingError)):
+        return True
+    return isinstance(err, (RuntimeError, EOFError)) and _raised_loading_a_checkpoint(err)
+
+
+def _raised_loading_a_checkpoint(err: BaseException) -> bool:
+    """Whether ``err`` came out of ``torch.load`` (a truncated or corrupt file), not out of training."""
+    import traceback
+
+    frames = traceback.extract_tb(err.__traceback__)
+    return any(f.filename.replace("\\", "/").endswith("torch/serialization.py") for f in frames)
 
 
 def one_line(err: BaseException) -> str:
@@ -372,13 +572,21 @@ def one_line(err: BaseException) -> str:
     jsonargparse wraps a module's own ``ValueError`` in a ``ValueError`` listing every Union subtype; the
     original, at the bottom of the chain, is the one a user can act on.
     """
-    while err.__cause__ is not None or (err.__context__ is not None and not err.__suppress_context__):
+    from kit.checkpoint.safe_load import CheckpointLoadError
+
+    # the kit's checkpoint errors already name the file and summarise torch's cause: they are the message
+    while not isinstance(err, CheckpointLoadError) and (
+        err.__cause__ is not None or (err.__context__ is not None and not err.__suppress_context__)
+    ):
         err = err.__cause__ or err.__context__
-    text = str(err).strip() or type(err).__name__
-    return text if isinstance(err, (ValueError, OSError)) else f"{type(err).__name__}: {text}"
+    lines = str(err).strip().splitlines()
+    text = lines[0] if lines else type(err).__name__
+    if isinstance(err, (ValueError, OSError)):
+        return " ".join(line.strip() for line in lines) or text
+    return f"{type(err).__name__}: {text}"
 
 
-def _run_lightning_cli(argv: list[str]) -> int:
+def _run_lightning_cli(argv: list[str], debug: bool = False) -> int:
     _wandb_offline_unless_configured()
     _register_extensions()
     # Lightning 2.6 on torch 2.13 warns about its own pytree use; nothing a user can act on.
@@ -395,6 +603,9 @@ def _run_lightning_cli(argv: list[str]) -> int:
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
+            # a bad value raises (and main prints the key and the expected type first) instead of printing
+            # the whole usage before the one line that matters
+            parser_kwargs={"exit_on_error": debug},
         )
     finally:
         sys.argv = saved_argv

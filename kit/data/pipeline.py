@@ -48,7 +48,8 @@ class PipelineReport:
     ``"exact_dup"``, ``"near_dup"``, ...) to a document count; ``examples`` keeps up to ``keep_examples``
     removed texts per reason (truncated to 300 characters). ``seconds`` is the CPU time of this process per
     step (:data:`STAGES`), for finding where the time goes; it is left out of :meth:`to_dict`, which describes
-    the data only.
+    the data only. ``near_dup_capped`` counts the kept documents whose near-dedup search stopped at
+    ``max_candidates`` per band (:class:`kit.data.dedup.MinHashDeduplicator`): a templated corpus shows it.
     """
 
     docs_in: int = 0
@@ -59,6 +60,7 @@ class PipelineReport:
     examples: dict[str, list[str]] = field(default_factory=dict)
     minhash: dict[str, float | int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    near_dup_capped: int = 0
 
     def add_seconds(self, stage: str, start: float) -> float:
         """Add the CPU time since ``start`` (a ``time.process_time()``) to ``stage``; return the time now."""
@@ -88,6 +90,7 @@ class PipelineReport:
             },
             "examples": self.examples,
             "minhash": self.minhash,
+            "near_dup_capped": self.near_dup_capped,
         }
 
     def format(self) -> str:
@@ -105,6 +108,12 @@ class PipelineReport:
                 f"near dedup: {self.minhash['num_perm']} perms = {self.minhash['bands']} bands x "
                 f"{self.minhash['rows']} rows, word {self.minhash['ngram']}-grams, "
                 f"LSH threshold ~{self.minhash['lsh_threshold']:.3f}"
+            )
+        if self.near_dup_capped:
+            lines.append(
+                f"near dedup compared {self.near_dup_capped:,} document(s) with only the "
+                f"{self.minhash.get('max_candidates', 0)} most recent kept documents of a crowded LSH bucket "
+                "(max_candidates; a templated corpus crowds buckets)"
             )
         return "\n".join(lines)
 
@@ -237,6 +246,7 @@ class DataPipeline:
                 for (i, _), hit in zip(near, self._near.add_signatures(keys, sigs)):
                     if hit is not None:
                         reasons[i] = "near_dup"
+                rep.near_dup_capped = self._near.cap_hits
                 rep.add_seconds("LSH index", start)
         out = []
         for raw, (text, _), reason in zip(raws, screened, reasons):

@@ -12,12 +12,17 @@
    in memory; sorting finds every document's earlier twin (exact) and its previous document in each LSH
    bucket (near). A pass in document order then makes the streaming pipeline's decisions: a document is a
    near duplicate if an earlier *kept* document shares a band and (with ``verify``) its estimated Jaccard
-   similarity reaches the threshold. So the output is the same as :class:`kit.data.pipeline.DataPipeline`
+   similarity reaches the threshold; per band, only the ``max_candidates`` most recent kept documents are
+   compared, so a templated corpus stays linear (:class:`kit.data.dedup.MinHashDeduplicator`). So the output is the same as :class:`kit.data.pipeline.DataPipeline`
    run over the shards in order, cross-shard duplicates included, whatever ``workers`` is.
 
-What stays in memory: one byte per document (its decision), 24 bytes per LSH bucket collision (a document
-sharing a band with an earlier one: rare outside near duplicates), and one partition at a time
+What stays in memory: one byte per document (its decision), 32 bytes per LSH bucket collision (a document
+sharing a band with an earlier one: rare outside near duplicates and templated pages, and at most ``bands``
+per document: 448 B at the defaults), the last 8192 signatures read (3.7 MB), and one partition at a time
 (``records_in_memory`` records of 16-24 bytes, plus the sort's copies).
+
+The work files live in a hidden folder beside the output (:mod:`kit.data.workdir`): a killed run's folder is
+removed at the next start, or reused with ``resume``; the output is renamed into place at the end.
 
 Example:
     >>> import tempfile, pathlib, json
@@ -36,24 +41,32 @@ import math
 import multiprocessing
 import os
 import resource
-import shutil
 import sys
-import tempfile
 from array import array
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from queue import SimpleQueue
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
-from kit.data.dedup import fingerprint, signature_similarity
+from kit.data.dedup import fingerprint
 from kit.data.filters import DocFilter
 from kit.data.pipeline import DataPipeline, PipelineReport, utf8_len
-from kit.data.text import LoadReport, iter_documents, resolve_paths
+from kit.data.text import LoadReport, iter_documents
+from kit.data.workdir import (
+    WorkFolder,
+    atomic_output,
+    check_output,
+    input_files,
+    mark_output,
+    naming,
+    plan_digest,
+    save_done,
+)
 
 __all__ = ["CleanSettings", "CleanStats", "clean_corpus", "peak_rss_mb"]
 
@@ -141,6 +154,16 @@ class _ShardResult:
     peak_rss_mb: float = 0.0  # of the process that screened it, when it finished
     pid: int = 0  # that process
 
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> _ShardResult:
+        """A result saved by a run that was killed later (``resume``); it counts as screened elsewhere."""
+        return cls(
+            **{**data, "report": PipelineReport(**data["report"]), "reader": LoadReport(**data["reader"])}
+        )
+
 
 def _split_points(path: Path, piece_bytes: int) -> list[tuple[int, int, int]]:
     """``(start, end, first_line)``: a JSONL file in ``round(size / piece_bytes)`` pieces of about equal size,
@@ -216,7 +239,15 @@ def _task_bytes(task: _Shard) -> int:
 
 
 def _screen_shard(task: _Shard) -> _ShardResult:
-    """Phase 1 for one shard: clean, filter, fingerprint; everything that passes goes to disk."""
+    """Phase 1 for one shard: clean, filter, fingerprint; everything that passes goes to disk, then a
+    ``.done`` file that lets a resumed run skip the shard."""
+    with naming(task.folder):
+        result = _screen_files(task)
+        save_done(Path(task.folder), task.index, result.to_json())
+    return result
+
+
+def _screen_files(task: _Shard) -> _ShardResult:
     settings = task.settings
     pipe = settings.pipeline()
     near = pipe._near
@@ -311,6 +342,7 @@ class _Merge:
 
     _EXACT = np.dtype([("h0", "<u8"), ("h1", "<u8"), ("idx", "<i8")])
     _BAND = np.dtype([("key", "<u8"), ("slot", "<i8")])
+    _SIG_CACHE = 8192
 
     def __init__(
         self, folder: Path, shards: list[_ShardResult], settings: CleanSettings, records: int
@@ -324,6 +356,9 @@ class _Merge:
         self.records = records  # records per partition held in memory at once
         self.decision = np.zeros(self.total, dtype=np.uint8)  # 0 kept, 1 exact_dup, 2 near_dup
         self._sig_files: dict[int, int] = {}  # shard -> open file descriptor
+        self._cache: np.ndarray | None = None  # signatures read, row i % _SIG_CACHE (see _signatures)
+        self._cached = np.empty(0, dtype=np.int64)  # the document in each row, or -1
+        self.cap_hits = 0  # documents whose LSH walk stopped at max_candidates in some band
 
     def _base(self, shard: int) -> Path:
         return self.folder / f"{shard:06d}"
@@ -359,6 +394,26 @@ class _Merge:
 
     def _signature(self, idx: int) -> np.ndarray:
         """One signature read from its shard file (a read, not a mapping: mapped pages would pile up in RSS)."""
+        return self._signatures([idx])[0]
+
+    def _signatures(self, docs: list[int]) -> np.ndarray:
+        """``(len(docs), num_perm)`` signatures through a direct-mapped cache of ``_SIG_CACHE`` rows (document
+        ``i`` in row ``i % _SIG_CACHE``; 3.7 MB at the defaults): a bucket's walk reads its most recent kept
+        documents again and again, and recent documents never evict each other."""
+        if self._cache is None:
+            self._cache = np.empty((self._SIG_CACHE, self.near.num_perm), dtype=np.uint32)
+            self._cached = np.full(self._SIG_CACHE, -1, dtype=np.int64)
+        idx = np.asarray(docs, dtype=np.int64)
+        rows = idx % self._SIG_CACHE
+        for k in np.flatnonzero(self._cached[rows] != idx).tolist():
+            self._cache[rows[k]] = self._read_signature(int(idx[k]))
+            self._cached[rows[k]] = idx[k]
+        out = self._cache[rows]
+        for k in np.flatnonzero(self._cached[rows] != idx).tolist():  # two of these documents share a row
+            out[k] = self._read_signature(int(idx[k]))
+        return out
+
+    def _read_signature(self, idx: int) -> np.ndarray:
         shard = int(np.searchsorted(self.offsets, idx, side="right")) - 1
         if shard not in self._sig_files:
             self._sig_files[shard] = os.open(f"{self._base(shard)}.sig", os.O_RDONLY)
@@ -396,7 +451,7 @@ class _Merge:
             if progress:
                 progress("near dedup: sort bands", 1, n_parts)
         # The links are the one structure that grows with the data (with its near duplicates, not its size):
-        # 24 bytes each once built. Temporaries are dropped as soon as they are used, so building them peaks
+        # 32 bytes each once walked (slot, previous document, latest kept document, its link). Temporaries are dropped as soon as they are used, so building them peaks
         # at about 32 bytes per link rather than several copies.
         slots = np.concatenate(link_slot) if link_slot else np.empty(0, np.int64)
         link_slot.clear()
@@ -415,21 +470,28 @@ class _Merge:
         self._walk(slot_links, prev_links, bands)
 
     def _walk(self, slots: array, prevs: array, bands: int) -> None:
-        """In document order: near duplicate iff an earlier kept document in a shared bucket verifies."""
+        """In document order: near duplicate iff one of the ``max_candidates`` most recent earlier kept
+        documents of a shared bucket verifies.
+
+        Each link keeps the latest kept document before it in its bucket and that document's own link, so a
+        walk follows positions, with one search per link of the new document rather than per step.
+        """
         near, decision = self.near, self.decision
         below = array("q", bytes(8 * len(slots)))  # per link: latest kept document before it in the bucket
+        below_at = array("q", bytes(8 * len(slots)))  # per link: that document's link in the bucket, or -1
 
         def link(doc: int, band: int) -> int:  # position of (doc, band) among the links, or -1
             slot = doc * bands + band
             t = bisect_left(slots, slot)
             return t if t < len(slots) and slots[t] == slot else -1
 
-        def latest_kept(band: int, doc: int) -> int:  # at or before ``doc`` in its bucket
-            if decision[doc] == 0:
-                return doc
+        def latest_kept(band: int, doc: int) -> tuple[int, int]:  # at or before ``doc``, and its link
             t = link(doc, band)
-            return -1 if t < 0 else below[t]
+            if decision[doc] == 0:
+                return doc, t
+            return (-1, -1) if t < 0 else (below[t], below_at[t])
 
+        cap = near.max_candidates if near.max_candidates is not None else len(decision) + 1
         t = 0
         while t < len(slots):
             j = slots[t] // bands
@@ -437,24 +499,29 @@ class _Merge:
             while end < len(slots) and slots[end] // bands == j:
                 end += 1
             if decision[j] == 0:
-                sig = self._signature(j) if near.verify else None
+                walk: list[int] = []  # band by band, the bucket's kept documents, most recent first, capped
+                capped = False
                 for u in range(t, end):
-                    band = slots[u] % bands
-                    i = latest_kept(band, prevs[u])
-                    while i >= 0:
-                        if (
-                            not near.verify
-                            or signature_similarity(self._signature(i), sig) >= near.verify_threshold
-                        ):
-                            decision[j] = 2
-                            break
-                        k = link(i, band)
-                        i = -1 if k < 0 else below[k]
-                    if decision[j]:
+                    i, k = latest_kept(slots[u] % bands, prevs[u])
+                    if i >= 0 and not near.verify:
+                        decision[j] = 2
                         break
+                    stop = len(walk) + cap
+                    while i >= 0 and len(walk) < stop:
+                        walk.append(i)
+                        i, k = (-1, -1) if k < 0 else (below[k], below_at[k])
+                    capped |= i >= 0
+                if walk and self._verifies(walk, self._signature(j)):
+                    decision[j] = 2
+                self.cap_hits += capped and decision[j] == 0
             for u in range(t, end):
-                below[u] = latest_kept(slots[u] % bands, prevs[u])
+                below[u], below_at[u] = latest_kept(slots[u] % bands, prevs[u])
             t = end
+
+    def _verifies(self, walk: list[int], sig: np.ndarray) -> bool:
+        """Whether one of ``walk``'s documents reaches the similarity threshold (as ``signature_similarity``)."""
+        share = np.count_nonzero(self._signatures(walk) == sig, axis=1) / self.near.num_perm
+        return bool((share >= self.near.verify_threshold).any())
 
 
 def _run_tasks(tasks: list[_Shard], spawned: int) -> Iterator[_ShardResult]:
@@ -535,8 +602,17 @@ def clean_corpus(
     records_in_memory: int = 4_000_000,
     progress: Progress | None = None,
     piece_bytes: int | None = None,
+    resume: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> CleanStats:
     """Clean, filter and deduplicate ``inputs`` into ``output`` (JSONL ``{"id", text_key}``), shards in parallel.
+
+    The output is never an input (refused), and what a run writes itself (the output, its temporary file,
+    work folders) is never read as input, so a rerun with the output inside an input folder gives the same
+    output. The output is written to a temporary file beside it and renamed at the end: it is whole or
+    absent. The shard files go to a hidden work folder (``.kit-clean-<output name>``) removed at the end;
+    one left by a killed run is removed at the next start (``log`` says so), or with ``resume`` its
+    finished shards are reused.
 
     Args:
         inputs: files, folders or globs; each file is one shard.
@@ -545,51 +621,70 @@ def clean_corpus(
         workers: processes for the per-shard phase, this one included; ``1`` runs it all in this process.
             The others are spawned, so a script that calls this with ``workers > 1`` needs the
             ``if __name__ == "__main__":`` guard.
-        work_dir: where the shard files go (a temporary folder inside it, removed at the end); default: next
-            to ``output``. It needs about 1 KB per document.
+        work_dir: the folder that holds the work folder; default: the output's folder. It needs about
+            1 KB per document.
         records_in_memory: partition size for the merge's sorts (24 or 16 bytes per record).
         progress: called as ``progress(stage, advance, total)``.
         piece_bytes: with ``workers > 1``, JSONL files of at least 1.5 times this size are cut into pieces
             of about this size (whole lines), so the workers share large files too and finish together;
             default: a sixteenth of each worker's share of the input, between 512 KB and 256 MB. The output
             does not depend on it.
+        resume: reuse the shards that a killed run with the same inputs, settings and ``workers`` finished.
+        log: called with one line for each thing a user should know (a stale work folder removed, a resume).
 
     Returns:
         :class:`CleanStats`.
 
     Raises:
-        ValueError: ``workers < 1``.
+        ValueError: ``workers < 1``, or the output is one of the inputs.
         FileNotFoundError: an input matches nothing.
+        RuntimeError: another live run writes the same output.
+        OSError: a folder cannot be written (read-only, a file in the way, a full disk); it names the path.
     """
     if workers < 1:
         raise ValueError(f"workers={workers} must be >= 1")
     settings = settings or CleanSettings()
-    paths = resolve_paths(inputs)
     output = Path(output)
+    check_output(inputs, output)
+    paths = input_files(inputs, output, log)
     output.parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix="kit-clean-", dir=work_dir or output.parent))
-    try:
-        total_bytes = sum(p.stat().st_size for p in paths)
-        if workers > 1 and piece_bytes is None:
-            piece_bytes = min(max(total_bytes // (16 * workers), 1 << 19), 256 << 20)
-        tasks = _tasks(paths, folder, settings, piece_bytes if workers > 1 else None)
+    root = Path(work_dir) if work_dir else output.parent
+    root.mkdir(parents=True, exist_ok=True)
+    total_bytes = sum(p.stat().st_size for p in paths)
+    if workers > 1 and piece_bytes is None:
+        piece_bytes = min(max(total_bytes // (16 * workers), 1 << 19), 256 << 20)
+    piece_bytes = piece_bytes if workers > 1 else None
+    work = WorkFolder(root, output, log)
+    with work.claim(_plan(paths, settings, piece_bytes), resume):
+        folder = work.path
+        tasks = _tasks(paths, folder, settings, piece_bytes)
         results: list[_ShardResult] = [None] * len(tasks)  # type: ignore[list-item]
-        spawned = min(workers, len(tasks)) - 1
-        for res in _run_tasks(tasks, spawned):
+        for index, saved in work.finished().items():
+            if index < len(tasks):
+                results[index] = _ShardResult.from_json(saved)
+                if progress:
+                    progress("clean + filter + signatures", results[index].bytes_read, total_bytes)
+        todo = [t for t in tasks if results[t.index] is None]
+        spawned = min(workers, len(todo)) - 1
+        for res in _run_tasks(todo, spawned):
             results[res.index] = res
             if progress:
                 progress("clean + filter + signatures", res.bytes_read, total_bytes)
-        index_bytes = sum(
-            f.stat().st_size for f in folder.iterdir() if f.suffix in (".sig", ".digest", ".len")
-        )
-        merge = _Merge(folder, results, settings, records_in_memory)
-        if settings.exact_dedup:
-            merge.exact(progress)
-        if settings.near_dedup:
-            index_bytes += merge.total * merge.near.bands * 16  # the band records, written while merging
-            merge.near_dups(progress)
-            merge.close()
-        report, reader = _write(folder, results, merge.decision, settings, output, progress)
+        with naming(folder):
+            index_bytes = sum(
+                f.stat().st_size for f in folder.iterdir() if f.suffix in (".sig", ".digest", ".len")
+            )
+            merge = _Merge(folder, results, settings, records_in_memory)
+            if settings.exact_dedup:
+                merge.exact(progress)
+            if settings.near_dedup:
+                index_bytes += merge.total * merge.near.bands * 16  # the band records, written while merging
+                merge.near_dups(progress)
+                merge.close()
+        with naming(output), atomic_output(output) as sink:
+            report, reader = _write(folder, results, merge.decision, settings, sink, progress)
+        mark_output(output)
+        report.near_dup_capped = merge.cap_hits
         return CleanStats(
             report=report,
             reader=reader,
@@ -597,11 +692,17 @@ def clean_corpus(
             workers=workers,
             index_bytes=index_bytes,
             peak_rss_mb=peak_rss_mb(),
-            peak_worker_rss_mb=max((r.peak_rss_mb for r in results if r.pid != os.getpid()), default=0.0),
+            peak_worker_rss_mb=max(
+                (r.peak_rss_mb for r in results if r.pid not in (os.getpid(), 0)), default=0.0
+            ),
             pieces=len(tasks),
         )
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _plan(paths: list[Path], settings: CleanSettings, piece_bytes: int | None) -> str:
+    """What decides the shard files; a resumed run reuses them only when it is unchanged."""
+    files = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
+    return plan_digest([files, piece_bytes, settings])
 
 
 def _write(
@@ -609,7 +710,7 @@ def _write(
     results: list[_ShardResult],
     decision: np.ndarray,
     settings: CleanSettings,
-    output: Path,
+    sink: IO[str],
     progress: Progress | None,
 ) -> tuple[PipelineReport, LoadReport]:
     """Write kept documents in input order and build the report the single-process pipeline would give."""
@@ -625,22 +726,21 @@ def _write(
             bucket = report.examples.setdefault(reason, [])
             bucket += texts[: max(0, settings.keep_examples - len(bucket))]
     g = 0
-    with open(output, "w", encoding="utf-8") as sink:
-        for res in results:
-            base = folder / f"{res.index:06d}"
-            verdicts = decision[g : g + res.n_pass]
-            g += res.n_pass
-            lengths = np.fromfile(f"{base}.len", dtype="<i8")
-            kept = verdicts == 0
-            report.docs_out += int(kept.sum())
-            report.bytes_out += int(lengths[kept].sum())
-            with open(f"{base}.jsonl", encoding="utf-8") as f, open(f"{base}.raw", encoding="utf-8") as raws:
-                for verdict, line in zip(verdicts.tolist(), f):
-                    raw = json.loads(raws.readline()) if settings.keep_examples else ""
-                    if verdict:
-                        pipe.record_removed("exact_dup" if verdict == 1 else "near_dup", raw)
-                    else:
-                        sink.write(line)
-            if progress:
-                progress("write", 1, len(results))
+    for res in results:
+        base = folder / f"{res.index:06d}"
+        verdicts = decision[g : g + res.n_pass]
+        g += res.n_pass
+        lengths = np.fromfile(f"{base}.len", dtype="<i8")
+        kept = verdicts == 0
+        report.docs_out += int(kept.sum())
+        report.bytes_out += int(lengths[kept].sum())
+        with open(f"{base}.jsonl", encoding="utf-8") as f, open(f"{base}.raw", encoding="utf-8") as raws:
+            for verdict, line in zip(verdicts.tolist(), f):
+                raw = json.loads(raws.readline()) if settings.keep_examples else ""
+                if verdict:
+                    pipe.record_removed("exact_dup" if verdict == 1 else "near_dup", raw)
+                else:
+                    sink.write(line)
+        if progress:
+            progress("write", 1, len(results))
     return report, reader

@@ -11,7 +11,15 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["LoadReport", "clean_text", "embedded_corpus", "iter_documents", "load_texts", "resolve_paths"]
+__all__ = [
+    "LoadReport",
+    "clean_text",
+    "embedded_corpus",
+    "is_binary",
+    "iter_documents",
+    "load_texts",
+    "resolve_paths",
+]
 
 _TAG = re.compile(r"<[^>]*>")
 # Control characters except tab/newline; they are noise in every corpus we have seen.
@@ -127,6 +135,7 @@ class LoadReport:
     empty_skipped: int = 0
     invalid_json: int = 0
     missing_text: int = 0
+    binary_files: int = 0
     skipped_files: list[str] = field(default_factory=list)  # "path:line (reason)" of each skipped record
 
     def merge(self, other: LoadReport) -> None:
@@ -139,6 +148,7 @@ class LoadReport:
             "empty_skipped",
             "invalid_json",
             "missing_text",
+            "binary_files",
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.skipped_files += other.skipped_files
@@ -155,16 +165,37 @@ class LoadReport:
             parts.append(f"{self.invalid_json} invalid JSON line(s)")
         if self.missing_text:
             parts.append(f"{self.missing_text} JSON record(s) without a string text field")
+        if self.binary_files:
+            parts.append(f"{self.binary_files} binary file(s)")
         if self.empty_skipped:
             parts.append(f"{self.empty_skipped} empty document(s)")
         line = f"skipped {', '.join(parts)}" if parts else ""
         if self.skipped_files:
-            line += f": {self.skipped_files[:5]}" + (" ..." if len(self.skipped_files) > 5 else "")
+            # whole files first: one binary file weighs more than any number of bad lines
+            files = [f for f in self.skipped_files if f.endswith("(binary file)")]
+            shown = (files + [f for f in self.skipped_files if not f.endswith("(binary file)")])[:5]
+            line += f": {shown}" + (" ..." if len(self.skipped_files) > 5 else "")
         if self.replaced_bytes:
             line += ("; " if line else "") + (
                 f"{self.replaced_bytes} undecodable byte sequence(s) replaced with U+FFFD"
             )
         return line or None
+
+
+# Like git: a NUL byte in the first 8000 bytes makes a file binary (an executable, an archive, an image),
+# unless a UTF-16/32 byte-order mark says it is text in a wide encoding.
+_SNIFF_BYTES = 8000
+_WIDE_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def is_binary(raw: bytes) -> bool:
+    """Whether ``raw`` (a file's bytes, or its start) looks like a binary file rather than text.
+
+    Example:
+        >>> is_binary(b"\x7fELF\x02\x01\x01\x00"), is_binary("héllo".encode())
+        (True, False)
+    """
+    return b"\0" in raw[:_SNIFF_BYTES] and not raw.startswith(_WIDE_BOMS)
 
 
 def _decode(raw: bytes, report: LoadReport) -> str:
@@ -184,7 +215,8 @@ def iter_documents(
     ``.jsonl`` files give one document per line (its ``text_key`` field, named ``path:line``), read line by
     line so a file larger than memory is fine; other files are one document each. Undecodable bytes become
     U+FFFD. Blank lines are ignored; a line that is not JSON, or has no string ``text_key`` field, is
-    skipped and counted in ``report`` (``invalid_json``, ``missing_text``, ``skipped_files``).
+    skipped and counted in ``report`` (``invalid_json``, ``missing_text``, ``skipped_files``); so is a
+    binary file (:func:`is_binary`: an executable or archive that a glob picked up), as ``binary_files``.
 
     Args:
         paths: files, folders (text suffixes only) or globs (:func:`resolve_paths`).
@@ -212,6 +244,10 @@ def iter_documents(
         if path.suffix != ".jsonl":
             raw = path.read_bytes()
             report.bytes_read += len(raw)
+            if is_binary(raw):
+                report.binary_files += 1
+                report.skipped_files.append(f"{path} (binary file)")
+                continue
             yield str(path), _decode(raw, report), len(raw)
             continue
         with open(path, "rb") as f:

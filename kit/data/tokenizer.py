@@ -5,16 +5,80 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-__all__ = ["EOS", "cache_dir", "load_or_train_bpe", "train_bpe"]
+__all__ = [
+    "EOS",
+    "MAX_PIECE_CHARS",
+    "MAX_PRETOKEN_CHARS",
+    "cache_dir",
+    "document_pieces",
+    "load_or_train_bpe",
+    "pre_tokenizer",
+    "train_bpe",
+]
 
 EOS = "<|endoftext|>"
 # Below 256 + special tokens a byte-level BPE cannot even hold its alphabet.
 MIN_VOCAB = 260
+# Longest pre-token BPE sees, in bytes. GPT-2's split leaves a run without spaces (a base64 blob, a minified
+# file, a repeated character) as one pre-token, and training time grows with the square of its length
+# (400k characters took a minute); cut into pieces of this size, it grows linearly. Ordinary words, numbers
+# and punctuation runs are far shorter, so an ordinary corpus gets the same vocabulary either way.
+MAX_PRETOKEN_CHARS = 256
+# Longest piece of a document handed to the trainer at once, in characters. ``tokenizers`` holds a document's
+# pre-tokens with their offsets while it counts them, about 120 bytes per character of a document of one
+# repeated word (a 12 MB one peaked at 1.5 GB); cut at a space between words, a piece keeps the same
+# pre-tokens and costs about 30 MB, so the same 12 MB document peaks near 140 MB whatever its size.
+MAX_PIECE_CHARS = 1 << 18
+
+
+def document_pieces(text: str, max_chars: int = MAX_PIECE_CHARS) -> Iterator[str]:
+    """``text`` in pieces of at most ``max_chars`` characters, cut before a single space between two words
+    (GPT-2's split gives each piece the pre-tokens the whole text has there); a window without one is cut
+    where it ends.
+
+    Example:
+        >>> list(document_pieces("aa bb cc dd ee", max_chars=6))
+        ['aa bb', ' cc dd', ' ee']
+    """
+    start = 0
+    while len(text) - start > max_chars:
+        end = start + max_chars
+        cut = text.rfind(" ", start + 1, end + 1)
+        while cut > start and (text[cut - 1].isspace() or text[cut + 1 : cut + 2].isspace()):
+            cut = text.rfind(" ", start + 1, cut)
+        cut = cut if cut > start else end
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
+
+
+def pre_tokenizer(max_pretoken_chars: int | None = MAX_PRETOKEN_CHARS) -> pre_tokenizers.PreTokenizer:
+    """GPT-2's byte-level split, then every pre-token cut into pieces of at most ``max_pretoken_chars`` bytes.
+
+    Args:
+        max_pretoken_chars: piece length in bytes (byte-level characters); ``None`` keeps pre-tokens whole.
+
+    Raises:
+        ValueError: ``max_pretoken_chars < 1``.
+
+    Example:
+        >>> [len(t) for t, _ in pre_tokenizer(4).pre_tokenize_str("abcdefghij k")]
+        [4, 4, 2, 2]
+    """
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if max_pretoken_chars is None:
+        return byte_level
+    if max_pretoken_chars < 1:
+        raise ValueError(
+            f"max_pretoken_chars={max_pretoken_chars} must be >= 1 (default {MAX_PRETOKEN_CHARS}), or None"
+        )
+    cut = pre_tokenizers.Split(Regex(f".{{1,{max_pretoken_chars}}}"), behavior="isolated")
+    return pre_tokenizers.Sequence([byte_level, cut])
 
 
 def cache_dir() -> Path:
@@ -28,6 +92,7 @@ def train_bpe(
     min_frequency: int = 2,
     show_progress: bool = False,
     length: int | None = None,
+    max_pretoken_chars: int | None = MAX_PRETOKEN_CHARS,
 ) -> Tokenizer:
     """Train a byte-level BPE tokenizer (GPT-2 style) with ``<|endoftext|>`` as its only special token.
 
@@ -38,6 +103,8 @@ def train_bpe(
         show_progress: let ``tokenizers`` draw its own progress bar (reading, counting pairs, merges; it
             draws only on a terminal).
         length: number of documents, so the reading bar has a total.
+        max_pretoken_chars: pre-tokens longer than this many bytes are cut (:func:`pre_tokenizer`), so
+            training time stays linear in the corpus; ``None`` keeps them whole.
 
     Returns:
         A ``tokenizers.Tokenizer``; ``token_to_id(EOS)`` is its document separator.
@@ -55,7 +122,7 @@ def train_bpe(
             f"vocab_size={vocab_size} is below {MIN_VOCAB} (256 bytes + specials); use 1000 or more"
         )
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizer(max_pretoken_chars)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -64,7 +131,8 @@ def train_bpe(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=show_progress,
     )
-    tok.train_from_iterator(texts, trainer=trainer, length=length)
+    pieces = (piece for text in texts for piece in document_pieces(text))  # bounded memory per document
+    tok.train_from_iterator(pieces, trainer=trainer, length=length)
     return tok
 
 
@@ -95,7 +163,11 @@ def load_or_train_bpe(
     digest = hashlib.sha256()
     for text in texts:
         digest.update(hashlib.sha256(text.encode()).digest())
-    settings = {"vocab_size": vocab_size, "min_frequency": min_frequency, "kind": "byte-bpe-v1"}
+    settings = {
+        "vocab_size": vocab_size,
+        "min_frequency": min_frequency,
+        "kind": "byte-bpe-v2",
+    }  # v2: long pre-tokens cut
     digest.update(json.dumps(settings, sort_keys=True).encode())
     path = Path(directory or cache_dir() / "tokenizers") / f"bpe-{vocab_size}-{digest.hexdigest()[:16]}.json"
     if path.exists():

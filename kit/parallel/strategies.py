@@ -462,7 +462,7 @@ class PipelineStrategy(ModelParallelStrategy):
             set_optimizer_state_dict(
                 self.model, optimizer, optim_state_dict=optim_state[key], options=options
             )
-        return torch.load(checkpoint_metadata_file(path), weights_only=weights_only)
+        return torch.load(checkpoint_metadata_file(path), weights_only=True)  # a checkpoint is data, never code
 
 
 PRESETS: dict[str, tuple[type, str, dict[str, Any]]] = {

@@ -14,6 +14,7 @@ progress bar, and prints a summary at the end.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -32,6 +33,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from kit.data.dedup import MAX_CANDIDATES
 from kit.data.text import LoadReport, iter_documents, resolve_paths
 
 __all__ = ["main"]
@@ -68,7 +70,12 @@ def _clean(args: argparse.Namespace, console: Console) -> int:
         lowercase=args.lowercase,
         exact_dedup=not args.no_exact_dedup,
         near_dedup=not args.no_near_dedup,
-        minhash={"bands": args.bands, "rows": args.rows, "ngram": args.ngram},
+        minhash={
+            "bands": args.bands,
+            "rows": args.rows,
+            "ngram": args.ngram,
+            "max_candidates": args.max_candidates or None,
+        },
         keep_examples=args.examples,
         text_key=args.text_key,
     )
@@ -86,9 +93,23 @@ def _clean(args: argparse.Namespace, console: Console) -> int:
                 tasks[stage] = progress.add_task(stage, total=total)
             progress.advance(tasks[stage], step)
 
-        stats = clean_corpus(
-            args.inputs, out, settings, workers=args.workers, work_dir=args.work_dir, progress=advance
-        )
+        try:
+            stats = clean_corpus(
+                args.inputs,
+                out,
+                settings,
+                workers=args.workers,
+                work_dir=args.work_dir,
+                progress=advance,
+                resume=args.resume,
+                log=lambda line: console.print(escape(line)),
+            )
+        except KeyboardInterrupt:
+            console.print(
+                "[yellow]interrupted: the finished shards are kept; run the same command with --resume to "
+                "reuse them[/yellow]"
+            )
+            return 130
     report = stats.report
     _print_read(console, stats.reader)
     console.print(report.format())
@@ -282,9 +303,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", type=int, default=8)
     p.add_argument("--ngram", type=int, default=5)
     p.add_argument(
+        "--max-candidates",
+        type=int,
+        default=MAX_CANDIDATES,
+        help="kept documents compared per LSH band at most, the most recent first (0: all; quadratic on "
+        "templated corpora)",
+    )
+    p.add_argument(
         "--workers", type=int, default=1, help="processes for clean/filter/signatures (one shard file each)"
     )
-    p.add_argument("--work-dir", help="folder for the on-disk dedup index (~1 KB/doc); default: beside -o")
+    p.add_argument(
+        "--work-dir",
+        help="folder for the on-disk dedup index (~1 KB/doc, removed at the end); default: beside -o",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the shards a killed or interrupted run of this command finished",
+    )
 
     p = sub.add_parser("tokenizer", help="train byte-level BPE at several vocab sizes and compare them")
     p.add_argument("inputs", nargs="*", help="files, folders or globs; none = the embedded pydoc corpus")
@@ -310,14 +346,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_WRITE_HINTS = {  # errno name -> (what failed, how to fix it)
+    "EACCES": ("cannot use", "; check its permissions, or pick a writable folder with -o / --work-dir"),
+    "EPERM": ("cannot use", "; check its permissions, or pick a writable folder with -o / --work-dir"),
+    "EROFS": ("cannot write", "; pick a writable folder with -o / --work-dir"),
+    "ENOSPC": ("cannot write", "; free space there or pick another disk with -o / --work-dir"),
+    "EFBIG": ("cannot write", "; the file size limit was reached there: raise it or pick another -o"),
+    "ENOTDIR": ("cannot write", ": a file stands where a folder is needed; pick another -o"),
+    "EEXIST": ("cannot write", ": a file stands where a folder is needed; pick another -o"),
+}
+
+
+def _error_line(exc: BaseException) -> str:
+    """One line for an error a user can fix: the path and the reason for a file-system error.
+
+    Example:
+        >>> _error_line(OSError(28, "No space left on device", "/data/out.jsonl"))
+        'cannot write /data/out.jsonl: No space left on device; free space there or pick another disk with -o / --work-dir'
+    """
+    if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.filename is not None:
+        reason = exc.strerror or type(exc).__name__
+        verb, hint = _WRITE_HINTS.get(errno.errorcode.get(exc.errno or 0, ""), ("cannot use", ""))
+        return f"{verb} {exc.filename}: {reason}{hint}"
+    return str(exc)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``kit data``; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    """Entry point of ``kit data``; returns the exit status.
+
+    Errors a user can fix (a missing input, a bad value, a folder that cannot be written) print one line and
+    return 2; ``--debug`` (or ``KIT_DEBUG=1``) raises them with the traceback instead.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("KIT_DEBUG", "") not in ("", "0")
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
     console = Console(soft_wrap=True)
     try:
         return {"clean": _clean, "tokenizer": _tokenizer, "shards": _shards}[args.command](args, console)
-    except (FileNotFoundError, ValueError) as exc:
-        console.print(f"[red]kit data {args.command}: {exc}[/red]")
+    except (OSError, ValueError, RuntimeError) as exc:
+        if debug:
+            raise
+        console.print(f"[red]kit data {args.command}: {escape(_error_line(exc))}[/red]")
+        console.print("  (full traceback: add --debug, or set KIT_DEBUG=1)")
         return 2
 
 

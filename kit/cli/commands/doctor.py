@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from pathlib import Path
 from typing import Any
@@ -137,7 +138,13 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    from kit.checkpoint.safe_load import CheckpointLoadError, load_checkpoint
+
+    try:
+        ckpt = load_checkpoint(ckpt_path)  # data, never code: pickled objects are refused
+    except CheckpointLoadError as err:
+        print(f"kit doctor: {err}", file=sys.stderr)
+        return 2
     history, warmup = _find_history(ckpt)
     config = _load_config(args.config)
     notes = (
@@ -166,7 +173,10 @@ def main(argv: list[str] | None = None) -> int:
                 val_texts = val_texts if val_texts is not None else getattr(dm, "val_texts", None)
         model_path = args.model or (config.get("model") or {}).get("class_path")
         if model_path and dm is not None:
-            model = import_object(model_path).load_from_checkpoint(ckpt_path, map_location="cpu")
+            cls = import_object(model_path)
+            # weights_only is a parameter from lightning 2.5 (2.4 loads with torch's default, True on torch 2.6+)
+            safe = {"weights_only": True} if "weights_only" in inspect.signature(cls.load_from_checkpoint).parameters else {}
+            model = cls.load_from_checkpoint(ckpt_path, map_location="cpu", **safe)
             extra.append(_measure_now(model, dm, args.batches, history, progress))
         elif model_path:
             notes.append(
