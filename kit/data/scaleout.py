@@ -56,7 +56,7 @@ import numpy as np
 from kit.data.dedup import fingerprint
 from kit.data.filters import DocFilter
 from kit.data.pipeline import DataPipeline, PipelineReport, utf8_len
-from kit.data.text import LoadReport, iter_documents
+from kit.data.text import LoadReport, iter_documents, jsonl_text
 from kit.data.workdir import (
     WorkFolder,
     atomic_output,
@@ -206,20 +206,9 @@ def _iter_piece(task: _Shard, report: LoadReport, text_key: str) -> Iterator[tup
             report.bytes_read += len(raw)
             line = raw.decode("utf-8", errors="replace")
             report.replaced_bytes += line.count("\ufffd")
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                report.invalid_json += 1
-                report.skipped_files.append(f"{task.path}:{lineno - 1} (invalid JSON)")
-                continue
-            value = record.get(text_key) if isinstance(record, dict) else None
-            if not isinstance(value, str):
-                report.missing_text += 1
-                report.skipped_files.append(f"{task.path}:{lineno - 1} (no string {text_key!r} field)")
-                continue
-            yield f"{task.path}:{lineno - 1}", value, len(raw)
+            value = jsonl_text(line, text_key, f"{task.path}:{lineno - 1}", report)
+            if value is not None:
+                yield f"{task.path}:{lineno - 1}", value, len(raw)
 
 
 def _tasks(paths: list[Path], folder: Path, settings: CleanSettings, piece_bytes: int | None) -> list[_Shard]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import html
+import json
 import os
 import re
 import unicodedata
@@ -235,7 +236,6 @@ def iter_documents(
         >>> [text for _, text, _ in iter_documents(f, report)], report.invalid_json
         (['a'], 1)
     """
-    import json
 
     report = report if report is not None else LoadReport()
     files = resolve_paths(paths)
@@ -253,21 +253,9 @@ def iter_documents(
         with open(path, "rb") as f:
             for lineno, raw in enumerate(f, 1):
                 report.bytes_read += len(raw)
-                line = _decode(raw, report)
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    report.invalid_json += 1
-                    report.skipped_files.append(f"{path}:{lineno} (invalid JSON)")
-                    continue
-                value = record.get(text_key) if isinstance(record, dict) else None
-                if not isinstance(value, str):
-                    report.missing_text += 1
-                    report.skipped_files.append(f"{path}:{lineno} (no string {text_key!r} field)")
-                    continue
-                yield f"{path}:{lineno}", value, len(raw)
+                value = jsonl_text(_decode(raw, report), text_key, f"{path}:{lineno}", report)
+                if value is not None:
+                    yield f"{path}:{lineno}", value, len(raw)
 
 
 def load_texts(
@@ -307,3 +295,29 @@ def load_texts(
             f"{report.empty_skipped} empty document(s) after cleaning; point data.paths at text files"
         )
     return docs, report
+
+
+def jsonl_text(line: str, text_key: str, place: str, report: LoadReport) -> str | None:
+    """The ``text_key`` string of one JSONL line, or None: blank lines silently, bad ones counted on ``report``
+    (``invalid_json`` / ``missing_text``, and ``place`` with the reason in ``skipped_files``).
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> r = SimpleNamespace(invalid_json=0, missing_text=0, skipped_files=[])
+        >>> jsonl_text('{"text": "hi"}', "text", "f:1", r), jsonl_text("{", "text", "f:2", r), r.skipped_files
+        ('hi', None, ['f:2 (invalid JSON)'])
+    """
+    if not line.strip():
+        return None
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        report.invalid_json += 1
+        report.skipped_files.append(f"{place} (invalid JSON)")
+        return None
+    value = record.get(text_key) if isinstance(record, dict) else None
+    if not isinstance(value, str):
+        report.missing_text += 1
+        report.skipped_files.append(f"{place} (no string {text_key!r} field)")
+        return None
+    return value
