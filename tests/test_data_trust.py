@@ -404,10 +404,14 @@ def test_cap_keeps_recall_on_planted_near_duplicates(seed: int):
     assert len(found[MAX_CANDIDATES]) >= len(found[None]) - 1
 
 
-@pytest.mark.parametrize("cache_rows", [8192, 7])  # 7: documents of one walk share cache rows
-def test_pipeline_and_scaleout_agree_and_report_the_cap(tmp_path: Path, monkeypatch, cache_rows: int):
+# signatures all in memory; through the 8192-row cache; through 7 rows, where documents of one walk share rows
+@pytest.mark.parametrize(("in_memory", "cache_rows"), [(64 << 20, 8192), (0, 8192), (0, 7)])
+def test_pipeline_and_scaleout_agree_and_report_the_cap(
+    tmp_path: Path, monkeypatch, in_memory: int, cache_rows: int
+):
     import kit.data.scaleout as scaleout
 
+    monkeypatch.setattr(scaleout._Merge, "_SIG_IN_MEMORY", in_memory)
     monkeypatch.setattr(scaleout._Merge, "_SIG_CACHE", cache_rows)
     pages = _templated(800)
     pipe = DataPipeline(filters=[])
