@@ -44,7 +44,7 @@ def attached_trainer(module: Any) -> Any | None:
     """
     # public API: ``LightningModule.trainer`` raises RuntimeError when detached and returns a Fabric shim under
     # Fabric, so try/except is not the same question; none answers it yet.
-    # tested: lightning 2.6.6; ``_trainer`` exists since lightning 1.x (the 2.4 floor has it).
+    # tested: lightning 2.6.6; ``_trainer`` exists since lightning 1.x; tested on the 2.6.0 floor too.
     return getattr(module, "_trainer", None)
 
 
@@ -58,7 +58,7 @@ def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
     """
     # public API: none yet (``Trainer.save_checkpoint`` builds and writes in one call; a checkpoint writer that
     # saves atomically or in the background needs the dictionary itself).
-    # tested: lightning 2.6.6; ``_checkpoint_connector.dump_checkpoint`` exists in 2.4 (the floor).
+    # tested: lightning 2.6.6; ``_checkpoint_connector.dump_checkpoint`` exists in 2.6.0 (the floor, tested).
     return trainer._checkpoint_connector.dump_checkpoint(weights_only)
 
 
@@ -69,7 +69,7 @@ def train_data_fetcher(trainer: Any) -> Any | None:
         >>> train_data_fetcher(trainer)  # doctest: +SKIP
         <lightning.pytorch.loops.fetchers._PrefetchDataFetcher object at ...>
     """
-    # public API: none yet. tested: lightning 2.6.6; ``fit_loop._data_fetcher`` exists in 2.4 (the floor).
+    # public API: none yet. tested: lightning 2.6.6; ``fit_loop._data_fetcher`` exists in 2.6.0 (the floor, tested).
     loop = getattr(trainer, "fit_loop", None)
     return getattr(loop, "_data_fetcher", None)
 
@@ -85,7 +85,7 @@ def batches_fetched_ahead(trainer: Any) -> int | None:
         1
     """
     # public API: none yet. tested: lightning 2.6.6 (``_PrefetchDataFetcher.batches``, the on-demand
-    # ``_DataLoaderIterDataFetcher``); both exist in 2.4 (the floor).
+    # ``_DataLoaderIterDataFetcher``); both exist in 2.6.0 (the floor, tested).
     from lightning.pytorch.loops.fetchers import _DataLoaderIterDataFetcher
 
     state = getattr(trainer, "state", None)
@@ -129,7 +129,7 @@ class GradScalerView:
     def scale(self) -> Tensor | None:
         """The current loss scale as a tensor on the scaler's device, or ``None`` when nothing is scaled."""
         # public API: ``get_scale()`` (a float, one host sync). tested: torch 2.13.0; ``_scale`` exists
-        # since torch 1.6 (the 2.6 floor has it).
+        # since torch 1.6 (the 2.13 floor has it).
         s = self.scaler
         if s is None or not s.is_enabled():
             return None
@@ -138,7 +138,7 @@ class GradScalerView:
     def is_unscaled(self, optimizer: Any) -> bool:
         """Whether ``optimizer``'s gradients were already unscaled this step (``scaler.unscale_`` ran)."""
         # public API: none yet. tested: torch 2.13.0; ``_per_optimizer_states`` and ``OptState`` exist since
-        # torch 1.6 (the 2.6 floor has them). ``.get`` so asking creates no per-optimizer entry.
+        # torch 1.6 (the 2.13 floor has them). ``.get`` so asking creates no per-optimizer entry.
         from torch.amp.grad_scaler import OptState
 
         opt = getattr(optimizer, "optimizer", optimizer)  # unwrap LightningOptimizer
@@ -185,7 +185,7 @@ def metric_snapshot(metric: Any) -> MetricSnapshot | None:
     """
     # public API: ``Metric.metric_state`` and ``Metric.update_count`` read (torchmetrics >= 1.0); nothing
     # writes the update count or the cached ``compute()`` result back. tested: torchmetrics 1.9.0; ``_update_count``
-    # and ``_computed`` exist in 1.4 (the floor).
+    # and ``_computed`` exist in 1.7.0 (the floor, tested).
     try:
         from torchmetrics import Metric
     except ImportError:  # no torchmetrics: nothing can be a Metric
@@ -239,14 +239,14 @@ class StrategyTraits:
 def fsdp_state_dict_type(strategy: Any) -> str:
     """``"full"`` or ``"sharded"``: how an ``FSDPStrategy`` saves checkpoints."""
     # public API: none yet (the ``state_dict_type`` constructor argument is not kept publicly).
-    # tested: lightning 2.6.6; ``_state_dict_type`` exists in 2.4 (the floor).
+    # tested: lightning 2.6.6; ``_state_dict_type`` exists in 2.6.0 (the floor, tested).
     return str(getattr(strategy, "_state_dict_type", "full"))
 
 
 def saves_distributed_checkpoint(strategy: Any) -> bool:
     """Whether a ``ModelParallelStrategy`` saves distributed (sharded) checkpoints."""
     # public API: none yet (the ``save_distributed_checkpoint`` constructor argument is not kept publicly).
-    # tested: lightning 2.6.6; ``_save_distributed_checkpoint`` exists in 2.4 (the floor).
+    # tested: lightning 2.6.6; ``_save_distributed_checkpoint`` exists in 2.6.0 (the floor, tested).
     return bool(getattr(strategy, "_save_distributed_checkpoint", False))
 
 
@@ -261,7 +261,7 @@ def strategy_traits(strategy: Any) -> StrategyTraits:
         False
     """
     # public API: isinstance on Lightning's strategy classes (importing them needs no DeepSpeed).
-    # tested: lightning 2.6.6; the three classes exist in 2.4 (the floor).
+    # tested: lightning 2.6.6; the three classes exist in 2.6.0 (the floor, tested).
     from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 
     name = type(strategy).__name__

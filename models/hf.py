@@ -41,6 +41,8 @@ __all__ = ["HFCausalLM", "HFSequenceClassifier", "apply_hf_peft", "decoder_layer
 
 _HF_METHODS = ("full", "lora", "qlora", "prompt")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# the first ``peft`` release with ``PromptTuningInit.SAMPLE_VOCAB``, which ``prompt_init="vocab"`` needs here
+_PROMPT_VOCAB_PEFT = "0.18.0"
 
 
 def _lora_targets(cfg: PeftConfig) -> str | list[str]:
@@ -50,6 +52,22 @@ def _lora_targets(cfg: PeftConfig) -> str | list[str]:
     if cfg.lora_targets in (PeftConfig().lora_targets, ["all-linear"]):
         return "all-linear"
     return list(cfg.lora_targets)
+
+
+def _prompt_tuning_init(cfg: PeftConfig) -> Any:
+    """``peft``'s ``PromptTuningInit`` for ``cfg.prompt_init``; ``"vocab"`` (sampled vocabulary embeddings) is
+    ``SAMPLE_VOCAB``, which ``peft`` offers from 0.18 on."""
+    import peft
+    from packaging.version import Version
+
+    if cfg.prompt_init == "random":
+        return peft.PromptTuningInit.RANDOM
+    if Version(peft.__version__) < Version(_PROMPT_VOCAB_PEFT):
+        raise ValueError(
+            f"peft.prompt_init='vocab' on a transformers model needs peft>={_PROMPT_VOCAB_PEFT}, installed "
+            f"{peft.__version__}: pip install -U peft (or set peft.prompt_init='random')"
+        )
+    return peft.PromptTuningInit.SAMPLE_VOCAB
 
 
 def apply_hf_peft(model: nn.Module, cfg: PeftConfig | None, task: str) -> nn.Module:
@@ -66,7 +84,7 @@ def apply_hf_peft(model: nn.Module, cfg: PeftConfig | None, task: str) -> nn.Mod
 
     Raises:
         ValueError: a method ``peft`` does not offer for ``transformers`` models (``adapters`` is the kit's own
-            Houlsby method for :class:`kit.nn.GPT`).
+            Houlsby method for :class:`kit.nn.GPT`), or ``prompt_init="vocab"`` with ``peft`` older than 0.18.
 
     Example:
         >>> model = apply_hf_peft(model, PeftConfig(method="lora", lora_r=4), "CAUSAL_LM")  # doctest: +SKIP
@@ -81,11 +99,8 @@ def apply_hf_peft(model: nn.Module, cfg: PeftConfig | None, task: str) -> nn.Mod
     import peft
 
     if cfg.method == "prompt":
-        init = (
-            peft.PromptTuningInit.SAMPLE_VOCAB if cfg.prompt_init == "vocab" else peft.PromptTuningInit.RANDOM
-        )
         config = peft.PromptTuningConfig(
-            task_type=task, num_virtual_tokens=cfg.prompt_tokens, prompt_tuning_init=init
+            task_type=task, num_virtual_tokens=cfg.prompt_tokens, prompt_tuning_init=_prompt_tuning_init(cfg)
         )
         return peft.get_peft_model(model, config)
     if cfg.method == "qlora":

@@ -80,6 +80,28 @@ def test_one_line_takes_the_error_that_started_the_chain():
         assert one_line(outer) == "block_size=0 must be >= 1"
 
 
+@pytest.mark.parametrize("none_first", [True, False])
+def test_one_line_names_the_optional_types_own_error_whichever_subtype_jsonargparse_tried_first(none_first):
+    # the Union error as jsonargparse builds it: older releases try None first in Optional[X] and chain the
+    # "Expected a NoneType" error, newer ones try X first and chain X's own error
+    from jsonargparse._typehints import raise_union_unexpected_value
+
+    try:
+        raise ValueError("Expected a <class 'NoneType'>. Got value: Namespace(block_size=0)")
+    except ValueError as err:
+        rejected = err
+    try:
+        raise ValueError("block_size=0 must be >= 1;\nlower --data.init_args.block_size")
+    except ValueError as err:
+        own = err
+    errors = [rejected, own] if none_first else [own, rejected]
+    subtypes = [type(None), int] if none_first else [int, type(None)]
+    try:
+        raise_union_unexpected_value(subtypes, "Namespace(block_size=0)", errors)
+    except ValueError as union:
+        assert one_line(union) == "block_size=0 must be >= 1; lower --data.init_args.block_size"
+
+
 def test_progress_label_is_by_step_when_steps_bound_the_run():
     assert train_description(13, -1, 650, 1000) == "Epoch 13 · step 650/1000"
     assert train_description(3, 10, 40, -1) == "Epoch 3/9"

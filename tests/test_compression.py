@@ -287,14 +287,14 @@ def test_yaml_builds_the_config_and_still_reads_the_flat_settings() -> None:
                 },
             }
         )
-        built = parser.instantiate(cfg)
+        built = parser.instantiate_classes(cfg)
         return cfg, built.callback.comm, built.strategy.comm
 
     cfg, *comms = build({"comm": {"hook": "topk", "topk_ratio": 0.05, "block": None}})
     assert comms == [CommHookConfig(hook="topk", topk_ratio=0.05, block=None)] * 2
     printed = yaml.safe_load(parser.dump(cfg, skip_none=False))  # as LightningCLI saves it: every setting
     assert printed["callback"]["init_args"]["comm"]["powersgd_start_iter"] == 10
-    again = parser.instantiate(parser.parse_object(printed))
+    again = parser.instantiate_classes(parser.parse_object(printed))
     assert again.callback.comm == again.strategy.comm == comms[0]
     with pytest.warns(DeprecationWarning, match="comm=CommHookConfig"):
         _, *comms = build({"hook": "1bit", "scheme": "allgather"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import resource
@@ -10,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from itertools import pairwise
 from pathlib import Path
@@ -25,6 +26,24 @@ from kit.data.text import embedded_corpus
 from kit.data.tokenizer import train_bpe
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+
+@pytest.fixture
+def caplog(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """pytest's ``caplog``, also seeing the records of ``lightning.pytorch``, where the kit's rank-zero reports go.
+
+    Lightning stops that logger's propagation when it is imported before logging is configured (as
+    ``conftest.py`` imports it): the report reaches the user through Lightning's own stderr handler, never the
+    root logger. pytest 9.1 and newer attach the capture handler to such loggers themselves; older releases only
+    to the root, so this adds it there, once (twice would record every message twice).
+    """
+    logger = logging.getLogger("lightning.pytorch")
+    attach = not logger.propagate and caplog.handler not in logger.handlers
+    if attach:
+        logger.addHandler(caplog.handler)
+    yield caplog
+    if attach:
+        logger.removeHandler(caplog.handler)
 
 
 def _kit_data(*args: str, timeout: float = 240, **kw) -> subprocess.CompletedProcess:
@@ -484,8 +503,6 @@ def test_binary_files_are_skipped_and_reported(tmp_path: Path):
 
 
 def test_fit_data_report_is_shown_once_when_prepare_data_built_it(tmp_path: Path, monkeypatch, caplog):
-    import logging
-
     from kit.datamodules.text import TextDataModule
 
     monkeypatch.setenv("KIT_CACHE", str(tmp_path / "cache"))

@@ -9,13 +9,23 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from packaging.version import Version
 from torch.utils.data import DataLoader, TensorDataset
 
 from kit.callbacks import GradientClipping, GradientHealth, SpikeGuard
-from kit.models.hf import HFCausalLM, HFSequenceClassifier, apply_hf_peft, decoder_layer_classes
+from kit.models.hf import (
+    _PROMPT_VOCAB_PEFT,
+    HFCausalLM,
+    HFSequenceClassifier,
+    _prompt_tuning_init,
+    apply_hf_peft,
+    decoder_layer_classes,
+)
 from kit.nn.peft import PeftConfig
 
 transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+_PEFT_SAMPLES_VOCAB = Version(peft.__version__) >= Version(_PROMPT_VOCAB_PEFT)
 VOCAB = 96
 
 
@@ -92,14 +102,17 @@ def test_targets_of_minus_100_carry_no_loss(tmp_path) -> None:
     assert torch.allclose(lm._loss((x, masked)), expected)
 
 
-@pytest.mark.parametrize("method", ["lora", "qlora", "prompt"])
+@pytest.mark.parametrize("method", ["lora", "qlora", "prompt", "prompt-random"])
 def test_peft_methods_train_only_their_own_parameters(tmp_path, method) -> None:
+    method, _, prompt_init = method.partition("-")
+    prompt_init = prompt_init or "vocab"
     if method == "qlora":
         pytest.importorskip("bitsandbytes")
+    if method == "prompt" and prompt_init == "vocab" and not _PEFT_SAMPLES_VOCAB:
+        pytest.skip(f"prompt_init='vocab' needs peft>={_PROMPT_VOCAB_PEFT} (installed {peft.__version__})")
     folder = _neox(tmp_path / "m")
-    lm = HFCausalLM(
-        str(folder), lr=1e-2, warmup_steps=0, peft={"method": method, "lora_r": 4, "prompt_tokens": 4}
-    )
+    knobs = {"method": method, "lora_r": 4, "prompt_tokens": 4, "prompt_init": prompt_init}
+    lm = HFCausalLM(str(folder), lr=1e-2, warmup_steps=0, peft=knobs)
     trainable = {n for n, p in lm.model.named_parameters() if p.requires_grad}
     assert trainable and 0 < lm.trainable_fraction < 0.5
     marker = "prompt_encoder" if method == "prompt" else "lora_"
@@ -113,6 +126,17 @@ def test_peft_methods_train_only_their_own_parameters(tmp_path, method) -> None:
     _trainer(steps=2).fit(lm, train_dataloaders=_lm_loader())
     after = dict(lm.model.named_parameters())
     assert all(torch.equal(before[n], after[n].detach()) for n in before), "the base stays frozen bitwise"
+
+
+def test_vocab_prompt_init_on_an_older_peft_names_both_versions_and_the_fix(monkeypatch) -> None:
+    monkeypatch.setattr(peft, "__version__", "0.17.1")
+    with pytest.raises(
+        ValueError, match=r"needs peft>=0\.18\.0, installed 0\.17\.1: pip install -U peft"
+    ) as info:
+        apply_hf_peft(torch.nn.Linear(2, 2), PeftConfig(method="prompt", prompt_init="vocab"), "CAUSAL_LM")
+    assert "\n" not in str(info.value) and "prompt_init='random'" in str(info.value)
+    random = PeftConfig(method="prompt", prompt_init="random")
+    assert _prompt_tuning_init(random) == peft.PromptTuningInit.RANDOM  # the other init still works there
 
 
 def test_adapters_are_refused_with_the_methods_that_work() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,24 @@ CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+
+
+@pytest.fixture
+def caplog(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """pytest's ``caplog``, also seeing the records of ``lightning.pytorch``, where the kit's rank-zero reports go.
+
+    Lightning stops that logger's propagation when it is imported before logging is configured (as
+    ``conftest.py`` imports it): the report reaches the user through Lightning's own stderr handler, never the
+    root logger. pytest 9.1 and newer attach the capture handler to such loggers themselves; older releases only
+    to the root, so this adds it there, once (twice would record every message twice).
+    """
+    logger = logging.getLogger("lightning.pytorch")
+    attach = not logger.propagate and caplog.handler not in logger.handlers
+    if attach:
+        logger.addHandler(caplog.handler)
+    yield caplog
+    if attach:
+        logger.removeHandler(caplog.handler)
 
 
 def _tokenizer(folder: Path, chat_template: str | None = None, bos: str | None = "<s>") -> Path:

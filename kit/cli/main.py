@@ -14,6 +14,7 @@ import importlib
 import math
 import netrc
 import os
+import re
 import sys
 import warnings
 from argparse import ArgumentError
@@ -571,6 +572,26 @@ def _raised_loading_a_checkpoint(err: BaseException) -> bool:
     return any(f.filename.replace("\\", "/").endswith("torch/serialization.py") for f in frames)
 
 
+_NONE_REJECTED = "Expected a <class 'NoneType'>"
+_UNION_ERRORS = re.compile(r"\nErrors:\n(.*?)\nGiven value type:", re.DOTALL)
+
+
+def _union_errors(text: str) -> list[str]:
+    """The subtypes' errors that jsonargparse lists in its Union error, each on one line, less the ``None``
+    subtype's rejection.
+
+    jsonargparse chains its Union error to the first subtype's error, and older releases (4.39 among them) try
+    ``None`` first in an ``Optional[X]``: the chained error is then "Expected a <class 'NoneType'>", while the
+    one that names the fix, ``X``'s own, is only in the listing.
+    """
+    found = _UNION_ERRORS.search(text)
+    if found is None:
+        return []
+    entries = re.split(r"^\s*- ", found.group(1), flags=re.MULTILINE)
+    joined = (" ".join(line.strip() for line in entry.splitlines() if line.strip()) for entry in entries)
+    return [entry for entry in joined if entry and not entry.startswith(_NONE_REJECTED)]
+
+
 def one_line(err: BaseException) -> str:
     """The message of the exception that started a chain (``raise ... from``), which is the one naming the fix.
 
@@ -583,7 +604,12 @@ def one_line(err: BaseException) -> str:
     while not isinstance(err, CheckpointLoadError) and (
         err.__cause__ is not None or (err.__context__ is not None and not err.__suppress_context__)
     ):
-        err = err.__cause__ or err.__context__
+        cause = err.__cause__ or err.__context__
+        if str(cause).startswith(_NONE_REJECTED):
+            listed = _union_errors(str(err))
+            if listed:
+                return listed[0]
+        err = cause
     lines = str(err).strip().splitlines()
     text = lines[0] if lines else type(err).__name__
     if isinstance(err, (ValueError, OSError)):
