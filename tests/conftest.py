@@ -23,6 +23,12 @@ settings.register_profile("ci", max_examples=60, deadline=None, suppress_health_
 settings.load_profile("ci")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Slow tests run first (otherwise in file order): with ``-n 2`` a several-minute test that starts last
+    leaves the other worker idle until it ends."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _kit_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Tokenizers trained by the tests land in one temporary cache, shared across the session."""
