@@ -3,6 +3,7 @@ tiny LightningModules and Trainer helper every Lightning test uses (``from conft
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -55,6 +56,24 @@ def _no_leaked_env() -> Iterator[None]:
     if dict(os.environ) != before:
         os.environ.clear()
         os.environ.update(before)
+
+
+def lightning_records(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """``caplog`` also seeing the records of ``lightning.pytorch``, where the kit's rank-zero reports go; a test
+    module that checks those reports yields from it in its own ``caplog`` fixture.
+
+    Lightning stops that logger's propagation when it is imported before logging is configured (as this file
+    imports it): the report reaches the user through Lightning's own stderr handler, never the root logger.
+    pytest 9.1 and newer attach the capture handler to such loggers themselves; older releases only to the root,
+    so this adds it there, once (twice would record every message twice).
+    """
+    logger = logging.getLogger("lightning.pytorch")
+    attach = not logger.propagate and caplog.handler not in logger.handlers
+    if attach:
+        logger.addHandler(caplog.handler)
+    yield caplog
+    if attach:
+        logger.removeHandler(caplog.handler)
 
 
 # -- one shared set of tiny LightningModules and trainer helpers ------------------------------------------

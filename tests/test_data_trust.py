@@ -17,6 +17,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
+from conftest import lightning_records
 
 from kit.data.bpe_report import bpe_tradeoff
 from kit.data.dedup import MAX_CANDIDATES, MinHashDeduplicator
@@ -30,20 +31,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).re
 
 @pytest.fixture
 def caplog(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    """pytest's ``caplog``, also seeing the records of ``lightning.pytorch``, where the kit's rank-zero reports go.
-
-    Lightning stops that logger's propagation when it is imported before logging is configured (as
-    ``conftest.py`` imports it): the report reaches the user through Lightning's own stderr handler, never the
-    root logger. pytest 9.1 and newer attach the capture handler to such loggers themselves; older releases only
-    to the root, so this adds it there, once (twice would record every message twice).
-    """
-    logger = logging.getLogger("lightning.pytorch")
-    attach = not logger.propagate and caplog.handler not in logger.handlers
-    if attach:
-        logger.addHandler(caplog.handler)
-    yield caplog
-    if attach:
-        logger.removeHandler(caplog.handler)
+    """pytest's ``caplog``, also seeing Lightning's rank-zero logger (see ``conftest.lightning_records``)."""
+    yield from lightning_records(caplog)
 
 
 def _kit_data(*args: str, timeout: float = 240, **kw) -> subprocess.CompletedProcess:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import lightning_records
 
 from kit.data.tokenizer import EOS, train_bpe
 from kit.datamodules.instruct import PLAIN_TEMPLATE, InstructDataModule, PaddedCollator, encode_example
@@ -23,20 +24,8 @@ CHATML = (
 
 @pytest.fixture
 def caplog(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    """pytest's ``caplog``, also seeing the records of ``lightning.pytorch``, where the kit's rank-zero reports go.
-
-    Lightning stops that logger's propagation when it is imported before logging is configured (as
-    ``conftest.py`` imports it): the report reaches the user through Lightning's own stderr handler, never the
-    root logger. pytest 9.1 and newer attach the capture handler to such loggers themselves; older releases only
-    to the root, so this adds it there, once (twice would record every message twice).
-    """
-    logger = logging.getLogger("lightning.pytorch")
-    attach = not logger.propagate and caplog.handler not in logger.handlers
-    if attach:
-        logger.addHandler(caplog.handler)
-    yield caplog
-    if attach:
-        logger.removeHandler(caplog.handler)
+    """pytest's ``caplog``, also seeing Lightning's rank-zero logger (see ``conftest.lightning_records``)."""
+    yield from lightning_records(caplog)
 
 
 def _tokenizer(folder: Path, chat_template: str | None = None, bos: str | None = "<s>") -> Path:
@@ -223,7 +212,9 @@ def test_cross_entropy_ignores_the_masked_targets() -> None:
 
 def test_resuming_with_another_tokenizer_file_warns(tmp_path) -> None:
     tok = _tokenizer(tmp_path / "tok")
-    dm = InstructDataModule(_jsonl(tmp_path / "d.jsonl", [{"prompt": "one", "response": "two"}] * 3), str(tok))
+    dm = InstructDataModule(
+        _jsonl(tmp_path / "d.jsonl", [{"prompt": "one", "response": "two"}] * 3), str(tok)
+    )
     dm.setup("fit")
     state = dm.state_dict()
     assert state["tokenizer_sha256"] == load_tokenizer_folder(tok).sha256

@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import make_trainer
 
+from kit.checkpoint.safe_load import load_checkpoint
 from kit.datamodules.transfer import SPECIALS, MLMDataModule, TopicDataModule
 from kit.models.masked_lm import MaskedLM
 from kit.models.sequence_classifier import SequenceClassifier
@@ -128,7 +129,9 @@ def test_pretrained_start_beats_random_start_on_the_same_budget(tmp_path) -> Non
         torch.set_num_threads(threads)
     mean = {k: sum(v) / len(v) for k, v in f1.items()}
     wins = sum(p > r for p, r in zip(f1["pretrained"], f1["random"], strict=True))
-    print(f"test macro-F1 per draw {f1}, means {mean}, pretrained won {wins} of {DRAWS}")  # pytest -s shows it
+    print(
+        f"test macro-F1 per draw {f1}, means {mean}, pretrained won {wins} of {DRAWS}"
+    )  # pytest -s shows it
     assert mean["pretrained"] > mean["random"] + 0.02, f1
     assert wins > DRAWS // 2, f1  # the pretrained start wins most draws, not one lucky draw
 
@@ -181,7 +184,7 @@ def test_recipes_pretrain_then_fine_tune_then_test_through_the_cli(tmp_path) -> 
     # the same step, and candidates of one step rank by modification time, so either may be the one
     init_from = Path(saved["hyper_parameters"]["init_from"])
     assert init_from.parent == pre.parent.relative_to(tmp_path)
-    assert torch.load(tmp_path / init_from, weights_only=False)["global_step"] == 4
+    assert load_checkpoint(tmp_path / init_from)["global_step"] == 4
     out = kit(["test", *fine, "--ckpt_path", "last"], tmp_path).stdout
     resumed = re.search(r"--ckpt_path last -> (\S+)", out)
     assert resumed and Path(resumed.group(1)).parent == last.parent.relative_to(tmp_path), out

@@ -20,6 +20,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import TinyRegressor, make_trainer, regression_loader
+from test_cli import kit
 
 from kit.callbacks.checkpoint import KitCheckpoint
 from kit.checkpoint import Manifest, find_latest, newest_good, resolve_init_from
@@ -381,15 +382,8 @@ def test_cli_errors_are_one_line_without_a_traceback(tmp_path, capsys, monkeypat
 
 
 def _kit(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "kit.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    """The kit command, one thread, whatever its exit code (these tests expect refusals)."""
+    return kit(args, cwd, {"OMP_NUM_THREADS": "1"}, timeout=timeout, check=False)
 
 
 TINY = [
