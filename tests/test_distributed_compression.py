@@ -60,38 +60,21 @@ def test_every_hook_trains_and_cuts_bytes(tmp_path: Path) -> None:
     assert (tmp_path / "compression.png").stat().st_size > 0  # the loss curves, beside the table
 
 
-@pytest.mark.distributed
-def test_gradient_methods_with_momentum_sgd_cut_bytes_and_track_dense(tmp_path: Path) -> None:
-    """PowerSGD rank 4, top-k 3% and 1-bit (two-phase defaults) with momentum SGD, lr 0.05, 200 steps, W=2,
-    seed 0: >= 90% fewer bytes over the whole run (5 dense steps included), and a held-out loss near dense.
-
-    This one seed is a regression check, not the claim: measured +0.7% / +5.0% / +4.1% at seed 0, and
-    +0.3% / +2.0% / +2.2% over seeds 0-2, so the bound is 8%. The 5% claim is checked over three seeds of
-    600 steps in the slow test below (README: Measured figures, SGD).
-    """
-    res = _run(
-        tmp_path, "--steps", "200", "--hooks", "allreduce,powersgd,topk,1bit", "--dense-start", "5",
-        "--optimizer", "sgd", "--lr", "0.05", "--ratio", "0.03", "--no-plot",
-    )  # fmt: skip
-    dense = res["allreduce"]["val_loss"]
-    for name in ("powersgd", "topk", "1bit"):
-        assert res[name]["replicas_in_sync"], name
-        assert res[name]["bytes_cut_total"] >= 0.9, name
-        assert res[name]["val_loss"] <= 1.08 * dense, (name, res[name]["val_loss"], dense)
-
-
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_seed_claim_with_momentum_sgd_over_three_seeds(tmp_path: Path) -> None:
     """The seed's claim with momentum SGD (lr 0.05, 600 steps, W=2, seeds 0-2): >= 90% fewer bytes and the
     held-out loss within 5% of dense, in the mean and in every seed, for PowerSGD, top-k 3% and 1-bit.
     Measured (compression-sgd600-lr05-w2.md): every seed within 3.3%. Not at W=4, where only PowerSGD
-    holds (README), nor at lr 0.1, where one seed in three of each method blows up."""
+    holds (README), nor at lr 0.1, where one seed in three of each method blows up. (A 200-step, one-seed
+    copy of this check also ran in the default suite; it checked a subset of this at 1/9 of the cost, twice
+    per CI run, and was removed: ``test_every_hook_trains_and_cuts_bytes`` keeps every hook in it.)"""
     res = _run(
         tmp_path, "--steps", "600", "--hooks", "allreduce,powersgd,topk,1bit", "--dense-start", "5",
         "--optimizer", "sgd", "--lr", "0.05", "--ratio", "0.03", "--seeds", "0,1,2", "--no-plot", timeout=3600,
     )  # fmt: skip
     for name in ("powersgd", "topk", "1bit"):
+        assert res[name]["replicas_in_sync"], name  # every worker applied the same averaged update
         assert res[name]["bytes_cut_total"] >= 0.9, name
         assert len(res[name]["loss_ratios"]) == 3
         assert max(res[name]["loss_ratios"]) <= 1.05, (name, res[name]["loss_ratios"])

@@ -80,6 +80,7 @@ def test_summary_figures_parses_a_summary_and_refuses_two() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # default threads beside another busy worker spin-wait: 3x slower measured, see .ci/run
 def test_the_quick_start_prints_the_figures_the_readme_quotes(tmp_path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}
     env.update({"KIT_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"})

@@ -234,6 +234,7 @@ class MinHashDeduplicator:
             )
         self.max_candidates = max_candidates
         self.cap_hits = 0  # documents whose walk stopped at max_candidates in some band
+        self.compared = 0  # kept signatures compared while verifying: the work the cap bounds
         self.ngram, self.bands, self.rows, self.seed = ngram, bands, rows, seed
         self.num_perm = bands * rows
         self.verify = verify
@@ -308,6 +309,7 @@ class MinHashDeduplicator:
                 i = below[i * bands + b]
             capped |= i >= 0
         if walk:
+            self.compared += len(walk)
             # one vectorised comparison; the first verifying candidate in walk order, as signature_similarity
             share = np.count_nonzero(self._sigs[walk] == sig, axis=1) / self.num_perm
             hits = np.flatnonzero(share >= self.verify_threshold)

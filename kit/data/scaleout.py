@@ -127,6 +127,7 @@ class CleanStats:
         float  # the largest spawned worker process (0 with one worker: all runs in the main one)
     )
     pieces: int = 0  # work units of the parallel phase: files, and pieces of large JSONL files
+    near_dup_compared: int = 0  # kept signatures compared while verifying near duplicates (the cap bounds it)
 
     def bytes_per_doc(self) -> float:
         return self.index_bytes / max(self.report.docs_in, 1)
@@ -351,6 +352,7 @@ class _Merge:
         self._cached = np.empty(0, dtype=np.int64)  # the document in each row, or -1
         self._all: np.ndarray | None = None  # every signature, when they fit _SIG_IN_MEMORY
         self.cap_hits = 0  # documents whose LSH walk stopped at max_candidates in some band
+        self.compared = 0  # kept signatures compared while verifying: the work the cap bounds
 
     def _base(self, shard: int) -> Path:
         return self.folder / f"{shard:06d}"
@@ -516,6 +518,7 @@ class _Merge:
     def _verifies(self, walk: list[int], doc: int) -> bool:
         """Whether one of ``walk``'s documents reaches the similarity threshold with ``doc`` (as
         ``signature_similarity``); one signature lookup for all of them."""
+        self.compared += len(walk)
         sigs = self._signatures([*walk, doc])
         share = np.count_nonzero(sigs[:-1] == sigs[-1], axis=1) / self.near.num_perm
         return bool((share >= self.near.verify_threshold).any())
@@ -693,6 +696,7 @@ def clean_corpus(
                 (r.peak_rss_mb for r in results if r.pid not in (os.getpid(), 0)), default=0.0
             ),
             pieces=len(tasks),
+            near_dup_compared=merge.compared,
         )
 
 
