@@ -24,6 +24,18 @@ settings.register_profile("ci", max_examples=60, deadline=None, suppress_health_
 settings.load_profile("ci")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, hand tests out one at a time unless ``--maxschedchunk`` says otherwise.
+
+    xdist's ``load`` mode first sends each worker a consecutive quarter of its share: with the slow tests first
+    (below), one worker got every slow test in a row while the other ran the default suite and then waited,
+    so ``pytest -n 2`` took about the slow tests' serial time (the newest suite: 2,815 s in CI). One at a time,
+    both workers take slow tests until they run out.
+    """
+    if config.pluginmanager.hasplugin("xdist") and config.getoption("maxschedchunk", None) is None:
+        config.option.maxschedchunk = 1
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Slow tests run first (otherwise in file order): with ``-n 2`` a several-minute test that starts last
     leaves the other worker idle until it ends."""
