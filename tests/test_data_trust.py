@@ -340,8 +340,8 @@ def _cpu_ratio(run: Callable[[int], object], n: int) -> float:
     """The least of 3 CPU times at ``4n`` over the least of 3 at ``n``, measured alternately.
 
     A guard against a quadratic step anywhere (pure-Python O(n^2) gives about 16 here), not the proof that the
-    walk is bounded: the vectorised walk's fixed costs make even an uncapped walk read only 7.0 (idle), and
-    contention moved the capped one from 3.9 to 5.3, so the walk is checked by its deterministic count below.
+    walk is bounded: per-document fixed costs make even an uncapped walk read only 7.0 (beside a test run), and
+    the capped one read 3.9 here and 5.3 in a loaded CI run, so the walk is checked by its deterministic count.
     """
     small, large = [], []
     for _ in range(3):
