@@ -30,7 +30,9 @@ def pytest_configure(config: pytest.Config) -> None:
     xdist's ``load`` mode first sends each worker a consecutive quarter of its share: with the slow tests first
     (below), one worker got every slow test in a row while the other ran the default suite and then waited,
     so ``pytest -n 2`` took about the slow tests' serial time (the newest suite: 2,815 s in CI). One at a time,
-    both workers take slow tests until they run out.
+    both workers take slow tests until they run out. (A module-scoped fixture can then run on both workers;
+    ``--dist loadgroup`` would keep such a module on one, but xdist 3.8 cannot mark groups under pytest 9.2,
+    whose ``Node.nodeid`` no longer reads the ``_nodeid`` that xdist rewrites.)
     """
     if config.pluginmanager.hasplugin("xdist") and config.getoption("maxschedchunk", None) is None:
         config.option.maxschedchunk = 1

@@ -60,24 +60,34 @@ def test_every_hook_trains_and_cuts_bytes(tmp_path: Path) -> None:
     assert (tmp_path / "compression.png").stat().st_size > 0  # the loss curves, beside the table
 
 
+def _published_seed0_ratios(name: str) -> dict[str, float]:
+    """Each method's seed-0 ``loss / dense`` in a published compression table (``benchmarks/results/<name>.json``)."""
+    table = json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text())
+    return {row["method"]: float(row["loss / dense per seed"].split(" / ")[0]) for row in table["rows"]}
+
+
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_seed_claim_with_momentum_sgd_over_three_seeds(tmp_path: Path) -> None:
-    """The seed's claim with momentum SGD (lr 0.05, 600 steps, W=2, seeds 0-2): >= 90% fewer bytes and the
-    held-out loss within 5% of dense, in the mean and in every seed, for PowerSGD, top-k 3% and 1-bit.
-    Measured (compression-sgd600-lr05-w2.md): every seed within 3.3%. Not at W=4, where only PowerSGD
-    holds (README), nor at lr 0.1, where one seed in three of each method blows up. (A 200-step, one-seed
-    copy of this check also ran in the default suite; it checked a subset of this at 1/9 of the cost, twice
-    per CI run, and was removed: ``test_every_hook_trains_and_cuts_bytes`` keeps every hook in it.)"""
+def test_seed_claim_with_momentum_sgd_reproduces_the_published_seed_0(tmp_path: Path) -> None:
+    """The seed's claim with momentum SGD (lr 0.05, 600 steps, W=2): >= 90% fewer bytes and the held-out loss
+    within 5% of dense for PowerSGD, top-k 3% and 1-bit, and seed 0 reproduces its row of the published
+    three-seed table (compression-sgd600-lr05-w2.md, every seed within 3.3%; `docs/benchmarks.md` has its
+    command). Seeds 1 and 2 are the benchmark's, not CI's: all three cost 400 s alone and 940 s beside the
+    other CI worker, seed 0 a third of that, and the 1-bit Adam tests below check seed 0 of theirs the same
+    way. Not at W=4, where only PowerSGD holds (README), nor at lr 0.1, where one seed in three of each
+    method blows up."""
     res = _run(
         tmp_path, "--steps", "600", "--hooks", "allreduce,powersgd,topk,1bit", "--dense-start", "5",
-        "--optimizer", "sgd", "--lr", "0.05", "--ratio", "0.03", "--seeds", "0,1,2", "--no-plot", timeout=3600,
+        "--optimizer", "sgd", "--lr", "0.05", "--ratio", "0.03", "--seeds", "0", "--no-plot", timeout=1800,
     )  # fmt: skip
+    published = _published_seed0_ratios("compression-sgd600-lr05-w2")
+    dense = res["allreduce"]["val_loss"]
     for name in ("powersgd", "topk", "1bit"):
+        ratio = res[name]["val_loss"] / dense
         assert res[name]["replicas_in_sync"], name  # every worker applied the same averaged update
         assert res[name]["bytes_cut_total"] >= 0.9, name
-        assert len(res[name]["loss_ratios"]) == 3
-        assert max(res[name]["loss_ratios"]) <= 1.05, (name, res[name]["loss_ratios"])
+        assert ratio <= 1.05, (name, ratio)
+        assert ratio == pytest.approx(published[name], abs=0.01), (name, ratio, published[name])
 
 
 @pytest.mark.slow
@@ -87,7 +97,8 @@ def test_seed_claim_with_onebit_adam(tmp_path: Path, world: int) -> None:
     """The seed's claim for AdamW with 1-bit Adam, on the benchmark's defaults (gpt-tiny's LR shape: linear
     warm-up over the first 1/6 of the steps, cosine to 0.1x): >= 90% fewer wire bytes than dense AdamW over
     the compression stage (96.9%) and the held-out loss within 5% of dense AdamW after 600 steps with
-    freeze_step 75 (12.5%). Seed 0 is the README's first seed (compression-w2.md / -w4.md, 3 seeds)."""
+    freeze_step 75 (12.5%). Seed 0 reproduces its row of the published three-seed table (compression-w2.md /
+    -w4.md)."""
     res = _run(
         tmp_path, "--world", str(world), "--steps", "600", "--freeze-step", "75", "--hooks", "allreduce,1bit-adam",
         "--no-plot", timeout=3600,
@@ -97,3 +108,5 @@ def test_seed_claim_with_onebit_adam(tmp_path: Path, world: int) -> None:
     assert onebit["bytes_cut_steady"] >= 0.9
     assert onebit["bytes_cut_total"] >= 0.9 * (1 - 75 / 600)  # the warm-up is dense
     assert onebit["val_loss"] <= 1.05 * dense["val_loss"], (onebit["val_loss"], dense["val_loss"])
+    published = _published_seed0_ratios(f"compression-w{world}")["1bit-adam"]
+    assert onebit["val_loss"] / dense["val_loss"] == pytest.approx(published, abs=0.01), published

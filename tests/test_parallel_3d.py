@@ -161,7 +161,9 @@ def _3d_worker(rank: int, world: int, port: int, shape: tuple, tied: bool, out: 
     _teardown()
 
 
-def _gather_count_worker(rank: int, world: int, port: int, reshard: bool | None, out: str) -> None:
+def _gather_count_worker(rank: int, world: int, port: int, out: str) -> None:
+    """Parameter all-gathers in one 1F1B step of stage 0 of pp 2 x dp 2: as ``parallelize_pipeline`` asks
+    (``None``), and with FSDP2's reshard-after-forward forced on (``True``); one process group for both."""
     import torch.distributed.fsdp._fully_shard._fsdp_param_group as fsdp_group
     from torch.distributed.device_mesh import init_device_mesh
 
@@ -169,23 +171,29 @@ def _gather_count_worker(rank: int, world: int, port: int, reshard: bool | None,
     from kit.parallel.pipeline import parallelize_pipeline
 
     _init(rank, world, port)
-    if reshard is not None:  # override what parallelize_pipeline asks for
-        original = tensor.parallelize
-        tensor.parallelize = lambda *a, **k: original(*a, **{**k, "reshard_after_forward": reshard})
     mesh = init_device_mesh("cpu", (2, 2, 1), mesh_dim_names=MESH_3D)
-    torch.manual_seed(0)
-    pipe = parallelize_pipeline(GPT(_config()), mesh, n_microbatches=4, schedule="1f1b")
-    calls, real = [0], fsdp_group.foreach_all_gather
+    original, real = tensor.parallelize, fsdp_group.foreach_all_gather
+    counts = {}
+    for reshard in (None, True):
+        if reshard is not None:  # override what parallelize_pipeline asks for
+            tensor.parallelize = lambda *a, r=reshard, **k: original(*a, **{**k, "reshard_after_forward": r})
+        torch.manual_seed(0)
+        pipe = parallelize_pipeline(GPT(_config()), mesh, n_microbatches=4, schedule="1f1b")
+        tensor.parallelize = original
+        calls = [0]
 
-    def counting(*args, **kwargs):
-        calls[0] += 1
-        return real(*args, **kwargs)
+        def counting(*args, calls=calls, **kwargs):
+            calls[0] += 1
+            return real(*args, **kwargs)
 
-    fsdp_group.foreach_all_gather = counting
-    x, y = _batch(0)  # 4 sequences per replica: 4 micro-batches of 1
-    pipe.step(x, y, MAX_NORM)
+        fsdp_group.foreach_all_gather = counting
+        x, y = _batch(0)  # 4 sequences per replica: 4 micro-batches of 1
+        pipe.step(x, y, MAX_NORM)
+        fsdp_group.foreach_all_gather = real
+        counts[reshard] = calls[0]
+        del pipe
     if rank == 0:
-        torch.save(calls[0], out)
+        torch.save(counts, out)
     _teardown()
 
 
@@ -448,10 +456,9 @@ def test_3d_data_x_pipeline_x_tensor_matches_one_process(tmp_path, shape: tuple,
 @pytest.mark.distributed
 def test_fsdp_inside_a_stage_does_not_regather_for_every_microbatch(tmp_path) -> None:
     """parallelize_pipeline keeps FSDP2's gathered parameters after forward (torchtitan's choice under PP)."""
-    counts = {}
-    for reshard in (None, True):
-        out = str(tmp_path / f"count{reshard}.pt")
-        mp.spawn(_gather_count_worker, args=(4, free_port(), reshard, out), nprocs=4)
-        counts[reshard] = torch.load(out)
+    out = str(tmp_path / "counts.pt")
+    mp.spawn(_gather_count_worker, args=(4, free_port(), out), nprocs=4)
+    counts = torch.load(out)
+    print(counts)  # pytest -s shows it
     # seen on CPU/gloo, stage 0 of pp 2 x dp 2, 1F1B with 4 micro-batches: 4 all-gathers per step, 12 resharding
     assert 0 < counts[None] < counts[True]
