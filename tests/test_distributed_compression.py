@@ -92,13 +92,15 @@ def test_seed_claim_with_momentum_sgd_reproduces_the_published_seed_0(tmp_path: 
 
 @pytest.mark.slow
 @pytest.mark.distributed
-@pytest.mark.parametrize("world", [2, 4])
+@pytest.mark.parametrize("world", [4])
 def test_seed_claim_with_onebit_adam(tmp_path: Path, world: int) -> None:
     """The seed's claim for AdamW with 1-bit Adam, on the benchmark's defaults (gpt-tiny's LR shape: linear
     warm-up over the first 1/6 of the steps, cosine to 0.1x): >= 90% fewer wire bytes than dense AdamW over
     the compression stage (96.9%) and the held-out loss within 5% of dense AdamW after 600 steps with
-    freeze_step 75 (12.5%). Seed 0 reproduces its row of the published three-seed table (compression-w2.md /
-    -w4.md)."""
+    freeze_step 75 (12.5%). Seed 0 reproduces its row of the published three-seed table (compression-w4.md).
+    CI runs W=4, the harder case (seed 0: 1.041 of dense, against 1.019 at W=2) and the same code as W=2; W=2
+    (compression-w2.md) reproduced its row too when run with ``world`` 2, but costs CI another 165 s of one
+    worker's time, and the default suite runs 1-bit Adam at W=2 (``test_every_hook_trains_and_cuts_bytes``)."""
     res = _run(
         tmp_path, "--world", str(world), "--steps", "600", "--freeze-step", "75", "--hooks", "allreduce,1bit-adam",
         "--no-plot", timeout=3600,
