@@ -357,23 +357,25 @@ def _cpu_ratio(run: Callable[[int], object], n: int) -> float:
 COMPARED_GROWTH_MAX = 8
 
 
+def _indexed(pages: list[str], max_candidates: int | None = MAX_CANDIDATES) -> MinHashDeduplicator:
+    """An in-memory index that has added ``pages`` in order (keys 0 to n-1)."""
+    d = MinHashDeduplicator(max_candidates=max_candidates)
+    d.add_many(list(range(len(pages))), pages)
+    return d
+
+
 def test_near_dedup_in_memory_is_linear_on_templated_pages():
     corpora = {n: _templated(n) for n in (1000, 4000)}
     compared: dict[int, int] = {}
 
     def run(n: int) -> None:
-        d = MinHashDeduplicator()
-        d.add_many(list(range(n)), corpora[n])
+        d = _indexed(corpora[n])
         assert d.cap_hits > n / 4  # the cap is what bounds the walk here
         compared[n] = d.compared
 
     assert _cpu_ratio(run, 1000) < 10
     assert compared[4000] / compared[1000] < COMPARED_GROWTH_MAX, compared
-    uncapped = {}
-    for n in (1000, 4000):
-        d = MinHashDeduplicator(max_candidates=None)
-        d.add_many(list(range(n)), corpora[n])
-        uncapped[n] = d.compared
+    uncapped = {n: _indexed(corpora[n], max_candidates=None).compared for n in (1000, 4000)}
     # the count does see a full walk: without the cap it grows past the bound (16.4)
     assert uncapped[4000] / uncapped[1000] > COMPARED_GROWTH_MAX, uncapped
 
@@ -394,9 +396,8 @@ def test_near_dedup_on_disk_is_linear_on_templated_pages(tmp_path: Path):
     assert _cpu_ratio(run, 1000) < 10
     assert capped[4000] > 1000  # reported: the cap was hit
     assert compared[4000] / compared[1000] < COMPARED_GROWTH_MAX, compared
-    d = MinHashDeduplicator()
-    d.add_many(list(range(4000)), _templated(4000))
-    assert compared[4000] == d.compared  # the on-disk walk compares exactly what the in-memory one does
+    # the on-disk walk compares exactly what the in-memory one does
+    assert compared[4000] == _indexed(_templated(4000)).compared
 
 
 def _planted(seed: int) -> tuple[list[str], list[str], set[str]]:
